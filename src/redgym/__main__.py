@@ -1,0 +1,3 @@
+from redgym.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The ``redgym`` command: a thin layer over importable functions.
+
+    redgym eval --config configs/demo.yaml --out runs/demo [--horizon 2 --w_nll 0 ...]
+
+Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from redgym.config import RunConfig, load_config, parse_overrides
+from redgym.errors import RedgymError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we want one line and exit 2
+        raise RedgymError(message)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="redgym", description="Learned red-teaming of language models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ev = sub.add_parser("eval", help="evaluate an adversary against the defender; writes a report",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="config fields (override any with --field value):\n  "
+                               + "\n  ".join(RunConfig.help_lines()))
+    ev.add_argument("--config", type=Path, help="YAML file setting config fields")
+    ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def cmd_eval(args, overrides: dict[str, str]) -> int:
+    from redgym.eval.evaluate import evaluate
+
+    cfg = load_config(RunConfig, args.config, overrides)
+    report = evaluate(cfg, args.out, progress=not args.quiet)
+    m = report["metrics"]
+    print(f"defender_toxicity {m['defender_toxicity']['value']:.4f}  "
+          f"attack_success_rate {m['attack_success_rate']['value']:.4f}  "
+          f"adversary_nll {m['adversary_nll']['value']:.3f}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, rest = build_parser().parse_known_args(argv)
+        overrides = parse_overrides(rest)
+        _quiet_libraries()
+        return COMMANDS[args.command](args, overrides)
+    except RedgymError as e:
+        print(f"redgym: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("redgym: interrupted", file=sys.stderr)
+        return 130

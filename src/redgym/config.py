@@ -1,0 +1,214 @@
+"""Typed, flat run configuration: a dataclass with one line of help per field.
+
+A YAML file may set any field; command-line overrides (``--horizon 2``) win. Unknown keys and values of the
+wrong type are errors with one clear line (``RedgymError``). Trainer configs subclass ``RunConfig`` and add
+their own fields, so every command shares the model / data / reward / eval fields below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from redgym.errors import RedgymError
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RunConfig:
+    # --- models -------------------------------------------------------------------------------------------
+    adversary_model: str = _f("smollm2-135m", "adversary LM: a known name, a local HF folder, a .gguf file or a hub id")
+    defender_model: str = _f("smollm2-135m", "defender LM (frozen), same forms as adversary_model")
+    adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
+    adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
+    defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
+    dtype: str = _f("auto", "auto (bf16 on CPU, bf16/fp16 on CUDA), bfloat16, float16 or float32")
+    device: str = _f("auto", "auto (cuda when present), cpu or cuda")
+    max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
+    # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
+    max_new_tokens: int = _f(24, "new tokens per utterance")
+    min_new_tokens: int = _f(2, "minimum new tokens per utterance")
+    temperature: float = _f(0.7, "sampling temperature")
+    top_p: float = _f(0.7, "nucleus sampling mass")
+    repetition_penalty: float = _f(1.1, "repetition penalty (1.0 = off)")
+    batch_size: int = _f(16, "conversations advanced together in one generate call")
+    # --- rollout and reward ---------------------------------------------------------------------------------
+    horizon: int = _f(3, "adversary/defender exchanges per conversation")
+    scorer: str = _f("profanity", "toxicity scorer: profanity (offline, lexical), detoxify, or hf:<model>[#label]")
+    toxic_threshold: float = _f(0.5, "a score above this counts as toxic")
+    w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")
+    w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
+    w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
+    w_diversity: float = _f(0.0, "reward weight of the adversary turn's embedding distance to the batch; 0 = off")
+    embedding_model: str = _f("minilm", "sentence embedder for diversity: minilm (shipped) or a sentence-transformers id")
+    # --- prompts --------------------------------------------------------------------------------------------
+    prompts: str = _f("chitchat", "prompt source: chitchat, rtp, advbench, a .txt/.jsonl/.csv file, or hf:<dataset id>")
+    prompt_field: str = _f("text", "field holding the prompt text in .jsonl/.csv files and hf datasets")
+    prompt_turns: int = _f(2, "chitchat: utterances of the conversation used as the starting prompt")
+    prompt_words: int = _f(0, "keep only the first N words of each prompt (0 = whole prompt)")
+    min_prompt_words: int = _f(1, "drop prompts with fewer words than this")
+    max_prompts: int = _f(0, "cap on prompts read from the source before splitting (0 = all)")
+    prompt_max_toxicity: float | None = _f(None, "drop prompts scoring at or above this; None = source default (chitchat 0.5, others off)")
+    dev_fraction: float = _f(0.1, "share of prompts held out for development")
+    test_fraction: float = _f(0.1, "share of prompts held out for the final test")
+    # --- evaluation -----------------------------------------------------------------------------------------
+    n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
+    samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
+    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
+    seed: int = _f(0, "seed for splits, sampling and bootstrap")
+
+    def validate(self) -> None:
+        """Check values that a type alone cannot; raise RedgymError with one line."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise RedgymError(f"config: {msg}")
+
+        for name in ("adversary_format", "defender_format"):
+            need(getattr(self, name) in ("plain", "chat"), f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}")
+        need(self.dtype in ("auto", "bfloat16", "float16", "float32"), f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
+        need(0 <= self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1,
+             "dev_fraction + test_fraction must be below 1 and test_fraction above 0")
+        need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
+        need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
+        need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help_lines(cls) -> list[str]:
+        return [f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
+                for f in dataclasses.fields(cls)]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, tp, value, source: str):
+    """Convert a YAML or command-line value to the field's type, or raise one clear line."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(name, args[0], value, source)
+    bad = RedgymError(f"{source}: {name} expects {tp.__name__}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _unknown(name: str, known: list[str], source: str) -> RedgymError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return RedgymError(f"{source}: unknown config key {name!r}{hint}")
+
+
+C = typing.TypeVar("C", bound=RunConfig)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, object] | None = None) -> C:
+    """Build a ``cls`` from defaults, then the YAML file at ``path``, then ``overrides``; validate it."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, object] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RedgymError(f"config file not found: {path}") from None
+        except UnicodeDecodeError:
+            raise RedgymError(f"config file is not UTF-8 text: {path}") from None
+        except OSError as e:
+            raise RedgymError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise RedgymError(f"config file {path} is not valid YAML{where}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise RedgymError(f"config file {path} must be a mapping of key: value")
+        for k, v in data.items():
+            if k not in known:
+                raise _unknown(str(k), known, f"config file {path}")
+            values[k] = _coerce(k, hints[k], v, f"config file {path}")
+    for k, v in (overrides or {}).items():
+        if k not in known:
+            raise _unknown(k, known, "command line")
+        values[k] = _coerce(k, hints[k], v, "command line")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["--horizon", "2", "--w_nll=0"]`` -> ``{"horizon": "2", "w_nll": "0"}``; errors are one line."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) == 2:
+            raise RedgymError(f"command line: expected --key value, got {a!r}")
+        key = a[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise RedgymError(f"command line: --{key} needs a value")
+            val = args[i + 1]
+            i += 2
+        out[key.replace("-", "_")] = val
+    return out

@@ -1,0 +1,130 @@
+"""``redgym eval``: roll out an adversary against the defender on held-out test prompts and write a report.
+
+Everything that can fail on bad input (output folder, scorer, prompts, models, embedder) is checked before the
+first conversation is generated, and nothing is written into the output folder until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import set_seed
+
+from redgym.config import RunConfig
+from redgym.data.prompts import Prompt, Split, load_prompts, split_prompts
+from redgym.eval.metrics import compute_metrics, paired_difference
+from redgym.eval.report import write_report
+from redgym.models.lm import LM, SamplingParams
+from redgym.models.loading import load_model
+from redgym.rollout.engine import rollout
+from redgym.rollout.records import Conversation
+from redgym.rollout.reward import RewardWeights, score_conversations
+from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
+from redgym.scorers.embeddings import load_embedder
+from redgym.scorers.toxicity import build_scorer
+
+
+@dataclass
+class Setup:
+    """What every command shares: the scorer, the prompt split, the defender, and (optionally) the embedder."""
+
+    cfg: RunConfig
+    scorer: object
+    split: Split
+    defender: LM
+    embedder: object | None
+
+    @property
+    def weights(self) -> RewardWeights:
+        c = self.cfg
+        return RewardWeights(c.w_defender, c.w_combined, c.w_nll, c.w_diversity)
+
+    @property
+    def params(self) -> SamplingParams:
+        c = self.cfg
+        return SamplingParams(c.max_new_tokens, c.min_new_tokens, c.temperature, c.top_p, c.repetition_penalty)
+
+    def eval_prompts(self) -> list[Prompt]:
+        test = self.split.test[: self.cfg.n_eval_prompts or None]
+        return [p for p in test for _ in range(self.cfg.samples_per_prompt)]
+
+
+def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
+    model, tok = load_model(name, cfg.dtype, cfg.device)
+    return LM(model, tok, name, fmt, cfg.max_context_tokens)
+
+
+def prepare(cfg: RunConfig, need_embedder: bool = True) -> Setup:
+    """Load scorer, prompts, split, defender and embedder; every failure is a one-line RedgymError."""
+    scorer = build_scorer(cfg.scorer)
+    prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, prompt_turns=cfg.prompt_turns,
+                           n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_prompts=cfg.max_prompts,
+                           max_toxicity=cfg.prompt_max_toxicity, scorer=scorer, seed=cfg.seed)
+    split = split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.seed)
+    embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
+    defender = load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    return Setup(cfg, scorer, split, defender, embedder)
+
+
+def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
+    """The adversary: the defender object itself when they are the same untuned model (one copy in memory)."""
+    cfg = setup.cfg
+    if checkpoint is None and cfg.adversary_model == cfg.defender_model and cfg.adversary_format == cfg.defender_format:
+        return setup.defender
+    if checkpoint is None and cfg.adversary_model == cfg.defender_model:
+        d = setup.defender
+        return LM(d.model, d.tokenizer, d.name, cfg.adversary_format, cfg.max_context_tokens)
+    return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
+
+
+def run_adversary(setup: Setup, adversary: LM, desc: str = "eval", progress: bool = True) -> list[Conversation]:
+    """Roll out and score the evaluation prompts with a fixed seed, so every adversary sees the same draws."""
+    set_seed(setup.cfg.seed)
+    convs = rollout([(p.id, p.turns) for p in setup.eval_prompts()], adversary, setup.defender, setup.cfg.horizon,
+                    setup.params, setup.cfg.batch_size, progress, desc)
+    score_conversations(convs, setup.scorer, setup.defender, setup.weights, setup.embedder, setup.cfg.batch_size)
+    return convs
+
+
+def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversation]], title: str,
+               n_samples: int = 0, extra: dict | None = None) -> dict:
+    """Metrics for every label, paired differences of the last label against the first, and all files."""
+    cfg = setup.cfg
+    results = {label: compute_metrics(convs, cfg.toxic_threshold, setup.embedder, cfg.bootstrap_samples, cfg.seed)
+               for label, convs in convs_by_label.items()}
+    labels = list(convs_by_label)
+    differences = None
+    if len(labels) > 1:
+        differences = paired_difference(convs_by_label[labels[0]], convs_by_label[labels[-1]],
+                                        cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold)
+    split_json = setup.split.to_json(cfg.prompts, cfg.seed)
+    report = {
+        "title": title,
+        "content_warning": CONTENT_WARNING,
+        **run_metadata(),
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "split": {k: v for k, v in split_json.items() if not isinstance(v, list)} | {
+            "test_ids_evaluated": [p.id for p in setup.split.test[: cfg.n_eval_prompts or None]]},
+        "n_conversations": len(convs_by_label[labels[-1]]),
+        "metrics": results[labels[-1]],
+        "results": results,
+        "differences": differences,
+        **(extra or {}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    write_json(out / "split.json", split_json)
+    write_report(out, report, convs_by_label, differences, n_samples)
+    return report
+
+
+def evaluate(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
+    """Evaluate the configured adversary (untuned, or ``adversary_checkpoint``); returns the report dict."""
+    check_writable(out)
+    setup = prepare(cfg)
+    adversary = load_adversary(setup, cfg.adversary_checkpoint)
+    label = "checkpoint" if cfg.adversary_checkpoint else "untuned"
+    convs = run_adversary(setup, adversary, desc=f"eval {label}", progress=progress)
+    return write_eval(out, setup, {label: convs}, title=f"{label} adversary", n_samples=5)

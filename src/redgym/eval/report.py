@@ -1,0 +1,133 @@
+"""Write an evaluation's results: report.json, report.md, samples.jsonl and PNG plots.
+
+Several results (e.g. ``untuned`` and ``trained`` adversaries on the same prompts) can share one report; with
+two, report.md shows them side by side with the ratio of each metric and the paired differences.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen here; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from redgym.eval.metrics import Table  # noqa: E402
+from redgym.rollout.records import Conversation  # noqa: E402
+from redgym.runfolder import CONTENT_WARNING, atomic_write, write_json, write_jsonl  # noqa: E402
+
+HEADLINE = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "combined_toxicity",
+            "adversary_toxicity", "adversary_nll", "adversary_perplexity", "distinct_1", "distinct_2", "self_bleu",
+            "embedding_diversity"]
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _cell(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"{_fmt(m['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def render_markdown(report: dict, results: dict[str, dict], differences: dict | None = None,
+                    samples: list[Conversation] | None = None, n_samples: int = 0) -> str:
+    labels = list(results)
+    cfg = report["config"]
+    lines = [f"# redgym report: {report.get('title', 'evaluation')}", "", f"> **{CONTENT_WARNING}**", "",
+             f"- adversary: `{cfg['adversary_model']}`"
+             + (f" + `{cfg['adversary_checkpoint']}`" if cfg.get("adversary_checkpoint") else "")
+             + f" ({cfg['adversary_format']}); defender: `{cfg['defender_model']}` ({cfg['defender_format']})",
+             f"- scorer: `{cfg['scorer']}` (toxic above {cfg['toxic_threshold']}); prompts: `{cfg['prompts']}`, "
+             f"{report['n_conversations']} conversations of horizon {cfg['horizon']}; seed {cfg['seed']}",
+             f"- redgym {report['redgym_version']} at {report['git_hash']}; values are means with 95% bootstrap "
+             "CIs over conversations", ""]
+    header = "| metric | " + " | ".join(labels) + (" | ratio |" if len(labels) == 2 else " |")
+    lines += ["## Metrics (all turns)", "", header, "|" + "---|" * (len(labels) + 1 + (len(labels) == 2))]
+    for name in HEADLINE:
+        if name not in results[labels[0]]:
+            continue
+        row = f"| {name} {'↑' if results[labels[0]][name]['higher_is_better'] else '↓'} | "
+        row += " | ".join(_cell(results[lb][name]) for lb in labels)
+        if len(labels) == 2:
+            a, b = results[labels[0]][name]["value"], results[labels[1]][name]["value"]
+            row += f" | {_fmt(b / a) if a else 'n/a'}"
+        lines.append(row + " |")
+    if differences:
+        lines += ["", f"## Paired differences ({labels[-1]} − {labels[0]}, same prompts)", "",
+                  "| metric | difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
+        for name, m in differences.items():
+            lo, hi = m["ci95"]
+            lines.append(f"| {name} | {_cell(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+    h = cfg["horizon"]
+    lines += ["", "## Per turn", "", "| metric | turn | " + " | ".join(labels) + " |",
+              "|---|---|" + "---|" * len(labels)]
+    for name in ("defender_toxicity", "combined_toxicity", "adversary_toxicity", "adversary_nll", "distinct_2"):
+        for k in range(1, h + 1):
+            key = f"{name}/turn_{k}"
+            if key in results[labels[0]]:
+                lines.append(f"| {name} | {k} | " + " | ".join(_cell(results[lb][key]) for lb in labels) + " |")
+    lines += ["", "## Plots", "", "![defender toxicity per turn](plots/toxicity_per_turn.png)", "",
+              "![toxicity vs adversary NLL](plots/toxicity_vs_nll.png)", ""]
+    if samples and n_samples:
+        lines += [f"## Samples (top {n_samples} by reward; all in samples.jsonl)", "", f"> {CONTENT_WARNING}", ""]
+        best = sorted(samples, key=lambda c: -max(c.rewards))[:n_samples]
+        for c in best:
+            lines.append(f"- reward {max(c.rewards):.3f}")
+            for t in c.turns:
+                lines.append(f"  - **{t.speaker}** (tox {t.scores.get('tox', float('nan')):.2f}): "
+                             + t.text.replace("\n", " ").replace("|", "\\|"))
+        lines.append("")
+    lines += ["Files: `report.json` (all numbers, config, split), `samples.jsonl` (every conversation with all "
+              "scores), `split.json`, `config.yaml`.", ""]
+    return "\n".join(lines)
+
+
+def plot_toxicity_per_turn(path: Path, results: dict[str, dict], horizon: int) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    turns = list(range(1, horizon + 1))
+    for i, (label, metrics) in enumerate(results.items()):
+        ms = [metrics[f"defender_toxicity/turn_{k}"] for k in turns]
+        vals = [m["value"] for m in ms]
+        err = [[v - m["ci95"][0] for v, m in zip(vals, ms)], [m["ci95"][1] - v for v, m in zip(vals, ms)]]
+        ax.errorbar([k + 0.08 * i for k in turns], vals, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel("turn")
+    ax.set_ylabel("defender toxicity (mean, 95% CI)")
+    ax.set_xticks(turns)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_toxicity_vs_nll(path: Path, convs_by_label: dict[str, list[Conversation]]) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, convs in convs_by_label.items():
+        t = Table.from_conversations(convs)
+        ax.scatter(t.nll.ravel(), t.tox_defender.ravel(), s=10, alpha=0.6, label=label)
+    ax.set_xlabel("adversary NLL under the defender (nats/token)")
+    ax.set_ylabel("defender toxicity")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, report: dict, convs_by_label: dict[str, list[Conversation]],
+                 differences: dict | None = None, n_samples: int = 0) -> None:
+    """Write every output file of an evaluation into ``out``.
+
+    ``report["results"]`` maps each label to its metrics; samples.jsonl holds every conversation of every label.
+    """
+    results = report["results"]
+    plot_toxicity_per_turn(out / "plots" / "toxicity_per_turn.png", results, report["config"]["horizon"])
+    plot_toxicity_vs_nll(out / "plots" / "toxicity_vs_nll.png", convs_by_label)
+    write_jsonl(out / "samples.jsonl", ({"adversary": label, **c.to_json()}
+                                        for label, convs in convs_by_label.items() for c in convs))
+    last = list(convs_by_label)[-1]
+    atomic_write(out / "report.md", render_markdown(report, results, differences, convs_by_label[last], n_samples))
+    write_json(out / "report.json", report)  # last: its presence marks a finished evaluation

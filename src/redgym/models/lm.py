@@ -1,0 +1,175 @@
+"""A causal LM with the two operations redgym needs: batched sampling with log-probs, and continuation NLL.
+
+Conversations reach this layer as ``(speaker, text)`` pairs, so models know nothing of rollouts or trainers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from redgym.errors import RedgymError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """ASTPrompter's sampling defaults."""
+
+    max_new_tokens: int = 24
+    min_new_tokens: int = 2
+    temperature: float = 0.7
+    top_p: float = 0.7
+    repetition_penalty: float = 1.1
+
+
+@dataclass
+class Generation:
+    """B sampled continuations.
+
+    texts:     B decoded utterances (special tokens dropped, whitespace stripped)
+    token_ids: B lists of sampled ids, up to and including the first stop token
+    logprobs:  B lists aligned with token_ids: log p(token | prefix) under the model's own distribution
+               (temperature 1, no top-p), the quantity policy-gradient and preference losses need
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+
+
+def render_plain(history: list[tuple[str, str]]) -> str:
+    """Raw transcript, one utterance a line; the model continues after the last newline (as with GPT-2)."""
+    return "".join(text + "\n" for _, text in history)
+
+
+def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
+    """The model's chat template: its own turns are ``assistant``, everyone else's ``user`` (merged when adjacent)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise RedgymError("format 'chat' needs a tokenizer with a chat template; use format 'plain' for this model")
+    messages: list[dict[str, str]] = []
+    for speaker, text in history:
+        role = "assistant" if speaker == me else "user"
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n" + text
+        else:
+            messages.append({"role": role, "content": text})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class LM:
+    """A model + tokenizer pair with a prompt format (``plain`` or ``chat``)."""
+
+    def __init__(self, model, tokenizer, name: str = "", fmt: str = "plain", max_context_tokens: int = 512):
+        self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
+        self.max_context_tokens = max_context_tokens
+        # Stop on eos, and on the chat end-of-turn token when the template has one.
+        stops = {tokenizer.eos_token_id}
+        for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            tid = tokenizer.get_vocab().get(special)
+            if tid is not None:
+                stops.add(tid)
+        self.stop_ids = sorted(s for s in stops if s is not None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, history: list[tuple[str, str]], me: str) -> str:
+        """Context text for this model, speaking as ``me``, given the conversation so far."""
+        return render_plain(history) if self.fmt == "plain" else render_chat(history, me, self.tokenizer)
+
+    def _encode_left(self, contexts: list[str], budget: int) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        tok.truncation_side = "left"  # keep the most recent turns when a conversation outgrows the window
+        enc = tok(contexts, return_tensors="pt", padding=True, truncation=True, max_length=budget,
+                  add_special_tokens=self.fmt == "plain")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    @torch.no_grad()
+    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
+        """Sample one continuation per context, all in one ``generate`` call (left padding)."""
+        enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
+        out = self.model.generate(
+            **enc,
+            do_sample=True,
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, T)
+        # out.logits: T tensors of (B, V), raw (before temperature/top-p); log-softmax one step at a time so a
+        # (B, T, V) float tensor is never held.
+        logps = torch.stack(
+            [torch.log_softmax(step.float(), -1).gather(-1, new[:, t:t + 1]).squeeze(-1)
+             for t, step in enumerate(out.logits)], dim=1)  # (B, T)
+        is_stop = torch.isin(new, torch.tensor(self.stop_ids, device=new.device))
+        texts, ids, lps = [], [], []
+        for b in range(new.shape[0]):
+            stop = torch.nonzero(is_stop[b])
+            n = int(stop[0]) + 1 if len(stop) else new.shape[1]
+            row = new[b, :n].tolist()
+            ids.append(row)
+            lps.append(logps[b, :n].tolist())
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return Generation(texts, ids, lps)
+
+    def encode_pairs(self, contexts: list[str], continuations: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of (context, continuation) pairs, the context cut from the left to fit the window.
+
+        An empty continuation becomes the end-of-sequence token (the speaker said nothing).
+        """
+        tok = self.tokenizer
+        ctx_ids, cont_ids = [], []
+        for ctx, cont in zip(contexts, continuations):
+            c = (tok(cont, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[: self.max_context_tokens - 1]
+            x = tok(ctx, add_special_tokens=True)["input_ids"]
+            x = x[max(0, len(x) - (self.max_context_tokens - len(c))):]
+            if not x:  # a continuation needs at least one token of context to be predicted from
+                x = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+            ctx_ids.append(x)
+            cont_ids.append(c)
+        return ctx_ids, cont_ids
+
+    @torch.no_grad()
+    def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
+        """Mean negative log-likelihood per token of each continuation given its context."""
+        out: list[float] = []
+        for i in range(0, len(contexts), batch_size):
+            x, c = self.encode_pairs(contexts[i:i + batch_size], continuations[i:i + batch_size])
+            logp, mask = continuation_logprobs(self.model, x, c, self.tokenizer.pad_token_id)
+            out.extend((-(logp * mask).sum(-1) / mask.sum(-1)).tolist())
+        return out
+
+
+def continuation_logprobs(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(continuation | context) for a batch, differentiable (used by eval and the trainers).
+
+    Rows are left-padded so every continuation ends at the last position; explicit position ids keep
+    absolute-position models (GPT-2) correct, and only the last K+1 positions are projected to the vocabulary.
+    Returns ``(logps, mask)``, both (B, K) with K the longest continuation; ``logps`` is right-aligned and
+    ``mask`` is 1 on real continuation tokens.
+    """
+    dev = next(model.parameters()).device
+    rows = [x + c for x, c in zip(ctx_ids, cont_ids)]
+    width = max(len(r) for r in rows)
+    k = max(len(c) for c in cont_ids)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    cmask = torch.zeros((len(rows), k))
+    for b, (r, c) in enumerate(zip(rows, cont_ids)):
+        ids[b, width - len(r):] = torch.tensor(r)
+        attn[b, width - len(r):] = 1
+        cmask[b, k - len(c):] = 1
+    ids, attn, cmask = ids.to(dev), attn.to(dev), cmask.to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1).logits  # (B, K+1, V)
+    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, -k:, None]).squeeze(-1)  # (B, K)
+    return logps * cmask, cmask

@@ -1,0 +1,56 @@
+"""Typed records that flow from rollouts to scores, trainers and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Turn:
+    """One utterance.
+
+    speaker:   "adversary" or "defender"
+    token_ids: ids sampled by the speaker (its own tokenizer), up to and including a stop token
+    logprobs:  per-token log-probs of those ids under the speaker at sampling time (temperature 1)
+    scores:    filled by ``score_conversations``: tox, and for adversary turns nll (under the defender)
+    """
+
+    speaker: str
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Conversation:
+    """A starting prompt (one or more utterances) followed by alternating adversary/defender turns.
+
+    ``rewards[t]`` is the composite reward of exchange t (adversary turn t and the defender's reply), and
+    ``reward_terms[t]`` its separate terms, so ablations and logs can see each one.
+    """
+
+    prompt_id: str
+    prompt: tuple[str, ...]
+    turns: list[Turn] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    reward_terms: list[dict[str, float]] = field(default_factory=list)
+
+    def history(self) -> list[tuple[str, str]]:
+        """``(speaker, text)`` pairs for rendering: prompt utterances first, spoken by "prompt"."""
+        return [("prompt", u) for u in self.prompt] + [(t.speaker, t.text) for t in self.turns]
+
+    def exchanges(self) -> list[tuple[Turn, Turn]]:
+        """(adversary turn, defender reply) pairs, in order."""
+        return [(self.turns[i], self.turns[i + 1]) for i in range(0, len(self.turns) - 1, 2)]
+
+    def to_json(self) -> dict:
+        """The record written to samples.jsonl: text and every score (token ids are left out for size)."""
+        return {
+            "prompt_id": self.prompt_id,
+            "prompt": list(self.prompt),
+            "turns": [{"speaker": t.speaker, "text": t.text, "n_tokens": len(t.token_ids), **t.scores}
+                      for t in self.turns],
+            "rewards": self.rewards,
+            "reward_terms": self.reward_terms,
+        }

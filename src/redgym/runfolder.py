@@ -1,0 +1,78 @@
+"""Run folders describe themselves: resolved config, seed, split, versions, git hash, metrics, outputs.
+
+Files are written atomically (temporary file, then rename), so a stopped run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+import redgym
+from redgym.errors import RedgymError
+
+CONTENT_WARNING = ("Content warning: this run folder holds text that language models generated while being "
+                   "red-teamed for toxicity. It may be offensive.")
+
+
+def check_writable(out: Path) -> None:
+    """Fail early, with one line, when ``out`` cannot be created or written (before any expensive work)."""
+    if out.exists() and not out.is_dir():
+        raise RedgymError(f"output folder {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RedgymError(f"output folder {out} cannot be written (no write permission on {parent})")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows) -> None:
+    atomic_write(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def git_hash() -> str:
+    try:
+        here = Path(redgym.__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_metadata() -> dict:
+    import torch
+    import transformers
+
+    return {"redgym_version": redgym.__version__, "git_hash": git_hash(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def save_config(out: Path, cfg) -> None:
+    atomic_write(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
