@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/redgym demo --out runs/demo
+	$(BIN)/redgym eval --config configs/demo.yaml --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

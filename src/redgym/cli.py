@@ -27,10 +27,13 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    huggingface_hub.utils.logging.set_verbosity_error()  # offline hub retries would print multi-line warnings
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("redgym").setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +63,8 @@ def cmd_eval(args, overrides: dict[str, str]) -> int:
 
 
 COMMANDS = {"eval": cmd_eval}
+# Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig}
 
 
 def main(argv: list[str] | None = None) -> int:

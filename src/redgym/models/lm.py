@@ -84,7 +84,7 @@ class LM:
         tok.truncation_side = "left"  # keep the most recent turns when a conversation outgrows the window
         enc = tok(contexts, return_tensors="pt", padding=True, truncation=True, max_length=budget,
                   add_special_tokens=self.fmt == "plain")
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:

@@ -1,0 +1,177 @@
+"""Throughput of redgym's rollout engine (scoring included) next to the raw ``model.generate`` floor.
+
+What is measured, per batch size B (default 1, 8, 16):
+
+- engine: ``redgym.rollout.engine.rollout`` (adversary and defender are the same ``LM`` object, as in the default
+  eval) followed by ``redgym.rollout.reward.score_conversations`` (profanity scorer + the defender's NLL of every
+  adversary turn), timed together. The engine samples with ``output_logits=True`` and computes per-token
+  log-probs; scoring adds the toxicity scorer and one NLL forward pass per batch.
+- floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
+  contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring.
+
+Both sides use the same model, prompts, seed and sampling settings, with ``min_new_tokens == max_new_tokens`` so
+every utterance is exactly ``max_new_tokens`` new tokens (no early stop). With the same seed they even draw the
+same tokens, so context lengths match turn for turn (the script reports whether the texts agree).
+
+Floor and engine runs are interleaved (floor, engine, floor, engine, ...) so machine noise hits both, and the
+best (shortest) of the repeats is kept. Reported: generated tokens/s, conversation turns/s (utterances
+generated per second) and ratio = engine tok/s / floor tok/s. The last output line is
+``BENCH key=value ...``.
+
+Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+
+from redgym.data.prompts import load_prompts
+from redgym.models.lm import LM, SamplingParams, render_plain
+from redgym.models.loading import load_model
+from redgym.rollout.engine import rollout
+from redgym.rollout.reward import RewardWeights, score_conversations
+from redgym.scorers.toxicity import build_scorer
+
+SEED = 0
+
+
+@dataclass
+class Timing:
+    seconds: float
+    tokens: int
+    turns: int
+    texts: list[list[str]]  # per conversation, the generated utterances (to check engine == floor draws)
+    score_seconds: float = 0.0  # engine only: the part spent in score_conversations
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def turns_s(self) -> float:
+        return self.turns / self.seconds
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--horizon", type=int, default=2, help="(adversary, defender) exchanges per conversation")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per utterance (min = max)")
+    p.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes")
+    p.add_argument("--convs-b1", type=int, default=2, help="conversations at batch size 1 (others use B)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
+    return p.parse_args()
+
+
+def setup(max_new_tokens: int):
+    """The default eval's objects: one SmolLM2 LM used as adversary and defender, the profanity scorer."""
+    model, tok = load_model("smollm2-135m")
+    lm = LM(model, tok, "smollm2-135m", "plain", 512)
+    scorer = build_scorer("profanity")
+    prompts = load_prompts("chitchat", scorer=scorer)
+    params = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    return lm, scorer, prompts, params
+
+
+def warm_up(lm: LM, params: SamplingParams) -> None:
+    """One small generate call so lazy initialisation is not timed."""
+    enc = lm.tokenizer(["Hello there\n", "How are you?\n"], return_tensors="pt", padding=True)
+    lm.model.generate(**enc, do_sample=True, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id)
+
+
+def run_engine(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int) -> Timing:
+    torch.manual_seed(SEED)
+    t0 = time.perf_counter()
+    convs = rollout([(p.id, p.turns) for p in prompts], lm, lm, horizon, params, batch, progress=False)
+    t1 = time.perf_counter()
+    score_conversations(convs, scorer, lm, RewardWeights(), None, batch)
+    t2 = time.perf_counter()
+    tokens = sum(len(t.token_ids) for c in convs for t in c.turns)
+    turns = sum(len(c.turns) for c in convs)
+    return Timing(t2 - t0, tokens, turns, [[t.text for t in c.turns] for c in convs], score_seconds=t2 - t1)
+
+
+@torch.no_grad()
+def floor_generate(lm: LM, contexts: list[str], params: SamplingParams) -> tuple[list[str], int]:
+    """One bare generate call on left-padded contexts (same encoding as the LM): decoded texts, new-token count."""
+    tok = lm.tokenizer
+    tok.truncation_side = "left"
+    enc = tok(contexts, return_tensors="pt", padding=True, truncation=True,
+              max_length=lm.max_context_tokens - params.max_new_tokens, add_special_tokens=True)
+    out = lm.model.generate(
+        **enc, do_sample=True, max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
+        temperature=params.temperature, top_p=params.top_p, repetition_penalty=params.repetition_penalty,
+        eos_token_id=lm.stop_ids, pad_token_id=tok.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return tok.batch_decode(new, skip_special_tokens=True), new.numel()
+
+
+def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int) -> Timing:
+    torch.manual_seed(SEED)
+    t0 = time.perf_counter()
+    tokens = 0
+    histories = [[("prompt", u) for u in p.turns] for p in prompts]
+    for i in range(0, len(histories), batch):
+        chunk = histories[i:i + batch]
+        for _ in range(horizon):
+            for speaker in ("adversary", "defender"):
+                texts, n = floor_generate(lm, [render_plain(h) for h in chunk], params)
+                tokens += n
+                for h, text in zip(chunk, texts):
+                    h.append((speaker, text.strip()))
+    seconds = time.perf_counter() - t0
+    n_prompt = [len(p.turns) for p in prompts]
+    texts = [[t for _, t in h[k:]] for h, k in zip(histories, n_prompt)]
+    return Timing(seconds, tokens, sum(len(t) for t in texts), texts)
+
+
+def bench_batch(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, repeats: int
+                ) -> tuple[Timing, Timing]:
+    """Interleave floor and engine runs; keep the fastest of each."""
+    floors, engines = [], []
+    for r in range(repeats):
+        floors.append(run_floor(lm, prompts, horizon, params, batch))
+        engines.append(run_engine(lm, scorer, prompts, horizon, params, batch))
+        print(f"  B={batch:>2} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
+              f"(scoring {engines[-1].score_seconds:.2f}s)", flush=True)
+    return min(floors, key=lambda t: t.seconds), min(engines, key=lambda t: t.seconds)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(SEED)
+    batches = [int(b) for b in args.batches.split(",")]
+    t_load = time.perf_counter()
+    lm, scorer, all_prompts, params = setup(args.max_new_tokens)
+    warm_up(lm, params)
+    print(f"model smollm2-135m dtype={lm.model.dtype} device={lm.device} threads={torch.get_num_threads()} "
+          f"horizon={args.horizon} max_new_tokens={params.max_new_tokens} setup+warm-up "
+          f"{time.perf_counter() - t_load:.1f}s", flush=True)
+
+    results = {}
+    for batch in batches:
+        prompts = all_prompts[: args.convs_b1 if batch == 1 else batch]
+        floor, engine = bench_batch(lm, scorer, prompts, args.horizon, params, batch, args.repeats)
+        assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
+        results[batch] = (floor, engine)
+
+    print(f"\n{'B':>3} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
+          f"{'floor turns/s':>13} {'engine turns/s':>14} | {'ratio':>5} | {'scoring share':>13} | same draws")
+    fields = []
+    for batch, (floor, engine) in results.items():
+        ratio = engine.tok_s / floor.tok_s
+        same = floor.texts == engine.texts
+        print(f"{batch:>3} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
+              f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
+              f"{engine.score_seconds / engine.seconds:>12.1%} | {same}")
+        fields += [f"engine_tok_s_b{batch}={engine.tok_s:.2f}", f"floor_tok_s_b{batch}={floor.tok_s:.2f}",
+                   f"engine_turns_s_b{batch}={engine.turns_s:.3f}", f"floor_turns_s_b{batch}={floor.turns_s:.3f}",
+                   f"ratio_b{batch}={ratio:.3f}"]
+    print("BENCH " + " ".join(fields))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from redgym.config import RunConfig, load_config, parse_overrides
+from redgym.errors import RedgymError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("horizon: 2\nw_nll: 0.3\nscorer: profanity\n")
+    cfg = load_config(RunConfig, f, {"w_nll": "0", "adversary_checkpoint": "none", "batch_size": "4"})
+    assert (cfg.horizon, cfg.w_nll, cfg.batch_size, cfg.adversary_checkpoint) == (2, 0.0, 4, None)
+    assert cfg.temperature == 0.7  # untouched default
+
+
+def test_unknown_key_names_the_closest_field(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("horizn: 2\n")
+    with pytest.raises(RedgymError, match=r"unknown config key 'horizn' \(did you mean 'horizon'\?\)"):
+        load_config(RunConfig, f)
+    with pytest.raises(RedgymError, match="command line: unknown config key 'nope'"):
+        load_config(RunConfig, None, {"nope": "1"})
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("horizon", "three", "horizon expects int, got 'three'"),
+    ("horizon", "2.5", "horizon expects int"),
+    ("temperature", "hot", "temperature expects float"),
+    ("horizon", "0", "horizon must be >= 1"),
+    ("adversary_format", "xml", "adversary_format must be 'plain' or 'chat'"),
+])
+def test_bad_values_are_one_line_errors(key, value, msg):
+    with pytest.raises(RedgymError, match=msg):
+        load_config(RunConfig, None, {key: value})
+
+
+def test_yaml_types_are_checked(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("horizon: [1, 2]\n")
+    with pytest.raises(RedgymError, match="horizon expects int"):
+        load_config(RunConfig, f)
+    f.write_text("horizon: true\n")  # YAML booleans are not ints
+    with pytest.raises(RedgymError, match="horizon expects int"):
+        load_config(RunConfig, f)
+    f.write_text("a: [\n")
+    with pytest.raises(RedgymError, match="not valid YAML"):
+        load_config(RunConfig, f)
+    f.write_bytes(b"horizon: \xff\xfe\n")
+    with pytest.raises(RedgymError, match="not UTF-8"):
+        load_config(RunConfig, f)
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--horizon", "2", "--w-nll=-0.5", "--prompts", "a-b.txt"]) == {
+        "horizon": "2", "w_nll": "-0.5", "prompts": "a-b.txt"}
+    with pytest.raises(RedgymError, match="--horizon needs a value"):
+        parse_overrides(["--horizon"])
+    with pytest.raises(RedgymError, match="expected --key value"):
+        parse_overrides(["horizon"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from redgym.cli import CONFIG_CLASSES
+
+    kind = path.stem.split("_")[0]
+    cfg = load_config(CONFIG_CLASSES.get(kind, RunConfig), path)
+    assert cfg.horizon >= 1

