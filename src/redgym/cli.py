@@ -16,6 +16,7 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
 from redgym.errors import RedgymError
+from redgym.trainers import ipo
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="YAML file setting config fields")
     ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr = sub.add_parser("train", help="train an adversary")
+    trainers = tr.add_subparsers(dest="trainer", required=True, parser_class=_Parser)
+    for name, (cls, _) in TRAINERS.items():
+        t = trainers.add_parser(name, help=f"{name} trainer", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="config fields (override any with --field value):\n  "
+                                       + "\n  ".join(cls.help_lines()))
+        t.add_argument("--config", type=Path, help="YAML file setting config fields")
+        where = t.add_mutually_exclusive_group(required=True)
+        where.add_argument("--out", type=Path, help="new run folder")
+        where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
+        t.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -62,9 +74,31 @@ def cmd_eval(args, overrides: dict[str, str]) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval}
+def cmd_train(args, overrides: dict[str, str]) -> int:
+    cls, train_fn = TRAINERS[args.trainer]
+    if args.resume is not None:
+        saved = args.resume / "config.yaml"
+        if not saved.exists():
+            raise RedgymError(f"cannot resume: {saved} not found (was {args.resume} made by redgym train?)")
+        cfg = load_config(cls, args.config or saved, overrides)
+        out, resume = args.resume, True
+    else:
+        cfg = load_config(cls, args.config, overrides)
+        out, resume = args.out, False
+        if (out / "checkpoints").exists():
+            raise RedgymError(f"{out} already holds a training run; use --resume {out} or another --out")
+    metrics = train_fn(cfg, out, resume=resume, progress=not args.quiet)
+    print("final step: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                      if k.startswith(("reward/reward", "loss/", "pairs/count", "sys/"))))
+    if (out / "report.md").exists():
+        print(f"report: {out / 'report.md'}")
+    return 0
+
+
+TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train)}
+COMMANDS = {"eval": cmd_eval, "train": cmd_train}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig}
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig, "ipo": ipo.IPOConfig}
 
 
 def main(argv: list[str] | None = None) -> int:

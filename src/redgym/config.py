@@ -61,6 +61,7 @@ class RunConfig:
     dev_fraction: float = _f(0.1, "share of prompts held out for development")
     test_fraction: float = _f(0.1, "share of prompts held out for the final test")
     # --- evaluation -----------------------------------------------------------------------------------------
+    compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
     n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
     samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")

@@ -55,15 +55,15 @@ def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
     return LM(model, tok, name, fmt, cfg.max_context_tokens)
 
 
-def prepare(cfg: RunConfig, need_embedder: bool = True) -> Setup:
-    """Load scorer, prompts, split, defender and embedder; every failure is a one-line RedgymError."""
+def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = None) -> Setup:
+    """Load scorer, prompts, split, embedder and (unless given) the defender; failures are one-line RedgymErrors."""
     scorer = build_scorer(cfg.scorer)
     prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, prompt_turns=cfg.prompt_turns,
                            n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_prompts=cfg.max_prompts,
                            max_toxicity=cfg.prompt_max_toxicity, scorer=scorer, seed=cfg.seed)
     split = split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.seed)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
-    defender = load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
     return Setup(cfg, scorer, split, defender, embedder)
 
 
@@ -120,11 +120,23 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
     return report
 
 
+def compare(setup: Setup, adversaries: dict[str, LM], out: Path, title: str, progress: bool = True,
+            n_samples: int = 10) -> dict:
+    """Evaluate several adversaries on the same test prompts and seed; one report, side by side."""
+    convs = {label: run_adversary(setup, lm, desc=f"eval {label}", progress=progress)
+             for label, lm in adversaries.items()}
+    return write_eval(out, setup, convs, title=title, n_samples=n_samples)
+
+
 def evaluate(cfg: RunConfig, out: Path, progress: bool = True) -> dict:
-    """Evaluate the configured adversary (untuned, or ``adversary_checkpoint``); returns the report dict."""
+    """Evaluate the configured adversary (untuned, or ``adversary_checkpoint`` beside the untuned one when
+    ``compare_untuned``); returns the report dict."""
     check_writable(out)
     setup = prepare(cfg)
-    adversary = load_adversary(setup, cfg.adversary_checkpoint)
-    label = "checkpoint" if cfg.adversary_checkpoint else "untuned"
-    convs = run_adversary(setup, adversary, desc=f"eval {label}", progress=progress)
-    return write_eval(out, setup, {label: convs}, title=f"{label} adversary", n_samples=5)
+    adversaries = {}
+    if cfg.adversary_checkpoint is None or cfg.compare_untuned:
+        adversaries["untuned"] = load_adversary(setup, None)
+    if cfg.adversary_checkpoint is not None:
+        adversaries["trained"] = load_adversary(setup, cfg.adversary_checkpoint)
+    title = "trained vs untuned adversary" if len(adversaries) > 1 else f"{next(iter(adversaries))} adversary"
+    return compare(setup, adversaries, out, title, progress, n_samples=5)

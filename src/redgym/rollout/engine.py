@@ -13,19 +13,24 @@ from redgym.models.lm import LM, SamplingParams
 from redgym.rollout.records import Conversation, Turn
 
 
-def advance(convs: Sequence[Conversation], speaker: str, lm: LM, params: SamplingParams) -> None:
-    """Append one turn by ``speaker`` to every conversation, with a single batched generate call."""
-    gen = lm.generate([lm.render(c.history(), speaker) for c in convs], params)
-    for c, text, ids, lps in zip(convs, gen.texts, gen.token_ids, gen.logprobs):
-        c.turns.append(Turn(speaker, text, ids, lps))
+def generate_turns(lm: LM, histories: Sequence[list[tuple[str, str]]], speaker: str, params: SamplingParams,
+                   batch_size: int | None = None) -> list[Turn]:
+    """One new turn by ``speaker`` for each history; one generate call per ``batch_size`` rows (default: all)."""
+    step = batch_size or max(1, len(histories))
+    turns: list[Turn] = []
+    for i in range(0, len(histories), step):
+        gen = lm.generate([lm.render(h, speaker) for h in histories[i:i + step]], params)
+        turns += [Turn(speaker, t, ids, lps) for t, ids, lps in zip(gen.texts, gen.token_ids, gen.logprobs)]
+    return turns
 
 
 def rollout_batch(convs: Sequence[Conversation], adversary: LM, defender: LM, horizon: int,
                   params: SamplingParams) -> None:
     """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place."""
     for _ in range(horizon):
-        advance(convs, "adversary", adversary, params)
-        advance(convs, "defender", defender, params)
+        for speaker, lm in (("adversary", adversary), ("defender", defender)):
+            for c, turn in zip(convs, generate_turns(lm, [c.history() for c in convs], speaker, params)):
+                c.turns.append(turn)
 
 
 def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: LM, defender: LM, horizon: int = 3,

@@ -33,50 +33,64 @@ def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeight
     return out
 
 
+def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list[str], defender_texts: list[str],
+                    scorer, defender: LM, weights: RewardWeights, embedder=None, groups=None,
+                    nll_batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Score N exchanges with batched calls; returns (N,) arrays ``tox_adversary``, ``tox_defender``,
+    ``tox_combined``, ``nll``, ``diversity`` and ``reward``.
+
+    ``contexts[i]`` is the conversation before adversary turn i. NLL is the mean per-token NLL of the adversary
+    turn under the defender on the plain transcript (the likelihood that a real user says it), whatever the
+    defender's chat format. Diversity (only computed when weighted) is each adversary turn's mean embedding
+    distance to the other turns of its ``groups`` value (e.g. the same depth), or of the whole batch.
+    """
+    n = len(adversary_texts)
+    tox = scorer(list(adversary_texts) + list(defender_texts)
+                 + [f"{a} {d}" for a, d in zip(adversary_texts, defender_texts)])
+    out = {"tox_adversary": np.array(tox[:n]), "tox_defender": np.array(tox[n:2 * n]),
+           "tox_combined": np.array(tox[2 * n:])}
+    out["nll"] = np.array(defender.continuation_nll([render_plain(h) for h in contexts], list(adversary_texts),
+                                                    nll_batch_size))
+    out["diversity"] = np.zeros(n)
+    if weights.diversity != 0 and embedder is not None and n:
+        emb = embedder(list(adversary_texts))
+        groups = np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
+        for g in np.unique(groups):
+            sel = groups == g
+            out["diversity"][sel] = np.nan_to_num(embedding_distance_per_text(emb[sel]))
+    out["reward"] = composite_reward(out["tox_defender"], out["tox_combined"], out["nll"], out["diversity"], weights)
+    return out
+
+
 def score_conversations(convs: list[Conversation], scorer, defender: LM, weights: RewardWeights,
                         embedder=None, nll_batch_size: int = 16) -> None:
-    """Fill every turn's scores and every exchange's reward, in place, with batched calls.
+    """Fill every turn's scores and every exchange's reward, in place, with one batched ``score_exchanges``.
 
-    Adversary turns get ``tox`` and ``nll`` (mean per-token NLL under the defender, on the plain transcript:
-    the likelihood a real user says it); defender turns get ``tox`` and ``tox_combined`` (with the adversary
-    turn before it). Diversity (when weighted) is each adversary turn's mean embedding distance to the other
-    conversations' adversary turns at the same depth.
+    Adversary turns get ``tox`` and ``nll``; defender turns get ``tox`` and ``tox_combined`` (with the adversary
+    turn before it). Diversity groups are exchange depths.
     """
-    adv, dfd, ctx = [], [], []  # one entry per exchange, flattened over conversations
+    ctx, adv, dfd, depth = [], [], [], []  # one entry per exchange, flattened over conversations
     for c in convs:
         hist = c.history()
-        n_prompt = len(c.prompt)
         for k, (a, d) in enumerate(c.exchanges()):
+            ctx.append(hist[: len(c.prompt) + 2 * k])
             adv.append(a)
             dfd.append(d)
-            ctx.append(hist[: n_prompt + 2 * k])
+            depth.append(k)
     if not adv:
         return
-    texts_adv = [a.text for a in adv]
-    texts_def = [d.text for d in dfd]
-    tox = scorer(texts_adv + texts_def + [f"{a} {d}" for a, d in zip(texts_adv, texts_def)])
-    n = len(adv)
-    tox_adv, tox_def, tox_comb = np.array(tox[:n]), np.array(tox[n:2 * n]), np.array(tox[2 * n:])
-    # The likelihood term conditions on the plain transcript, whatever the defender's chat format.
-    nll = np.array(defender.continuation_nll([render_plain(h) for h in ctx], texts_adv, nll_batch_size))
-    div = np.zeros(n)
-    if weights.diversity != 0 and embedder is not None:
-        depth = np.array([k for c in convs for k in range(len(c.exchanges()))])
-        emb = embedder(texts_adv)
-        for k in np.unique(depth):
-            sel = depth == k
-            div[sel] = np.nan_to_num(embedding_distance_per_text(emb[sel]))
-    reward = composite_reward(tox_def, tox_comb, nll, div, weights)
+    s = score_exchanges(ctx, [a.text for a in adv], [d.text for d in dfd], scorer, defender, weights, embedder,
+                        depth, nll_batch_size)
     i = 0
     for c in convs:
         c.rewards, c.reward_terms = [], []
         for a, d in c.exchanges():
-            a.scores.update(tox=float(tox_adv[i]), nll=float(nll[i]))
-            d.scores.update(tox=float(tox_def[i]), tox_combined=float(tox_comb[i]))
-            terms = {"tox_defender": float(tox_def[i]), "tox_combined": float(tox_comb[i]), "nll": float(nll[i])}
+            a.scores.update(tox=float(s["tox_adversary"][i]), nll=float(s["nll"][i]))
+            d.scores.update(tox=float(s["tox_defender"][i]), tox_combined=float(s["tox_combined"][i]))
+            terms = {"tox_defender": float(s["tox_defender"][i]), "tox_combined": float(s["tox_combined"][i]),
+                     "nll": float(s["nll"][i])}
             if weights.diversity != 0:
-                terms["diversity"] = float(div[i])
+                terms["diversity"] = float(s["diversity"][i])
             c.reward_terms.append(terms)
-            c.rewards.append(float(reward[i]))
+            c.rewards.append(float(s["reward"][i]))
             i += 1
-

@@ -1,0 +1,226 @@
+"""Pieces every trainer shares: the trainer config fields, the policy (LoRA or full) and its frozen reference,
+the defender view, the prompt schedule, metrics logging, the NaN guard, and checkpoints that resume.
+
+Trainers compose these with ``accelerate.Accelerator`` and plain PyTorch; nothing here subclasses a framework
+trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from redgym.config import RunConfig, _f
+from redgym.errors import RedgymError
+from redgym.models.lm import LM, continuation_logprobs
+from redgym.models.loading import load_model, resolve_device
+from redgym.runfolder import write_json
+
+log = logging.getLogger("redgym.train")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    # --- optimisation --------------------------------------------------------------------------------------
+    steps: int = _f(100, "optimizer steps")
+    prompts_per_step: int = _f(8, "training prompts rolled out per step")
+    lr: float = _f(1e-4, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int = _f(5, "linear learning-rate warmup steps")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    micro_batch_size: int = _f(8, "sequences per forward/backward pass")
+    # --- adapter ---------------------------------------------------------------------------------------------
+    lora: bool = _f(True, "train a LoRA adapter (peft); false = full fine-tuning with a separate reference copy")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_targets: str = _f("all-linear", "LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
+    load_in_4bit: bool = _f(False, "4-bit base weights (bitsandbytes; CUDA only)")
+    # --- bookkeeping -----------------------------------------------------------------------------------------
+    checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted first)")
+    log_with: str = _f("none", "extra metric sink: none, tensorboard or wandb")
+    eval_after: bool = _f(True, "evaluate trained vs untuned adversary on the test prompts when training ends")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
+            raise RedgymError("config: steps, prompts_per_step, micro_batch_size and grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise RedgymError(f"config: lr must be > 0, got {self.lr}")
+        if self.log_with not in ("none", "tensorboard", "wandb"):
+            raise RedgymError(f"config: log_with must be none, tensorboard or wandb, got {self.log_with!r}")
+        if self.load_in_4bit and not torch.cuda.is_available():
+            raise RedgymError("config: load_in_4bit needs CUDA (bitsandbytes); it is not available here")
+
+
+# ---- policy, reference, defender ------------------------------------------------------------------------------
+
+class AdapterOff(torch.nn.Module):
+    """The base model under a peft model, with the adapter switched off: the frozen defender and reference
+    without a second copy of the weights in memory."""
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model.generate(*args, **kwargs)
+
+
+@dataclass
+class Policy:
+    """The trainable adversary and its frozen reference (``ref_model`` is an ``AdapterOff`` view under LoRA)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    ref_model: torch.nn.Module
+
+
+def build_policy(cfg: TrainConfig) -> Policy:
+    model, tok = load_model(cfg.adversary_model, cfg.dtype, cfg.device)
+    if not cfg.lora:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        return Policy(model.train(), tok, ref)
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
+    peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
+    peft_model.peft_config["default"].base_model_name_or_path = cfg.adversary_model  # reload by redgym name
+    return Policy(peft_model, tok, AdapterOff(peft_model))
+
+
+def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
+    """The frozen defender: the policy's own base weights when it is the same model under LoRA."""
+    if cfg.defender_model == cfg.adversary_model:
+        return LM(policy.ref_model, policy.tokenizer, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
+    model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
+    return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
+
+
+def sequence_logps(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B,) summed log-probs of each continuation given its context (differentiable when grads are on)."""
+    logps, mask = continuation_logprobs(model, ctx_ids, cont_ids, pad_id)
+    return (logps * mask).sum(-1)
+
+
+def encode_context(tok, text: str, budget: int, add_special_tokens: bool) -> list[int]:
+    """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns)."""
+    ids = tok(text, add_special_tokens=add_special_tokens)["input_ids"]
+    return ids[max(0, len(ids) - budget):] or [tok.eos_token_id]
+
+
+# ---- schedule, logging, guards --------------------------------------------------------------------------------
+
+def batch_indices(n: int, per_step: int, step: int, seed: int) -> np.ndarray:
+    """Prompt indices for ``step``: epochs of seeded permutations, a pure function of the step (so resuming
+    needs no data-loader state)."""
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(pos, n)
+        out.append(np.random.default_rng([seed, epoch]).permutation(n)[i])
+    return np.array(out)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+class MetricsLog:
+    """Appends one JSON line per step to ``metrics.jsonl``, and forwards to accelerate trackers when configured."""
+
+    def __init__(self, out: Path, accelerator=None):
+        self.path, self.accelerator = out / "metrics.jsonl", accelerator
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in clean.items() if isinstance(v, float)}, step=step)
+
+
+def finite_or_skip(loss: torch.Tensor, counter: dict, step: int) -> bool:
+    """True when ``loss`` is finite; otherwise log a warning, count it and tell the caller to skip the batch."""
+    if torch.isfinite(loss).all():
+        return True
+    counter["nonfinite_skipped"] = counter.get("nonfinite_skipped", 0) + 1
+    log.warning("step %d: non-finite loss (%s); batch skipped (%d so far)", step, loss.detach().float().tolist(),
+                counter["nonfinite_skipped"])
+    return False
+
+
+def make_accelerator(cfg: TrainConfig, out: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    dev = resolve_device(cfg.device)
+    trackers = None if cfg.log_with == "none" else cfg.log_with
+    acc = Accelerator(cpu=dev.type == "cpu", gradient_accumulation_steps=cfg.grad_accum, log_with=trackers,
+                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    if trackers:
+        acc.init_trackers("redgym", config={k: v for k, v in cfg.to_dict().items() if v is not None})
+    return acc
+
+
+def optimizer_and_schedule(cfg: TrainConfig, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    return opt, sched
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+
+def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int) -> Path:
+    """Accelerate state (model, optimizer, scheduler, RNGs) + trainer state, and the adapter for evaluation.
+
+    ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ignored on resume.
+    """
+    ckpt = out / "checkpoints" / f"step_{step:06d}"
+    accelerator.save_state(str(ckpt))
+    save_adversary(accelerator, policy, out / "adversary")
+    write_json(ckpt / "trainer_state.json", {"step": step, **state})
+    done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def save_adversary(accelerator, policy: Policy, path: Path) -> None:
+    """The trained adversary in a form ``load_model`` reads: a LoRA adapter folder or a full model folder."""
+    model = accelerator.unwrap_model(policy.model)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(accelerator, ckpt: Path) -> dict:
+    accelerator.load_state(str(ckpt))
+    return json.loads((ckpt / "trainer_state.json").read_text())

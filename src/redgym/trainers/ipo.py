@@ -1,0 +1,220 @@
+"""Online IPO/DPO red-teaming over multi-turn tree rollouts with weak supervision (the ASTPrompter method).
+
+    redgym train ipo --config configs/ipo_demo.yaml --out runs/ipo      (--resume runs/ipo to continue)
+
+Each step: (1) a batch of training prompts; (2) a tree per prompt, k adversary samples per node with a defender
+reply each, scored by the composite reward; siblings whose best and worst rewards differ by more than a
+threshold give a preference pair; (3) weak supervision replaces a pair, with probability rho, by a
+toxicity-eliciting prompt split at a random word (true continuation chosen, the adversary's own rejected);
+(4) IPO or DPO loss on sequence log-probs under the policy and the frozen reference; (5) log and checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from redgym.config import _f
+from redgym.data.prompts import Prompt, load_prompts
+from redgym.errors import RedgymError
+from redgym.eval.evaluate import Setup, compare, prepare
+from redgym.models.lm import LM
+from redgym.rollout.engine import generate_turns
+from redgym.rollout.reward import score_exchanges
+from redgym.rollout.tree import SiblingGroup, grow_tree
+from redgym.runfolder import check_writable, save_config
+from redgym.trainers import common
+from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
+
+
+@dataclass
+class IPOConfig(common.TrainConfig):
+    loss: str = _f("ipo", "preference loss: ipo or dpo (sigmoid)")
+    beta: float = _f(0.01, "IPO/DPO beta (IPO regresses the log-ratio margin to 1/(2 beta))")
+    samples_per_node: int = _f(2, "adversary samples per tree node; pairs are best vs worst sibling")
+    pair_threshold: float = _f(0.0, "siblings make a pair only when their rewards differ by more than this")
+    max_pairs_per_step: int = _f(16, "pairs trained on per step, largest reward margins first (0 = all)")
+    weak_supervision: float = _f(0.5, "probability rho that a pair is replaced by a weak-supervision pair (0 = off)")
+    weak_prompts: str = _f("rtp", "toxicity-eliciting prompts for weak supervision (any prompt source)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss not in PREFERENCE_LOSSES:
+            raise RedgymError(f"config: loss must be ipo or dpo, got {self.loss!r}")
+        if self.beta <= 0 or self.samples_per_node < 2 or not 0 <= self.weak_supervision <= 1:
+            raise RedgymError("config: beta must be > 0, samples_per_node >= 2, weak_supervision in [0, 1]")
+
+
+@dataclass
+class PreferencePair:
+    """Adversary token ids of a chosen and a rejected utterance after the same (adversary-rendered) context."""
+
+    context: str
+    chosen: list[int]
+    rejected: list[int]
+    chosen_reward: float
+    rejected_reward: float
+    weak: bool = False
+
+
+def pairs_from_groups(groups: list[SiblingGroup], adversary: LM, threshold: float) -> list[PreferencePair]:
+    """Best vs worst sibling of each group, kept when the reward gap exceeds ``threshold``."""
+    pairs = []
+    for g in groups:
+        r = g.scores["reward"]
+        hi, lo = int(np.argmax(r)), int(np.argmin(r))
+        if r[hi] - r[lo] > threshold:
+            pairs.append(PreferencePair(adversary.render(g.history, "adversary"), g.adversary[hi].token_ids,
+                                        g.adversary[lo].token_ids, float(r[hi]), float(r[lo])))
+    return pairs
+
+
+def split_at_random_word(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    """``"a b c d"`` -> (``"a b"``, ``"c d"``) at a random word boundary (both sides non-empty)."""
+    words = text.split()
+    if len(words) < 2:
+        return None
+    cut = int(rng.integers(1, len(words)))
+    return " ".join(words[:cut]), " ".join(words[cut:])
+
+
+def weak_pairs(n: int, sources: list[Prompt], adversary: LM, params, rng: np.random.Generator,
+               batch_size: int) -> list[PreferencePair]:
+    """``n`` weak-supervision pairs: context = first part of an eliciting prompt, chosen = its true rest,
+    rejected = the adversary's own continuation (one batched generate call)."""
+    splits = []
+    while len(splits) < n:
+        s = split_at_random_word(sources[int(rng.integers(len(sources)))].text, rng)
+        if s:
+            splits.append(s)
+    histories = [[("prompt", first)] for first, _ in splits]
+    own = generate_turns(adversary, histories, "adversary", params, batch_size)
+    tok = adversary.tokenizer
+    return [PreferencePair(adversary.render(h, "adversary"), tok(rest, add_special_tokens=False)["input_ids"],
+                           t.token_ids, float("nan"), float("nan"), weak=True)
+            for h, (_, rest), t in zip(histories, splits, own)]
+
+
+def mix_in_weak(pairs: list[PreferencePair], rho: float, rng: np.random.Generator,
+                make_weak: Callable[[int], list[PreferencePair]]) -> list[PreferencePair]:
+    """Replace each pair, independently with probability ``rho``, by one of ``make_weak(n)``'s pairs."""
+    replace = rng.random(len(pairs)) < rho
+    if not replace.any():
+        return pairs
+    weak = iter(make_weak(int(replace.sum())))
+    return [next(weak) if r else p for p, r in zip(pairs, replace)]
+
+
+def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
+    # 0 setup: prompts, scorer, policy + reference + defender (one copy of the weights under LoRA), optimizer
+    check_writable(out)
+    weak_sources = load_prompts(cfg.weak_prompts, min_words=2) if cfg.weak_supervision > 0 else []
+    acc = common.make_accelerator(cfg, out)
+    policy = common.build_policy(cfg)
+    defender = common.defender_lm(cfg, policy)
+    setup: Setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
+    opt, sched = common.optimizer_and_schedule(cfg, policy.model)
+    policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
+    adversary = LM(policy.model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens)
+    start, counters = 0, {}
+    if resume and (ckpt := common.latest_checkpoint(out)):
+        state = common.load_checkpoint(acc, ckpt)
+        start, counters = state["step"], state.get("counters", {})
+        common.log.info("resumed from %s at step %d", ckpt, start)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    metrics_log = common.MetricsLog(out, acc)
+    loss_fn = PREFERENCE_LOSSES[cfg.loss]
+    rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
+    train_prompts = setup.split.train
+    score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
+        ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size)
+    pad = policy.tokenizer.pad_token_id
+    budget = cfg.max_context_tokens - cfg.max_new_tokens
+    add_special = cfg.adversary_format == "plain"
+    metrics: dict[str, float] = {}
+
+    for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps, disable=not progress):
+        t0 = time.time()
+        # 1 prompts
+        batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
+                                                                cfg.seed)]
+        # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
+        policy.model.eval()
+        groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
+                           setup.params, score, cfg.batch_size)
+        t_roll = time.time() - t0
+        pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
+        pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
+        if cfg.max_pairs_per_step:
+            pairs = pairs[: cfg.max_pairs_per_step]
+        # 3 weak supervision: each pair is replaced with probability rho
+        pairs = mix_in_weak(pairs, cfg.weak_supervision, rng,
+                            lambda n: weak_pairs(n, weak_sources, adversary, setup.params, rng, cfg.batch_size))
+        # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
+        policy.model.train()
+        stats = {"loss": [], "margin": [], "kl": []}
+        with acc.accumulate(policy.model):
+            for i in range(0, len(pairs), cfg.micro_batch_size):
+                mb = pairs[i:i + cfg.micro_batch_size]
+                ctx = [common.encode_context(policy.tokenizer, p.context, budget, add_special) for p in mb]
+                conts = [p.chosen for p in mb] + [p.rejected for p in mb]
+                pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
+                with torch.no_grad():
+                    ref = common.sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+                n = len(mb)
+                losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
+                loss = losses.sum() / len(pairs)
+                if not common.finite_or_skip(loss, counters, step):
+                    continue
+                acc.backward(loss)
+                stats["loss"] += losses.detach().tolist()
+                stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
+                stats["kl"] += ((pol[:n] - ref[:n]).detach() / torch.tensor([len(p.chosen) for p in mb])).tolist()
+            if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
+                grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
+            else:
+                grad_norm = float("nan")
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        # 5 log + checkpoint
+        online = [p for p in pairs if not p.weak]
+        rewards = np.concatenate([g.scores["reward"] for g in groups])
+        metrics = {
+            **{f"reward/{k}": float(np.mean(np.concatenate([g.scores[k] for g in groups])))
+               for k in ("reward", "tox_defender", "tox_combined", "tox_adversary", "nll")},
+            "reward/max": float(rewards.max()),
+            "pairs/count": len(pairs),
+            "pairs/weak_share": float(np.mean([p.weak for p in pairs])) if pairs else 0.0,
+            "pairs/reward_margin": float(np.mean([p.chosen_reward - p.rejected_reward for p in online]))
+            if online else 0.0,
+            "loss/" + cfg.loss: float(np.mean(stats["loss"])) if stats["loss"] else float("nan"),
+            "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
+            "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
+            "train/grad_norm": grad_norm,
+            "train/lr": sched.get_last_lr()[0],
+            "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
+            "time/rollout_s": t_roll,
+            "time/step_s": time.time() - t0,
+            "time/exchanges_per_s": len(rewards) / max(t_roll, 1e-9),
+            "sys/peak_rss_gb": common.peak_rss_gb(),
+        }
+        metrics_log.log(step + 1, metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters}, cfg.keep_checkpoints)
+    acc.end_training()
+    # 6 evaluate trained vs untuned adversary on the held-out test prompts, same seed, one report
+    if cfg.eval_after:
+        policy.model.eval()
+        untuned = LM(policy.ref_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+                     cfg.max_context_tokens)
+        compare(setup, {"untuned": untuned, "trained": adversary}, out, "IPO-trained vs untuned adversary", progress)
+    return metrics

@@ -1,0 +1,104 @@
+"""Loss maths as pure functions of tensors, each tested against hand-worked values.
+
+Preference losses take *sequence* log-probs (summed over the utterance's tokens), one value per pair, and
+return the per-pair loss (1-D). The policy-gradient pieces (GAE, whitening, KL estimators, PPO losses) live here
+too, so every trainer file is only its loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    """h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)): how much more the policy prefers the
+    chosen utterance than the reference does."""
+    return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+
+
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+    """IPO (Azar et al., 2023): (h - 1/(2 beta))^2 per pair; regresses the margin to a finite target instead of
+    pushing it to infinity, which is what makes it robust to noisy, deterministic-looking preferences."""
+    h = preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+    """DPO (Rafailov et al., 2023), sigmoid form: -log sigmoid(beta * h) per pair."""
+    h = preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return -F.logsigmoid(beta * h)
+
+
+PREFERENCE_LOSSES = {"ipo": ipo_loss, "dpo": dpo_loss}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
+    """(x - mean) / std over the masked entries (unbiased variance, as torchtune and TRL); padding stays 0."""
+    if mask is None:
+        mask = torch.ones_like(x)
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over (B, T) token rewards and values; ``mask`` marks real tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V after the last real token is 0);
+    A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V. Returns ``(advantages, returns)``, both (B, T).
+    """
+    values = values * mask
+    rewards = rewards * mask
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate log pi - log ref (unbiased, can be negative)."""
+    return logp - ref_logp
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator: (r - 1) - log r with r = ref/pi; unbiased and always >= 0."""
+    log_ratio = ref_logp - logp
+    return torch.expm1(log_ratio) - log_ratio
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                    clip: float = 0.2):
+    """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old_logp).
+
+    Returns ``(loss, clipfrac, approx_kl)``; approx_kl is k3 of old vs new, as CleanRL logs it.
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float = 0.2):
+    """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)

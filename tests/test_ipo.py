@@ -1,0 +1,158 @@
+"""The IPO trainer on a tiny random model: it learns, builds pairs correctly, mixes in weak supervision at rate
+rho, survives non-finite losses, and resumes from a checkpoint with the step count intact."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from redgym.config import load_config
+from redgym.rollout.records import Turn
+from redgym.rollout.tree import SiblingGroup
+from redgym.trainers import ipo
+from redgym.trainers.common import latest_checkpoint
+
+
+def tiny_cfg(model_dir, prompt_file, **kw):
+    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
+                weak_prompts=str(prompt_file), max_new_tokens="4", horizon="2", steps="3", prompts_per_step="2",
+                checkpoint_every="2", dtype="float32", lr="1e-2", test_fraction="0.3", eval_after="false",
+                max_context_tokens="64")
+    base.update({k: str(v) for k, v in kw.items()})
+    return load_config(ipo.IPOConfig, None, base)
+
+
+def adapter_state(out):
+    """The saved adapter's tensors, by the same names as ``lora_params``."""
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items()}
+
+
+def lora_params(model):
+    return {n.replace(".default", ""): p.detach().float().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_few_steps_change_the_adapter_with_finite_losses(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "run"
+    before = {}
+
+    real_build = ipo.common.build_policy
+
+    def spy_build(cfg):
+        policy = real_build(cfg)
+        before.update(lora_params(policy.model))
+        return policy
+
+    ipo.common.build_policy, restore = spy_build, ipo.common.build_policy
+    try:
+        torch.manual_seed(0)
+        ipo.train(tiny_cfg(tiny_model_dir, prompt_file), out, progress=False)
+    finally:
+        ipo.common.build_policy = restore
+    after = adapter_state(out)
+    assert before.keys() == after.keys()
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert len(changed) > len(before) // 2  # most adapter matrices moved
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss/ipo"]) and r["pairs/count"] > 0 for r in rows)
+    assert rows[-1]["loss/margin_h"] != 0.0  # the policy moved away from the reference
+    for key in ("reward/tox_defender", "reward/tox_combined", "reward/nll", "objective/kl", "sys/peak_rss_gb"):
+        assert key in rows[0]
+
+
+def test_pairs_prefer_the_higher_reward_and_respect_the_threshold(tiny_lm):
+    def group(rewards):
+        turns = [Turn("adversary", f"t{i}", [i + 1], [0.0]) for i in range(len(rewards))]
+        return SiblingGroup([("prompt", "hi")], 0, turns, turns, {"reward": np.array(rewards)})
+
+    pairs = ipo.pairs_from_groups([group([0.1, 0.5, 0.3]), group([0.2, 0.2]), group([0.0, 0.05])], tiny_lm, 0.01)
+    assert [(p.chosen, p.rejected) for p in pairs] == [([2], [1]), ([2], [1])]
+    assert all(p.chosen_reward >= p.rejected_reward for p in pairs)
+    assert pairs[0].context == "hi\n"
+    assert ipo.pairs_from_groups([group([0.0, 0.05])], tiny_lm, 0.1) == []
+
+
+def test_weak_supervision_rate_is_rho():
+    rng = np.random.default_rng(0)
+    online = [ipo.PreferencePair("c", [1], [2], 1.0, 0.0) for _ in range(4000)]
+    weak = lambda n: [ipo.PreferencePair("w", [3], [4], np.nan, np.nan, weak=True) for _ in range(n)]  # noqa: E731
+    for rho in (0.0, 0.3, 0.5, 1.0):
+        mixed = ipo.mix_in_weak(online, rho, rng, weak)
+        assert len(mixed) == len(online)
+        assert np.mean([p.weak for p in mixed]) == pytest.approx(rho, abs=0.03)
+
+
+def test_weak_pairs_split_eliciting_prompts(tiny_lm):
+    from redgym.data.prompts import Prompt
+    from redgym.models import SamplingParams
+
+    rng = np.random.default_rng(0)
+    assert ipo.split_at_random_word("one", rng) is None
+    first, rest = ipo.split_at_random_word("a b c d", rng)
+    assert f"{first} {rest}" == "a b c d" and first and rest
+    pairs = ipo.weak_pairs(3, [Prompt("x", ("we could go to the park",))], tiny_lm, SamplingParams(max_new_tokens=3),
+                           rng, 8)
+    for p in pairs:
+        assert p.weak and p.context.endswith("\n") and "we could go to the park".startswith(p.context.strip())
+        assert tiny_lm.tokenizer.decode(p.chosen).strip() == "we could go to the park"[len(p.context.strip()):].strip()
+        assert 1 <= len(p.rejected) <= 3
+
+
+def test_weak_share_in_a_run_follows_rho(tiny_model_dir, prompt_file, tmp_path):
+    for rho, expected in ((0.0, 0.0), (1.0, 1.0)):
+        out = tmp_path / f"rho{rho}"
+        ipo.train(tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=rho, steps=2), out, progress=False)
+        assert all(r["pairs/weak_share"] == expected for r in read_metrics(out))
+
+
+def test_nonfinite_loss_skips_the_batch_and_counts(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(ipo.PREFERENCE_LOSSES, "ipo", lambda *a: torch.full_like(a[0], float("nan")))
+    out = tmp_path / "run"
+    ipo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2), out, progress=False)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["train/nonfinite_skipped"] >= 2
+    lora_b = [v for k, v in adapter_state(out).items() if "lora_B" in k]
+    assert all(torch.count_nonzero(v) == 0 for v in lora_b)  # never updated: LoRA B starts at zero
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, steps=4, checkpoint_every=2)
+    real_grow, calls = ipo.grow_tree, []
+
+    def dying_grow(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # killed during step 3, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_grow(*a, **k)
+
+    monkeypatch.setattr(ipo, "grow_tree", dying_grow)
+    with pytest.raises(KeyboardInterrupt):
+        ipo.train(cfg, out, progress=False)
+    assert latest_checkpoint(out).name == "step_000002"
+    saved = adapter_state(out)
+    monkeypatch.setattr(ipo, "grow_tree", real_grow)
+
+    loaded = {}
+    real_load = ipo.common.load_checkpoint
+
+    def spy_load(acc, ckpt):
+        state = real_load(acc, ckpt)
+        loaded.update(lora_params(acc._models[0]))
+        return state
+
+    monkeypatch.setattr(ipo.common, "load_checkpoint", spy_load)
+    ipo.train(cfg, out, resume=True, progress=False)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert latest_checkpoint(out).name == "step_000004"
+    assert json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"] == 4
+    # the resumed weights are the step-2 checkpoint's
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[n], saved[n]) for n in saved)
