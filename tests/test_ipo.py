@@ -156,3 +156,21 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, prompt_file, tmp
     assert json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"] == 4
     # the resumed weights are the step-2 checkpoint's
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[n], saved[n]) for n in saved)
+
+
+def test_fast_generation_copy_matches_the_peft_model(tiny_model_dir, prompt_file):
+    cfg = tiny_cfg(tiny_model_dir, prompt_file)
+    policy = ipo.common.build_policy(cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[5, 9, 17, 33, 2, 41]])
+    with torch.no_grad():
+        want = policy.model(input_ids=ids).logits
+        base = policy.frozen_sampler(input_ids=ids).logits
+        assert not torch.allclose(policy.sampler.model(input_ids=ids).logits, want, atol=1e-3)  # stale before sync
+        policy.sync_sampler()
+        assert torch.allclose(policy.sampler.model(input_ids=ids).logits, want, atol=1e-4)
+        assert torch.allclose(policy.ref_model(input_ids=ids).logits, base, atol=1e-5)  # reference = untouched base

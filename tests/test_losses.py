@@ -32,3 +32,73 @@ def test_preference_losses_push_the_margin_the_right_way():
         pc.grad = None
         fn(pc, torch.tensor([-1.0]), torch.tensor([-1.0]), torch.tensor([-1.0]), 0.1).sum().backward()
         assert pc.grad.item() < 0  # gradient descent raises the chosen log-prob
+
+
+def test_gae_three_token_episode_by_hand():
+    # rewards [0, 0, 1], values [0.5, 0.6, 0.7], gamma 0.9, lambda 0.8
+    # delta2 = 1 + 0 - 0.7 = 0.3 ; delta1 = 0 + 0.9*0.7 - 0.6 = 0.03 ; delta0 = 0 + 0.9*0.6 - 0.5 = 0.04
+    # A2 = 0.3 ; A1 = 0.03 + 0.72*0.3 = 0.246 ; A0 = 0.04 + 0.72*0.246 = 0.21712
+    from redgym.trainers.losses import gae
+
+    r = torch.tensor([[0.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 0.6, 0.7]])
+    adv, ret = gae(r, v, torch.ones(1, 3), gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([0.21712, 0.246, 0.3])
+    assert ret[0].tolist() == pytest.approx([0.71712, 0.846, 1.0])
+
+
+def test_gae_ignores_left_padding():
+    from redgym.trainers.losses import gae
+
+    r = torch.tensor([[9.0, 0.0, 1.0]])  # position 0 is padding: its reward and value must not leak
+    v = torch.tensor([[9.0, 0.6, 0.7]])
+    adv, _ = gae(r, v, torch.tensor([[0.0, 1.0, 1.0]]), gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([0.0, 0.246, 0.3])
+
+
+def test_whiten_by_hand():
+    from redgym.trainers.losses import whiten
+
+    x = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    out = whiten(x, torch.tensor([1.0, 1.0, 1.0, 0.0]))  # mean 2, unbiased std 1 over the masked entries
+    assert out.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
+
+
+def test_kl_estimators_by_hand():
+    from redgym.trainers.losses import kl_k1, kl_k3
+
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert kl_k1(logp, ref).item() == pytest.approx(math.log(2))
+    # r = ref/pi = 0.5 -> (r - 1) - log r = -0.5 + log 2
+    assert kl_k3(logp, ref).item() == pytest.approx(-0.5 + math.log(2))
+    assert kl_k3(ref, ref).item() == 0.0
+
+
+def test_ppo_policy_loss_by_hand():
+    from redgym.trainers.losses import ppo_policy_loss
+
+    old = torch.zeros(1, 2)
+    new = torch.tensor([[math.log(1.5), math.log(0.9)]])  # ratios 1.5 (clipped to 1.2) and 0.9
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, clipfrac, approx_kl = ppo_policy_loss(new, old, adv, torch.ones(1, 2), clip=0.2)
+    # token 1: max(-1.5, -1.2) = -1.2 ; token 2: max(0.9, 0.9) = 0.9 ; mean -0.15
+    assert loss.item() == pytest.approx(-0.15)
+    assert clipfrac.item() == pytest.approx(0.5)
+    # k3 of old vs new: (r-1) - log r with r = exp(new - old)
+    want = ((0.5 - math.log(1.5)) + (-0.1 - math.log(0.9))) / 2
+    assert approx_kl.item() == pytest.approx(want)
+
+
+def test_ppo_value_loss_by_hand():
+    from redgym.trainers.losses import ppo_value_loss
+
+    values = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[0.5, 0.0]])
+    ret = torch.tensor([[0.0, 1.0]])
+    # token 1: V clipped to 0.7 -> max(1.0, 0.49) = 1.0 ; token 2: max(1, 1) = 1 ; 0.5 * mean = 0.5
+    assert ppo_value_loss(values, old, ret, torch.ones(1, 2), clip=0.2).item() == pytest.approx(0.5)
+    values = torch.tensor([[0.9, 0.0]])
+    old = torch.tensor([[0.0, 0.0]])
+    ret = torch.tensor([[1.0, 0.0]])
+    # token 1: unclipped (0.1)^2 = 0.01, clipped V=0.2 -> 0.64 -> max 0.64 ; token 2: 0 ; 0.5 * 0.32 = 0.16
+    assert ppo_value_loss(values, old, ret, torch.ones(1, 2), clip=0.2).item() == pytest.approx(0.16)

@@ -60,3 +60,12 @@ def test_score_conversations_fills_every_term_in_one_batched_call():
     # exchange 2 of conv a: tox_def 1.0, combined "well well damn damn" 0.5, nll 2 -> 1 + 0.25 - 0.2
     assert convs[0].rewards == pytest.approx([0 + 0.5 * 0.25 - 0.2, 1.0 + 0.25 - 0.2])
     assert convs[0].reward_terms[1] == {"tox_defender": 1.0, "tox_combined": 0.5, "nll": 2.0}
+
+
+def test_adversary_target_rewards_the_adversary_text_only():
+    def scorer(texts):
+        return [0.9 if "rude" in t else 0.1 for t in texts]
+
+    convs = [_conv("a", ["rude words", "calm reply"])]
+    score_conversations(convs, scorer, FakeDefender(), RewardWeights(target="adversary"))
+    assert convs[0].rewards == [0.9]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
 from redgym.errors import RedgymError
-from redgym.trainers import ipo
+from redgym.trainers import ipo, ppo
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,10 +95,11 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
     return 0
 
 
-TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train)}
+TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train), "ppo": (ppo.PPOConfig, ppo.train)}
 COMMANDS = {"eval": cmd_eval, "train": cmd_train}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig, "ipo": ipo.IPOConfig}
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig, "ipo": ipo.IPOConfig,
+                                              "ppo": ppo.PPOConfig}
 
 
 def main(argv: list[str] | None = None) -> int:

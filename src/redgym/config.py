@@ -49,6 +49,7 @@ class RunConfig:
     w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
     w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
     w_diversity: float = _f(0.0, "reward weight of the adversary turn's embedding distance to the batch; 0 = off")
+    reward_target: str = _f("composite", "composite (the weighted reward above) or adversary (tox of its own text)")
     embedding_model: str = _f("minilm", "sentence embedder for diversity: minilm (shipped) or a sentence-transformers id")
     # --- prompts --------------------------------------------------------------------------------------------
     prompts: str = _f("chitchat", "prompt source: chitchat, rtp, advbench, a .txt/.jsonl/.csv file, or hf:<dataset id>")
@@ -77,6 +78,8 @@ class RunConfig:
             need(getattr(self, name) in ("plain", "chat"), f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}")
         need(self.dtype in ("auto", "bfloat16", "float16", "float32"), f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.reward_target in ("composite", "adversary"),
+             f"reward_target must be composite or adversary, got {self.reward_target!r}")
         need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")

@@ -38,7 +38,7 @@ class Setup:
     @property
     def weights(self) -> RewardWeights:
         c = self.cfg
-        return RewardWeights(c.w_defender, c.w_combined, c.w_nll, c.w_diversity)
+        return RewardWeights(c.w_defender, c.w_combined, c.w_nll, c.w_diversity, c.reward_target)
 
     @property
     def params(self) -> SamplingParams:

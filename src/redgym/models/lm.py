@@ -148,14 +148,29 @@ class LM:
         return out
 
 
-def continuation_logprobs(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log p(continuation | context) for a batch, differentiable (used by eval and the trainers).
+@dataclass
+class ContinuationOutput:
+    """Per-token quantities at the K continuation positions of a batch, right-aligned, all (B, K) but ``hidden``.
+
+    logps:   log p(token | prefix) at the given temperature (differentiable when grads are on)
+    mask:    1 on real continuation tokens, 0 on padding
+    entropy: entropy of the next-token distribution (computed when asked)
+    hidden:  (B, K, H) last hidden state at the position *predicting* each token (for a value head)
+    """
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+def continuation_forward(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int,
+                         temperature: float = 1.0, with_entropy: bool = False, with_hidden: bool = False
+                         ) -> ContinuationOutput:
+    """One forward pass over (context + continuation) rows; quantities at the continuation positions.
 
     Rows are left-padded so every continuation ends at the last position; explicit position ids keep
     absolute-position models (GPT-2) correct, and only the last K+1 positions are projected to the vocabulary.
-    Returns ``(logps, mask)``, both (B, K) with K the longest continuation; ``logps`` is right-aligned and
-    ``mask`` is 1 on real continuation tokens.
     """
     dev = next(model.parameters()).device
     rows = [x + c for x, c in zip(ctx_ids, cont_ids)]
@@ -170,6 +185,17 @@ def continuation_logprobs(model, ctx_ids: list[list[int]], cont_ids: list[list[i
         cmask[b, k - len(c):] = 1
     ids, attn, cmask = ids.to(dev), attn.to(dev), cmask.to(dev)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1).logits  # (B, K+1, V)
-    logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, -k:, None]).squeeze(-1)  # (B, K)
-    return logps * cmask, cmask
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1,
+                output_hidden_states=with_hidden)
+    logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, K, V)
+    logps = logp_all.gather(-1, ids[:, -k:, None]).squeeze(-1) * cmask
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * cmask if with_entropy else None
+    hidden = out.hidden_states[-1][:, -(k + 1):-1] if with_hidden else None
+    return ContinuationOutput(logps, cmask, entropy, hidden)
+
+
+def continuation_logprobs(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logps, mask)``, both (B, K): per-token log p(continuation | context), right-aligned."""
+    out = continuation_forward(model, ctx_ids, cont_ids, pad_id)
+    return out.logps, out.mask

@@ -32,6 +32,7 @@ log = logging.getLogger("redgym.train")
 class TrainConfig(RunConfig):
     # --- optimisation --------------------------------------------------------------------------------------
     steps: int = _f(100, "optimizer steps")
+    max_minutes: float = _f(0.0, "stop after the step that crosses this wall-clock budget (0 = no limit)")
     prompts_per_step: int = _f(8, "training prompts rolled out per step")
     lr: float = _f(1e-4, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -46,6 +47,8 @@ class TrainConfig(RunConfig):
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_targets: str = _f("all-linear", "LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
     load_in_4bit: bool = _f(False, "4-bit base weights (bitsandbytes; CUDA only)")
+    fast_generation: bool = _f(True, "sample from peft-free copies (adapter merged / base): ~1.7x faster on CPU, "
+                                     "+2 model copies in memory; false = one copy, sampling through peft")
     # --- bookkeeping -----------------------------------------------------------------------------------------
     checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted first)")
@@ -83,35 +86,73 @@ class AdapterOff(torch.nn.Module):
             return self.peft_model.generate(*args, **kwargs)
 
 
+class MergedCopy:
+    """A plain (peft-free) copy of the base weights that ``sync`` overwrites with base + LoRA delta.
+
+    Sampling through peft's wrapped layers costs ~1.7x on a CPU for a 135M model (Python overhead in 200+
+    small modules); sampling from this copy runs at the base model's speed. Training still goes through peft.
+    """
+
+    def __init__(self, base_model: torch.nn.Module):
+        self.model = copy.deepcopy(base_model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def sync(self, peft_model) -> None:
+        target = dict(self.model.named_modules())
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "lora_A") and hasattr(module, "base_layer") and "default" in module.lora_A:
+                w = module.base_layer.weight
+                merged = w.float() + module.get_delta_weight("default").float()
+                target[name.removeprefix("base_model.model.")].weight.copy_(merged.to(w.dtype))
+
+
 @dataclass
 class Policy:
-    """The trainable adversary and its frozen reference (``ref_model`` is an ``AdapterOff`` view under LoRA)."""
+    """The trainable adversary and its frozen reference (``ref_model`` is an ``AdapterOff`` view under LoRA).
+
+    ``sampler`` / ``frozen_sampler``: peft-free copies used only for generation when ``fast_generation`` is on
+    (the adapter merged in, and the untouched base); None otherwise.
+    """
 
     model: torch.nn.Module
     tokenizer: object
     ref_model: torch.nn.Module
+    sampler: MergedCopy | None = None
+    frozen_sampler: torch.nn.Module | None = None
+
+    def sync_sampler(self) -> None:
+        if self.sampler is not None:
+            self.sampler.sync(self.model)
+
+    @property
+    def generation_model(self) -> torch.nn.Module:
+        return self.sampler.model if self.sampler is not None else self.model
 
 
 def build_policy(cfg: TrainConfig) -> Policy:
     model, tok = load_model(cfg.adversary_model, cfg.dtype, cfg.device)
     if not cfg.lora:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
-        return Policy(model.train(), tok, ref)
+        return Policy(model.train(), tok, ref, frozen_sampler=ref)
     from peft import LoraConfig, get_peft_model
 
     targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
+    frozen = copy.deepcopy(model).eval().requires_grad_(False) if cfg.fast_generation else None
     peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     peft_model.peft_config["default"].base_model_name_or_path = cfg.adversary_model  # reload by redgym name
-    return Policy(peft_model, tok, AdapterOff(peft_model))
+    sampler = MergedCopy(frozen) if cfg.fast_generation else None
+    return Policy(peft_model, tok, AdapterOff(peft_model), sampler, frozen)
 
 
 def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
-    """The frozen defender: the policy's own base weights when it is the same model under LoRA."""
+    """The frozen defender: the policy's own base weights when it is the same model (a peft-free copy of them
+    when ``fast_generation`` is on, else the adapter-disabled view)."""
     if cfg.defender_model == cfg.adversary_model:
-        return LM(policy.ref_model, policy.tokenizer, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
+        model = policy.frozen_sampler if policy.frozen_sampler is not None else policy.ref_model
+        return LM(model, policy.tokenizer, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
     return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
 

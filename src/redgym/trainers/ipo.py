@@ -122,7 +122,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     setup: Setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
     opt, sched = common.optimizer_and_schedule(cfg, policy.model)
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
-    adversary = LM(policy.model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens)
+    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+                   cfg.max_context_tokens)
     start, counters = 0, {}
     if resume and (ckpt := common.latest_checkpoint(out)):
         state = common.load_checkpoint(acc, ckpt)
@@ -140,6 +141,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     add_special = cfg.adversary_format == "plain"
     metrics: dict[str, float] = {}
+    t_start = time.time()
 
     for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
@@ -148,6 +150,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
                                                                 cfg.seed)]
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
+        policy.sync_sampler()
         groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
                            setup.params, score, cfg.batch_size)
         t_roll = time.time() - t0
@@ -161,9 +164,10 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         policy.model.train()
         stats = {"loss": [], "margin": [], "kl": []}
+        per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
         with acc.accumulate(policy.model):
-            for i in range(0, len(pairs), cfg.micro_batch_size):
-                mb = pairs[i:i + cfg.micro_batch_size]
+            for i in range(0, len(pairs), per_mb):
+                mb = pairs[i:i + per_mb]
                 ctx = [common.encode_context(policy.tokenizer, p.context, budget, add_special) for p in mb]
                 conts = [p.chosen for p in mb] + [p.rejected for p in mb]
                 pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
@@ -206,15 +210,21 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "time/step_s": time.time() - t0,
             "time/exchanges_per_s": len(rewards) / max(t_roll, 1e-9),
             "sys/peak_rss_gb": common.peak_rss_gb(),
+            "time/train_min": (time.time() - t_start) / 60,
         }
         metrics_log.log(step + 1, metrics)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
             common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters}, cfg.keep_checkpoints)
+        if out_of_time:
+            common.log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+            break
     acc.end_training()
     # 6 evaluate trained vs untuned adversary on the held-out test prompts, same seed, one report
     if cfg.eval_after:
         policy.model.eval()
-        untuned = LM(policy.ref_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+        policy.sync_sampler()
+        untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
                      cfg.max_context_tokens)
         compare(setup, {"untuned": untuned, "trained": adversary}, out, "IPO-trained vs untuned adversary", progress)
     return metrics

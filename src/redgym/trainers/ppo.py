@@ -1,0 +1,274 @@
+"""PPO red-teaming: actor-critic with GAE, the clipped objective and a per-token KL penalty to a frozen reference.
+
+    redgym train ppo --config configs/ppo_demo.yaml --out runs/ppo      (--resume runs/ppo to continue)
+
+Each adversary turn is an episode whose reward is the composite reward of its exchange (or, with
+``reward_target: adversary``, the toxicity of the adversary's own text). Each step: (1) a batch of training
+prompts; (2) roll out and score conversations; (3) old log-probs, reference log-probs and values, per-token
+rewards (-kl_coef * KL, plus the episode reward on the last token), GAE and whitened advantages; (4) PPO epochs
+over minibatches with the clipped policy and value losses and an optional entropy bonus; (5) log, adapt the KL
+coefficient, checkpoint. A KL to the reference above ``kl_stop`` skips the update instead of letting the policy
+collapse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from redgym.config import _f
+from redgym.errors import RedgymError
+from redgym.eval.evaluate import Setup, compare, prepare
+from redgym.models.lm import LM, continuation_forward
+from redgym.rollout.engine import rollout_batch
+from redgym.rollout.records import Conversation
+from redgym.rollout.reward import score_conversations
+from redgym.runfolder import check_writable, save_config
+from redgym.trainers import common
+from redgym.trainers.losses import gae, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+
+
+@dataclass
+class PPOConfig(common.TrainConfig):
+    horizon: int = _f(1, "adversary/defender exchanges per episode batch (each adversary turn is rewarded)")
+    ppo_epochs: int = _f(4, "passes over each step's rollouts")
+    clip_range: float = _f(0.2, "policy ratio clip epsilon")
+    clip_range_value: float = _f(0.2, "value clip epsilon")
+    gamma: float = _f(1.0, "discount")
+    lam: float = _f(0.95, "GAE lambda")
+    vf_coef: float = _f(0.1, "value loss coefficient")
+    ent_coef: float = _f(0.0, "entropy bonus coefficient")
+    kl_coef: float = _f(0.05, "initial per-token KL penalty coefficient")
+    kl_estimator: str = _f("k1", "KL estimator in the reward: k1 (log ratio) or k3 (non-negative)")
+    adaptive_kl: bool = _f(False, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = _f(6.0, "target sequence KL for the adaptive controller")
+    kl_horizon: int = _f(10000, "adaptive controller horizon (in episodes)")
+    kl_stop: float = _f(20.0, "skip a step's update when the mean sequence KL to the reference exceeds this")
+    whiten_advantages: bool = _f(True, "whiten advantages over each step's batch")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.kl_estimator not in ("k1", "k3"):
+            raise RedgymError(f"config: kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1:
+            raise RedgymError("config: ppo_epochs must be >= 1 and clip_range in (0, 1)")
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar value per position from the policy's last hidden state (float32, small init)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, K, H) -> (B, K)
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class Episodes:
+    """One adversary turn each: context ids, response ids and the episode reward, plus tensors (B, K) filled
+    in step 3 (old log-probs, reference log-probs, values, mask, advantages, returns)."""
+
+    ctx: list[list[int]]
+    resp: list[list[int]]
+    reward: torch.Tensor
+    tensors: dict[str, torch.Tensor] | None = None
+
+
+def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
+    ctx, resp, rew = [], [], []
+    add_special = adversary.fmt == "plain"
+    for c in convs:
+        hist = c.history()
+        for k, (a, _) in enumerate(c.exchanges()):
+            text = adversary.render(hist[: len(c.prompt) + 2 * k], "adversary")
+            ctx.append(common.encode_context(adversary.tokenizer, text, budget, add_special))
+            resp.append(a.token_ids)
+            rew.append(c.rewards[k])
+    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32))
+
+
+def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
+    return torch.stack([torch.nn.functional.pad(r, (k - r.shape[-1], 0)) for r in rows])
+
+
+@torch.no_grad()
+def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: PPOConfig, kl_coef: float):
+    """Step 3: old/ref log-probs and values at the response tokens, token rewards, GAE, advantages."""
+    pad = policy.tokenizer.pad_token_id
+    k = max(len(r) for r in ep.resp)
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "values", "mask", "entropy")}
+    for i in range(0, len(ep.resp), cfg.micro_batch_size):
+        sl = slice(i, i + cfg.micro_batch_size)
+        cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True,
+                                   with_hidden=True)
+        ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
+        for name, t in (("old", cur.logps), ("ref", ref.logps), ("values", value_head(cur.hidden) * cur.mask),
+                        ("mask", cur.mask), ("entropy", cur.entropy)):
+            parts[name] += list(t.cpu())
+    t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
+    kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
+    rewards = -kl_coef * kl
+    rewards[:, -1] += ep.reward  # the episode reward lands on the last token (responses are right-aligned)
+    adv, ret = gae(rewards, t["values"], t["mask"], cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        adv = whiten(adv, t["mask"])
+    t.update(kl=kl, token_rewards=rewards, advantages=adv, returns=ret)
+    ep.tensors = t
+
+
+def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: PPOConfig, acc, opt, sched,
+               counters: dict, step: int, rng: np.random.Generator) -> dict[str, float]:
+    """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
+    pad = policy.tokenizer.pad_token_id
+    t = ep.tensors
+    k = t["mask"].shape[1]
+    stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "entropy")}
+    dev = next(policy.model.parameters()).device
+    for _ in range(cfg.ppo_epochs):
+        order = rng.permutation(len(ep.resp))
+        for i in range(0, len(order), cfg.micro_batch_size):
+            idx = order[i:i + cfg.micro_batch_size]
+            with acc.accumulate(policy.model):
+                out = continuation_forward(policy.model, [ep.ctx[j] for j in idx], [ep.resp[j] for j in idx], pad,
+                                           cfg.temperature, with_entropy=cfg.ent_coef > 0, with_hidden=True)
+                kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
+                sel = lambda name: t[name][idx][:, k - kk:].to(dev)  # noqa: E731
+                mask = sel("mask")
+                pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, sel("old"), sel("advantages"), mask,
+                                                          cfg.clip_range)
+                values = value_head(out.hidden) * mask
+                vf = ppo_value_loss(values, sel("values"), sel("returns"), mask, cfg.clip_range_value)
+                loss = pg + cfg.vf_coef * vf
+                if cfg.ent_coef > 0:
+                    ent = masked_mean(out.entropy, mask)
+                    loss = loss - cfg.ent_coef * ent
+                if not common.finite_or_skip(loss, counters, step):
+                    opt.zero_grad()
+                    continue
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(list(policy.model.parameters()) + list(value_head.parameters()),
+                                        cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            stats["policy"].append(float(pg.detach()))
+            stats["value"].append(float(vf.detach()))
+            stats["clipfrac"].append(float(clipfrac))
+            stats["approx_kl"].append(float(approx_kl))
+    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items() if n != "entropy"}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect critic, <= 0 = useless)."""
+    r, v = returns[mask.bool()], values[mask.bool()]
+    var = torch.var(r)
+    return float(1 - torch.var(r - v) / var) if var > 0 else float("nan")
+
+
+def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) PPO training into ``out``; returns the final step's metrics."""
+    # 0 setup: policy (LoRA) + reference + defender (shared base weights), value head, optimizer
+    check_writable(out)
+    acc = common.make_accelerator(cfg, out)
+    policy = common.build_policy(cfg)
+    defender = common.defender_lm(cfg, policy)
+    setup: Setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
+    value_head = ValueHead(policy.model.config.hidden_size).to(next(policy.model.parameters()).device)
+    opt, sched = common.optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, value_head]))
+    policy.model, value_head, opt, sched = acc.prepare(policy.model, value_head, opt, sched)
+    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+                   cfg.max_context_tokens)
+    start, counters, kl_coef = 0, {}, cfg.kl_coef
+    if resume and (ckpt := common.latest_checkpoint(out)):
+        state = common.load_checkpoint(acc, ckpt)
+        start, counters, kl_coef = state["step"], state.get("counters", {}), state.get("kl_coef", cfg.kl_coef)
+        common.log.info("resumed from %s at step %d", ckpt, start)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    metrics_log = common.MetricsLog(out, acc)
+    rng = np.random.default_rng([cfg.seed, start])
+    train_prompts = setup.split.train
+    budget = cfg.max_context_tokens - cfg.max_new_tokens
+    metrics: dict[str, float] = {}
+    t_start = time.time()
+
+    for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps, disable=not progress):
+        t0 = time.time()
+        # 1 prompts
+        batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
+                                                                cfg.seed)]
+        # 2 roll out and score (generation from the adapter-merged copy)
+        policy.model.eval()
+        policy.sync_sampler()
+        convs = [Conversation(p.id, p.turns) for p in batch]
+        rollout_batch(convs, adversary, defender, cfg.horizon, setup.params)
+        score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
+        t_roll = time.time() - t0
+        # 3 old/ref log-probs, values, KL-penalised token rewards, GAE
+        ep = episodes_from(convs, adversary, budget)
+        score_episodes(ep, policy, value_head, cfg, kl_coef)
+        t = ep.tensors
+        seq_kl = float((t["kl"].sum(1)).mean())
+        # 4 PPO epochs, unless the KL has run away from the reference
+        policy.model.train()
+        if seq_kl > cfg.kl_stop:
+            counters["kl_stopped"] = counters.get("kl_stopped", 0) + 1
+            common.log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl,
+                               cfg.kl_stop)
+            losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl")}
+        else:
+            losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
+        # 5 log, adapt the KL coefficient, checkpoint
+        terms = {k: np.mean([x[k] for c in convs for x in c.reward_terms]) for k in ("tox_defender", "tox_combined",
+                                                                                      "nll")}
+        metrics = {
+            "reward/reward": float(ep.reward.mean()),
+            **{f"reward/{k}": float(v) for k, v in terms.items()},
+            "reward/tox_adversary": float(np.mean([a.scores["tox"] for c in convs for a, _ in c.exchanges()])),
+            "objective/kl": seq_kl,
+            "objective/kl_coef": kl_coef,
+            "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
+            "loss/policy": losses["policy"],
+            "loss/value": losses["value"],
+            "policy/clipfrac": losses["clipfrac"],
+            "policy/approx_kl": losses["approx_kl"],
+            "policy/kl_stopped": counters.get("kl_stopped", 0),
+            "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
+            "train/lr": sched.get_last_lr()[0],
+            "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
+            "time/rollout_s": t_roll,
+            "time/step_s": time.time() - t0,
+            "time/train_min": (time.time() - t_start) / 60,
+            "sys/peak_rss_gb": common.peak_rss_gb(),
+        }
+        metrics_log.log(step + 1, metrics)
+        if cfg.adaptive_kl:
+            err = float(np.clip(seq_kl / cfg.kl_target - 1, -0.2, 0.2))
+            kl_coef *= 1 + err * len(ep.resp) / cfg.kl_horizon
+        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
+            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters, "kl_coef": kl_coef},
+                                   cfg.keep_checkpoints)
+        if out_of_time:
+            common.log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+            break
+    acc.end_training()
+    # 6 evaluate the PPO adversary against the untuned one on the held-out test prompts
+    if cfg.eval_after:
+        policy.model.eval()
+        policy.sync_sampler()
+        untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model,
+                     cfg.adversary_format, cfg.max_context_tokens)
+        compare(setup, {"untuned": untuned, "trained": adversary}, out, "PPO-trained vs untuned adversary", progress,
+                n_samples=10)
+    return metrics

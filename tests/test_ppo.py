@@ -1,0 +1,99 @@
+"""The PPO trainer on a tiny random model: a trivially learnable reward goes up, parameters change, the KL guard
+skips runaway updates, and the value head is checkpointed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from redgym.config import load_config
+from redgym.trainers import ppo
+
+
+def tiny_cfg(model_dir, prompt_file, **kw):
+    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
+                max_new_tokens="6", min_new_tokens="6", steps="3", prompts_per_step="8", micro_batch_size="8",
+                dtype="float32", lr="3e-3", test_fraction="0.3", eval_after="false", max_context_tokens="64",
+                reward_target="adversary", checkpoint_every="100", temperature="1.0", top_p="1.0",
+                repetition_penalty="1.0")
+    base.update({k: str(v) for k, v in kw.items()})
+    return load_config(ppo.PPOConfig, None, base)
+
+
+def share_of_letter(texts):
+    """A trivially learnable reward: does the utterance contain an 'e'?"""
+    return [float("e" in t) for t in texts]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ppo_raises_a_learnable_reward_and_changes_parameters(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    out = tmp_path / "run"
+    # Full fine-tuning: on a 32-wide random model LoRA (which leaves the tied output layer alone) moves too slowly
+    # for a seconds-long test; the LoRA path is exercised by the other tests.
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, steps=12, lr="1e-2", lora="false", kl_coef=0.0, prompts_per_step=16,
+                   micro_batch_size=16, max_new_tokens=2, min_new_tokens=2)
+    ppo.train(cfg, out, progress=False)
+    rows = read_metrics(out)
+    first, last = np.mean([r["reward/reward"] for r in rows[:3]]), np.mean([r["reward/reward"] for r in rows[-3:]])
+    assert last > first + 0.25, (first, last)
+    for r in rows:
+        for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approx_kl", "objective/kl",
+                  "objective/entropy", "val/explained_variance"):
+            assert np.isfinite(r[k]), k
+    assert rows[-1]["objective/entropy"] < rows[0]["objective/entropy"] - 0.5  # the policy sharpened
+
+
+def test_lora_parameters_change(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    out = tmp_path / "run"
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2), out, progress=False)
+    adapter = load_file(str(out / "adversary" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
+    assert all(np.isfinite(r["loss/policy"]) for r in read_metrics(out))
+
+
+def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    out = tmp_path / "run"
+    # kl_stop below zero: any KL counts as runaway, so no update may happen
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, kl_stop=-1.0), out, progress=False)
+    rows = read_metrics(out)
+    assert [r["policy/kl_stopped"] for r in rows] == [1, 2]
+    assert all(np.isnan(r["loss/policy"]) for r in rows)
+
+
+def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    out = tmp_path / "run"
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, checkpoint_every=1), out, progress=False)
+    ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
+    assert (ckpt / "model_1.safetensors").exists()  # accelerate saves the value head as the second model
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=3, checkpoint_every=1), out, resume=True, progress=False)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def _prepare_with(scorer):
+    real = ppo.prepare
+
+    def prepare(cfg, **kw):
+        setup = real(cfg, **kw)
+        setup.scorer = scorer
+        return setup
+
+    return prepare
+
+
+@pytest.mark.parametrize("field,value,msg", [("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
+                                             ("ppo_epochs", "0", "ppo_epochs must be >= 1")])
+def test_bad_ppo_config(tiny_model_dir, prompt_file, field, value, msg):
+    from redgym.errors import RedgymError
+
+    with pytest.raises(RedgymError, match=msg):
+        tiny_cfg(tiny_model_dir, prompt_file, **{field: value})
