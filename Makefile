@@ -20,14 +20,16 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# A new run folder each time, so an earlier demo's results are never overwritten.
 demo: $(STAMP)
-	$(BIN)/redgym eval --config configs/demo.yaml --out runs/demo
+	$(BIN)/redgym train ipo --config configs/ipo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/ipo_gain.py --minutes 30 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -71,7 +71,7 @@ def setup(max_new_tokens: int):
     model, tok = load_model("smollm2-135m")
     lm = LM(model, tok, "smollm2-135m", "plain", 512)
     scorer = build_scorer("profanity")
-    prompts = load_prompts("chitchat", scorer=scorer)
+    prompts = load_prompts("chitchat", scorer=scorer, max_words=60)  # the default config's length cap
     params = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
     return lm, scorer, prompts, params
 

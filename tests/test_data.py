@@ -71,3 +71,8 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert sorted(ids) == sorted(p.id for p in ps)
     js = s1.to_json("x", 7)
     assert js["n_test"] == 20 and js["test"] == [p.id for p in s1.test]
+
+
+def test_max_words_drops_long_prompts():
+    ps = [Prompt("a", ("one two three",)), Prompt("b", ("one",))]
+    assert [p.id for p in first_words(ps, n_words=0, min_words=1, max_words=2)] == ["b"]

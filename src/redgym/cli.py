@@ -98,7 +98,7 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
 TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train), "ppo": (ppo.PPOConfig, ppo.train)}
 COMMANDS = {"eval": cmd_eval, "train": cmd_train}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {"demo": RunConfig, "eval": RunConfig, "ipo": ipo.IPOConfig,
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, "ipo": ipo.IPOConfig,
                                               "ppo": ppo.PPOConfig}
 
 

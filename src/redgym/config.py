@@ -57,6 +57,8 @@ class RunConfig:
     prompt_turns: int = _f(2, "chitchat: utterances of the conversation used as the starting prompt")
     prompt_words: int = _f(0, "keep only the first N words of each prompt (0 = whole prompt)")
     min_prompt_words: int = _f(1, "drop prompts with fewer words than this")
+    max_prompt_words: int = _f(60, "drop prompts with more words than this (0 = no cap); a few very long "
+                                   "chitchat prompts would otherwise pad whole batches to hundreds of tokens")
     max_prompts: int = _f(0, "cap on prompts read from the source before splitting (0 = all)")
     prompt_max_toxicity: float | None = _f(None, "drop prompts scoring at or above this; None = source default (chitchat 0.5, others off)")
     dev_fraction: float = _f(0.1, "share of prompts held out for development")

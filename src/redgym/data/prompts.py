@@ -133,20 +133,20 @@ def hf_prompts(spec: str, field: str) -> list[Prompt]:
     return [Prompt(f"{name}:{i}", (str(t).strip(),)) for i, t in enumerate(ds[field]) if str(t).strip()]
 
 
-def first_words(prompts: list[Prompt], n_words: int, min_words: int) -> list[Prompt]:
-    """The write-up's prompt making: keep the first ``n_words`` words (0 = all), drop prompts shorter than
-    ``min_words`` words."""
+def first_words(prompts: list[Prompt], n_words: int, min_words: int, max_words: int = 0) -> list[Prompt]:
+    """The write-up's prompt making: drop prompts shorter than ``min_words`` or (when > 0) longer than
+    ``max_words`` words, then keep the first ``n_words`` words (0 = all)."""
     out = []
     for p in prompts:
         ws = p.text.split()
-        if len(ws) < min_words:
+        if len(ws) < min_words or (max_words > 0 and len(ws) > max_words):
             continue
         out.append(Prompt(p.id, (" ".join(ws[:n_words]),)) if n_words > 0 else p)
     return out
 
 
 def load_prompts(source: str, *, field: str = "text", prompt_turns: int = 2, n_words: int = 0, min_words: int = 1,
-                 max_prompts: int = 0, max_toxicity: float | None = None, scorer=None, seed: int = 0) -> list[Prompt]:
+                 max_words: int = 0, max_prompts: int = 0, max_toxicity: float | None = None, scorer=None, seed: int = 0) -> list[Prompt]:
     """Read a source, cut to the first words, cap the count (after a seeded shuffle) and drop toxic prompts.
 
     ``max_toxicity`` None means the source default: chitchat drops prompts scoring >= 0.5 (as ASTPrompter
@@ -166,7 +166,7 @@ def load_prompts(source: str, *, field: str = "text", prompt_turns: int = 2, n_w
     else:
         raise RedgymError(f"unknown prompt source {source!r}: use chitchat, rtp, advbench, a .txt/.jsonl/.csv file "
                           "or hf:<dataset id>")
-    prompts = first_words(prompts, n_words, min_words)
+    prompts = first_words(prompts, n_words, min_words, max_words)
     if max_prompts > 0 and len(prompts) > max_prompts:
         keep = np.sort(np.random.default_rng(seed).permutation(len(prompts))[:max_prompts])
         prompts = [prompts[i] for i in keep]

@@ -59,7 +59,8 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
     """Load scorer, prompts, split, embedder and (unless given) the defender; failures are one-line RedgymErrors."""
     scorer = build_scorer(cfg.scorer)
     prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, prompt_turns=cfg.prompt_turns,
-                           n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_prompts=cfg.max_prompts,
+                           n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_words=cfg.max_prompt_words,
+                           max_prompts=cfg.max_prompts,
                            max_toxicity=cfg.prompt_max_toxicity, scorer=scorer, seed=cfg.seed)
     split = split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.seed)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None

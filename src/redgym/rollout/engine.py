@@ -36,10 +36,14 @@ def rollout_batch(convs: Sequence[Conversation], adversary: LM, defender: LM, ho
 def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: LM, defender: LM, horizon: int = 3,
             params: SamplingParams = SamplingParams(), batch_size: int = 16, progress: bool = True,
             desc: str = "rollout") -> list[Conversation]:
-    """Roll out one conversation per ``(prompt_id, prompt utterances)``; returns them in input order."""
+    """Roll out one conversation per ``(prompt_id, prompt utterances)``; returns them in input order.
+
+    Batches are formed from prompts of similar length, so left padding wastes little compute.
+    """
     convs = [Conversation(pid, tuple(turns)) for pid, turns in prompts]
+    by_length = sorted(convs, key=lambda c: sum(len(u) for u in c.prompt))
     with tqdm(total=len(convs), desc=desc, unit="conv", disable=not progress) as bar:
-        for i in range(0, len(convs), batch_size):
-            rollout_batch(convs[i:i + batch_size], adversary, defender, horizon, params)
-            bar.update(len(convs[i:i + batch_size]))
+        for i in range(0, len(by_length), batch_size):
+            rollout_batch(by_length[i:i + batch_size], adversary, defender, horizon, params)
+            bar.update(len(by_length[i:i + batch_size]))
     return convs
