@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from redgym.config import load_config
+from redgym.eval import evaluate
 from redgym.trainers import ppo
 
 
@@ -30,7 +31,7 @@ def read_metrics(out):
 
 
 def test_ppo_raises_a_learnable_reward_and_changes_parameters(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
     # Full fine-tuning: on a 32-wide random model LoRA (which leaves the tied output layer alone) moves too slowly
     # for a seconds-long test; the LoRA path is exercised by the other tests.
@@ -50,7 +51,7 @@ def test_ppo_raises_a_learnable_reward_and_changes_parameters(tiny_model_dir, pr
 def test_lora_parameters_change(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2), out, progress=False)
     adapter = load_file(str(out / "adversary" / "adapter_model.safetensors"))
@@ -60,7 +61,7 @@ def test_lora_parameters_change(tiny_model_dir, prompt_file, tmp_path, monkeypat
 
 
 def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
     # kl_stop below zero: any KL counts as runaway, so no update may happen
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, kl_stop=-1.0), out, progress=False)
@@ -70,7 +71,7 @@ def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monk
 
 
 def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(ppo, "prepare", _prepare_with(share_of_letter))
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, checkpoint_every=1), out, progress=False)
     ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
@@ -80,7 +81,7 @@ def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, 
 
 
 def _prepare_with(scorer):
-    real = ppo.prepare
+    real = evaluate.prepare
 
     def prepare(cfg, **kw):
         setup = real(cfg, **kw)

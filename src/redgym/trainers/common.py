@@ -229,6 +229,86 @@ def optimizer_and_schedule(cfg: TrainConfig, model):
     return opt, sched
 
 
+# ---- the shared frame of a training run ---------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What both trainers set up the same way: accelerator, policy, defender, prompts/scorer, optimizer, the
+    adversary LM used for sampling, the step to start from, and the state restored from a checkpoint."""
+
+    cfg: TrainConfig
+    out: Path
+    acc: object
+    policy: Policy
+    defender: LM
+    adversary: LM
+    setup: object
+    opt: torch.optim.Optimizer
+    sched: object
+    metrics_log: MetricsLog
+    start: int
+    state: dict
+    extra: list
+    t_start: float
+
+
+def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
+    """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
+    checkpointed with the policy."""
+    from redgym.eval.evaluate import prepare
+    from redgym.runfolder import check_writable, save_config
+
+    check_writable(out)
+    acc = make_accelerator(cfg, out)
+    policy = build_policy(cfg)
+    defender = defender_lm(cfg, policy)
+    setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
+    dev = next(policy.model.parameters()).device
+    extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
+    opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]))
+    policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
+    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+                   cfg.max_context_tokens)
+    start, state = 0, {}
+    if resume and (ckpt := latest_checkpoint(out)):
+        state = load_checkpoint(acc, ckpt)
+        start = state["step"]
+        log.info("resumed from %s at step %d", ckpt, start)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    return Run(cfg, out, acc, policy, defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
+               state, extra, time.time())
+
+
+def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
+    """Step 5's bookkeeping: log, checkpoint every N steps / at the end / when out of time. True = stop now."""
+    cfg = run.cfg
+    metrics["time/train_min"] = (time.time() - run.t_start) / 60
+    metrics["sys/peak_rss_gb"] = peak_rss_gb()
+    run.metrics_log.log(step + 1, metrics)
+    out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
+        save_checkpoint(run.acc, run.out, step + 1, run.policy, state, cfg.keep_checkpoints)
+    if out_of_time:
+        log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+    return out_of_time
+
+
+def finish_run(run: Run, title: str, progress: bool) -> None:
+    """Step 6: evaluate the trained adversary beside the untuned one on the held-out test prompts."""
+    from redgym.eval.evaluate import compare
+
+    run.acc.end_training()
+    if not run.cfg.eval_after:
+        return
+    cfg, policy = run.cfg, run.policy
+    policy.model.eval()
+    policy.sync_sampler()
+    untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model,
+                 cfg.adversary_format, cfg.max_context_tokens)
+    compare(run.setup, {"untuned": untuned, "trained": run.adversary}, run.out, title, progress, n_samples=10)
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
 def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int) -> Path:

@@ -23,12 +23,10 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.data.prompts import Prompt, load_prompts
 from redgym.errors import RedgymError
-from redgym.eval.evaluate import Setup, compare, prepare
 from redgym.models.lm import LM
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import score_exchanges
 from redgym.rollout.tree import SiblingGroup, grow_tree
-from redgym.runfolder import check_writable, save_config
 from redgym.trainers import common
 from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
 
@@ -113,25 +111,12 @@ def mix_in_weak(pairs: list[PreferencePair], rho: float, rng: np.random.Generato
 
 def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
-    # 0 setup: prompts, scorer, policy + reference + defender (one copy of the weights under LoRA), optimizer
-    check_writable(out)
+    # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
+    run = common.start_run(cfg, out, resume)
+    policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
+                                                            run.acc, run.opt, run.sched)
     weak_sources = load_prompts(cfg.weak_prompts, min_words=2) if cfg.weak_supervision > 0 else []
-    acc = common.make_accelerator(cfg, out)
-    policy = common.build_policy(cfg)
-    defender = common.defender_lm(cfg, policy)
-    setup: Setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
-    opt, sched = common.optimizer_and_schedule(cfg, policy.model)
-    policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
-    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
-                   cfg.max_context_tokens)
-    start, counters = 0, {}
-    if resume and (ckpt := common.latest_checkpoint(out)):
-        state = common.load_checkpoint(acc, ckpt)
-        start, counters = state["step"], state.get("counters", {})
-        common.log.info("resumed from %s at step %d", ckpt, start)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    metrics_log = common.MetricsLog(out, acc)
+    start, counters = run.start, run.state.get("counters", {})
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
     train_prompts = setup.split.train
@@ -141,7 +126,6 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     add_special = cfg.adversary_format == "plain"
     metrics: dict[str, float] = {}
-    t_start = time.time()
 
     for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
@@ -209,22 +193,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,
             "time/exchanges_per_s": len(rewards) / max(t_roll, 1e-9),
-            "sys/peak_rss_gb": common.peak_rss_gb(),
-            "time/train_min": (time.time() - t_start) / 60,
         }
-        metrics_log.log(step + 1, metrics)
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
-            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters}, cfg.keep_checkpoints)
-        if out_of_time:
-            common.log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+        if common.end_step(run, step, metrics, {"counters": counters}):
             break
-    acc.end_training()
-    # 6 evaluate trained vs untuned adversary on the held-out test prompts, same seed, one report
-    if cfg.eval_after:
-        policy.model.eval()
-        policy.sync_sampler()
-        untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
-                     cfg.max_context_tokens)
-        compare(setup, {"untuned": untuned, "trained": adversary}, out, "IPO-trained vs untuned adversary", progress)
+    common.finish_run(run, "IPO-trained vs untuned adversary", progress)
     return metrics

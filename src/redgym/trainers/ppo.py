@@ -23,12 +23,10 @@ from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.errors import RedgymError
-from redgym.eval.evaluate import Setup, compare, prepare
 from redgym.models.lm import LM, continuation_forward
 from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import score_conversations
-from redgym.runfolder import check_writable, save_config
 from redgym.trainers import common
 from redgym.trainers.losses import gae, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 
@@ -177,30 +175,16 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) PPO training into ``out``; returns the final step's metrics."""
-    # 0 setup: policy (LoRA) + reference + defender (shared base weights), value head, optimizer
-    check_writable(out)
-    acc = common.make_accelerator(cfg, out)
-    policy = common.build_policy(cfg)
-    defender = common.defender_lm(cfg, policy)
-    setup: Setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
-    value_head = ValueHead(policy.model.config.hidden_size).to(next(policy.model.parameters()).device)
-    opt, sched = common.optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, value_head]))
-    policy.model, value_head, opt, sched = acc.prepare(policy.model, value_head, opt, sched)
-    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
-                   cfg.max_context_tokens)
-    start, counters, kl_coef = 0, {}, cfg.kl_coef
-    if resume and (ckpt := common.latest_checkpoint(out)):
-        state = common.load_checkpoint(acc, ckpt)
-        start, counters, kl_coef = state["step"], state.get("counters", {}), state.get("kl_coef", cfg.kl_coef)
-        common.log.info("resumed from %s at step %d", ckpt, start)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    metrics_log = common.MetricsLog(out, acc)
+    # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), value head, optimizer
+    run = common.start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(pol.model.config.hidden_size),))
+    policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
+                                                            run.acc, run.opt, run.sched)
+    value_head = run.extra[0]
+    start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
     rng = np.random.default_rng([cfg.seed, start])
     train_prompts = setup.split.train
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
-    t_start = time.time()
 
     for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
@@ -248,27 +232,11 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,
-            "time/train_min": (time.time() - t_start) / 60,
-            "sys/peak_rss_gb": common.peak_rss_gb(),
         }
-        metrics_log.log(step + 1, metrics)
         if cfg.adaptive_kl:
             err = float(np.clip(seq_kl / cfg.kl_target - 1, -0.2, 0.2))
             kl_coef *= 1 + err * len(ep.resp) / cfg.kl_horizon
-        out_of_time = cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
-            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters, "kl_coef": kl_coef},
-                                   cfg.keep_checkpoints)
-        if out_of_time:
-            common.log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+        if common.end_step(run, step, metrics, {"counters": counters, "kl_coef": kl_coef}):
             break
-    acc.end_training()
-    # 6 evaluate the PPO adversary against the untuned one on the held-out test prompts
-    if cfg.eval_after:
-        policy.model.eval()
-        policy.sync_sampler()
-        untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model,
-                     cfg.adversary_format, cfg.max_context_tokens)
-        compare(setup, {"untuned": untuned, "trained": adversary}, out, "PPO-trained vs untuned adversary", progress,
-                n_samples=10)
+    common.finish_run(run, "PPO-trained vs untuned adversary", progress)
     return metrics
