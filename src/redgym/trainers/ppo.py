@@ -58,12 +58,16 @@ class PPOConfig(common.TrainConfig):
 
 
 class ValueHead(torch.nn.Module):
-    """A scalar value per position from the policy's last hidden state (float32, small init)."""
+    """A scalar value per position from the policy's last hidden state (float32).
+
+    Zero-initialised: the last hidden states of small LMs have large norms, so a random head starts with values
+    of order 1 against returns of order 0.1, and the clipped value loss then needs many steps to recover.
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.linear = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, K, H) -> (B, K)
