@@ -120,6 +120,17 @@ class LM:
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return Generation(texts, ids, lps)
 
+    def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
+        """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.
+
+        Special tokens are added for plain text (as ``generate`` does) unless ``add_special_tokens`` says otherwise.
+        """
+        tok = self.tokenizer
+        special = self.fmt == "plain" if add_special_tokens is None else add_special_tokens
+        ids = tok(text, add_special_tokens=special)["input_ids"]
+        # a continuation needs at least one token of context to be predicted from
+        return ids[max(0, len(ids) - budget):] or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+
     def encode_pairs(self, contexts: list[str], continuations: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids of (context, continuation) pairs, the context cut from the left to fit the window.
 
@@ -129,11 +140,7 @@ class LM:
         ctx_ids, cont_ids = [], []
         for ctx, cont in zip(contexts, continuations):
             c = (tok(cont, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[: self.max_context_tokens - 1]
-            x = tok(ctx, add_special_tokens=True)["input_ids"]
-            x = x[max(0, len(x) - (self.max_context_tokens - len(c))):]
-            if not x:  # a continuation needs at least one token of context to be predicted from
-                x = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
-            ctx_ids.append(x)
+            ctx_ids.append(self.encode_context(ctx, self.max_context_tokens - len(c), add_special_tokens=True))
             cont_ids.append(c)
         return ctx_ids, cont_ids
 

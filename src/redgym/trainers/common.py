@@ -163,12 +163,6 @@ def sequence_logps(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], p
     return (logps * mask).sum(-1)
 
 
-def encode_context(tok, text: str, budget: int, add_special_tokens: bool) -> list[int]:
-    """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns)."""
-    ids = tok(text, add_special_tokens=add_special_tokens)["input_ids"]
-    return ids[max(0, len(ids) - budget):] or [tok.eos_token_id]
-
-
 # ---- schedule, logging, guards --------------------------------------------------------------------------------
 
 def batch_indices(n: int, per_step: int, step: int, seed: int) -> np.ndarray:

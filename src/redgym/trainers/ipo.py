@@ -124,7 +124,6 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size)
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
-    add_special = cfg.adversary_format == "plain"
     metrics: dict[str, float] = {}
 
     for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps, disable=not progress):
@@ -152,7 +151,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         with acc.accumulate(policy.model):
             for i in range(0, len(pairs), per_mb):
                 mb = pairs[i:i + per_mb]
-                ctx = [common.encode_context(policy.tokenizer, p.context, budget, add_special) for p in mb]
+                ctx = [adversary.encode_context(p.context, budget) for p in mb]
                 conts = [p.chosen for p in mb] + [p.rejected for p in mb]
                 pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
                 with torch.no_grad():

@@ -87,12 +87,11 @@ class Episodes:
 
 def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
     ctx, resp, rew = [], [], []
-    add_special = adversary.fmt == "plain"
     for c in convs:
         hist = c.history()
         for k, (a, _) in enumerate(c.exchanges()):
             text = adversary.render(hist[: len(c.prompt) + 2 * k], "adversary")
-            ctx.append(common.encode_context(adversary.tokenizer, text, budget, add_special))
+            ctx.append(adversary.encode_context(text, budget))
             resp.append(a.token_ids)
             rew.append(c.rewards[k])
     return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32))
