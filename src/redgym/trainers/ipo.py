@@ -137,6 +137,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
                            setup.params, score, cfg.batch_size)
         t_roll = time.time() - t0
+        common.release_memory()  # the rollout's generation caches, before training activations are allocated
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
         pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
         if cfg.max_pairs_per_step:
