@@ -107,3 +107,30 @@ def test_missing_config_file_and_missing_out(tmp_path, capsys):
     _bad(["eval", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "none.yaml")], capsys, tmp_path / "r",
          "config file not found")
     _bad(["eval"], capsys, tmp_path / "r", "the following arguments are required: --out")
+
+
+def test_baseline_from_reuses_the_untuned_conversations(tiny_model_dir, prompt_file, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(tiny_args(tiny_model_dir, prompt_file, first)) == 0
+    rows = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    # mark the stored baseline: a reused conversation carries the mark, a re-generated one would not
+    rows[0]["turns"][0]["text"] = "reused turn"
+    rows[0]["reward_terms"][0]["tox_defender"] = 7.0
+    (first / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    second = tmp_path / "second"
+    # other reward weights are allowed: the rewards are recomputed from the stored terms
+    assert main(tiny_args(tiny_model_dir, prompt_file, second, "--baseline_from", str(first),
+                          "--bootstrap_samples", "20", "--w_nll", "0.3")) == 0
+    again = [json.loads(line) for line in (second / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in again] == [r["prompt_id"] for r in rows]
+    t = rows[0]["reward_terms"][0]
+    assert again[0]["turns"][0]["text"] == "reused turn"
+    assert again[0]["rewards"][0] == pytest.approx(7.0 + 0.5 * t["tox_combined"] - 0.3 * t["nll"])
+    rows = again
+    expected = sum(sum(r["rewards"]) for r in rows) / sum(len(r["rewards"]) for r in rows)
+    assert json.loads((second / "report.json").read_text())["metrics"]["reward"]["value"] == pytest.approx(expected)
+
+    # a baseline evaluated with other generation settings is refused before anything runs
+    third = tmp_path / "third"
+    _bad(tiny_args(tiny_model_dir, prompt_file, third, "--baseline_from", str(first), "--max_new_tokens", "3"),
+         capsys, third, "max_new_tokens (4 there, 3 here)")

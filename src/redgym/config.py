@@ -65,6 +65,8 @@ class RunConfig:
     test_fraction: float = _f(0.1, "share of prompts held out for the final test")
     # --- evaluation -----------------------------------------------------------------------------------------
     compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
+    baseline_from: str | None = _f(None, "reuse the untuned adversary's scored conversations from this earlier "
+                                         "run folder instead of generating them again (settings must match)")
     n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
     samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")

@@ -6,12 +6,15 @@ first conversation is generated, and nothing is written into the output folder u
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import set_seed
 
 from redgym.config import RunConfig
+from redgym.errors import RedgymError
 from redgym.data.prompts import Prompt, Split, load_prompts, split_prompts
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
@@ -19,7 +22,7 @@ from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
 from redgym.rollout.engine import rollout
 from redgym.rollout.records import Conversation
-from redgym.rollout.reward import RewardWeights, score_conversations
+from redgym.rollout.reward import RewardWeights, reweight, score_conversations
 from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
@@ -34,6 +37,7 @@ class Setup:
     split: Split
     defender: LM
     embedder: object | None
+    baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
 
     @property
     def weights(self) -> RewardWeights:
@@ -65,7 +69,42 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
     split = split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.seed)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
     defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
-    return Setup(cfg, scorer, split, defender, embedder)
+    setup = Setup(cfg, scorer, split, defender, embedder)
+    if cfg.baseline_from:
+        setup.baseline = load_baseline(setup, Path(cfg.baseline_from))
+    return setup
+
+
+# Settings that do not change the untuned adversary's conversations or their scores, only how they are summarised
+# (the rewards are recomputed from the stored terms under the current weights).
+_BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
+                  "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target"}
+
+
+def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
+    """The untuned adversary's conversations from an earlier run folder (report.json + samples.jsonl), checked
+    to come from the same evaluation settings and prompts, in the order of ``setup.eval_prompts()``."""
+    try:
+        old = json.loads((folder / "report.json").read_text())["config"]
+        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError) as e:
+        raise RedgymError(f"baseline_from: cannot read report.json/samples.jsonl in {folder} ({e})") from None
+    new = setup.cfg.to_dict()
+    changed = [f"{f.name} ({old.get(f.name, f.default)!r} there, {new[f.name]!r} here)"
+               for f in dataclasses.fields(RunConfig)
+               if f.name not in _BASELINE_FREE and old.get(f.name, f.default) != new[f.name]]
+    if changed:
+        raise RedgymError(f"baseline_from: {folder} was evaluated with other settings: {', '.join(changed)}")
+    by_id: dict[str, list[Conversation]] = {}
+    for r in rows:
+        if r.get("adversary") == "untuned":
+            by_id.setdefault(r["prompt_id"], []).append(Conversation.from_json(r))
+    try:
+        convs = [by_id[p.id].pop(0) for p in setup.eval_prompts()]
+    except (KeyError, IndexError):
+        raise RedgymError(f"baseline_from: {folder} holds no untuned conversation for some evaluation prompt") from None
+    reweight(convs, setup.weights)
+    return convs
 
 
 def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
@@ -124,7 +163,8 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
 def compare(setup: Setup, adversaries: dict[str, LM], out: Path, title: str, progress: bool = True,
             n_samples: int = 10) -> dict:
     """Evaluate several adversaries on the same test prompts and seed; one report, side by side."""
-    convs = {label: run_adversary(setup, lm, desc=f"eval {label}", progress=progress)
+    convs = {label: setup.baseline if label == "untuned" and setup.baseline is not None
+             else run_adversary(setup, lm, desc=f"eval {label}", progress=progress)
              for label, lm in adversaries.items()}
     return write_eval(out, setup, convs, title=title, n_samples=n_samples)
 

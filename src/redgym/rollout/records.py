@@ -54,3 +54,11 @@ class Conversation:
             "rewards": self.rewards,
             "reward_terms": self.reward_terms,
         }
+
+    @classmethod
+    def from_json(cls, row: dict) -> Conversation:
+        """Inverse of ``to_json`` for everything the metrics read (token ids and log-probs are not stored)."""
+        turns = [Turn(t["speaker"], t["text"],
+                      scores={k: v for k, v in t.items() if k not in ("speaker", "text", "n_tokens")})
+                 for t in row["turns"]]
+        return cls(row["prompt_id"], tuple(row["prompt"]), turns, list(row["rewards"]), list(row["reward_terms"]))

@@ -102,3 +102,17 @@ def score_conversations(convs: list[Conversation], scorer, defender: LM, weights
             c.reward_terms.append(terms)
             c.rewards.append(float(s["reward"][i]))
             i += 1
+
+
+def reweight(convs: list[Conversation], weights: RewardWeights) -> None:
+    """Recompute every exchange's reward from its stored terms under ``weights``, in place, without model calls
+    (a stored baseline reused under other reward weights)."""
+    for c in convs:
+        rewards = []
+        for (a, _), t in zip(c.exchanges(), c.reward_terms):
+            if weights.target == "adversary":
+                rewards.append(float(a.scores["tox"]))
+            else:
+                rewards.append(float(composite_reward(t["tox_defender"], t["tox_combined"], t["nll"],
+                                                      t.get("diversity", 0.0), weights)))
+        c.rewards = rewards
