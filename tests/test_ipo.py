@@ -174,3 +174,22 @@ def test_fast_generation_copy_matches_the_peft_model(tiny_model_dir, prompt_file
         policy.sync_sampler()
         assert torch.allclose(policy.sampler.model(input_ids=ids).logits, want, atol=1e-4)
         assert torch.allclose(policy.ref_model(input_ids=ids).logits, base, atol=1e-5)  # reference = untouched base
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, prompt_file):
+    grads = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        policy = ipo.common.build_policy(tiny_cfg(tiny_model_dir, prompt_file, gradient_checkpointing=ckpt))
+        with torch.no_grad():
+            for n, p in policy.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)  # B = 0 at init would leave A's gradient zero
+        policy.model.train()
+        ctx, conts = [[5, 9, 17, 33], [7, 8]], [[2, 41, 3], [11, 12, 13]]
+        ipo.common.sequence_logps(policy.model, ctx, conts, policy.tokenizer.pad_token_id).sum().backward()
+        grads[ckpt] = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+        assert policy.model.base_model.model.is_gradient_checkpointing == ckpt
+    assert grads[False].keys() == grads[True].keys() and len(grads[True]) > 0
+    for n in grads[False]:
+        assert torch.allclose(grads[False][n], grads[True][n], atol=1e-6), n

@@ -42,6 +42,8 @@ class TrainConfig(RunConfig):
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
     micro_batch_size: int = _f(8, "sequences per forward/backward pass")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less peak memory, "
+                                             "slower training passes")
     # --- adapter ---------------------------------------------------------------------------------------------
     lora: bool = _f(True, "train a LoRA adapter (peft); false = full fine-tuning with a separate reference copy")
     lora_r: int = _f(16, "LoRA rank")
@@ -135,6 +137,8 @@ def build_policy(cfg: TrainConfig) -> Policy:
     model, tok = load_model(cfg.adversary_model, cfg.dtype, cfg.device)
     if not cfg.lora:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return Policy(model.train(), tok, ref, frozen_sampler=ref)
     from peft import LoraConfig, get_peft_model
 
@@ -143,6 +147,8 @@ def build_policy(cfg: TrainConfig) -> Policy:
                       target_modules=targets, task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
     frozen = copy.deepcopy(model).eval().requires_grad_(False) if cfg.fast_generation else None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     peft_model.peft_config["default"].base_model_name_or_path = cfg.adversary_model  # reload by redgym name
     sampler = MergedCopy(frozen) if cfg.fast_generation else None
