@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-SETTINGS = {"mb8": (8, False), "mb4": (4, False), "mb8_ckpt": (8, True)}
+SETTINGS = {"mb8": (8, False), "mb4": (4, False), "mb2": (2, False), "mb8_ckpt": (8, True), "mb4_ckpt": (4, True)}
 
 
 def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:

@@ -41,7 +41,8 @@ class TrainConfig(RunConfig):
     warmup_steps: int = _f(5, "linear learning-rate warmup steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    micro_batch_size: int = _f(8, "sequences per forward/backward pass")
+    micro_batch_size: int = _f(4, "sequences per forward/backward pass (4 on CPU: 0.6x the peak memory of 8 "
+                                  "and 0.84x the time, bench/train_memory.py)")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less peak memory, "
                                              "slower training passes")
     # --- adapter ---------------------------------------------------------------------------------------------
