@@ -105,6 +105,23 @@ def test_weak_pairs_split_eliciting_prompts(tiny_lm):
         assert 1 <= len(p.rejected) <= 3
 
 
+def test_weak_candidates_keep_the_likeliest_continuation(tiny_lm):
+    from redgym.data.prompts import Prompt
+    from redgym.models import SamplingParams
+
+    class WordCountNLL:  # a defender to whom shorter continuations are likelier: NLL = number of words
+        def continuation_nll(self, contexts, continuations, batch_size):
+            assert all(c.endswith("\n") for c in contexts)  # plain-rendered prompts, as the reward scores them
+            return [float(len(c.split())) for c in continuations]
+
+    rng = np.random.default_rng(0)
+    src = [Prompt("x", ("a b c d e f",))]
+    # 40 candidates per pair: the one-word rest "f" is drawn with probability 1 - (4/5)^40 > 0.9998
+    pairs = ipo.weak_pairs(5, src, tiny_lm, SamplingParams(max_new_tokens=2), rng, 8, WordCountNLL(), 40)
+    assert len(pairs) == 5 and all(tiny_lm.tokenizer.decode(p.chosen).strip() == "f" for p in pairs)
+    assert all(p.context.strip() == "a b c d e" for p in pairs)
+
+
 def test_weak_share_in_a_run_follows_rho(tiny_model_dir, prompt_file, tmp_path):
     for rho, expected in ((0.0, 0.0), (1.0, 1.0)):
         out = tmp_path / f"rho{rho}"

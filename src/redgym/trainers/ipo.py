@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.data.prompts import Prompt, load_prompts
 from redgym.errors import RedgymError
-from redgym.models.lm import LM
+from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import score_exchanges
 from redgym.rollout.tree import SiblingGroup, grow_tree
@@ -40,6 +40,8 @@ class IPOConfig(common.TrainConfig):
     max_pairs_per_step: int = _f(16, "pairs trained on per step, largest reward margins first (0 = all)")
     weak_supervision: float = _f(0.5, "probability rho that a pair is replaced by a weak-supervision pair (0 = off)")
     weak_prompts: str = _f("rtp", "toxicity-eliciting prompts for weak supervision (any prompt source)")
+    weak_candidates: int = _f(1, "weak-supervision splits drawn per pair; the one whose true continuation is most "
+                                 "likely under the defender is kept (1 = ASTPrompter's single draw)")
 
     def validate(self) -> None:
         super().validate()
@@ -47,6 +49,8 @@ class IPOConfig(common.TrainConfig):
             raise RedgymError(f"config: loss must be ipo or dpo, got {self.loss!r}")
         if self.beta <= 0 or self.samples_per_node < 2 or not 0 <= self.weak_supervision <= 1:
             raise RedgymError("config: beta must be > 0, samples_per_node >= 2, weak_supervision in [0, 1]")
+        if self.weak_candidates < 1:
+            raise RedgymError(f"config: weak_candidates must be >= 1, got {self.weak_candidates}")
 
 
 @dataclass
@@ -83,14 +87,21 @@ def split_at_random_word(text: str, rng: np.random.Generator) -> tuple[str, str]
 
 
 def weak_pairs(n: int, sources: list[Prompt], adversary: LM, params, rng: np.random.Generator,
-               batch_size: int) -> list[PreferencePair]:
+               batch_size: int, defender: LM | None = None, candidates: int = 1) -> list[PreferencePair]:
     """``n`` weak-supervision pairs: context = first part of an eliciting prompt, chosen = its true rest,
-    rejected = the adversary's own continuation (one batched generate call)."""
+    rejected = the adversary's own continuation (one batched generate call).
+
+    With ``candidates`` > 1, each pair keeps the likeliest of that many random splits: the one whose true rest
+    has the lowest NLL under ``defender`` (toxic text that a user plausibly says, instead of any toxic text)."""
     splits = []
-    while len(splits) < n:
+    while len(splits) < n * candidates:
         s = split_at_random_word(sources[int(rng.integers(len(sources)))].text, rng)
         if s:
             splits.append(s)
+    if candidates > 1:
+        nll = np.array(defender.continuation_nll([render_plain([("prompt", first)]) for first, _ in splits],
+                                                 [rest for _, rest in splits], batch_size)).reshape(n, candidates)
+        splits = [splits[i * candidates + int(j)] for i, j in enumerate(nll.argmin(1))]
     histories = [[("prompt", first)] for first, _ in splits]
     own = generate_turns(adversary, histories, "adversary", params, batch_size)
     tok = adversary.tokenizer
@@ -144,7 +155,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             pairs = pairs[: cfg.max_pairs_per_step]
         # 3 weak supervision: each pair is replaced with probability rho
         pairs = mix_in_weak(pairs, cfg.weak_supervision, rng,
-                            lambda n: weak_pairs(n, weak_sources, adversary, setup.params, rng, cfg.batch_size))
+                            lambda n: weak_pairs(n, weak_sources, adversary, setup.params, rng, cfg.batch_size,
+                                                 defender, cfg.weak_candidates))
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         policy.model.train()
         stats = {"loss": [], "margin": [], "kl": []}
