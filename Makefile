@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/ipo_gain.py --minutes 30 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
 
 clean:
