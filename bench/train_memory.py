@@ -22,7 +22,7 @@ def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
     import torch
 
     from redgym.trainers import common
-    from redgym.trainers.ipo import IPOConfig
+    from redgym.trainers.ipo import IPOConfig, pair_logps
 
     mb, ckpt = SETTINGS[name]
     torch.manual_seed(0)
@@ -40,10 +40,7 @@ def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
         for i in range(0, pairs, per_mb):
             c = ctx[i:i + per_mb]
             n = len(c)
-            x = conts[i:i + n] + conts[pairs + i:pairs + i + n]
-            pol = common.sequence_logps(policy.model, c + c, x, pad)
-            with torch.no_grad():
-                common.sequence_logps(policy.ref_model, c + c, x, pad)
+            pol, _ = pair_logps(policy, c, conts[i:i + n], conts[pairs + i:pairs + i + n], pad)
             pol.sum().backward()
         if rep == 0:
             t0 = time.time()  # the first pass warms up; time the second

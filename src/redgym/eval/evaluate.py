@@ -14,8 +14,8 @@ from pathlib import Path
 from transformers import set_seed
 
 from redgym.config import RunConfig
-from redgym.errors import RedgymError
 from redgym.data.prompts import Prompt, Split, load_prompts, split_prompts
+from redgym.errors import RedgymError
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
 from redgym.models.lm import LM, SamplingParams

@@ -37,6 +37,14 @@ def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeight
     return out
 
 
+def reward_from_terms(tox_adversary, tox_defender, tox_combined, nll, diversity, w: RewardWeights) -> np.ndarray:
+    """The reward of exchanges from their scored terms: the composite reward, or with ``target="adversary"`` the
+    toxicity of the adversary's own text."""
+    if w.target == "adversary":
+        return np.array(tox_adversary, dtype=float)
+    return composite_reward(tox_defender, tox_combined, nll, diversity, w)
+
+
 def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list[str], defender_texts: list[str],
                     scorer, defender: LM, weights: RewardWeights, embedder=None, groups=None,
                     nll_batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -62,11 +70,8 @@ def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list
         for g in np.unique(groups):
             sel = groups == g
             out["diversity"][sel] = np.nan_to_num(embedding_distance_per_text(emb[sel]))
-    if weights.target == "adversary":
-        out["reward"] = out["tox_adversary"].copy()
-    else:
-        out["reward"] = composite_reward(out["tox_defender"], out["tox_combined"], out["nll"], out["diversity"],
-                                         weights)
+    out["reward"] = reward_from_terms(out["tox_adversary"], out["tox_defender"], out["tox_combined"], out["nll"],
+                                      out["diversity"], weights)
     return out
 
 
@@ -108,11 +113,8 @@ def reweight(convs: list[Conversation], weights: RewardWeights) -> None:
     """Recompute every exchange's reward from its stored terms under ``weights``, in place, without model calls
     (a stored baseline reused under other reward weights)."""
     for c in convs:
-        rewards = []
-        for (a, _), t in zip(c.exchanges(), c.reward_terms):
-            if weights.target == "adversary":
-                rewards.append(float(a.scores["tox"]))
-            else:
-                rewards.append(float(composite_reward(t["tox_defender"], t["tox_combined"], t["nll"],
-                                                      t.get("diversity", 0.0), weights)))
-        c.rewards = rewards
+        t = c.reward_terms
+        r = reward_from_terms([a.scores["tox"] for a, _ in c.exchanges()], [x["tox_defender"] for x in t],
+                              [x["tox_combined"] for x in t], [x["nll"] for x in t],
+                              [x.get("diversity", 0.0) for x in t], weights)
+        c.rewards = [float(x) for x in r]

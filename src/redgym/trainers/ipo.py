@@ -120,6 +120,17 @@ def mix_in_weak(pairs: list[PreferencePair], rho: float, rng: np.random.Generato
     return [next(weak) if r else p for p, r in zip(pairs, replace)]
 
 
+def pair_logps(policy: common.Policy, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
+               pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with
+    gradients) and under the frozen reference."""
+    conts = chosen + rejected
+    pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
+    with torch.no_grad():
+        ref = common.sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+    return pol, ref
+
+
 def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
@@ -165,10 +176,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             for i in range(0, len(pairs), per_mb):
                 mb = pairs[i:i + per_mb]
                 ctx = [adversary.encode_context(p.context, budget) for p in mb]
-                conts = [p.chosen for p in mb] + [p.rejected for p in mb]
-                pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
-                with torch.no_grad():
-                    ref = common.sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+                pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad)
                 n = len(mb)
                 losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
                 loss = losses.sum() / len(pairs)
