@@ -64,6 +64,15 @@ def test_whiten_by_hand():
     assert out.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
 
 
+def test_leave_one_out_baseline_by_hand():
+    from redgym.trainers.losses import leave_one_out_baseline
+
+    # group 0: 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5; group 1 (0.5, 1.5): -1, +1; group 2 alone
+    r = torch.tensor([1.0, 2.0, 0.5, 6.0, 1.5, 7.0])
+    out = leave_one_out_baseline(r, torch.tensor([0, 0, 1, 0, 1, 2]))
+    assert out.tolist() == pytest.approx([-3.0, -1.5, -1.0, 4.5, 1.0, 7.0])
+
+
 def test_kl_estimators_by_hand():
     from redgym.trainers.losses import kl_k1, kl_k3
 

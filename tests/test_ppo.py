@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from redgym.config import load_config
 from redgym.eval import evaluate
@@ -70,6 +71,28 @@ def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monk
     assert all(np.isnan(r["loss/policy"]) for r in rows)
 
 
+def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+    seen = []
+    real = ppo.score_episodes
+
+    def spy(ep, *a, **kw):
+        real(ep, *a, **kw)
+        seen.append(ep)
+
+    monkeypatch.setattr(ppo, "score_episodes", spy)
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=1, kl_coef=0.0, prompts_per_step=2, samples_per_prompt=4),
+              tmp_path / "run", progress=False)
+    (ep,) = seen
+    assert sorted(torch.bincount(ep.group).tolist()) == [4, 4]  # 2 prompts x 4 samples, one group each
+    last = ep.tensors["token_rewards"][:, -1]  # with kl_coef 0 only the (baselined) episode reward is there
+    for g in (0, 1):
+        sel = ep.group == g
+        r = ep.reward[sel]
+        assert last[sel].tolist() == pytest.approx((r - (r.sum() - r) / 3).tolist(), abs=1e-6)
+        assert float(last[sel].sum()) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
@@ -92,7 +115,8 @@ def _prepare_with(scorer):
 
 
 @pytest.mark.parametrize("field,value,msg", [("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
-                                             ("ppo_epochs", "0", "ppo_epochs must be >= 1")])
+                                             ("ppo_epochs", "0", "ppo_epochs and samples_per_prompt must be >= 1"),
+                                             ("samples_per_prompt", "0", "samples_per_prompt must be >= 1")])
 def test_bad_ppo_config(tiny_model_dir, prompt_file, field, value, msg):
     from redgym.errors import RedgymError
 

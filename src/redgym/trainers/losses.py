@@ -50,6 +50,23 @@ def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool =
     return out * mask
 
 
+def leave_one_out_baseline(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each reward minus the mean reward of the *other* members of its group (RLOO, Ahmadian et al. 2024).
+
+    With several samples of one prompt in a group, the prompt's own difficulty cancels and what remains is how
+    much better this utterance did than its siblings; the baseline does not depend on the sample itself, so the
+    policy gradient stays unbiased. A group of one is returned unchanged.
+    """
+    out = rewards.clone()
+    for g in torch.unique(groups):
+        sel = groups == g
+        n = int(sel.sum())
+        if n > 1:
+            r = rewards[sel]
+            out[sel] = r - (r.sum() - r) / (n - 1)
+    return out
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
     """Generalised advantage estimation over (B, T) token rewards and values; ``mask`` marks real tokens.
 

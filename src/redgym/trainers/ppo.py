@@ -4,8 +4,9 @@
 
 Each adversary turn is an episode whose reward is the composite reward of its exchange (or, with
 ``reward_target: adversary``, the toxicity of the adversary's own text). Each step: (1) a batch of training
-prompts; (2) roll out and score conversations; (3) old log-probs, reference log-probs and values, per-token
-rewards (-kl_coef * KL, plus the episode reward on the last token), GAE and whitened advantages; (4) PPO epochs
+prompts, each rolled out ``samples_per_prompt`` times; (2) roll out and score conversations; (3) old log-probs,
+reference log-probs and values, per-token rewards (-kl_coef * KL, plus the episode reward on the last token,
+less its siblings' mean reward when a prompt has several samples), GAE and whitened advantages; (4) PPO epochs
 over minibatches with the clipped policy and value losses and an optional entropy bonus; (5) log, adapt the KL
 coefficient, checkpoint. A KL to the reference above ``kl_stop`` skips the update instead of letting the policy
 collapse.
@@ -28,7 +29,8 @@ from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import score_conversations
 from redgym.trainers import common
-from redgym.trainers.losses import gae, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
+from redgym.trainers.losses import (gae, kl_k1, kl_k3, leave_one_out_baseline, masked_mean, ppo_policy_loss,
+                                    ppo_value_loss, whiten)
 
 
 @dataclass
@@ -48,13 +50,16 @@ class PPOConfig(common.TrainConfig):
     kl_horizon: int = _f(10000, "adaptive controller horizon (in episodes)")
     kl_stop: float = _f(20.0, "skip a step's update when the mean sequence KL to the reference exceeds this")
     whiten_advantages: bool = _f(True, "whiten advantages over each step's batch")
+    samples_per_prompt: int = _f(1, "adversary samples rolled out from each training prompt per step")
+    group_baseline: bool = _f(True, "with samples_per_prompt > 1, subtract from each episode reward the mean "
+                                    "reward of its siblings (same prompt and turn) before GAE (RLOO)")
 
     def validate(self) -> None:
         super().validate()
         if self.kl_estimator not in ("k1", "k3"):
             raise RedgymError(f"config: kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
-        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1:
-            raise RedgymError("config: ppo_epochs must be >= 1 and clip_range in (0, 1)")
+        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.samples_per_prompt < 1:
+            raise RedgymError("config: ppo_epochs and samples_per_prompt must be >= 1 and clip_range in (0, 1)")
 
 
 class ValueHead(torch.nn.Module):
@@ -76,17 +81,21 @@ class ValueHead(torch.nn.Module):
 
 @dataclass
 class Episodes:
-    """One adversary turn each: context ids, response ids and the episode reward, plus tensors (B, K) filled
-    in step 3 (old log-probs, reference log-probs, values, mask, advantages, returns)."""
+    """One adversary turn each: context ids, response ids, the episode reward and its sibling group (same
+    prompt, same turn), plus tensors (B, K) filled in step 3 (old log-probs, reference log-probs, values, mask,
+    advantages, returns)."""
 
     ctx: list[list[int]]
     resp: list[list[int]]
     reward: torch.Tensor
+    group: torch.Tensor
     tensors: dict[str, torch.Tensor] | None = None
 
 
 def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
-    ctx, resp, rew = [], [], []
+    """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""
+    ctx, resp, rew, group = [], [], [], []
+    ids: dict[str, int] = {}
     for c in convs:
         hist = c.history()
         for k, (a, _) in enumerate(c.exchanges()):
@@ -94,7 +103,8 @@ def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Epis
             ctx.append(adversary.encode_context(text, budget))
             resp.append(a.token_ids)
             rew.append(c.rewards[k])
-    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32))
+            group.append(ids.setdefault(f"{c.prompt_id}/{k}", len(ids)))
+    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group))
 
 
 def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
@@ -118,7 +128,10 @@ def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, c
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
     rewards = -kl_coef * kl
-    rewards[:, -1] += ep.reward  # the episode reward lands on the last token (responses are right-aligned)
+    score = ep.reward
+    if cfg.samples_per_prompt > 1 and cfg.group_baseline:
+        score = leave_one_out_baseline(score, ep.group)
+    rewards[:, -1] += score  # the episode reward lands on the last token (responses are right-aligned)
     adv, ret = gae(rewards, t["values"], t["mask"], cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         adv = whiten(adv, t["mask"])
@@ -191,13 +204,13 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
 
     for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
-        # 1 prompts
+        # 1 prompts (each rolled out samples_per_prompt times)
         batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
                                                                 cfg.seed)]
         # 2 roll out and score (generation from the adapter-merged copy)
         policy.model.eval()
         policy.sync_sampler()
-        convs = [Conversation(p.id, p.turns) for p in batch]
+        convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.samples_per_prompt)]
         rollout_batch(convs, adversary, defender, cfg.horizon, setup.params)
         score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
         t_roll = time.time() - t0
