@@ -81,7 +81,7 @@ def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(tiny_model_dir, p
         seen.append(ep)
 
     monkeypatch.setattr(ppo, "score_episodes", spy)
-    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=1, kl_coef=0.0, prompts_per_step=2, samples_per_prompt=4),
+    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=1, kl_coef=0.0, prompts_per_step=2, generations_per_prompt=4),
               tmp_path / "run", progress=False)
     (ep,) = seen
     assert sorted(torch.bincount(ep.group).tolist()) == [4, 4]  # 2 prompts x 4 samples, one group each
@@ -115,10 +115,23 @@ def _prepare_with(scorer):
 
 
 @pytest.mark.parametrize("field,value,msg", [("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
-                                             ("ppo_epochs", "0", "ppo_epochs and samples_per_prompt must be >= 1"),
-                                             ("samples_per_prompt", "0", "samples_per_prompt must be >= 1")])
+                                             ("ppo_epochs", "0", "ppo_epochs and generations_per_prompt must be >= 1"),
+                                             ("generations_per_prompt", "0", "generations_per_prompt must be >= 1")])
 def test_bad_ppo_config(tiny_model_dir, prompt_file, field, value, msg):
     from redgym.errors import RedgymError
 
     with pytest.raises(RedgymError, match=msg):
         tiny_cfg(tiny_model_dir, prompt_file, **{field: value})
+
+
+def test_trainer_configs_redefine_only_intended_run_fields():
+    """A trainer field that reuses a RunConfig name silently changes evaluation too (a PPO field once shadowed
+    the evaluation's samples_per_prompt); only PPO's default horizon is meant to differ."""
+    import dataclasses
+
+    from redgym.config import RunConfig
+    from redgym.trainers import common, ipo
+
+    run = {f.name for f in dataclasses.fields(RunConfig)}
+    for cls, intended in ((common.TrainConfig, set()), (ipo.IPOConfig, set()), (ppo.PPOConfig, {"horizon"})):
+        assert {n for n in vars(cls).get("__annotations__", {}) if n in run} == intended, cls.__name__

@@ -4,7 +4,7 @@
 
 Each adversary turn is an episode whose reward is the composite reward of its exchange (or, with
 ``reward_target: adversary``, the toxicity of the adversary's own text). Each step: (1) a batch of training
-prompts, each rolled out ``samples_per_prompt`` times; (2) roll out and score conversations; (3) old log-probs,
+prompts, each rolled out ``generations_per_prompt`` times; (2) roll out and score conversations; (3) old log-probs,
 reference log-probs and values, per-token rewards (-kl_coef * KL, plus the episode reward on the last token,
 less its siblings' mean reward when a prompt has several samples), GAE and whitened advantages; (4) PPO epochs
 over minibatches with the clipped policy and value losses and an optional entropy bonus; (5) log, adapt the KL
@@ -50,16 +50,16 @@ class PPOConfig(common.TrainConfig):
     kl_horizon: int = _f(10000, "adaptive controller horizon (in episodes)")
     kl_stop: float = _f(20.0, "skip a step's update when the mean sequence KL to the reference exceeds this")
     whiten_advantages: bool = _f(True, "whiten advantages over each step's batch")
-    samples_per_prompt: int = _f(1, "adversary samples rolled out from each training prompt per step")
-    group_baseline: bool = _f(True, "with samples_per_prompt > 1, subtract from each episode reward the mean "
+    generations_per_prompt: int = _f(1, "adversary samples rolled out from each training prompt per step")
+    group_baseline: bool = _f(True, "with generations_per_prompt > 1, subtract from each episode reward the mean "
                                     "reward of its siblings (same prompt and turn) before GAE (RLOO)")
 
     def validate(self) -> None:
         super().validate()
         if self.kl_estimator not in ("k1", "k3"):
             raise RedgymError(f"config: kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
-        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.samples_per_prompt < 1:
-            raise RedgymError("config: ppo_epochs and samples_per_prompt must be >= 1 and clip_range in (0, 1)")
+        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.generations_per_prompt < 1:
+            raise RedgymError("config: ppo_epochs and generations_per_prompt must be >= 1 and clip_range in (0, 1)")
 
 
 class ValueHead(torch.nn.Module):
@@ -129,7 +129,7 @@ def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, c
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
     rewards = -kl_coef * kl
     score = ep.reward
-    if cfg.samples_per_prompt > 1 and cfg.group_baseline:
+    if cfg.generations_per_prompt > 1 and cfg.group_baseline:
         score = leave_one_out_baseline(score, ep.group)
     rewards[:, -1] += score  # the episode reward lands on the last token (responses are right-aligned)
     adv, ret = gae(rewards, t["values"], t["mask"], cfg.gamma, cfg.lam)
@@ -204,13 +204,13 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
 
     for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
-        # 1 prompts (each rolled out samples_per_prompt times)
+        # 1 prompts (each rolled out generations_per_prompt times)
         batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
                                                                 cfg.seed)]
         # 2 roll out and score (generation from the adapter-merged copy)
         policy.model.eval()
         policy.sync_sampler()
-        convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.samples_per_prompt)]
+        convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.generations_per_prompt)]
         rollout_batch(convs, adversary, defender, cfg.horizon, setup.params)
         score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
         t_roll = time.time() - t0
