@@ -18,7 +18,7 @@ def tiny_args(model_dir, prompts, out, *extra):
             "--horizon", "2", "--bootstrap_samples", "50", "--dtype", "float32", *extra]
 
 
-def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file, tmp_path, capsys):
+def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file, tmp_path, capsys, caplog):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("seed: 3\nbatch_size: 2\n")
     out = tmp_path / "run"
@@ -33,6 +33,7 @@ def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file,
     split = json.loads((out / "split.json").read_text())
     n_test = split["n_test"]  # 9 prompts, half held out for test
     assert n_test == 4 and report["split"]["test_ids_evaluated"] == split["test"]
+    assert "n_eval_prompts 64 exceeds the test split; evaluating all 4 test prompts" in caplog.text  # the default 64
     for name in EXPECTED_METRICS + [f"{m}/turn_{k}" for m in EXPECTED_METRICS for k in (1, 2)]:
         m = report["metrics"][name]
         assert math.isfinite(m["value"]) and len(m["ci95"]) == 2 and isinstance(m["higher_is_better"], bool), name

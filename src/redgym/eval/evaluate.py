@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from redgym.rollout.reward import RewardWeights, reweight, score_conversations
 from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,9 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
                            max_prompts=cfg.max_prompts,
                            max_toxicity=cfg.prompt_max_toxicity, scorer=scorer, seed=cfg.seed)
     split = split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.seed)
+    if cfg.n_eval_prompts > len(split.test):
+        log.warning("n_eval_prompts %d exceeds the test split; evaluating all %d test prompts", cfg.n_eval_prompts,
+                    len(split.test))
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
     defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
     setup = Setup(cfg, scorer, split, defender, embedder)
