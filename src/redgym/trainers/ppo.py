@@ -95,7 +95,7 @@ class Episodes:
 def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
     """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""
     ctx, resp, rew, group = [], [], [], []
-    ids: dict[str, int] = {}
+    ids: dict[tuple[str, int], int] = {}
     for c in convs:
         hist = c.history()
         for k, (a, _) in enumerate(c.exchanges()):
@@ -103,7 +103,7 @@ def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Epis
             ctx.append(adversary.encode_context(text, budget))
             resp.append(a.token_ids)
             rew.append(c.rewards[k])
-            group.append(ids.setdefault(f"{c.prompt_id}/{k}", len(ids)))
+            group.append(ids.setdefault((c.prompt_id, k), len(ids)))
     return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group))
 
 
