@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from redgym.eval.metrics import compute_metrics, paired_difference
+from redgym.eval.metrics import compute_metrics, paired_difference, resample_counts
 from redgym.rollout.records import Conversation, Turn
 
 
@@ -64,3 +64,24 @@ def test_paired_difference_by_hand():
     assert d["defender_toxicity"]["value"] == pytest.approx(0.1)  # mean of 0, .05, .1, .15, .2
     lo, hi = d["defender_toxicity"]["ci95"]
     assert 0 <= lo < 0.1 < hi <= 0.2
+
+
+def test_bootstrap_resamples_prompts_not_conversations():
+    # Two prompts with two samples each; per-conversation differences p: 0.0, 0.2 (mean 0.1), q: 0.3, 0.5 (0.4).
+    # A replicate draws prompts, so its mean is 0.1 (p twice), 0.25 (p and q) or 0.4 (q twice), each end with
+    # probability 1/4: the 95% interval is exactly [0.1, 0.4]. Resampling conversations would reach 0.05, 0.125...
+    a = [make_conv(pid, [0.0]) for pid in ("p", "p", "q", "q")]
+    b = [make_conv(pid, [x]) for pid, x in zip(("p", "p", "q", "q"), (0.0, 0.2, 0.3, 0.5))]
+    d = paired_difference(a, b, n_boot=1000, seed=0)["defender_toxicity"]
+    assert d["value"] == pytest.approx(0.25)
+    assert d["ci95"] == pytest.approx([0.1, 0.4])
+    w = resample_counts(["p", "p", "q", "q"], n_boot=50, seed=1)
+    assert w.shape == (50, 4) and (w.sum(1) == 4).all()  # two prompts drawn, two conversations each
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 2] == w[:, 3]).all()
+    m = compute_metrics(b, n_boot=1000, seed=0)["defender_toxicity"]
+    assert m["ci95"] == pytest.approx([0.1, 0.4])
+
+
+def test_paired_difference_refuses_other_prompts():
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference([make_conv("p", [0.1])], [make_conv("q", [0.1])])
