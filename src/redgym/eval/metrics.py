@@ -86,7 +86,7 @@ def resample_counts(prompt_ids: list[str], n_boot: int, seed: int) -> np.ndarray
     """(B, N) bootstrap weights of N conversations: each replicate draws the distinct prompts with replacement,
     and a conversation weighs as often as its prompt was drawn. A replicate's mean of per-conversation values v
     is ``w @ v / w.sum()``; with one conversation per prompt this is the ordinary bootstrap."""
-    prompts, cluster = np.unique(np.asarray(prompt_ids, dtype=object).astype(str), return_inverse=True)
+    prompts, cluster = np.unique(np.array(prompt_ids, dtype=str), return_inverse=True)
     draws = np.random.default_rng(seed).integers(0, len(prompts), size=(n_boot, len(prompts)))
     counts = np.stack([np.bincount(row, minlength=len(prompts)) for row in draws])  # (B, P)
     return counts[:, cluster].astype(float)  # (B, N)

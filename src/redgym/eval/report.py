@@ -43,7 +43,7 @@ def render_markdown(report: dict, results: dict[str, dict], differences: dict | 
              f"- scorer: `{cfg['scorer']}` (toxic above {cfg['toxic_threshold']}); prompts: `{cfg['prompts']}`, "
              f"{report['n_conversations']} conversations of horizon {cfg['horizon']}; seed {cfg['seed']}",
              f"- redgym {report['redgym_version']} at {report['git_hash']}; values are means with 95% bootstrap "
-             "CIs over conversations", ""]
+             "CIs over prompts", ""]
     header = "| metric | " + " | ".join(labels) + (" | ratio |" if len(labels) == 2 else " |")
     lines += ["## Metrics (all turns)", "", header, "|" + "---|" * (len(labels) + 1 + (len(labels) == 2))]
     for name in HEADLINE:
