@@ -135,3 +135,12 @@ def test_trainer_configs_redefine_only_intended_run_fields():
     run = {f.name for f in dataclasses.fields(RunConfig)}
     for cls, intended in ((common.TrainConfig, set()), (ipo.IPOConfig, set()), (ppo.PPOConfig, {"horizon"})):
         assert {n for n in vars(cls).get("__annotations__", {}) if n in run} == intended, cls.__name__
+
+
+def test_the_seed_makes_training_reproducible(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+    rows = {}
+    for name in ("a", "b"):  # without set_seed at the start, the second run continues the first one's RNG stream
+        ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, seed=3), tmp_path / name, progress=False)
+        rows[name] = [(r["reward/reward"], r["objective/kl"], r["loss/policy"]) for r in read_metrics(tmp_path / name)]
+    assert rows["a"] == rows["b"]

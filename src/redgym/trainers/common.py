@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import set_seed
 
 from redgym.config import RunConfig, _f
 from redgym.errors import RedgymError
@@ -281,6 +282,7 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
 
     check_writable(out)
     acc = make_accelerator(cfg, out)
+    set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)
     defender = defender_lm(cfg, policy)
     setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
