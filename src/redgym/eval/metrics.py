@@ -135,8 +135,8 @@ def compute_metrics(convs: list[Conversation], threshold: float = 0.5, embedder=
             stat = _distinct_stat([[g for tk in conv for g in ngrams(tk, m)] for conv in toks])
             value = stat(np.arange(n))
             boot = np.array([stat(np.repeat(np.arange(n), row.astype(int))) for row in w])
-            # A resample repeats conversations, which can only lower distinct-n, so the bootstrap distribution
-            # sits below the value; shift it by that bias (bias-corrected percentile interval).
+            # A resample repeats prompts (with their conversations), which can only lower distinct-n, so the bootstrap
+            # distribution sits below the value; shift it by that bias (bias-corrected percentile interval).
             boot = boot - (boot.mean() - value)
             out[f"distinct_{m}{suffix}"] = {"value": value, "ci95": list(percentile_ci(boot)),
                                             "higher_is_better": True}
