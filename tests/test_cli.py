@@ -46,6 +46,17 @@ def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file,
     assert "Content warning" in md and "| defender_toxicity ↑ |" in md
 
 
+def test_report_names_the_code_the_run_started_from(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from redgym import runfolder
+
+    hashes = iter(["abc123-at-start"])
+    monkeypatch.setattr(runfolder, "git_hash", lambda: next(hashes, "def456-later"))  # HEAD moves during the run
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_model_dir, prompt_file, out, "--horizon", "1")) == 0
+    assert json.loads((out / "report.json").read_text())["git_hash"] == "abc123-at-start"
+    assert "at abc123-at-start;" in (out / "report.md").read_text()
+
+
 def _bad(args, capsys, out, msg):
     assert main(args) == 2
     err = capsys.readouterr().err
