@@ -66,11 +66,12 @@ def git_hash() -> str:
         return "unknown"
 
 
-def run_metadata() -> dict:
+def run_metadata(code_version: str) -> dict:
+    """Versions for a report; ``code_version`` is ``git_hash()`` taken when the run started."""
     import torch
     import transformers
 
-    return {"redgym_version": redgym.__version__, "git_hash": git_hash(), "torch": torch.__version__,
+    return {"redgym_version": redgym.__version__, "git_hash": code_version, "torch": torch.__version__,
             "transformers": transformers.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

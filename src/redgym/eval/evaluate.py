@@ -24,8 +24,7 @@ from redgym.models.loading import load_model
 from redgym.rollout.engine import rollout
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import RewardWeights, reweight, score_conversations
-from redgym import runfolder
-from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
+from redgym.runfolder import CONTENT_WARNING, check_writable, git_hash, run_metadata, save_config, write_json
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
 
@@ -43,7 +42,7 @@ class Setup:
     embedder: object | None
     baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
     # The code the run starts from: a training run's report is written long after, when HEAD may have moved.
-    code_version: str = field(default_factory=lambda: runfolder.git_hash())
+    code_version: str = field(default_factory=lambda: git_hash())
 
     @property
     def weights(self) -> RewardWeights:
@@ -151,8 +150,7 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
     report = {
         "title": title,
         "content_warning": CONTENT_WARNING,
-        **run_metadata(),
-        "git_hash": setup.code_version,
+        **run_metadata(setup.code_version),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "split": {k: v for k, v in split_json.items() if not isinstance(v, list)} | {

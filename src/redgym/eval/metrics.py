@@ -89,7 +89,7 @@ def resample_counts(prompt_ids: list[str], n_boot: int, seed: int) -> np.ndarray
     prompts, cluster = np.unique(np.array(prompt_ids, dtype=str), return_inverse=True)
     draws = np.random.default_rng(seed).integers(0, len(prompts), size=(n_boot, len(prompts)))
     counts = np.stack([np.bincount(row, minlength=len(prompts)) for row in draws])  # (B, P)
-    return counts[:, cluster].astype(float)  # (B, N)
+    return counts[:, cluster]  # (B, N)
 
 
 def _boot_means(v: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -134,7 +134,7 @@ def compute_metrics(convs: list[Conversation], threshold: float = 0.5, embedder=
         for m in (1, 2):
             stat = _distinct_stat([[g for tk in conv for g in ngrams(tk, m)] for conv in toks])
             value = stat(np.arange(n))
-            boot = np.array([stat(np.repeat(np.arange(n), row.astype(int))) for row in w])
+            boot = np.array([stat(np.repeat(np.arange(n), row)) for row in w])
             # A resample repeats prompts (with their conversations), which can only lower distinct-n, so the bootstrap
             # distribution sits below the value; shift it by that bias (bias-corrected percentile interval).
             boot = boot - (boot.mean() - value)
