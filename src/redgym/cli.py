@@ -1,6 +1,9 @@
 """The ``redgym`` command: a thin layer over importable functions.
 
-    redgym eval --config configs/demo.yaml --out runs/demo [--horizon 2 --w_nll 0 ...]
+    redgym eval --config configs/eval_untuned.yaml --out runs/untuned [--horizon 2 --w_nll 0 ...]
+    redgym train {ipo,grpo,ppo,sft} --config FILE --out DIR          (--resume DIR to continue)
+    redgym experiment --config configs/experiments/main.yaml --out DIR   (rerun the same line to resume)
+    redgym compare DIR [DIR ...] --out OUT
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
 from redgym.errors import RedgymError
-from redgym.trainers import ipo, ppo
+from redgym.trainers.registry import TRAINERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--out", type=Path, help="new run folder")
         where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
         t.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex = sub.add_parser("experiment", help="arms x seeds, each a run folder, then comparison.md (resumable)")
+    ex.add_argument("--config", type=Path, required=True, help="experiment YAML (arms, seeds, shared settings)")
+    ex.add_argument("--out", type=Path, required=True, help="experiment folder; finished arms in it are skipped")
+    ex.add_argument("--only", default=None, help="comma list of arm names to run now (the grid in parts)")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
+    cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
+    cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
     return p
 
 
@@ -90,16 +101,42 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
     metrics = train_fn(cfg, out, resume=resume, progress=not args.quiet)
     print("final step: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                       if k.startswith(("reward/reward", "loss/", "pairs/count", "sys/"))))
-    if (out / "report.md").exists():
+    if cfg.eval_after:
+        from redgym.eval.evaluate import evaluate_run
+
+        report = evaluate_run(out, progress=not args.quiet)
+        d = report["differences"]["defender_toxicity"]
+        print(f"defender_toxicity trained - untuned {d['value']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
         print(f"report: {out / 'report.md'}")
     return 0
 
 
-TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train), "ppo": (ppo.PPOConfig, ppo.train)}
-COMMANDS = {"eval": cmd_eval, "train": cmd_train}
+def cmd_experiment(args, overrides: dict[str, str]) -> int:
+    from redgym.experiments.runner import run_experiment
+
+    if overrides:
+        raise RedgymError("experiment: set fields in the experiment YAML, not on the command line "
+                          f"(got {', '.join('--' + k for k in overrides)})")
+    only = [a.strip() for a in args.only.split(",")] if args.only else None
+    out = run_experiment(args.config, args.out, only=only, progress=not args.quiet)
+    print(f"comparison: {out / 'comparison.md'}")
+    return 0
+
+
+def cmd_compare(args, overrides: dict[str, str]) -> int:
+    from redgym.experiments.compare import compare
+
+    if overrides:
+        raise RedgymError(f"compare takes no config fields (got {', '.join('--' + k for k in overrides)})")
+    out = args.out or args.dirs[0]
+    compare(args.dirs, out)
+    print(f"comparison: {out / 'comparison.md'}")
+    return 0
+
+
+COMMANDS = {"eval": cmd_eval, "train": cmd_train, "experiment": cmd_experiment, "compare": cmd_compare}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, "ipo": ipo.IPOConfig,
-                                              "ppo": ppo.PPOConfig}
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

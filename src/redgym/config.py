@@ -31,7 +31,8 @@ class RunConfig:
     adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
     adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
     defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
-    dtype: str = _f("auto", "auto (bf16 on CPU, bf16/fp16 on CUDA), bfloat16, float16 or float32")
+    dtype: str = _f("auto", "auto (float32 on CPU, bf16/fp16 on CUDA; bench/sampler_dtype.py), bfloat16, float16 "
+                            "or float32")
     device: str = _f("auto", "auto (cuda when present), cpu or cuda")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
     # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
@@ -39,7 +40,10 @@ class RunConfig:
     min_new_tokens: int = _f(2, "minimum new tokens per utterance")
     temperature: float = _f(0.7, "sampling temperature")
     top_p: float = _f(0.7, "nucleus sampling mass")
+    top_k: int = _f(50, "sample among the k likeliest tokens (50: transformers' default; 0 = off)")
     repetition_penalty: float = _f(1.1, "repetition penalty (1.0 = off)")
+    defender_samples: int = _f(1, "defender replies sampled for each adversary turn (batched); the toxicity terms "
+                                  "are their mean and the conversation continues with the first")
     batch_size: int = _f(16, "conversations advanced together in one generate call")
     # --- rollout and reward ---------------------------------------------------------------------------------
     horizon: int = _f(3, "adversary/defender exchanges per conversation")
@@ -63,6 +67,10 @@ class RunConfig:
     prompt_max_toxicity: float | None = _f(None, "drop prompts scoring at or above this; None = source default (chitchat 0.5, others off)")
     dev_fraction: float = _f(0.1, "share of prompts held out for development")
     test_fraction: float = _f(0.1, "share of prompts held out for the final test")
+    split_seed: int | None = _f(None, "seed of the prompt split and max_prompts sample (None = seed); fix it to "
+                                      "vary the seed over one set of test prompts")
+    split_from: str | None = _f(None, "use this run folder's split.json (or a split.json path) instead of computing "
+                                      "the split; default: the trained adversary's run folder when it has one")
     # --- evaluation -----------------------------------------------------------------------------------------
     compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
     baseline_from: str | None = _f(None, "reuse the untuned adversary's scored conversations from this earlier "
@@ -89,13 +97,20 @@ class RunConfig:
         need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
         need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
         need(0 <= self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1,
              "dev_fraction + test_fraction must be below 1 and test_fraction above 0")
         need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
+        need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
         need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the prompt split (``split_seed``, else ``seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

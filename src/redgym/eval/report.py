@@ -18,9 +18,9 @@ from redgym.eval.metrics import Table  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
 from redgym.runfolder import CONTENT_WARNING, atomic_write, write_json, write_jsonl  # noqa: E402
 
-HEADLINE = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "combined_toxicity",
-            "adversary_toxicity", "adversary_nll", "adversary_perplexity", "distinct_1", "distinct_2", "self_bleu",
-            "embedding_diversity"]
+HEADLINE = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "stealth_success_rate",
+            "defender_toxicity_clean_adversary", "combined_toxicity", "adversary_toxicity", "adversary_nll",
+            "adversary_perplexity", "distinct_1", "distinct_2", "self_bleu", "embedding_diversity"]
 
 
 def _fmt(x: float) -> str:

@@ -21,6 +21,7 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 0.7
     repetition_penalty: float = 1.1
+    top_k: int = 50  # transformers' default, which ASTPrompter's settings ran under; 0 = off
 
 
 @dataclass
@@ -30,12 +31,16 @@ class Generation:
     texts:     B decoded utterances (special tokens dropped, whitespace stripped)
     token_ids: B lists of sampled ids, up to and including the first stop token
     logprobs:  B lists aligned with token_ids: log p(token | prefix) under the model's own distribution
-               (temperature 1, no top-p), the quantity policy-gradient and preference losses need
+               (temperature 1, no top-p)
+    sample_logprobs: the same under the distribution each token was actually drawn from (after temperature,
+               top-p, repetition penalty, min-length masking): equal to the trainer's tempered log-probs only when
+               the rollout is on-policy
     """
 
     texts: list[str]
     token_ids: list[list[int]]
     logprobs: list[list[float]]
+    sample_logprobs: list[list[float]] | None = None
 
 
 def render_plain(history: list[tuple[str, str]]) -> str:
@@ -97,10 +102,12 @@ class LM:
             min_new_tokens=params.min_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
+            top_k=params.top_k,
             repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             output_logits=True,
+            output_scores=True,
             return_dict_in_generate=True,
         )
         new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, T)
@@ -109,16 +116,21 @@ class LM:
         logps = torch.stack(
             [torch.log_softmax(step.float(), -1).gather(-1, new[:, t:t + 1]).squeeze(-1)
              for t, step in enumerate(out.logits)], dim=1)  # (B, T)
+        # out.scores: the processed scores the tokens were sampled from
+        sample_logps = torch.stack(
+            [torch.log_softmax(step.float(), -1).gather(-1, new[:, t:t + 1]).squeeze(-1)
+             for t, step in enumerate(out.scores)], dim=1)  # (B, T)
         is_stop = torch.isin(new, torch.tensor(self.stop_ids, device=new.device))
-        texts, ids, lps = [], [], []
+        texts, ids, lps, slps = [], [], [], []
         for b in range(new.shape[0]):
             stop = torch.nonzero(is_stop[b])
             n = int(stop[0]) + 1 if len(stop) else new.shape[1]
             row = new[b, :n].tolist()
             ids.append(row)
             lps.append(logps[b, :n].tolist())
+            slps.append(sample_logps[b, :n].tolist())
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return Generation(texts, ids, lps)
+        return Generation(texts, ids, lps, slps)
 
     def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
         """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.

@@ -1,6 +1,9 @@
 """Batched multi-turn rollouts: prompt -> adversary -> defender -> ... for ``horizon`` exchanges.
 
-All conversations of a batch advance together: one ``generate`` call per role per turn.
+All conversations of a batch advance together: one ``generate`` call per role per turn. The adversary and the
+defender may sample with different settings (training samples the adversary from exactly the distribution it is
+trained on, while the defender keeps the evaluation settings), and each adversary turn may be answered
+``defender_samples`` times, in the same batched call, to denoise its reward.
 """
 
 from __future__ import annotations
@@ -20,22 +23,42 @@ def generate_turns(lm: LM, histories: Sequence[list[tuple[str, str]]], speaker: 
     turns: list[Turn] = []
     for i in range(0, len(histories), step):
         gen = lm.generate([lm.render(h, speaker) for h in histories[i:i + step]], params)
-        turns += [Turn(speaker, t, ids, lps) for t, ids, lps in zip(gen.texts, gen.token_ids, gen.logprobs)]
+        slps = gen.sample_logprobs or [[] for _ in gen.texts]
+        turns += [Turn(speaker, t, ids, lps, s) for t, ids, lps, s in zip(gen.texts, gen.token_ids, gen.logprobs, slps)]
     return turns
 
 
+def defender_replies(defender: LM, histories: Sequence[list[tuple[str, str]]], params: SamplingParams, k: int = 1,
+                     batch_size: int | None = None) -> list[Turn]:
+    """One defender turn per history, sampled ``k`` times in one batch: the first reply is the turn, the other
+    k - 1 texts are its ``alternatives``."""
+    flat = generate_turns(defender, [h for h in histories for _ in range(k)], "defender", params,
+                          batch_size * k if batch_size else None)
+    out = []
+    for i in range(len(histories)):
+        first, *rest = flat[i * k:(i + 1) * k]
+        first.alternatives = [t.text for t in rest]
+        out.append(first)
+    return out
+
+
 def rollout_batch(convs: Sequence[Conversation], adversary: LM, defender: LM, horizon: int,
-                  params: SamplingParams) -> None:
-    """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place."""
+                  params: SamplingParams, defender_params: SamplingParams | None = None,
+                  defender_samples: int = 1) -> None:
+    """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place.
+
+    ``params`` samples the adversary, ``defender_params`` (default: the same) the defender."""
     for _ in range(horizon):
-        for speaker, lm in (("adversary", adversary), ("defender", defender)):
-            for c, turn in zip(convs, generate_turns(lm, [c.history() for c in convs], speaker, params)):
-                c.turns.append(turn)
+        for c, turn in zip(convs, generate_turns(adversary, [c.history() for c in convs], "adversary", params)):
+            c.turns.append(turn)
+        for c, turn in zip(convs, defender_replies(defender, [c.history() for c in convs], defender_params or params,
+                                                   defender_samples)):
+            c.turns.append(turn)
 
 
 def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: LM, defender: LM, horizon: int = 3,
             params: SamplingParams = SamplingParams(), batch_size: int = 16, progress: bool = True,
-            desc: str = "rollout") -> list[Conversation]:
+            desc: str = "rollout", defender_samples: int = 1) -> list[Conversation]:
     """Roll out one conversation per ``(prompt_id, prompt utterances)``; returns them in input order.
 
     Batches are formed from prompts of similar length, so left padding wastes little compute.
@@ -44,6 +67,7 @@ def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: LM, defen
     by_length = sorted(convs, key=lambda c: sum(len(u) for u in c.prompt))
     with tqdm(total=len(convs), desc=desc, unit="conv", disable=not progress) as bar:
         for i in range(0, len(by_length), batch_size):
-            rollout_batch(by_length[i:i + batch_size], adversary, defender, horizon, params)
+            rollout_batch(by_length[i:i + batch_size], adversary, defender, horizon, params,
+                          defender_samples=defender_samples)
             bar.update(len(by_length[i:i + batch_size]))
     return convs

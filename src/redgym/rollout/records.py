@@ -12,14 +12,20 @@ class Turn:
     speaker:   "adversary" or "defender"
     token_ids: ids sampled by the speaker (its own tokenizer), up to and including a stop token
     logprobs:  per-token log-probs of those ids under the speaker at sampling time (temperature 1)
-    scores:    filled by ``score_conversations``: tox, and for adversary turns nll (under the defender)
+    sample_logprobs: the same under the distribution they were drawn from (temperature, top-p, penalties)
+    scores:    filled by ``score_conversations``: tox, and for adversary turns nll (under the defender); with
+               several defender replies, a defender turn's tox/tox_combined are their means and tox_replies lists each
+    alternatives: the other replies sampled for the same adversary turn (``defender_samples`` > 1); the
+               conversation continues with ``text``
     """
 
     speaker: str
     text: str
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    sample_logprobs: list[float] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
+    alternatives: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,8 +55,8 @@ class Conversation:
         return {
             "prompt_id": self.prompt_id,
             "prompt": list(self.prompt),
-            "turns": [{"speaker": t.speaker, "text": t.text, "n_tokens": len(t.token_ids), **t.scores}
-                      for t in self.turns],
+            "turns": [{"speaker": t.speaker, "text": t.text, "n_tokens": len(t.token_ids), **t.scores,
+                       **({"alternatives": t.alternatives} if t.alternatives else {})} for t in self.turns],
             "rewards": self.rewards,
             "reward_terms": self.reward_terms,
         }
@@ -58,7 +64,7 @@ class Conversation:
     @classmethod
     def from_json(cls, row: dict) -> Conversation:
         """Inverse of ``to_json`` for everything the metrics read (token ids and log-probs are not stored)."""
-        turns = [Turn(t["speaker"], t["text"],
-                      scores={k: v for k, v in t.items() if k not in ("speaker", "text", "n_tokens")})
-                 for t in row["turns"]]
+        meta = ("speaker", "text", "n_tokens", "alternatives")
+        turns = [Turn(t["speaker"], t["text"], scores={k: v for k, v in t.items() if k not in meta},
+                      alternatives=list(t.get("alternatives", []))) for t in row["turns"]]
         return cls(row["prompt_id"], tuple(row["prompt"]), turns, list(row["rewards"]), list(row["reward_terms"]))

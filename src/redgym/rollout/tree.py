@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from redgym.models.lm import LM, SamplingParams
-from redgym.rollout.engine import generate_turns
+from redgym.rollout.engine import defender_replies, generate_turns
 from redgym.rollout.records import Turn
 
 History = list[tuple[str, str]]
@@ -33,10 +33,13 @@ class SiblingGroup:
 
 def grow_tree(prompts: Sequence[Sequence[str]], adversary: LM, defender: LM, horizon: int, k: int,
               params: SamplingParams, score: Callable[..., dict[str, np.ndarray]],
-              batch_size: int = 16) -> list[SiblingGroup]:
+              batch_size: int = 16, defender_params: SamplingParams | None = None,
+              defender_samples: int = 1) -> list[SiblingGroup]:
     """Grow one tree per prompt to depth ``horizon``; returns every sibling group, depth by depth.
 
-    ``score(contexts, adversary_texts, defender_texts, groups)`` scores N exchanges (see ``score_exchanges``).
+    ``params`` samples the adversary and ``defender_params`` (default: the same) the defender, which answers each
+    adversary turn ``defender_samples`` times (the tree continues with the first reply).
+    ``score(contexts, adversary_texts, defender_replies, groups)`` scores N exchanges (see ``score_exchanges``).
     Width at depth d is len(prompts) * k**(d+1) exchanges.
     """
     nodes: list[History] = [[("prompt", u) for u in p] for p in prompts]
@@ -44,9 +47,10 @@ def grow_tree(prompts: Sequence[Sequence[str]], adversary: LM, defender: LM, hor
     for depth in range(horizon):
         contexts = [h for h in nodes for _ in range(k)]
         adv = generate_turns(adversary, contexts, "adversary", params, batch_size)
-        replies = generate_turns(defender, [h + [("adversary", a.text)] for h, a in zip(contexts, adv)],
-                                 "defender", params, batch_size)
-        s = score(contexts, [a.text for a in adv], [d.text for d in replies], np.full(len(adv), depth))
+        replies = defender_replies(defender, [h + [("adversary", a.text)] for h, a in zip(contexts, adv)],
+                                   defender_params or params, defender_samples, batch_size)
+        s = score(contexts, [a.text for a in adv], [[d.text, *d.alternatives] for d in replies],
+                  np.full(len(adv), depth))
         for i, h in enumerate(nodes):
             sl = slice(i * k, (i + 1) * k)
             groups.append(SiblingGroup(h, depth, adv[sl], replies[sl], {n: v[sl] for n, v in s.items()}))

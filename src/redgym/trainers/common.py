@@ -8,6 +8,7 @@ trainer.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ctypes
 import gc
 import json
@@ -24,7 +25,7 @@ from transformers import set_seed
 
 from redgym.config import RunConfig, _f
 from redgym.errors import RedgymError
-from redgym.models.lm import LM, continuation_logprobs
+from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
 from redgym.runfolder import write_json
 
@@ -54,12 +55,17 @@ class TrainConfig(RunConfig):
     lora_targets: str = _f("all-linear", "LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
     load_in_4bit: bool = _f(False, "4-bit base weights (bitsandbytes; CUDA only)")
     fast_generation: bool = _f(True, "sample from peft-free copies (adapter merged / base): ~1.7x faster on CPU, "
-                                     "+2 model copies in memory; false = one copy, sampling through peft")
+                                     "+2 model copies in memory; float32 only (a bf16 merge rounds small updates "
+                                     "away, so bf16/fp16 runs sample through peft); false = sample through peft")
+    on_policy_sampling: bool = _f(True, "sample training rollouts from exactly the distribution the loss uses "
+                                        "(temperature only: no top_p, top_k, repetition penalty or minimum "
+                                        "length); evaluation keeps them")
     # --- bookkeeping -----------------------------------------------------------------------------------------
     checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted first)")
     log_with: str = _f("none", "extra metric sink: none, tensorboard or wandb")
-    eval_after: bool = _f(True, "evaluate trained vs untuned adversary on the test prompts when training ends")
+    eval_after: bool = _f(True, "redgym train: evaluate trained vs untuned adversary on the run's test prompts "
+                                "when training ends")
 
     def validate(self) -> None:
         super().validate()
@@ -148,12 +154,16 @@ def build_policy(cfg: TrainConfig) -> Policy:
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
-    frozen = copy.deepcopy(model).eval().requires_grad_(False) if cfg.fast_generation else None
+    fast = cfg.fast_generation and next(model.parameters()).dtype == torch.float32
+    if cfg.fast_generation and not fast:
+        log.info("fast_generation needs float32 weights (a bf16 merge rounds small updates away); sampling through "
+                 "the adapter instead")
+    frozen = copy.deepcopy(model).eval().requires_grad_(False) if fast else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     peft_model.peft_config["default"].base_model_name_or_path = cfg.adversary_model  # reload by redgym name
-    sampler = MergedCopy(frozen) if cfg.fast_generation else None
+    sampler = MergedCopy(frozen) if frozen is not None else None
     return Policy(peft_model, tok, AdapterOff(peft_model), sampler, frozen)
 
 
@@ -165,6 +175,15 @@ def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
         return LM(model, policy.tokenizer, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
     return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
+
+
+def train_sampling(cfg: TrainConfig, eval_params: SamplingParams) -> SamplingParams:
+    """The adversary's sampling in training rollouts: with ``on_policy_sampling`` the plain softmax at the
+    configured temperature (no top-p, no top-k, no repetition penalty, no minimum length, which would mask the
+    stop token), the distribution whose log-probs the losses use."""
+    if not cfg.on_policy_sampling:
+        return eval_params
+    return dataclasses.replace(eval_params, top_p=1.0, top_k=0, repetition_penalty=1.0, min_new_tokens=0)
 
 
 def sequence_logps(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -277,15 +296,15 @@ class Run:
 def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
     """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
     checkpointed with the policy."""
-    from redgym.eval.evaluate import prepare
     from redgym.runfolder import check_writable, save_config
+    from redgym.setup import prepare
 
     check_writable(out)
     acc = make_accelerator(cfg, out)
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)
     defender = defender_lm(cfg, policy)
-    setup = prepare(cfg, need_embedder=cfg.eval_after, defender=defender)
+    setup = prepare(cfg, need_embedder=False, defender=defender)
     dev = next(policy.model.parameters()).device
     extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
     opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]))
@@ -299,6 +318,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
         log.info("resumed from %s at step %d", ckpt, start)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
+    # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
+    write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
     return Run(cfg, out, acc, policy, defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
                state, extra, time.time())
 
@@ -319,19 +340,9 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     return out_of_time
 
 
-def finish_run(run: Run, title: str, progress: bool) -> None:
-    """Step 6: evaluate the trained adversary beside the untuned one on the held-out test prompts."""
-    from redgym.eval.evaluate import compare
-
+def finish_run(run: Run) -> None:
+    """Step 6: close trackers. Evaluation is the caller's (``redgym train`` runs ``evaluate_run`` after it)."""
     run.acc.end_training()
-    if not run.cfg.eval_after:
-        return
-    cfg, policy = run.cfg, run.policy
-    policy.model.eval()
-    policy.sync_sampler()
-    untuned = LM(policy.frozen_sampler or policy.ref_model, policy.tokenizer, cfg.adversary_model,
-                 cfg.adversary_format, cfg.max_context_tokens)
-    compare(run.setup, {"untuned": untuned, "trained": run.adversary}, run.out, title, progress, n_samples=10)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------

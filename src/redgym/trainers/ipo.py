@@ -2,11 +2,13 @@
 
     redgym train ipo --config configs/ipo_demo.yaml --out runs/ipo      (--resume runs/ipo to continue)
 
-Each step: (1) a batch of training prompts; (2) a tree per prompt, k adversary samples per node with a defender
-reply each, scored by the composite reward; siblings whose best and worst rewards differ by more than a
-threshold give a preference pair; (3) weak supervision replaces a pair, with probability rho, by a
-toxicity-eliciting prompt split at a random word (true continuation chosen, the adversary's own rejected);
-(4) IPO or DPO loss on sequence log-probs under the policy and the frozen reference; (5) log and checkpoint.
+Each step: (1) a batch of training prompts; (2) a tree per prompt, k adversary samples per node (sampled on-policy),
+each answered ``defender_samples`` times by the defender and scored by the composite reward (toxicity terms
+averaged over the replies); siblings whose best and worst rewards differ by more than a threshold give a
+preference pair; (3) weak supervision: with probability rho (annealed towards 0) a tree gets one taught pair, a
+toxicity-eliciting prompt split so that its true rest holds the toxic span (chosen, its toxicity checked above the
+threshold) against the adversary's own continuation (rejected); (4) IPO or DPO loss on sequence log-probs (or their
+per-token means) under the policy and the frozen reference; (5) log and checkpoint.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from redgym.config import _f
-from redgym.data.prompts import Prompt, load_prompts
+from redgym.data.prompts import load_prompts
+from redgym.data.weak import toxic_span_splits  # noqa: F401 - part of this trainer's API
 from redgym.errors import RedgymError
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
-from redgym.rollout.reward import score_exchanges
+from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers import common
 from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
@@ -38,10 +40,13 @@ class IPOConfig(common.TrainConfig):
     samples_per_node: int = _f(2, "adversary samples per tree node; pairs are best vs worst sibling")
     pair_threshold: float = _f(0.0, "siblings make a pair only when their rewards differ by more than this")
     max_pairs_per_step: int = _f(16, "pairs trained on per step, largest reward margins first (0 = all)")
-    weak_supervision: float = _f(0.5, "probability rho that a pair is replaced by a weak-supervision pair (0 = off)")
+    weak_supervision: float = _f(0.5, "probability rho that a tree gets one taught (weak-supervision) pair (0 = off)")
+    weak_anneal: bool = _f(True, "anneal rho linearly to 0 over the run's steps")
     weak_prompts: str = _f("rtp", "toxicity-eliciting prompts for weak supervision (any prompt source)")
     weak_candidates: int = _f(1, "weak-supervision splits drawn per pair; the one whose true continuation is most "
                                  "likely under the defender is kept (1 = ASTPrompter's single draw)")
+    length_normalize: bool = _f(False, "per-token mean log-probs in the loss, so beta means the same at every "
+                                       "utterance length")
 
     def validate(self) -> None:
         super().validate()
@@ -86,18 +91,16 @@ def split_at_random_word(text: str, rng: np.random.Generator) -> tuple[str, str]
     return " ".join(words[:cut]), " ".join(words[cut:])
 
 
-def weak_pairs(n: int, sources: list[Prompt], adversary: LM, params, rng: np.random.Generator,
+def weak_pairs(n: int, pool: list[tuple[str, str]], adversary: LM, params, rng: np.random.Generator,
                batch_size: int, defender: LM | None = None, candidates: int = 1) -> list[PreferencePair]:
-    """``n`` weak-supervision pairs: context = first part of an eliciting prompt, chosen = its true rest,
-    rejected = the adversary's own continuation (one batched generate call).
+    """``n`` weak-supervision pairs from ``pool`` (``toxic_span_splits``): context = first part, chosen = its true
+    rest, rejected = the adversary's own continuation (one batched generate call).
 
-    With ``candidates`` > 1, each pair keeps the likeliest of that many random splits: the one whose true rest
-    has the lowest NLL under ``defender`` (toxic text that a user plausibly says, instead of any toxic text)."""
-    splits = []
-    while len(splits) < n * candidates:
-        s = split_at_random_word(sources[int(rng.integers(len(sources)))].text, rng)
-        if s:
-            splits.append(s)
+    With ``candidates`` > 1, each pair keeps the likeliest of that many draws: the one whose true rest has the
+    lowest NLL under ``defender`` (toxic text that a user plausibly says, instead of any toxic text)."""
+    if n == 0 or not pool:
+        return []
+    splits = [pool[int(i)] for i in rng.integers(len(pool), size=n * candidates)]
     if candidates > 1:
         nll = np.array(defender.continuation_nll([render_plain([("prompt", first)]) for first, _ in splits],
                                                  [rest for _, rest in splits], batch_size)).reshape(n, candidates)
@@ -110,24 +113,24 @@ def weak_pairs(n: int, sources: list[Prompt], adversary: LM, params, rng: np.ran
             for h, (_, rest), t in zip(histories, splits, own)]
 
 
-def mix_in_weak(pairs: list[PreferencePair], rho: float, rng: np.random.Generator,
-                make_weak: Callable[[int], list[PreferencePair]]) -> list[PreferencePair]:
-    """Replace each pair, independently with probability ``rho``, by one of ``make_weak(n)``'s pairs."""
-    replace = rng.random(len(pairs)) < rho
-    if not replace.any():
-        return pairs
-    weak = iter(make_weak(int(replace.sum())))
-    return [next(weak) if r else p for p, r in zip(pairs, replace)]
+def weak_rate(cfg: IPOConfig, step: int) -> float:
+    """rho at ``step``: constant, or annealed linearly from rho at step 0 to 0 at the last step."""
+    if not cfg.weak_anneal:
+        return cfg.weak_supervision
+    return cfg.weak_supervision * max(0.0, 1.0 - step / max(1, cfg.steps))
 
 
 def pair_logps(policy: common.Policy, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
-               pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with
-    gradients) and under the frozen reference."""
+               pad: int, length_normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with gradients) and
+    under the frozen reference; summed over tokens, or their per-token mean with ``length_normalize``."""
     conts = chosen + rejected
     pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
     with torch.no_grad():
         ref = common.sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+    if length_normalize:
+        n = torch.tensor([len(c) for c in conts], dtype=pol.dtype, device=pol.device)
+        pol, ref = pol / n, ref / n
     return pol, ref
 
 
@@ -137,7 +140,12 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     run = common.start_run(cfg, out, resume)
     policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
                                                             run.acc, run.opt, run.sched)
-    weak_sources = load_prompts(cfg.weak_prompts, min_words=2) if cfg.weak_supervision > 0 else []
+    pool = (toxic_span_splits([p.text for p in load_prompts(cfg.weak_prompts, min_words=2)], setup.scorer,
+                              cfg.toxic_threshold) if cfg.weak_supervision > 0 else [])
+    if cfg.weak_supervision > 0 and not pool:
+        raise RedgymError(f"weak_prompts {cfg.weak_prompts!r}: no split has a rest scoring above "
+                          f"{cfg.toxic_threshold} with scorer {cfg.scorer!r}")
+    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
@@ -157,17 +165,17 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.eval()
         policy.sync_sampler()
         groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
-                           setup.params, score, cfg.batch_size)
+                           sampling, score, cfg.batch_size, setup.params, cfg.defender_samples)
         t_roll = time.time() - t0
         common.release_memory()  # the rollout's generation caches, before training activations are allocated
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
         pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
         if cfg.max_pairs_per_step:
             pairs = pairs[: cfg.max_pairs_per_step]
-        # 3 weak supervision: each pair is replaced with probability rho
-        pairs = mix_in_weak(pairs, cfg.weak_supervision, rng,
-                            lambda n: weak_pairs(n, weak_sources, adversary, setup.params, rng, cfg.batch_size,
-                                                 defender, cfg.weak_candidates))
+        # 3 weak supervision: each tree gets one taught pair with probability rho (annealed)
+        rho = weak_rate(cfg, step)
+        pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
+                            cfg.batch_size, defender, cfg.weak_candidates)
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         policy.model.train()
         stats = {"loss": [], "margin": [], "kl": []}
@@ -176,7 +184,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             for i in range(0, len(pairs), per_mb):
                 mb = pairs[i:i + per_mb]
                 ctx = [adversary.encode_context(p.context, budget) for p in mb]
-                pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad)
+                pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad,
+                                      cfg.length_normalize)
                 n = len(mb)
                 losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
                 loss = losses.sum() / len(pairs)
@@ -185,7 +194,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
                 acc.backward(loss)
                 stats["loss"] += losses.detach().tolist()
                 stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
-                stats["kl"] += ((pol[:n] - ref[:n]).detach() / torch.tensor([len(p.chosen) for p in mb])).tolist()
+                per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
+                stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
             if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
                 grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
             else:
@@ -195,6 +205,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             opt.zero_grad()
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
+        reliability = pair_reliability([reply_terms(g.scores, setup.weights) for g in groups])[0]
         rewards = np.concatenate([g.scores["reward"] for g in groups])
         metrics = {
             **{f"reward/{k}": float(np.mean(np.concatenate([g.scores[k] for g in groups])))
@@ -202,6 +213,9 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "reward/max": float(rewards.max()),
             "pairs/count": len(pairs),
             "pairs/weak_share": float(np.mean([p.weak for p in pairs])) if pairs else 0.0,
+            "pairs/weak_count": sum(p.weak for p in pairs),
+            "pairs/rho": rho,
+            "pairs/reliability": reliability,
             "pairs/reward_margin": float(np.mean([p.chosen_reward - p.rejected_reward for p in online]))
             if online else 0.0,
             "loss/" + cfg.loss: float(np.mean(stats["loss"])) if stats["loss"] else float("nan"),
@@ -216,5 +230,5 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         }
         if common.end_step(run, step, metrics, {"counters": counters}):
             break
-    common.finish_run(run, "IPO-trained vs untuned adversary", progress)
+    common.finish_run(run)
     return metrics

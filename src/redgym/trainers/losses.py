@@ -119,3 +119,26 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
     return 0.5 * masked_mean(loss, mask)
+
+
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = False, eps: float = 1e-4
+                     ) -> torch.Tensor:
+    """GRPO's advantage: each reward minus the mean reward of its group (same prompt), optionally divided by the
+    group's standard deviation (population std, as TRL's ``scale_rewards``). A group of one gets 0: with nothing
+    to compare against, it carries no signal."""
+    out = torch.zeros_like(rewards)
+    for g in torch.unique(groups):
+        sel = groups == g
+        r = rewards[sel]
+        a = r - r.mean()
+        if scale:
+            a = a / (r.std(unbiased=False) + eps)
+        out[sel] = a
+    return out
+
+
+def ratio_deviation(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """max |pi/pi_old - 1| over real tokens: 0 when the loss is computed on the policy the rollout sampled from
+    (the first minibatch of an update), so anything above float tolerance there means the trainer is off-policy."""
+    dev = (torch.exp(logp.detach() - old_logp) - 1).abs() * mask
+    return float(dev.max()) if dev.numel() else 0.0

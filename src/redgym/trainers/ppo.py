@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.errors import RedgymError
-from redgym.models.lm import LM, continuation_forward
+from redgym.models.lm import continuation_forward
 from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
-from redgym.rollout.reward import score_conversations
+from redgym.rollout.reward import pair_reliability, score_conversations
 from redgym.trainers import common
+from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, sibling_reply_terms
 from redgym.trainers.losses import (gae, kl_k1, kl_k3, leave_one_out_baseline, masked_mean, ppo_policy_loss,
-                                    ppo_value_loss, whiten)
+                                    ppo_value_loss, ratio_deviation, whiten)
 
 
 @dataclass
@@ -79,38 +80,6 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-@dataclass
-class Episodes:
-    """One adversary turn each: context ids, response ids, the episode reward and its sibling group (same
-    prompt, same turn), plus tensors (B, K) filled in step 3 (old log-probs, reference log-probs, values, mask,
-    advantages, returns)."""
-
-    ctx: list[list[int]]
-    resp: list[list[int]]
-    reward: torch.Tensor
-    group: torch.Tensor
-    tensors: dict[str, torch.Tensor] | None = None
-
-
-def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
-    """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""
-    ctx, resp, rew, group = [], [], [], []
-    ids: dict[tuple[str, int], int] = {}
-    for c in convs:
-        hist = c.history()
-        for k, (a, _) in enumerate(c.exchanges()):
-            text = adversary.render(hist[: len(c.prompt) + 2 * k], "adversary")
-            ctx.append(adversary.encode_context(text, budget))
-            resp.append(a.token_ids)
-            rew.append(c.rewards[k])
-            group.append(ids.setdefault((c.prompt_id, k), len(ids)))
-    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group))
-
-
-def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
-    return torch.stack([torch.nn.functional.pad(r, (k - r.shape[-1], 0)) for r in rows])
-
-
 @torch.no_grad()
 def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: PPOConfig, kl_coef: float):
     """Step 3: old/ref log-probs and values at the response tokens, token rewards, GAE, advantages."""
@@ -145,7 +114,7 @@ def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: 
     pad = policy.tokenizer.pad_token_id
     t = ep.tensors
     k = t["mask"].shape[1]
-    stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "entropy")}
+    stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
     dev = next(policy.model.parameters()).device
     for _ in range(cfg.ppo_epochs):
         order = rng.permutation(len(ep.resp))
@@ -159,6 +128,8 @@ def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: 
                 mask = sel("mask")
                 pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, sel("old"), sel("advantages"), mask,
                                                           cfg.clip_range)
+                if not stats["first_ratio_dev"]:  # the first minibatch: the policy the rollout sampled from
+                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, sel("old"), mask))
                 values = value_head(out.hidden) * mask
                 vf = ppo_value_loss(values, sel("values"), sel("returns"), mask, cfg.clip_range_value)
                 loss = pg + cfg.vf_coef * vf
@@ -179,7 +150,7 @@ def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: 
             stats["value"].append(float(vf.detach()))
             stats["clipfrac"].append(float(clipfrac))
             stats["approx_kl"].append(float(approx_kl))
-    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items() if n != "entropy"}
+    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -199,6 +170,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
     rng = np.random.default_rng([cfg.seed, start])
     train_prompts = setup.split.train
+    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
@@ -211,8 +183,8 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.eval()
         policy.sync_sampler()
         convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.generations_per_prompt)]
-        rollout_batch(convs, adversary, defender, cfg.horizon, setup.params)
-        score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
+        rollout_batch(convs, adversary, defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
+        scores = score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
         t_roll = time.time() - t0
         # 3 old/ref log-probs, values, KL-penalised token rewards, GAE
         ep = episodes_from(convs, adversary, budget)
@@ -225,7 +197,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             counters["kl_stopped"] = counters.get("kl_stopped", 0) + 1
             common.log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl,
                                cfg.kl_stop)
-            losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl")}
+            losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
         else:
             losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
         # 5 log, adapt the KL coefficient, checkpoint
@@ -242,6 +214,8 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "loss/value": losses["value"],
             "policy/clipfrac": losses["clipfrac"],
             "policy/approx_kl": losses["approx_kl"],
+            "policy/first_ratio_dev": losses["first_ratio_dev"],
+            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, setup.weights))[0],
             "policy/kl_stopped": counters.get("kl_stopped", 0),
             "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
             "train/lr": sched.get_last_lr()[0],
@@ -254,5 +228,5 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             kl_coef *= 1 + err * len(ep.resp) / cfg.kl_horizon
         if common.end_step(run, step, metrics, {"counters": counters, "kl_coef": kl_coef}):
             break
-    common.finish_run(run, "PPO-trained vs untuned adversary", progress)
+    common.finish_run(run)
     return metrics

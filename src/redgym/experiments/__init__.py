@@ -1,0 +1,1 @@
+"""Experiments: several adversaries (arms) over several seeds, and their comparison."""

@@ -1,0 +1,248 @@
+"""``redgym experiment``: a grid of arms x seeds, each cell a normal run folder, then ``comparison.md``.
+
+    redgym experiment --config configs/experiments/main.yaml --out runs/main [--only untuned,grpo]
+
+The YAML (typed below, unknown keys are one-line errors):
+
+    seeds: [0, 1, 2]
+    split_seed: 0               # one set of held-out prompts for every arm and seed
+    shared: {...}               # RunConfig fields for training and evaluation (models, scorer, prompts, horizon, ...)
+    eval: {...}                 # RunConfig fields for every evaluation only (n_eval_prompts, samples_per_prompt, ...)
+    transfer_defenders: [gemma3-270m]   # each arm's adversary is also evaluated against these defenders
+    arms:
+      untuned: {kind: untuned}
+      dataset: {kind: dataset, source: rtp}      # dataset texts as the adversary's turns (the human baseline)
+      sft:  {kind: sft,  train: {steps: 20, ...}}
+      grpo: {kind: grpo, train: {...}}
+    ablations:                  # an arm with overrides, by default at the first seed only
+      grpo_no_nll: {arm: grpo, train: {w_nll: 0}}
+
+Cells run seed by seed (every arm at seed 0 first), so a grid stopped early still holds comparable arms. A cell with
+a ``report.json`` is finished and skipped; a training cell with checkpoints resumes from the latest one. Every
+evaluation uses the same held-out prompts (``split_seed``), the cell's seed, and the ``eval`` settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from redgym.config import RunConfig, load_config
+from redgym.data.prompts import load_prompts
+from redgym.errors import RedgymError
+from redgym.eval.evaluate import compare as compare_adversaries
+from redgym.models.replay import ReplaySpeaker
+from redgym.runfolder import atomic_write, check_writable, write_json
+from redgym.setup import load_adversary, prepare
+from redgym.trainers.common import latest_checkpoint
+from redgym.trainers.registry import TRAINERS
+
+log = logging.getLogger("redgym.experiment")
+
+KINDS = ("untuned", "dataset", *TRAINERS)
+
+
+@dataclass
+class Arm:
+    """One arm: ``kind`` is untuned, dataset or a trainer name; ``train`` its trainer's config fields."""
+
+    name: str
+    kind: str
+    train: dict = field(default_factory=dict)
+    source: str = "rtp"
+    seeds: list[int] | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    seeds: list[int]
+    split_seed: int = 0
+    shared: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    arms: list[Arm] = field(default_factory=list)
+    transfer_defenders: list[str] = field(default_factory=list)
+    baseline_arm: str = "untuned"
+
+
+@dataclass
+class Cell:
+    """One (arm, seed): its folder (relative to the experiment), and its configs, validated at load time."""
+
+    arm: str
+    kind: str
+    seed: int
+    folder: Path
+    eval_cfg: RunConfig
+    train_cfg: RunConfig | None = None
+    source: str = "rtp"
+
+
+def _mapping(x, where: str) -> dict:
+    if x is None:
+        return {}
+    if not isinstance(x, dict):
+        raise RedgymError(f"{where} must be a mapping of key: value")
+    return x
+
+
+def _keys(d: dict, allowed: set[str], where: str) -> None:
+    bad = sorted(set(d) - allowed)
+    if bad:
+        raise RedgymError(f"{where}: unknown key {bad[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
+    """Check and type an experiment mapping (a loaded YAML file)."""
+    data = _mapping(data, where)
+    _keys(data, {"seeds", "split_seed", "shared", "eval", "arms", "ablations", "transfer_defenders",
+                 "baseline_arm"}, where)
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise RedgymError(f"{where}: seeds must be a non-empty list of integers")
+    arms: list[Arm] = []
+    for name, spec in _mapping(data.get("arms"), f"{where}: arms").items():
+        spec = _mapping(spec, f"{where}: arm {name}")
+        _keys(spec, {"kind", "train", "source", "seeds"}, f"{where}: arm {name}")
+        kind = spec.get("kind", name)
+        if kind not in KINDS:
+            raise RedgymError(f"{where}: arm {name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        arms.append(Arm(str(name), kind, _mapping(spec.get("train"), f"{where}: arm {name}: train"),
+                        spec.get("source", "rtp"), spec.get("seeds")))
+    by_name = {a.name: a for a in arms}
+    for name, spec in _mapping(data.get("ablations"), f"{where}: ablations").items():
+        spec = _mapping(spec, f"{where}: ablation {name}")
+        _keys(spec, {"arm", "train", "seeds"}, f"{where}: ablation {name}")
+        base = by_name.get(spec.get("arm"))
+        if base is None:
+            raise RedgymError(f"{where}: ablation {name}: arm {spec.get('arm')!r} is not one of the arms")
+        arms.append(Arm(str(name), base.kind, {**base.train, **_mapping(spec.get("train"), f"ablation {name}")},
+                        base.source, spec.get("seeds", seeds[:1])))
+    if not arms:
+        raise RedgymError(f"{where}: no arms")
+    if len({a.name for a in arms}) != len(arms):
+        raise RedgymError(f"{where}: arm and ablation names must be distinct")
+    transfer = data.get("transfer_defenders") or []
+    if not isinstance(transfer, list) or not all(isinstance(t, str) for t in transfer):
+        raise RedgymError(f"{where}: transfer_defenders must be a list of model names")
+    return ExperimentConfig(seeds, int(data.get("split_seed", 0)), _mapping(data.get("shared"), f"{where}: shared"),
+                            _mapping(data.get("eval"), f"{where}: eval"), arms, transfer,
+                            str(data.get("baseline_arm", "untuned")))
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RedgymError(f"experiment file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RedgymError(f"experiment file {path} is not readable YAML ({type(e).__name__})") from None
+    return parse_experiment(data, f"experiment file {path}")
+
+
+def expand_grid(exp: ExperimentConfig) -> list[Cell]:
+    """Every (arm, seed) cell, seed-major (all arms of seed 0 first, the baseline arm first of all), with its
+    configs built and validated."""
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    cells = []
+    arms = sorted(exp.arms, key=lambda a: a.name != exp.baseline_arm)  # the baseline first: others compare to it
+    for seed in exp.seeds + sorted({s for a in exp.arms for s in (a.seeds or []) if s not in exp.seeds}):
+        for arm in arms:
+            if seed not in (arm.seeds if arm.seeds is not None else exp.seeds):
+                continue
+            fixed = {"seed": seed, "split_seed": exp.split_seed}
+            where = f"arm {arm.name}, seed {seed}"
+            eval_cfg = _build(RunConfig, {**exp.shared, **exp.eval, **fixed}, where)
+            train_cfg = None
+            if arm.kind in TRAINERS:
+                stray = sorted(k for k in arm.train if k in run_fields and k in exp.eval)
+                if stray:
+                    raise RedgymError(f"{where}: {stray[0]!r} is an evaluation setting; set it under eval")
+                train_cfg = _build(TRAINERS[arm.kind][0], {**exp.shared, **arm.train, **fixed, "eval_after": False},
+                                   where)
+            cells.append(Cell(arm.name, arm.kind, seed, Path(arm.name) / f"seed_{seed}", eval_cfg, train_cfg,
+                              arm.source))
+    return cells
+
+
+def _build(cls, values: dict, where: str):
+    try:
+        return load_config(cls, None, values)
+    except RedgymError as e:
+        raise RedgymError(f"{where}: {e}") from None
+
+
+def _evaluate(cfg: RunConfig, out: Path, label: str, adversary_of, progress: bool) -> None:
+    """Roll out one adversary (built by ``adversary_of(setup)``) on the test prompts and write the report."""
+    setup = prepare(cfg)
+    compare_adversaries(setup, {label: adversary_of(setup)}, out, f"{label} adversary (seed {cfg.seed})", progress,
+                        n_samples=5)
+
+
+def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = True) -> None:
+    """Train (or resume) when the arm trains, then evaluate against the defender and every transfer defender;
+    each finished part (a report.json) is skipped when the grid runs again."""
+    out = root / cell.folder
+    checkpoint = None
+    if cell.train_cfg is not None:
+        checkpoint = str(out / "adversary")
+        cfg = cell.train_cfg
+        done = (out / "report.json").exists() or (
+            (ck := latest_checkpoint(out)) is not None and int(ck.name.split("_")[1]) >= cfg.steps)
+        if not done:
+            resume = latest_checkpoint(out) is not None
+            log.info("%s seed %d: training%s", cell.arm, cell.seed, " (resumed)" if resume else "")
+            TRAINERS[cell.kind][1](cfg, out, resume=resume, progress=progress)
+
+    def adversary_of(setup):
+        if cell.kind == "dataset":
+            texts = [p.text for p in load_prompts(cell.source, min_words=2)]
+            return ReplaySpeaker(texts, cell.seed, name=f"dataset:{cell.source}")
+        return load_adversary(setup, checkpoint)
+
+    targets = [(out, cell.eval_cfg)] + [
+        (out / "transfer" / d.replace("/", "_"), dataclasses.replace(cell.eval_cfg, defender_model=d))
+        for d in exp.transfer_defenders]
+    for folder, cfg in targets:
+        if (folder / "report.json").exists():
+            continue
+        if checkpoint is not None:
+            cfg = dataclasses.replace(cfg, adversary_checkpoint=checkpoint, compare_untuned=False,
+                                      split_from=str(out / "split.json"))
+        log.info("%s seed %d: evaluating against %s", cell.arm, cell.seed, cfg.defender_model)
+        _evaluate(cfg, folder, cell.arm, adversary_of, progress)
+
+
+def run_experiment(config: Path, out: Path, only: list[str] | None = None, progress: bool = True) -> Path:
+    """Run every unfinished cell of the grid (or of the arms in ``only``), then write the comparison."""
+    exp = load_experiment(config)
+    cells = expand_grid(exp)
+    names = {c.arm for c in cells}
+    if only:
+        unknown = sorted(set(only) - names)
+        if unknown:
+            raise RedgymError(f"--only: no arm named {unknown[0]!r} (arms: {', '.join(sorted(names))})")
+        cells = [c for c in cells if c.arm in only]
+    check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "experiment.yaml", Path(config).read_text(encoding="utf-8"))
+    write_json(out / "experiment.json", {"arms": [a.name for a in exp.arms], "seeds": exp.seeds,
+                                         "baseline_arm": exp.baseline_arm,
+                                         "transfer_defenders": exp.transfer_defenders, "config": str(config)})
+    t0 = time.time()
+    for i, cell in enumerate(cells):
+        log.info("[%d/%d] %s seed %d (%.1f min so far)", i + 1, len(cells), cell.arm, cell.seed,
+                 (time.time() - t0) / 60)
+        run_cell(cell, out, exp, progress)
+    from redgym.experiments.compare import compare
+
+    if any((out / exp.baseline_arm).glob("seed_*/report.json")):
+        compare([out], out)
+    else:
+        log.info("no %s arm evaluated yet: comparison.md is written once it is", exp.baseline_arm)
+    return out

@@ -1,0 +1,169 @@
+"""The shared set-up layer: what training and evaluation both stand on.
+
+Builds, from a ``RunConfig``, the scorer, the prompt split (computed, or read from a run folder's ``split.json``),
+the defender, the embedder, the reward weights and the sampling settings, and rolls out + scores the held-out
+prompts. ``trainers/`` and ``eval/`` import this module; it imports only the layers below it (``data``,
+``models``, ``scorers``, ``rollout``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import set_seed
+
+from redgym.config import RunConfig
+from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
+from redgym.errors import RedgymError
+from redgym.models.lm import LM, SamplingParams
+from redgym.models.loading import load_model
+from redgym.rollout.engine import rollout
+from redgym.rollout.records import Conversation
+from redgym.rollout.reward import RewardWeights, reweight, score_conversations
+from redgym.runfolder import git_hash
+from redgym.scorers.embeddings import load_embedder
+from redgym.scorers.toxicity import build_scorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    """What every command shares: the scorer, the prompt split, the defender, and (optionally) the embedder."""
+
+    cfg: RunConfig
+    scorer: object
+    split: Split
+    defender: LM
+    embedder: object | None
+    baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
+    # The code the run starts from: a training run's report is written long after, when HEAD may have moved.
+    code_version: str = field(default_factory=lambda: git_hash())
+
+    @property
+    def weights(self) -> RewardWeights:
+        c = self.cfg
+        return RewardWeights(defender=c.w_defender, combined=c.w_combined, nll=c.w_nll, diversity=c.w_diversity,
+                             target=c.reward_target)
+
+    @property
+    def params(self) -> SamplingParams:
+        """Evaluation sampling (ASTPrompter's settings), used by both speakers in evaluation and by the defender
+        in training."""
+        c = self.cfg
+        return SamplingParams(max_new_tokens=c.max_new_tokens, min_new_tokens=c.min_new_tokens,
+                              temperature=c.temperature, top_p=c.top_p, repetition_penalty=c.repetition_penalty,
+                              top_k=c.top_k)
+
+    def eval_prompts(self) -> list[Prompt]:
+        test = self.split.test[: self.cfg.n_eval_prompts or None]
+        return [p for p in test for _ in range(self.cfg.samples_per_prompt)]
+
+
+def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
+    model, tok = load_model(name, cfg.dtype, cfg.device)
+    return LM(model, tok, name, fmt, cfg.max_context_tokens)
+
+
+def split_file(cfg: RunConfig) -> Path | None:
+    """The ``split.json`` an evaluation must reuse: ``split_from``, else the one in the trained adversary's run
+    folder (so a trained adversary is tested on the prompts its own run held out)."""
+    if cfg.split_from:
+        p = Path(cfg.split_from)
+        p = p / "split.json" if p.is_dir() else p
+        if not p.is_file():
+            raise RedgymError(f"split_from: {p} not found")
+        return p
+    if cfg.adversary_checkpoint:
+        p = Path(cfg.adversary_checkpoint).parent / "split.json"
+        if p.is_file():
+            return p
+    return None
+
+
+def make_split(cfg: RunConfig, scorer) -> Split:
+    prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, prompt_turns=cfg.prompt_turns,
+                           n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_words=cfg.max_prompt_words,
+                           max_prompts=cfg.max_prompts, max_toxicity=cfg.prompt_max_toxicity, scorer=scorer,
+                           seed=cfg.data_seed)
+    path = split_file(cfg)
+    if path is not None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RedgymError(f"cannot read split file {path} ({e})") from None
+        log.info("using the split of %s", path)
+        return split_from_json(data, prompts, str(path))
+    return split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.data_seed)
+
+
+def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = None) -> Setup:
+    """Load scorer, prompts, split, embedder and (unless given) the defender; failures are one-line RedgymErrors."""
+    scorer = build_scorer(cfg.scorer)
+    split = make_split(cfg, scorer)
+    if cfg.n_eval_prompts > len(split.test):
+        log.warning("n_eval_prompts %d exceeds the test split; evaluating all %d test prompts", cfg.n_eval_prompts,
+                    len(split.test))
+    embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
+    defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    setup = Setup(cfg, scorer, split, defender, embedder)
+    if cfg.baseline_from:
+        setup.baseline = load_baseline(setup, Path(cfg.baseline_from))
+    return setup
+
+
+# Settings that do not change the untuned adversary's conversations or their scores, only how they are summarised
+# (the rewards are recomputed from the stored terms under the current weights).
+_BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
+                  "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target", "split_from"}
+
+
+def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
+    """The untuned adversary's conversations from an earlier run folder (report.json + samples.jsonl), checked
+    to come from the same evaluation settings and prompts, in the order of ``setup.eval_prompts()``."""
+    try:
+        old = json.loads((folder / "report.json").read_text())["config"]
+        rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, KeyError) as e:
+        raise RedgymError(f"baseline_from: cannot read report.json/samples.jsonl in {folder} ({e})") from None
+    new = setup.cfg.to_dict()
+    changed = [f"{f.name} ({old.get(f.name, f.default)!r} there, {new[f.name]!r} here)"
+               for f in dataclasses.fields(RunConfig)
+               if f.name not in _BASELINE_FREE and old.get(f.name, f.default) != new[f.name]]
+    if changed:
+        raise RedgymError(f"baseline_from: {folder} was evaluated with other settings: {', '.join(changed)}")
+    by_id: dict[str, list[Conversation]] = {}
+    for r in rows:
+        if r.get("adversary") == "untuned":
+            by_id.setdefault(r["prompt_id"], []).append(Conversation.from_json(r))
+    try:
+        convs = [by_id[p.id].pop(0) for p in setup.eval_prompts()]
+    except (KeyError, IndexError):
+        raise RedgymError(f"baseline_from: {folder} holds no untuned conversation for some evaluation prompt") from None
+    reweight(convs, setup.weights)
+    return convs
+
+
+def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
+    """The adversary: the defender object itself when they are the same untuned model (one copy in memory)."""
+    cfg = setup.cfg
+    if checkpoint is None and cfg.adversary_model == cfg.defender_model and cfg.adversary_format == cfg.defender_format:
+        return setup.defender
+    if checkpoint is None and cfg.adversary_model == cfg.defender_model:
+        d = setup.defender
+        return LM(d.model, d.tokenizer, d.name, cfg.adversary_format, cfg.max_context_tokens)
+    return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
+
+
+def run_adversary(setup: Setup, adversary, desc: str = "eval", progress: bool = True) -> list[Conversation]:
+    """Roll out and score the evaluation prompts with a fixed seed, so every adversary sees the same draws."""
+    cfg = setup.cfg
+    set_seed(cfg.seed)
+    convs = rollout([(p.id, p.turns) for p in setup.eval_prompts()], adversary, setup.defender, cfg.horizon,
+                    setup.params, cfg.batch_size, progress, desc, defender_samples=cfg.defender_samples)
+    score_conversations(convs, setup.scorer, setup.defender, setup.weights, setup.embedder, cfg.batch_size)
+    return convs

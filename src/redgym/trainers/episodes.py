@@ -1,0 +1,55 @@
+"""Episodes for the policy-gradient trainers (PPO, GRPO): one adversary turn each, with its context, its
+sampled token ids, its reward and its sibling group (the same prompt and turn)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from redgym.models.lm import LM
+from redgym.rollout.records import Conversation
+
+
+@dataclass
+class Episodes:
+    """One adversary turn each: context ids, response ids, the episode reward and its sibling group (same
+    prompt, same turn), plus tensors (B, K) filled in step 3 (old log-probs, reference log-probs, values, mask,
+    advantages, returns)."""
+
+    ctx: list[list[int]]
+    resp: list[list[int]]
+    reward: torch.Tensor
+    group: torch.Tensor
+    tensors: dict[str, torch.Tensor] | None = None
+
+
+def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
+    """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""
+    ctx, resp, rew, group = [], [], [], []
+    ids: dict[tuple[str, int], int] = {}
+    for c in convs:
+        hist = c.history()
+        for k, (a, _) in enumerate(c.exchanges()):
+            text = adversary.render(hist[: len(c.prompt) + 2 * k], "adversary")
+            ctx.append(adversary.encode_context(text, budget))
+            resp.append(a.token_ids)
+            rew.append(c.rewards[k])
+            group.append(ids.setdefault((c.prompt_id, k), len(ids)))
+    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group))
+
+
+def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
+    return torch.stack([torch.nn.functional.pad(r, (k - r.shape[-1], 0)) for r in rows])
+
+
+def sibling_reply_terms(ep: Episodes, scores: dict, weights) -> list:
+    """Per sibling group, the (S, K) reply-dependent reward terms of its S episodes (for ``pair_reliability``);
+    ``scores`` is ``score_conversations``' output, whose exchanges are in the same order as the episodes."""
+    from redgym.rollout.reward import reply_terms
+
+    if not scores:
+        return []
+    terms = reply_terms(scores, weights)
+    groups = ep.group.numpy()
+    return [terms[groups == g] for g in sorted(set(groups.tolist()))]

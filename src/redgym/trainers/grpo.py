@@ -1,0 +1,170 @@
+"""GRPO red-teaming: group-relative advantages, no critic, a KL penalty to the frozen reference.
+
+    redgym train grpo --config configs/grpo_demo.yaml --out runs/grpo      (--resume runs/grpo to continue)
+
+Each adversary turn is an episode rewarded with the composite reward of its exchange, whose toxicity terms are the
+mean over ``defender_samples`` defender replies. Each step: (1) a batch of training prompts, each rolled out G =
+``generations_per_prompt`` times, the adversary sampled on-policy (temperature only); (2) roll out and score;
+(3) advantage = reward - the mean reward of its group (same prompt and turn), optionally divided by the group's
+std, on every token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped
+surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
+the batch; (5) log (with pair reliability: how often one defender reply orders two siblings as their other replies'
+mean does) and checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from redgym.config import _f
+from redgym.errors import RedgymError
+from redgym.models.lm import continuation_forward
+from redgym.rollout.engine import rollout_batch
+from redgym.rollout.records import Conversation
+from redgym.rollout.reward import pair_reliability, score_conversations
+from redgym.trainers import common
+from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, sibling_reply_terms
+from redgym.trainers.losses import group_advantages, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ratio_deviation
+
+
+@dataclass
+class GRPOConfig(common.TrainConfig):
+    horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
+    generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
+    scale_rewards: bool = _f(False, "divide advantages by the group's reward std (GRPO); off by default, since a "
+                                    "group whose rewards differ only by scorer noise would be blown up to unit scale")
+    kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off)")
+    ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
+    clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
+    ent_coef: float = _f(0.0, "entropy bonus coefficient")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.generations_per_prompt < 2:
+            raise RedgymError(f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
+                              f"got {self.generations_per_prompt}")
+        if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.kl_coef < 0:
+            raise RedgymError("config: ppo_epochs must be >= 1, clip_range in (0, 1) and kl_coef >= 0")
+
+
+@torch.no_grad()
+def prepare_episodes(ep: Episodes, policy: common.Policy, cfg: GRPOConfig) -> None:
+    """Step 3: old and reference log-probs at the response tokens (B, K), the mask, and advantages (B,)."""
+    pad = policy.tokenizer.pad_token_id
+    k = max(len(r) for r in ep.resp)
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "mask", "entropy")}
+    for i in range(0, len(ep.resp), cfg.micro_batch_size):
+        sl = slice(i, i + cfg.micro_batch_size)
+        cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True)
+        ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
+        for name, t in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.entropy)):
+            parts[name] += list(t.cpu())
+    t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
+    t["advantages"] = group_advantages(ep.reward, ep.group, cfg.scale_rewards)
+    ep.tensors = t
+
+
+def update(ep: Episodes, policy: common.Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int,
+           rng: np.random.Generator) -> dict[str, float]:
+    """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
+    pad = policy.tokenizer.pad_token_id
+    t = ep.tensors
+    k = t["mask"].shape[1]
+    dev = next(policy.model.parameters()).device
+    stats: dict[str, list[float]] = {n: [] for n in ("policy", "kl", "clipfrac", "first_ratio_dev")}
+    for _ in range(cfg.ppo_epochs):
+        order = rng.permutation(len(ep.resp))
+        for i in range(0, len(order), cfg.micro_batch_size):
+            idx = order[i:i + cfg.micro_batch_size]
+            with acc.accumulate(policy.model):
+                out = continuation_forward(policy.model, [ep.ctx[j] for j in idx], [ep.resp[j] for j in idx], pad,
+                                           cfg.temperature, with_entropy=cfg.ent_coef > 0)
+                kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
+                sel = lambda name: t[name][idx][:, k - kk:].to(dev)  # noqa: E731
+                mask, old = sel("mask"), sel("old")
+                adv = t["advantages"][idx].to(dev)[:, None].expand_as(mask)  # (B,) -> every token (B, K)
+                pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range)
+                kl = masked_mean(kl_k3(out.logps, sel("ref")), mask)
+                loss = pg + cfg.kl_coef * kl
+                if cfg.ent_coef > 0:
+                    loss = loss - cfg.ent_coef * masked_mean(out.entropy, mask)
+                if not stats["first_ratio_dev"]:
+                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, old, mask))
+                if not common.finite_or_skip(loss, counters, step):
+                    opt.zero_grad()
+                    continue
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            stats["policy"].append(float(pg.detach()))
+            stats["kl"].append(float(kl.detach()))
+            stats["clipfrac"].append(float(clipfrac))
+    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}
+
+
+def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) GRPO training into ``out``; returns the final step's metrics."""
+    # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
+    run = common.start_run(cfg, out, resume)
+    policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
+                                                            run.acc, run.opt, run.sched)
+    start, counters = run.start, run.state.get("counters", {})
+    rng = np.random.default_rng([cfg.seed, start])
+    train_prompts = setup.split.train
+    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
+    budget = cfg.max_context_tokens - cfg.max_new_tokens
+    metrics: dict[str, float] = {}
+
+    for step in tqdm(range(start, cfg.steps), desc="train grpo", initial=start, total=cfg.steps, disable=not progress):
+        t0 = time.time()
+        # 1 prompts, each rolled out G times
+        batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
+                                                                cfg.seed)]
+        # 2 roll out (adversary on-policy, K defender replies each) and score
+        policy.model.eval()
+        policy.sync_sampler()
+        convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.generations_per_prompt)]
+        rollout_batch(convs, adversary, defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
+        scores = score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
+        t_roll = time.time() - t0
+        common.release_memory()
+        # 3 group-relative advantages, old and reference log-probs
+        ep = episodes_from(convs, adversary, budget)
+        prepare_episodes(ep, policy, cfg)
+        t = ep.tensors
+        # 4 clipped surrogate + KL to the reference
+        policy.model.train()
+        losses = update(ep, policy, cfg, acc, opt, sched, counters, step, rng)
+        # 5 log + checkpoint
+        kl1 = (kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1)  # (B,) sequence KL of the sampling policy, k1
+        metrics = {
+            "reward/reward": float(ep.reward.mean()),
+            **{f"reward/{k}": float(np.mean(scores[k])) for k in ("tox_defender", "tox_combined", "tox_adversary", "nll")},
+            "reward/max": float(ep.reward.max()),
+            "reward/group_std": float(np.mean([float(ep.reward[ep.group == g].std(unbiased=False))
+                                               for g in torch.unique(ep.group)])),
+            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, setup.weights))[0],
+            "objective/kl": float(kl1.mean()),
+            "objective/kl_k3": losses["kl"],
+            "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
+            "loss/policy": losses["policy"],
+            "policy/clipfrac": losses["clipfrac"],
+            "policy/first_ratio_dev": losses["first_ratio_dev"],
+            "train/lr": sched.get_last_lr()[0],
+            "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
+            "time/rollout_s": t_roll,
+            "time/step_s": time.time() - t0,
+        }
+        if common.end_step(run, step, metrics, {"counters": counters}):
+            break
+    common.finish_run(run)
+    return metrics

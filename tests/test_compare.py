@@ -1,0 +1,212 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from redgym.errors import RedgymError
+from redgym.eval.metrics import compute_metrics, paired_difference
+from redgym.experiments.compare import COLUMNS, compare, mean_ratio, seed_differences, t_interval
+from redgym.rollout.records import Conversation, Turn
+
+T2 = 4.302652729911275  # t(0.975, 2 df): three seeds
+SEEDS = (0, 1, 2)
+# Mean defender toxicity per seed: untuned 0.1, 0.2, 0.3 (mean 0.2, sd 0.1); trained 0.3, 0.42, 0.48 (mean 0.4,
+# deviations -0.1, 0.02, 0.08: sd = sqrt(0.0168 / 2)). Per-seed differences 0.2, 0.22, 0.18: mean 0.2, sd 0.02.
+# Ratio of means 0.4 / 0.2 = 2.
+TOX = {"untuned": (0.1, 0.2, 0.3), "trained": (0.3, 0.42, 0.48)}
+NLL = {"untuned": (3.0, 3.0, 3.0), "trained": (2.0, 2.5, 3.0)}
+
+
+def conv(pid, tox_def, tox_adv, nll):
+    """Two exchanges with the same scores; reward tox_def - 0.1 nll (negative for the untuned arm's seed 0)."""
+    c = Conversation(pid, ("a neutral opening line",))
+    for k in range(2):
+        c.turns.append(Turn("adversary", f"question {pid} {k}", scores={"tox": tox_adv, "nll": nll}))
+        c.turns.append(Turn("defender", "a neutral reply", scores={"tox": tox_def, "tox_combined": tox_def / 2}))
+        c.rewards.append(tox_def - 0.1 * nll)
+        c.reward_terms.append({"tox_defender": tox_def})
+    return c
+
+
+def seed_convs(arm, s):
+    # Two prompts, shared by every seed, 0.05 below and above the seed's mean toxicity.
+    t, n = TOX[arm][s], NLL[arm][s]
+    return [conv("p0", t - 0.05, 0.1, n), conv("p1", t + 0.05, 0.1, n)]
+
+
+def write_run(folder, convs_by_label, seed, drop=()):
+    """report.json and samples.jsonl as write_eval lays them out (the last label is the run's adversary)."""
+    folder.mkdir(parents=True)
+    results = {lb: {k: v for k, v in compute_metrics(cs, 0.5, n_boot=20, seed=0).items()
+                    if k.split("/")[0] not in drop} for lb, cs in convs_by_label.items()}
+    report = {"config": {"horizon": 2, "seed": seed, "toxic_threshold": 0.5}, "seed": seed,
+              "metrics": results[list(results)[-1]], "results": results}
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "samples.jsonl").write_text("".join(json.dumps({"adversary": lb, **c.to_json()}) + "\n"
+                                                  for lb, cs in convs_by_label.items() for c in cs))
+
+
+def make_experiment(root, with_meta=True, transfer=False, drop=()):
+    root.mkdir(parents=True, exist_ok=True)
+    if with_meta:
+        (root / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "seeds": list(SEEDS),
+                                                          "baseline_arm": "untuned"}))
+    for s in SEEDS:
+        write_run(root / "untuned" / f"seed_{s}", {"untuned": seed_convs("untuned", s)}, s, drop)
+        # The trained run's report also holds an untuned label first; compare must read the last (trained) one.
+        write_run(root / "trained" / f"seed_{s}", {"untuned": seed_convs("untuned", s),
+                                                    "trained": seed_convs("trained", s)}, s, drop)
+        (root / "trained" / f"seed_{s}" / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": k, "reward/reward": 0.1 * k + s}) + "\n" for k in range(3)))
+        if transfer:
+            for arm in ("untuned", "trained"):
+                # Against the other defender every reply is half as toxic.
+                cs = [conv(c.prompt_id, c.turns[1].scores["tox"] / 2, 0.1, 2.0) for c in seed_convs(arm, s)]
+                write_run(root / arm / f"seed_{s}" / "transfer" / "other_defender", {arm: cs}, s)
+    return root
+
+
+def row(result, arm, metric, defender=""):
+    (r,) = [r for r in result["rows"] if (r["arm"], r["defender"], r["metric"]) == (arm, defender, metric)]
+    return r
+
+
+def test_t_interval_by_hand():
+    st = t_interval([0.2, 0.3, 0.1])  # mean 0.2, deviations 0, 0.1, -0.1: sd = sqrt(0.02 / 2) = 0.1
+    half = T2 * 0.1 / math.sqrt(3)
+    assert (st.n, st.mean, st.sd) == (3, pytest.approx(0.2), pytest.approx(0.1))
+    assert (st.lo, st.hi) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    one = t_interval([0.7])
+    assert one.n == 1 and one.mean == 0.7 and math.isnan(one.lo) and math.isnan(one.hi)
+    assert t_interval([0.7, math.nan]).n == 1  # a NaN seed is left out
+    assert t_interval([]).n == 0 and math.isnan(t_interval([]).mean)
+
+
+def test_seed_differences_and_ratio_use_shared_finite_seeds():
+    arm = {0: 0.3, 1: 0.5, 2: 0.4, 3: 0.9}
+    base = {0: 0.1, 1: 0.2, 2: math.nan}
+    assert seed_differences(arm, base) == {0: pytest.approx(0.2), 1: pytest.approx(0.3)}
+    assert mean_ratio(arm, base) == pytest.approx(0.4 / 0.15)  # seeds 0 and 1 only
+    assert math.isnan(mean_ratio({0: 1.0}, {0: 0.0})) and math.isnan(mean_ratio({0: 1.0}, {1: 1.0}))
+
+
+def test_compare_reproduces_hand_computed_means_cis_differences_and_ratios(tmp_path):
+    exp = make_experiment(tmp_path / "exp", transfer=True)
+    res = compare([exp], tmp_path / "out", n_boot=300, seed=0)
+    half_u, half_t, half_d = (T2 * sd / math.sqrt(3) for sd in (0.1, math.sqrt(0.0084), 0.02))
+    u, t = row(res, "untuned", "defender_toxicity"), row(res, "trained", "defender_toxicity")
+    assert u["n_seeds"] == t["n_seeds"] == 3
+    assert (u["mean"], u["ci95_lo"], u["ci95_hi"]) == pytest.approx((0.2, 0.2 - half_u, 0.2 + half_u))
+    assert (t["mean"], t["ci95_lo"], t["ci95_hi"]) == pytest.approx((0.4, 0.4 - half_t, 0.4 + half_t))
+    assert (t["diff_mean"], t["diff_ci95_lo"], t["diff_ci95_hi"]) == pytest.approx(
+        (0.2, 0.2 - half_d, 0.2 + half_d))
+    assert t["ratio"] == pytest.approx(2.0) and t["baseline"] == "untuned" and t["n_paired_seeds"] == 3
+    assert u["diff_mean"] is None and u["ratio"] is None  # the baseline against itself does not apply
+    # Pooled: the six trained conversations as one sample (mean 0.4), two prompt clusters; the bootstrap is
+    # compute_metrics' and paired_difference's own, on the seeds' conversations concatenated in seed order.
+    trained = [c for s in SEEDS for c in seed_convs("trained", s)]
+    untuned = [c for s in SEEDS for c in seed_convs("untuned", s)]
+    assert t["pooled"] == pytest.approx(0.4)
+    assert [t["pooled_ci95_lo"], t["pooled_ci95_hi"]] == pytest.approx(
+        compute_metrics(trained, 0.5, n_boot=300, seed=0)["defender_toxicity"]["ci95"])
+    pd = paired_difference(untuned, trained, n_boot=300, seed=0)["defender_toxicity"]
+    assert t["diff_pooled"] == pytest.approx(0.2)
+    assert [t["diff_pooled_ci95_lo"], t["diff_pooled_ci95_hi"]] == pytest.approx(pd["ci95"])
+    # NLL: trained 2.0, 2.5, 3.0 (mean 2.5, sd 0.5) against 3.0 at every seed: differences -1, -0.5, 0.
+    n = row(res, "trained", "adversary_nll")
+    assert (n["mean"], n["sd"]) == pytest.approx((2.5, 0.5))
+    assert (n["diff_mean"], n["diff_ci95_hi"]) == pytest.approx((-0.5, -0.5 + T2 * 0.5 / math.sqrt(3)))
+    assert n["ratio"] == pytest.approx(2.5 / 3.0) and n["higher_is_better"] is False
+    # Reward (tox - 0.1 nll) can be negative: untuned -0.2, -0.1, 0.0 (mean -0.1); trained 0.1, 0.17, 0.18
+    # (mean 0.15). Difference 0.25, no ratio.
+    r = row(res, "trained", "reward")
+    assert r["ratio"] is None and r["diff_mean"] == pytest.approx(0.25)
+    # Per turn rows, and every adversary turn is clean (0.1): clean-adversary toxicity equals defender toxicity.
+    assert row(res, "trained", "defender_toxicity/turn_2")["mean"] == pytest.approx(0.4)
+    assert row(res, "trained", "defender_toxicity_clean_adversary")["mean"] == pytest.approx(0.4)
+    # Transfer: every reply half as toxic, so means 0.1 and 0.2 and a difference of 0.1.
+    tt = row(res, "trained", "defender_toxicity", "other_defender")
+    assert (tt["mean"], tt["diff_mean"], tt["ratio"]) == pytest.approx((0.2, 0.1, 2.0))
+    assert res["defenders"] == ["", "other_defender"] and res["baselines"]["trained"] == "untuned"
+
+
+def test_compare_writes_csv_markdown_and_plots(tmp_path):
+    exp = make_experiment(tmp_path / "exp", transfer=True)
+    out = tmp_path / "out"
+    res = compare([exp], out, n_boot=50)
+    with open(out / "comparison.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(res["rows"])
+    (t,) = [r for r in rows if (r["arm"], r["defender"], r["metric"]) == ("trained", "", "defender_toxicity")]
+    assert float(t["mean"]) == pytest.approx(0.4) and float(t["ratio"]) == pytest.approx(2.0)
+    (rw,) = [r for r in rows if (r["arm"], r["defender"], r["metric"]) == ("trained", "", "reward")]
+    assert rw["ratio"] == "" and rw["diff_mean"] != ""
+    md = (out / "comparison.md").read_text()
+    assert "Content warning" in md and str(exp) in md and "seeds: 0, 1, 2" in md
+    assert "| trained | 3 | 0.4000 [" in md  # defender_toxicity is the first headline column
+    # Difference 0.2 ± 4.3027 * 0.02 / sqrt(3) = 0.2 ± 0.0497 excludes 0: bold.
+    assert "| trained | untuned | **+0.2000 [+0.1503, +0.2497]** ×2 |" in md
+    assert "Transfer to defender `other_defender`" in md and "embedding_diversity" not in md  # no embedder
+    for p in ("pareto.png", "reward_curves.png", "toxicity_per_turn.png"):
+        assert (out / "plots" / p).stat().st_size > 1000 and f"plots/{p}" in md
+
+
+def test_arms_are_inferred_without_experiment_json_and_missing_metrics_come_from_samples(tmp_path):
+    # Reports from before stealth_success_rate existed: compare recomputes it from samples.jsonl.
+    exp = make_experiment(tmp_path / "exp", with_meta=False, drop=("stealth_success_rate",))
+    res = compare([exp], tmp_path / "out", n_boot=20)
+    assert res["arms"] == ["untuned", "trained"]  # the baseline first
+    # Clean adversary turns (0.1) everywhere; the only defender replies above 0.5 are seed 2's p1 (0.48 + 0.05)
+    # on both exchanges: per-seed stealth 0, 0, 0.5 -> mean 1/6.
+    assert row(res, "trained", "stealth_success_rate")["mean"] == pytest.approx(1 / 6)
+    assert row(res, "untuned", "stealth_success_rate")["mean"] == pytest.approx(0.0)
+
+
+def test_colliding_arm_names_are_prefixed_with_their_folder(tmp_path):
+    a, b = make_experiment(tmp_path / "ppo"), make_experiment(tmp_path / "ipo")
+    res = compare([a, b], tmp_path / "out", n_boot=20)
+    assert res["arms"] == ["ppo/untuned", "ppo/trained", "ipo/untuned", "ipo/trained"]
+    assert res["baselines"]["ipo/trained"] == "ipo/untuned"
+    assert row(res, "ipo/trained", "defender_toxicity")["ratio"] == pytest.approx(2.0)
+
+
+def test_one_seed_has_no_across_seed_interval(tmp_path):
+    exp = make_experiment(tmp_path / "exp")
+    (exp / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "seeds": [1]}))
+    r = row(compare([exp], tmp_path / "out", n_boot=20), "trained", "defender_toxicity")
+    assert r["n_seeds"] == 1 and r["mean"] == pytest.approx(0.42) and math.isnan(r["ci95_lo"])
+    assert r["diff_mean"] == pytest.approx(0.22) and math.isnan(r["diff_ci95_hi"])
+
+
+def test_a_folder_without_reports_or_baseline_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "trained" / "seed_0").mkdir(parents=True)
+    with pytest.raises(RedgymError, match="empty: no evaluation reports") as e:
+        compare([empty], tmp_path / "out")
+    assert "\n" not in str(e.value)
+    exp = make_experiment(tmp_path / "exp")
+    (exp / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "baseline_arm": "base"}))
+    with pytest.raises(RedgymError, match="exp: baseline arm 'base' has no reports"):
+        compare([exp], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written before the inputs are read
+    with pytest.raises(RedgymError, match="does not exist"):
+        compare([tmp_path / "nowhere"], tmp_path / "out")
+
+
+def test_per_seed_nan_is_left_out_of_the_mean(tmp_path):
+    # Seed 2's trained adversary is toxic on every turn: no clean exchange, so that seed has no
+    # defender_toxicity_clean_adversary; the mean uses seeds 0 and 1 (0.3 and 0.42).
+    exp = make_experiment(tmp_path / "exp")
+    cs = [conv(p, 0.4, 0.9, 3.0) for p in ("p0", "p1")]
+    for f in (exp / "trained" / "seed_2").iterdir():
+        f.unlink()
+    (exp / "trained" / "seed_2").rmdir()
+    write_run(exp / "trained" / "seed_2", {"trained": cs}, 2)
+    res = compare([exp], tmp_path / "out", n_boot=50)
+    r = row(res, "trained", "defender_toxicity_clean_adversary")
+    assert r["n_seeds"] == 2 and r["mean"] == pytest.approx(0.36) and r["n_paired_seeds"] == 2
+    assert np.isfinite(r["pooled"])  # pooled over all six conversations: the four clean ones count

@@ -1,0 +1,291 @@
+"""The learning-signal fixes: train on the policy you sample from, on-policy rollouts, K-reply reward averaging,
+pair reliability, group-relative advantages, held-out prompts that are really held out."""
+
+import numpy as np
+import pytest
+import torch
+
+from redgym.config import load_config
+from redgym.models import SamplingParams
+from redgym.rollout import rollout
+from redgym.rollout.records import Conversation, Turn
+from redgym.rollout.reward import RewardWeights, pair_reliability, reply_terms, score_conversations, score_exchanges
+from redgym.trainers import common, grpo, ppo
+from redgym.trainers.losses import group_advantages
+
+
+def _cfg(cls, model_dir, prompt_file, **kw):
+    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
+                max_new_tokens="6", min_new_tokens="2", steps="2", prompts_per_step="4", micro_batch_size="4",
+                lr="1e-3", test_fraction="0.3", eval_after="false", max_context_tokens="64", checkpoint_every="100")
+    base.update({k: str(v) for k, v in kw.items()})
+    return load_config(cls, None, base)
+
+
+# ---- 1 train on the policy you sample from --------------------------------------------------------------------
+
+def test_the_default_dtype_on_cpu_is_float32():
+    from redgym.models.loading import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_sized_update(tiny_model_dir,
+                                                                                        prompt_file):
+    """A 1e-4 update in the default dtype (no dtype set): the merged copy the rollouts sample from must give the
+    adapter policy's log-probs, not the base model's (a bf16 merge loses most of such an update)."""
+    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    assert cfg.dtype == "auto"
+    policy = common.build_policy(cfg)
+    assert policy.sampler is not None  # float32 on the CPU: the fast merged copy is on
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_" in n:
+                p.add_(1e-4 * torch.sign(torch.randn_like(p)))  # one Adam-sized step on every adapter weight
+    policy.sync_sampler()
+    ctx, cont = [[5, 9, 17, 33, 2]], [[41, 3, 7, 12]]
+    pad = policy.tokenizer.pad_token_id
+    with torch.no_grad():
+        want = common.sequence_logps(policy.model, ctx, cont, pad)
+        got = common.sequence_logps(policy.sampler.model, ctx, cont, pad)
+        base = common.sequence_logps(policy.ref_model, ctx, cont, pad)
+    delta = float((want - base).abs())
+    assert delta > 1e-6  # the update moved the policy
+    assert float((got - want).abs()) < 0.01 * delta  # and the sampler carries >= 99% of the move
+
+
+def test_bf16_training_samples_through_the_adapter(tiny_model_dir, prompt_file):
+    policy = common.build_policy(_cfg(common.TrainConfig, tiny_model_dir, prompt_file, dtype="bfloat16"))
+    assert policy.sampler is None and policy.generation_model is policy.model
+
+
+# ---- 2 on-policy policy gradients ---------------------------------------------------------------------------
+
+def test_training_rollouts_sample_from_the_plain_tempered_softmax(tiny_model_dir, prompt_file):
+    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    evals = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.7, repetition_penalty=1.1)
+    train = common.train_sampling(cfg, evals)
+    assert (train.temperature, train.top_p, train.top_k, train.repetition_penalty, train.min_new_tokens) == (
+        0.7, 1.0, 0, 1.0, 0)
+    off = _cfg(common.TrainConfig, tiny_model_dir, prompt_file, on_policy_sampling="false")
+    assert common.train_sampling(off, evals) == evals
+
+
+def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, prompt_file, tiny_lm):
+    """The log-prob of each sampled token under the distribution it was drawn from equals the trainer's tempered
+    log-prob only with on-policy sampling; ASTPrompter's top-p / repetition penalty make them differ."""
+    from redgym.models.lm import continuation_forward
+    from redgym.rollout.engine import generate_turns
+
+    evals = SamplingParams(max_new_tokens=6, min_new_tokens=2, temperature=0.7, top_p=0.5, repetition_penalty=1.3)
+    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    histories = [[("prompt", "hello there how are you")], [("prompt", "do you like music")]] * 4
+    gaps = {}
+    for name, params in (("on", common.train_sampling(cfg, evals)), ("off", evals)):
+        torch.manual_seed(0)
+        turns = generate_turns(tiny_lm, histories, "adversary", params)
+        ctx = [tiny_lm.encode_context(tiny_lm.render(h, "adversary"), 40) for h in histories]
+        out = continuation_forward(tiny_lm.model, ctx, [t.token_ids for t in turns], tiny_lm.tokenizer.pad_token_id,
+                                   temperature=0.7)
+        gaps[name] = max(abs(out.logps[b, out.logps.shape[1] - len(t.token_ids) + i].item() - lp)
+                         for b, t in enumerate(turns) for i, lp in enumerate(t.sample_logprobs))
+    assert gaps["on"] < 1e-4 and gaps["off"] > 0.05, gaps
+
+
+def _prepare_with(scorer):
+    from redgym import setup
+
+    real = setup.prepare
+
+    def prepare(cfg, **kw):
+        s = real(cfg, **kw)
+        s.scorer = scorer
+        return s
+
+    return prepare
+
+
+def letter_e(texts):
+    return [float("e" in t) for t in texts]
+
+
+@pytest.mark.parametrize("trainer", ["ppo", "grpo"])
+def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(trainer, tiny_model_dir, prompt_file,
+                                                                       tmp_path, monkeypatch):
+    from redgym import setup
+
+    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
+    mod, cls = {"ppo": (ppo, ppo.PPOConfig), "grpo": (grpo, grpo.GRPOConfig)}[trainer]
+    cfg = _cfg(cls, tiny_model_dir, prompt_file, steps=4, lr="2e-2", prompts_per_step=8, micro_batch_size=4,
+               generations_per_prompt=4, ppo_epochs=2, reward_target="adversary")
+    rows = _read(mod.train(cfg, tmp_path / "run", progress=False) and tmp_path / "run")
+    for r in rows:
+        assert r["policy/first_ratio_dev"] < 1e-4, r["policy/first_ratio_dev"]
+    # k1 = log pi - log ref on tokens sampled from pi estimates KL(pi || ref) >= 0: one batch's mean can dip below 0
+    # by sampling noise while the KL is tiny, so the check is on the average over the steps after the first update
+    # (test_on_policy_rollouts_have_the_log_probs_the_loss_uses checks the sampling distribution itself)
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA B = 0: policy = reference at step 1
+    assert np.mean([r["objective/kl"] for r in rows[1:]]) > 0
+
+
+def _read(out):
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- 3 a denoised reward ------------------------------------------------------------------------------------
+
+class FakeDefender:
+    def continuation_nll(self, contexts, continuations, batch_size=16):
+        return [1.0] * len(continuations)
+
+
+def test_k_reply_reward_is_the_mean_of_the_replies_toxicity_terms():
+    scorer = lambda texts: [0.9 if "bad" in t else 0.0 for t in texts]  # noqa: E731
+    w = RewardWeights(defender=1.0, combined=0.5, nll=0.1)
+    s = score_exchanges([[("prompt", "hi")]], ["well"], [["bad", "fine", "fine", "bad"]], scorer, FakeDefender(), w)
+    # tox_defender = (0.9 + 0 + 0 + 0.9) / 4 = 0.45; combined "well bad" etc. the same = 0.45
+    # reward = 0.45 + 0.5 * 0.45 - 0.1 * 1.0 = 0.575
+    assert s["tox_defender"] == pytest.approx([0.45]) and s["tox_combined"] == pytest.approx([0.45])
+    assert s["reward"] == pytest.approx([0.575])
+    assert s["tox_defender_replies"].tolist() == [[0.9, 0.0, 0.0, 0.9]]
+    assert reply_terms(s, w)[0].tolist() == pytest.approx([1.35, 0.0, 0.0, 1.35])  # 0.9 + 0.5 * 0.9
+
+
+def test_rollouts_answer_each_adversary_turn_k_times_and_continue_with_the_first(tiny_lm):
+    torch.manual_seed(0)
+    convs = rollout([("p", ("hello there",))], tiny_lm, tiny_lm, horizon=2, params=SamplingParams(max_new_tokens=3),
+                    progress=False, defender_samples=3)
+    c = convs[0]
+    for _, d in c.exchanges():
+        assert len(d.alternatives) == 2
+    scorer = lambda texts: [float(len(t)) / 100 for t in texts]  # noqa: E731
+    score_conversations(convs, scorer, FakeDefender(), RewardWeights())
+    d = c.exchanges()[0][1]
+    replies = [d.text, *d.alternatives]
+    assert d.scores["tox"] == pytest.approx(np.mean([len(t) / 100 for t in replies]))
+    assert d.scores["tox_replies"] == pytest.approx([len(t) / 100 for t in replies])
+    assert c.history()[2] == ("defender", d.text)  # the conversation continues with the first reply
+    back = Conversation.from_json(c.to_json())
+    assert back.turns[1].alternatives == d.alternatives
+
+
+def test_pair_reliability_by_hand():
+    # group 1: siblings ordered a > b by reply 0, and by the mean of replies 1-2 (0.5 vs 0.0): agree
+    # group 2: reply 0 says a > b, the others' mean says b > a: disagree; a tie on either side is skipped
+    g1 = np.array([[1.0, 0.5, 0.5], [0.0, 0.0, 0.0]])
+    g2 = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    g3 = np.array([[0.3, 0.1, 0.1], [0.3, 0.0, 0.0]])
+    assert pair_reliability([g1, g2, g3]) == (0.5, 2)
+    # three siblings: pairs (0,1) agree, (0,2) agree, (1,2) disagree
+    g = np.array([[3.0, 3.0], [2.0, 1.0], [1.0, 2.0]])
+    assert pair_reliability([g]) == (pytest.approx(2 / 3), 3)
+    assert np.isnan(pair_reliability([np.ones((2, 1))])[0])  # one reply: nothing to compare
+
+
+# ---- 4 group-relative advantages ------------------------------------------------------------------------------
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.2, 0.7])
+    g = torch.tensor([0, 0, 0, 1, 1, 2])
+    a = group_advantages(r, g)
+    # group 0 mean 0.5 -> 0.5, -0.5, 0; group 1 mean 0.2 -> 0, 0; group of one -> 0
+    assert a.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.0])
+    s = group_advantages(r, g, scale=True, eps=0.0)
+    std0 = float(np.std([1.0, 0.0, 0.5]))  # population std, 0.4082
+    assert s[:3].tolist() == pytest.approx([0.5 / std0, -0.5 / std0, 0.0])
+
+
+def test_grpo_changes_the_adapter_with_finite_losses(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from redgym import setup
+
+    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
+    out = tmp_path / "run"
+    grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, defender_samples=2), out, progress=False)
+    rows = _read(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        for k in ("loss/policy", "objective/kl", "objective/kl_k3", "objective/entropy", "reward/reward"):
+            assert np.isfinite(r[k]), k
+    lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
+
+
+def test_grpo_raises_a_learnable_reward(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from redgym import setup
+
+    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
+    out = tmp_path / "run"
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=12, lr="1e-2", lora="false", kl_coef=0.0,
+               prompts_per_step=4, generations_per_prompt=4, micro_batch_size=16, max_new_tokens=2,
+               min_new_tokens=2, reward_target="adversary", temperature=1.0)
+    grpo.train(cfg, out, progress=False)
+    rows = _read(out)
+    first, last = np.mean([r["reward/reward"] for r in rows[:3]]), np.mean([r["reward/reward"] for r in rows[-3:]])
+    assert last > first + 0.2, (first, last)
+
+
+def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from redgym.trainers import sft
+
+    weak = tmp_path / "weak.txt"
+    weak.write_text("we went out and damn it rained\nwhat the hell are you doing\n", encoding="utf-8")
+    out = tmp_path / "run"
+    sft.train(_cfg(sft.SFTConfig, tiny_model_dir, prompt_file, weak_prompts=str(weak)), out, progress=False)
+    rows = _read(out)
+    assert len(rows) == 2 and all(np.isfinite(r["loss/sft"]) for r in rows)
+    lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert all(float(v.abs().sum()) > 0 for v in lora_b)
+
+
+# ---- 10 held out means held out ---------------------------------------------------------------------------------
+
+def test_no_test_prompt_text_appears_in_the_training_split():
+    from redgym.data.prompts import Prompt, split_prompts
+
+    texts = ["a", "b", "c"] * 2 + list("defghijklmno")  # repeated openings, as chitchat has
+    prompts = [Prompt(f"x:{i}", (t,)) for i, t in enumerate(texts)]
+    for seed in range(20):
+        split = split_prompts(prompts, 0.2, 0.3, seed)
+        train = {p.text for p in split.train}
+        assert not train & {p.text for p in split.test} and not train & {p.text for p in split.dev}
+        assert {p.id for p in split.train}.isdisjoint({p.id for p in split.test})
+
+
+def test_chitchat_test_split_holds_no_training_text():
+    from redgym.data.prompts import load_prompts, split_prompts
+    from redgym.scorers.toxicity import build_scorer
+
+    prompts = load_prompts("chitchat", max_words=60, scorer=build_scorer("profanity"))
+    split = split_prompts(prompts, 0.1, 0.1, 0)
+    assert not {p.text for p in split.train} & {p.text for p in split.test}
+    assert len(split.test) < round(0.1 * len(prompts))  # some duplicates were removed
+
+
+def test_eval_of_a_trained_adversary_reads_its_runs_split(tiny_model_dir, prompt_file, tmp_path):
+    import json
+
+    from redgym.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "grpo", "--out", str(out), "--quiet", "--adversary_model", str(tiny_model_dir),
+                 "--defender_model", str(tiny_model_dir), "--prompts", str(prompt_file), "--test_fraction", "0.3",
+                 "--max_new_tokens", "3", "--steps", "1", "--prompts_per_step", "2", "--bootstrap_samples", "20",
+                 "--max_context_tokens", "64", "--seed", "5"]) == 0
+    split = json.loads((out / "split.json").read_text())
+    # an evaluation with another seed would compute another split; the run's own split.json wins
+    ev = tmp_path / "ev"
+    assert main(["eval", "--out", str(ev), "--quiet", "--adversary_model", str(tiny_model_dir), "--defender_model",
+                 str(tiny_model_dir), "--prompts", str(prompt_file), "--test_fraction", "0.3", "--max_new_tokens",
+                 "3", "--horizon", "1", "--bootstrap_samples", "20", "--seed", "1", "--max_context_tokens", "64",
+                 "--adversary_checkpoint", str(out / "adversary")]) == 0
+    assert json.loads((ev / "report.json").read_text())["split"]["test_ids_evaluated"] == split["test"]
+    report = json.loads((out / "report.json").read_text())  # eval_after wrote the run's own report
+    assert set(report["results"]) == {"untuned", "trained"}
+    assert report["split"]["test_ids_evaluated"] == split["test"]
+    assert "stealth_success_rate" in report["metrics"]
