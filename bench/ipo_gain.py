@@ -1,7 +1,7 @@
-"""Does IPO training make the defender more toxic? Train on the offline default for a fixed wall-clock budget,
-then evaluate the trained and the untuned adversary on the same held-out prompts and seed.
+"""Does IPO training make the defender more toxic? Train on the offline default for a fixed number of steps, then
+evaluate the trained and the untuned adversary on the same held-out prompts and seed.
 
-    .venv/bin/python bench/ipo_gain.py --minutes 30 [--out runs/ipo_gain] [any --field value override]
+    .venv/bin/python bench/ipo_gain.py --steps 25 [--out runs/ipo_gain] [any --field value override]
 
 Prints trained vs untuned defender_toxicity, defender_toxic_rate, attack_success_rate and adversary_nll with 95%
 CIs, the paired difference of defender toxicity, the training wall-clock and peak RSS, then one BENCH line.
@@ -21,7 +21,7 @@ KEYS = ["defender_toxicity", "defender_toxic_rate", "attack_success_rate", "adve
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget")
+    ap.add_argument("--steps", type=int, default=25, help="training steps (the budget; machine-independent)")
     ap.add_argument("--out", type=Path, default=Path("runs/ipo_gain"))
     ap.add_argument("--config", default="configs/ipo_demo.yaml")
     args, overrides = ap.parse_known_args()
@@ -30,8 +30,8 @@ def main() -> None:
     t0 = time.time()
     # 128 held-out prompts (the demo config evaluates 32) so the CI of the difference is tight enough to read;
     # overrides given on this command line come later and win.
-    rc = redgym_main(["train", "ipo", "--config", args.config, "--out", str(args.out), "--steps", "100000",
-                      "--max_minutes", str(args.minutes), "--n_eval_prompts", "128", *overrides])
+    rc = redgym_main(["train", "ipo", "--config", args.config, "--out", str(args.out), "--steps", str(args.steps),
+                      "--n_eval_prompts", "128", *overrides])
     if rc != 0:
         sys.exit(rc)
     total = time.time() - t0

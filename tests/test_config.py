@@ -69,3 +69,14 @@ def test_every_shipped_config_loads(path):
     kind = path.stem.split("_")[0]
     cfg = load_config(CONFIG_CLASSES.get(kind, RunConfig), path)
     assert cfg.horizon >= 1
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_expands(path):
+    from redgym.experiments.runner import expand_grid, load_experiment
+
+    exp = load_experiment(path)
+    cells = expand_grid(exp)
+    assert {c.arm for c in cells} == {a.name for a in exp.arms}
+    # budgets are steps: a trained arm's length never depends on machine speed
+    assert all(c.train_cfg.max_minutes == 0 for c in cells if c.train_cfg is not None)

@@ -51,7 +51,7 @@ def test_the_grid_expands_as_configured(tiny_model_dir, prompt_file):
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"ablations": {"a": {"arm": "nope"}}}, "arm 'nope' is not one of the arms"),
     ({"colour": 1}, "unknown key 'colour'"),
-    ({"arms": {"grpo": {"train": {"samples_per_prompt": 3}}}}, "is an evaluation setting"),
+    ({"arms": {"grpo": {"train": {"samples_per_prompt": 3}}}}, "only affects evaluation"),
 ])
 def test_bad_experiment_files_are_one_line_errors(tiny_model_dir, prompt_file, change, msg):
     data = spec(tiny_model_dir, prompt_file)

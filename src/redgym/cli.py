@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
+    cp.add_argument("--readme", type=Path, default=None, help="also put comparison.md into this README's block "
+                                                               "<!-- results:NAME --> (NAME from --section)")
+    cp.add_argument("--section", default=None, help="README block name (default: the first folder's name)")
     return p
 
 
@@ -131,6 +134,11 @@ def cmd_compare(args, overrides: dict[str, str]) -> int:
     out = args.out or args.dirs[0]
     compare(args.dirs, out)
     print(f"comparison: {out / 'comparison.md'}")
+    if args.readme is not None:
+        from redgym.experiments.readme import publish
+
+        publish(out, args.readme, args.section or args.dirs[0].name)
+        print(f"published into {args.readme}")
     return 0
 
 

@@ -45,6 +45,9 @@ from redgym.trainers.registry import TRAINERS
 log = logging.getLogger("redgym.experiment")
 
 KINDS = ("untuned", "dataset", *TRAINERS)
+# RunConfig fields that only an evaluation reads: under an arm's train they would silently do nothing.
+EVAL_ONLY = {"n_eval_prompts", "samples_per_prompt", "bootstrap_samples", "compare_untuned", "baseline_from",
+             "adversary_checkpoint", "split_from"}
 
 
 @dataclass
@@ -160,9 +163,9 @@ def expand_grid(exp: ExperimentConfig) -> list[Cell]:
             eval_cfg = _build(RunConfig, {**exp.shared, **exp.eval, **fixed}, where)
             train_cfg = None
             if arm.kind in TRAINERS:
-                stray = sorted(k for k in arm.train if k in run_fields and k in exp.eval)
+                stray = sorted(k for k in arm.train if k in EVAL_ONLY)
                 if stray:
-                    raise RedgymError(f"{where}: {stray[0]!r} is an evaluation setting; set it under eval")
+                    raise RedgymError(f"{where}: {stray[0]!r} only affects evaluation; set it under eval")
                 train_cfg = _build(TRAINERS[arm.kind][0], {**exp.shared, **arm.train, **fixed, "eval_after": False},
                                    where)
             cells.append(Cell(arm.name, arm.kind, seed, Path(arm.name) / f"seed_{seed}", eval_cfg, train_cfg,
