@@ -8,7 +8,7 @@ import torch
 from redgym.config import load_config
 from redgym.models import SamplingParams
 from redgym.rollout import rollout
-from redgym.rollout.records import Conversation, Turn
+from redgym.rollout.records import Conversation
 from redgym.rollout.reward import RewardWeights, pair_reliability, reply_terms, score_conversations, score_exchanges
 from redgym.trainers import common, grpo, ppo
 from redgym.trainers.losses import group_advantages

@@ -151,7 +151,6 @@ def load_experiment(path: Path) -> ExperimentConfig:
 def expand_grid(exp: ExperimentConfig) -> list[Cell]:
     """Every (arm, seed) cell, seed-major (all arms of seed 0 first, the baseline arm first of all), with its
     configs built and validated."""
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     cells = []
     arms = sorted(exp.arms, key=lambda a: a.name != exp.baseline_arm)  # the baseline first: others compare to it
     for seed in exp.seeds + sorted({s for a in exp.arms for s in (a.seeds or []) if s not in exp.seeds}):

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from redgym.models.lm import LM
+from redgym.models.lm import LM, SamplingParams
+from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
+from redgym.rollout.reward import score_conversations
 
 
 @dataclass
@@ -53,3 +55,21 @@ def sibling_reply_terms(ep: Episodes, scores: dict, weights) -> list:
     terms = reply_terms(scores, weights)
     groups = ep.group.numpy()
     return [terms[groups == g] for g in sorted(set(groups.tolist()))]
+
+
+def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tuple[list[Conversation], dict]:
+    """Steps 1-2 of the policy-gradient trainers: the step's training prompts, each rolled out ``generations``
+    times (the adversary sampled with ``sampling`` from the merged copy, the defender answering
+    ``defender_samples`` times with the evaluation settings), then scored. Returns the conversations and
+    ``score_conversations``' arrays."""
+    from redgym.trainers.common import batch_indices
+
+    cfg, setup, policy = run.cfg, run.setup, run.policy
+    train_prompts = setup.split.train
+    batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step, cfg.seed)]
+    policy.model.eval()
+    policy.sync_sampler()
+    convs = [Conversation(p.id, p.turns) for p in batch for _ in range(generations)]
+    rollout_batch(convs, run.adversary, run.defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
+    scores = score_conversations(convs, setup.scorer, run.defender, setup.weights, setup.embedder, cfg.batch_size)
+    return convs, scores

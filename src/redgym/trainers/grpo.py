@@ -25,11 +25,9 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.rollout.engine import rollout_batch
-from redgym.rollout.records import Conversation
-from redgym.rollout.reward import pair_reliability, score_conversations
+from redgym.rollout.reward import pair_reliability
 from redgym.trainers import common
-from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, sibling_reply_terms
+from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import group_advantages, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ratio_deviation
 
 
@@ -115,26 +113,17 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
     """Run (or resume) GRPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = common.start_run(cfg, out, resume)
-    policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
-                                                            run.acc, run.opt, run.sched)
+    policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     start, counters = run.start, run.state.get("counters", {})
     rng = np.random.default_rng([cfg.seed, start])
-    train_prompts = setup.split.train
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
     for step in tqdm(range(start, cfg.steps), desc="train grpo", initial=start, total=cfg.steps, disable=not progress):
         t0 = time.time()
-        # 1 prompts, each rolled out G times
-        batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
-                                                                cfg.seed)]
-        # 2 roll out (adversary on-policy, K defender replies each) and score
-        policy.model.eval()
-        policy.sync_sampler()
-        convs = [Conversation(p.id, p.turns) for p in batch for _ in range(cfg.generations_per_prompt)]
-        rollout_batch(convs, adversary, defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
-        scores = score_conversations(convs, setup.scorer, defender, setup.weights, setup.embedder, cfg.batch_size)
+        # 1-2 the step's prompts, each rolled out G times (adversary on-policy, K defender replies), scored
+        convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
         t_roll = time.time() - t0
         common.release_memory()
         # 3 group-relative advantages, old and reference log-probs
