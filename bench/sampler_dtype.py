@@ -7,7 +7,7 @@ For SmolLM2-135M (LoRA r 16 on all linear layers, as the trainers build it) in f
   8 sequences through peft);
 - how much of a small adapter update survives the merge into the sampler: every LoRA weight moved by +-delta
   (delta 1e-4 and 1e-3, the size of one Adam step at those learning rates); the share of the policy's log-prob
-  change (adapter on vs off, on fixed text) that the merged copy reproduces.
+  change (adapter on vs off, on fixed text) that the merged copy reproduces: 1 - |merged - policy| / |policy - base|.
 Ends with one ``BENCH`` line of ratios.
 """
 
@@ -25,18 +25,21 @@ from redgym.trainers import common
 
 
 def kept_share(policy: common.Policy, delta: float, ctx, cont, pad) -> float:
-    """Share of the adapter's log-prob change that the merged sampler reproduces, after a +-delta update."""
+    """Share of the adapter's log-prob change that the merged sampler reproduces, after one +-delta step on every
+    LoRA weight from its initialisation (B from 0, A from its random init: the first Adam step at lr = delta)."""
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
             if "lora_" in n:
-                p.copy_(delta * torch.sign(torch.randn_like(p)))
+                p.add_(delta * torch.sign(torch.randn_like(p)))
     policy.sync_sampler()
     with torch.no_grad():
         want = common.sequence_logps(policy.model, ctx, cont, pad)
         base = common.sequence_logps(policy.ref_model, ctx, cont, pad)
         got = common.sequence_logps(policy.sampler.model, ctx, cont, pad)
-    return float((got - base).abs().sum() / (want - base).abs().sum())
+    # 1 - |sampler - policy| / |policy - base|: 1 = the sampler moved exactly as the policy did; 0 = its error is as
+    # large as the whole update (rounding erased it, or replaced it with noise)
+    return float(1 - (got - want).abs().sum() / (want - base).abs().sum())
 
 
 def main() -> None:
@@ -67,7 +70,14 @@ def main() -> None:
         common.sequence_logps(policy.model, ctx, cont, pad).sum().backward()
         train_s = time.time() - t
         policy.model.eval()
-        kept = {d: kept_share(policy, d, ctx, cont, pad) for d in (1e-4, 1e-3)}
+        init = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}
+        kept = {}
+        for d in (1e-4, 1e-3):
+            with torch.no_grad():
+                for n, p in policy.model.named_parameters():
+                    if n in init:
+                        p.copy_(init[n])
+            kept[d] = kept_share(policy, d, ctx, cont, pad)
         out[dtype] = (gen_s, train_s, kept)
         print(f"{dtype:9s} sample 16x24 {gen_s:.2f}s  train pass 8 seqs {train_s:.2f}s  update kept by the merged "
               f"sampler: delta 1e-4 {kept[1e-4]:.1%}, 1e-3 {kept[1e-3]:.1%}")
