@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from redgym.data.prompts import load_prompts
+from redgym.errors import RedgymError
+
 
 def toxic_span_splits(texts: list[str], scorer, threshold: float) -> list[tuple[str, str]]:
     """Every (first part, rest) split of ``texts`` at a word boundary whose rest scores above ``threshold``: the
@@ -13,3 +16,13 @@ def toxic_span_splits(texts: list[str], scorer, threshold: float) -> list[tuple[
         splits += [(" ".join(words[:c]), " ".join(words[c:])) for c in range(1, len(words))]
     tox = scorer([rest for _, rest in splits]) if splits else []
     return [s for s, t in zip(splits, tox) if t > threshold]
+
+
+def weak_pool(source: str, scorer, threshold: float, scorer_name: str = "") -> list[tuple[str, str]]:
+    """The toxic-span splits of a prompt source (IPO's weak pairs and the SFT baseline's examples); a one-line
+    error when none has a rest above ``threshold``."""
+    pool = toxic_span_splits([p.text for p in load_prompts(source, min_words=2)], scorer, threshold)
+    if not pool:
+        raise RedgymError(f"weak_prompts {source!r}: no split has a rest scoring above {threshold} "
+                          f"with scorer {scorer_name!r}")
+    return pool

@@ -22,8 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from redgym.config import _f
-from redgym.data.prompts import load_prompts
-from redgym.data.weak import toxic_span_splits  # noqa: F401 - part of this trainer's API
+from redgym.data.weak import toxic_span_splits, weak_pool  # noqa: F401 - toxic_span_splits: the tests' entry
 from redgym.errors import RedgymError
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
@@ -82,15 +81,6 @@ def pairs_from_groups(groups: list[SiblingGroup], adversary: LM, threshold: floa
     return pairs
 
 
-def split_at_random_word(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
-    """``"a b c d"`` -> (``"a b"``, ``"c d"``) at a random word boundary (both sides non-empty)."""
-    words = text.split()
-    if len(words) < 2:
-        return None
-    cut = int(rng.integers(1, len(words)))
-    return " ".join(words[:cut]), " ".join(words[cut:])
-
-
 def weak_pairs(n: int, pool: list[tuple[str, str]], adversary: LM, params, rng: np.random.Generator,
                batch_size: int, defender: LM | None = None, candidates: int = 1) -> list[PreferencePair]:
     """``n`` weak-supervision pairs from ``pool`` (``toxic_span_splits``): context = first part, chosen = its true
@@ -140,11 +130,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     run = common.start_run(cfg, out, resume)
     policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
                                                             run.acc, run.opt, run.sched)
-    pool = (toxic_span_splits([p.text for p in load_prompts(cfg.weak_prompts, min_words=2)], setup.scorer,
-                              cfg.toxic_threshold) if cfg.weak_supervision > 0 else [])
-    if cfg.weak_supervision > 0 and not pool:
-        raise RedgymError(f"weak_prompts {cfg.weak_prompts!r}: no split has a rest scoring above "
-                          f"{cfg.toxic_threshold} with scorer {cfg.scorer!r}")
+    pool = (weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
+            if cfg.weak_supervision > 0 else [])
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
     loss_fn = PREFERENCE_LOSSES[cfg.loss]

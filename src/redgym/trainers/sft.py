@@ -18,9 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from redgym.config import _f
-from redgym.data.prompts import load_prompts
-from redgym.data.weak import toxic_span_splits
-from redgym.errors import RedgymError
+from redgym.data.weak import weak_pool
 from redgym.models.lm import continuation_forward
 from redgym.trainers import common
 
@@ -35,11 +33,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
     # 0 setup: policy (LoRA), the taught examples
     run = common.start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
-    pool = toxic_span_splits([p.text for p in load_prompts(cfg.weak_prompts, min_words=2)], setup.scorer,
-                             cfg.toxic_threshold)
-    if not pool:
-        raise RedgymError(f"weak_prompts {cfg.weak_prompts!r}: no split has a rest scoring above "
-                          f"{cfg.toxic_threshold} with scorer {cfg.scorer!r}")
+    pool = weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
     tok, pad = policy.tokenizer, policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     counters = run.state.get("counters", {})
