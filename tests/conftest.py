@@ -74,3 +74,24 @@ def prompt_file(tmp_path) -> Path:
     p = tmp_path / "prompts.txt"
     p.write_text("\n".join(CORPUS[:9]) + "\n", encoding="utf-8")
     return p
+
+
+def contains_e(texts):
+    """A trivially learnable reward for trainer tests: does the utterance contain an 'e'?"""
+    return [float("e" in t) for t in texts]
+
+
+@pytest.fixture()
+def learnable_scorer(monkeypatch):
+    """Every run set up during the test scores with ``contains_e`` instead of its configured scorer."""
+    from redgym import setup
+
+    real = setup.prepare
+
+    def prepare(cfg, **kw):
+        s = real(cfg, **kw)
+        s.scorer = contains_e
+        return s
+
+    monkeypatch.setattr(setup, "prepare", prepare)
+    return contains_e

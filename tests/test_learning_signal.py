@@ -92,29 +92,13 @@ def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, pro
     assert gaps["on"] < 1e-4 and gaps["off"] > 0.05, gaps
 
 
-def _prepare_with(scorer):
-    from redgym import setup
-
-    real = setup.prepare
-
-    def prepare(cfg, **kw):
-        s = real(cfg, **kw)
-        s.scorer = scorer
-        return s
-
-    return prepare
 
 
-def letter_e(texts):
-    return [float("e" in t) for t in texts]
 
 
 @pytest.mark.parametrize("trainer", ["ppo", "grpo"])
-def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(trainer, tiny_model_dir, prompt_file,
-                                                                       tmp_path, monkeypatch):
-    from redgym import setup
-
-    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
+def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(trainer, learnable_scorer, tiny_model_dir,
+                                                                       prompt_file, tmp_path):
     mod, cls = {"ppo": (ppo, ppo.PPOConfig), "grpo": (grpo, grpo.GRPOConfig)}[trainer]
     cfg = _cfg(cls, tiny_model_dir, prompt_file, steps=4, lr="2e-2", prompts_per_step=8, micro_batch_size=4,
                generations_per_prompt=4, ppo_epochs=2, reward_target="adversary")
@@ -197,12 +181,10 @@ def test_group_advantages_by_hand():
     assert s[:3].tolist() == pytest.approx([0.5 / std0, -0.5 / std0, 0.0])
 
 
-def test_grpo_changes_the_adapter_with_finite_losses(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_model_dir, prompt_file,
+                                                     tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from redgym import setup
-
-    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
     out = tmp_path / "run"
     grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, defender_samples=2), out, progress=False)
     rows = _read(out)
@@ -214,10 +196,7 @@ def test_grpo_changes_the_adapter_with_finite_losses(tiny_model_dir, prompt_file
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
 
 
-def test_grpo_raises_a_learnable_reward(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    from redgym import setup
-
-    monkeypatch.setattr(setup, "prepare", _prepare_with(letter_e))
+def test_grpo_raises_a_learnable_reward(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=12, lr="1e-2", lora="false", kl_coef=0.0,
                prompts_per_step=4, generations_per_prompt=4, micro_batch_size=16, max_new_tokens=2,

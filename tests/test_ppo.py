@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from redgym.config import load_config
-from redgym import setup as evaluate  # the shared set-up layer; tests patch its prepare
 from redgym.trainers import ppo
 
 
@@ -22,17 +21,14 @@ def tiny_cfg(model_dir, prompt_file, **kw):
     return load_config(ppo.PPOConfig, None, base)
 
 
-def share_of_letter(texts):
-    """A trivially learnable reward: does the utterance contain an 'e'?"""
-    return [float("e" in t) for t in texts]
 
 
 def read_metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_ppo_raises_a_learnable_reward_and_changes_parameters(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+def test_ppo_raises_a_learnable_reward_and_changes_parameters(learnable_scorer, tiny_model_dir, prompt_file,
+                                                              tmp_path, monkeypatch):
     out = tmp_path / "run"
     # Full fine-tuning: on a 32-wide random model LoRA (which leaves the tied output layer alone) moves too slowly
     # for a seconds-long test; the LoRA path is exercised by the other tests.
@@ -49,10 +45,9 @@ def test_ppo_raises_a_learnable_reward_and_changes_parameters(tiny_model_dir, pr
     assert rows[-1]["objective/entropy"] < rows[0]["objective/entropy"] - 0.5  # the policy sharpened
 
 
-def test_lora_parameters_change(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+def test_lora_parameters_change(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
     out = tmp_path / "run"
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2), out, progress=False)
     adapter = load_file(str(out / "adversary" / "adapter_model.safetensors"))
@@ -61,8 +56,7 @@ def test_lora_parameters_change(tiny_model_dir, prompt_file, tmp_path, monkeypat
     assert all(np.isfinite(r["loss/policy"]) for r in read_metrics(out))
 
 
-def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+def test_runaway_kl_skips_the_update(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     # kl_stop below zero: any KL counts as runaway, so no update may happen
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, kl_stop=-1.0), out, progress=False)
@@ -71,8 +65,8 @@ def test_runaway_kl_skips_the_update(tiny_model_dir, prompt_file, tmp_path, monk
     assert all(np.isnan(r["loss/policy"]) for r in rows)
 
 
-def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(learnable_scorer, tiny_model_dir, prompt_file,
+                                                               tmp_path, monkeypatch):
     seen = []
     real = ppo.score_episodes
 
@@ -93,8 +87,7 @@ def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(tiny_model_dir, p
         assert float(last[sel].sum()) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+def test_value_head_is_saved_and_resumed(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, checkpoint_every=1), out, progress=False)
     ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
@@ -103,15 +96,6 @@ def test_value_head_is_saved_and_resumed(tiny_model_dir, prompt_file, tmp_path, 
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
-def _prepare_with(scorer):
-    real = evaluate.prepare
-
-    def prepare(cfg, **kw):
-        setup = real(cfg, **kw)
-        setup.scorer = scorer
-        return setup
-
-    return prepare
 
 
 @pytest.mark.parametrize("field,value,msg", [("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
@@ -137,8 +121,7 @@ def test_trainer_configs_redefine_only_intended_run_fields():
         assert {n for n in vars(cls).get("__annotations__", {}) if n in run} == intended, cls.__name__
 
 
-def test_the_seed_makes_training_reproducible(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "prepare", _prepare_with(share_of_letter))
+def test_the_seed_makes_training_reproducible(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     rows = {}
     for name in ("a", "b"):  # without set_seed at the start, the second run continues the first one's RNG stream
         ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, seed=3), tmp_path / name, progress=False)
