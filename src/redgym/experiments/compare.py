@@ -180,7 +180,7 @@ def _seed_dirs(arm_dir: Path, seeds: list[int] | None) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def load_experiment(folder: Path) -> list[Arm]:
+def read_experiment_folder(folder: Path) -> list[Arm]:
     """The arms of one experiment folder with every finished seed; the baseline arm first if not listed."""
     if not folder.is_dir():
         raise RedgymError(f"experiment folder {folder} does not exist")
@@ -217,7 +217,7 @@ def load_experiment(folder: Path) -> list[Arm]:
 
 def load_arms(dirs: list[Path]) -> list[Arm]:
     """Every experiment's arms; a name that occurs in several folders is prefixed with its folder's name."""
-    per_dir = [load_experiment(Path(d)) for d in dict.fromkeys(Path(d) for d in dirs)]
+    per_dir = [read_experiment_folder(Path(d)) for d in dict.fromkeys(Path(d) for d in dirs)]
     counts: dict[str, int] = {}
     for arms in per_dir:
         for a in arms:
