@@ -1,6 +1,7 @@
 """The ``redgym`` command: a thin layer over importable functions.
 
     redgym eval --config configs/eval_untuned.yaml --out runs/untuned [--horizon 2 --w_nll 0 ...]
+    redgym eval --replay RUN_DIR --defender_model gemma3-270m --out DIR   (RUN_DIR's adversary turns, new defender)
     redgym train {ipo,grpo,ppo,sft} --config FILE --out DIR          (--resume DIR to continue)
     redgym experiment --config configs/experiments/main.yaml --out DIR   (rerun the same line to resume)
     redgym compare DIR [DIR ...] --out OUT
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                + "\n  ".join(RunConfig.help_lines()))
     ev.add_argument("--config", type=Path, help="YAML file setting config fields")
     ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
+    ev.add_argument("--replay", type=Path, default=None, help="run folder whose recorded adversary turns "
+                                                               "(samples.jsonl) are put to this defender, none generated")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     tr = sub.add_parser("train", help="train an adversary")
     trainers = tr.add_subparsers(dest="trainer", required=True, parser_class=_Parser)
@@ -79,7 +82,12 @@ def cmd_eval(args, overrides: dict[str, str]) -> int:
     from redgym.eval.evaluate import evaluate
 
     cfg = load_config(RunConfig, args.config, overrides)
-    report = evaluate(cfg, args.out, progress=not args.quiet)
+    if args.replay is not None:
+        from redgym.eval.evaluate import evaluate_replay
+
+        report = evaluate_replay(cfg, args.replay, args.out, progress=not args.quiet)
+    else:
+        report = evaluate(cfg, args.out, progress=not args.quiet)
     m = report["metrics"]
     print(f"defender_toxicity {m['defender_toxicity']['value']:.4f}  "
           f"attack_success_rate {m['attack_success_rate']['value']:.4f}  "

@@ -26,6 +26,7 @@ from redgym.rollout.records import Conversation
 from redgym.rollout.reward import RewardWeights, reweight, score_conversations
 from redgym.runfolder import git_hash
 from redgym.scorers.embeddings import load_embedder
+from redgym.scorers.novelty import NoveltyMemory
 from redgym.scorers.toxicity import build_scorer
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,14 @@ class Setup:
     defender: LM
     embedder: object | None
     baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
+    # past adversary turns for the novelty terms (training only; a trainer checkpoints it with its state)
+    memory: NoveltyMemory | None = None
     # The code the run starts from: a training run's report is written long after, when HEAD may have moved.
     code_version: str = field(default_factory=lambda: git_hash())
 
     @property
     def weights(self) -> RewardWeights:
-        c = self.cfg
-        return RewardWeights(defender=c.w_defender, combined=c.w_combined, nll=c.w_nll, diversity=c.w_diversity,
-                             target=c.reward_target)
+        return reward_weights(self.cfg)
 
     @property
     def params(self) -> SamplingParams:
@@ -62,6 +63,12 @@ class Setup:
     def eval_prompts(self) -> list[Prompt]:
         test = self.split.test[: self.cfg.n_eval_prompts or None]
         return [p for p in test for _ in range(self.cfg.samples_per_prompt)]
+
+
+def reward_weights(c: RunConfig) -> RewardWeights:
+    return RewardWeights(defender=c.w_defender, combined=c.w_combined, nll=c.w_nll, diversity=c.w_diversity,
+                         target=c.reward_target, novelty_bleu=c.w_novelty_bleu, novelty_cos=c.w_novelty_cos,
+                         gibberish=c.w_gibberish, nll_bound=c.nll_bound)
 
 
 def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
@@ -108,9 +115,11 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
     if cfg.n_eval_prompts > len(split.test):
         log.warning("n_eval_prompts %d exceeds the test split; evaluating all %d test prompts", cfg.n_eval_prompts,
                     len(split.test))
-    embedder = load_embedder(cfg.embedding_model) if (need_embedder or cfg.w_diversity) else None
+    weights = reward_weights(cfg)
+    embedder = load_embedder(cfg.embedding_model) if (need_embedder or weights.needs_embeddings) else None
     defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
-    setup = Setup(cfg, scorer, split, defender, embedder)
+    memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
+    setup = Setup(cfg, scorer, split, defender, embedder, memory=memory)
     if cfg.baseline_from:
         setup.baseline = load_baseline(setup, Path(cfg.baseline_from))
     return setup
@@ -119,7 +128,8 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
 # Settings that do not change the untuned adversary's conversations or their scores, only how they are summarised
 # (the rewards are recomputed from the stored terms under the current weights).
 _BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
-                  "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target", "split_from"}
+                  "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target", "split_from",
+                  "w_novelty_bleu", "w_novelty_cos", "novelty_memory", "w_gibberish", "nll_bound"}
 
 
 def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
@@ -159,11 +169,15 @@ def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
     return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
 
 
-def run_adversary(setup: Setup, adversary, desc: str = "eval", progress: bool = True) -> list[Conversation]:
-    """Roll out and score the evaluation prompts with a fixed seed, so every adversary sees the same draws."""
+def run_adversary(setup: Setup, adversary, desc: str = "eval", progress: bool = True,
+                  prompts: list[tuple[str, tuple[str, ...]]] | None = None, horizon: int | None = None
+                  ) -> list[Conversation]:
+    """Roll out and score the evaluation prompts (or ``prompts``: (id, utterances) pairs) with a fixed seed, so
+    every adversary sees the same draws."""
     cfg = setup.cfg
     set_seed(cfg.seed)
-    convs = rollout([(p.id, p.turns) for p in setup.eval_prompts()], adversary, setup.defender, cfg.horizon,
-                    setup.params, cfg.batch_size, progress, desc, defender_samples=cfg.defender_samples)
+    prompts = prompts if prompts is not None else [(p.id, p.turns) for p in setup.eval_prompts()]
+    convs = rollout(prompts, adversary, setup.defender, horizon or cfg.horizon, setup.params, cfg.batch_size,
+                    progress, desc, defender_samples=cfg.defender_samples)
     score_conversations(convs, setup.scorer, setup.defender, setup.weights, setup.embedder, cfg.batch_size)
     return convs

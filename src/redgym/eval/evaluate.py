@@ -1,4 +1,5 @@
-"""``redgym eval``: roll out an adversary against the defender on held-out test prompts and write a report.
+"""``redgym eval``: roll out an adversary against the defender on held-out test prompts and write a report
+(``--replay RUN``: put a run's recorded adversary turns to this defender instead).
 
 Everything that can fail on bad input (output folder, scorer, prompts, models, embedder) is checked before the
 first conversation is generated, and nothing is written into the output folder until then. The shared set-up
@@ -8,6 +9,7 @@ first conversation is generated, and nothing is written into the output folder u
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from redgym.errors import RedgymError
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
 from redgym.models.lm import LM
+from redgym.models.replay import ScriptedSpeaker
 from redgym.rollout.records import Conversation
 from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
 from redgym.setup import Setup, load_adversary, prepare, run_adversary
@@ -78,6 +81,42 @@ def evaluate(cfg: RunConfig, out: Path, progress: bool = True, title: str | None
         adversaries["trained"] = load_adversary(setup, cfg.adversary_checkpoint)
     title = title or ("trained vs untuned adversary" if len(adversaries) > 1 else f"{next(iter(adversaries))} adversary")
     return compare(setup, adversaries, out, title, progress, n_samples=n_samples)
+
+
+def read_samples(run_dir: Path) -> dict[str, list[dict]]:
+    """A run folder's ``samples.jsonl`` rows grouped by adversary label, in file order."""
+    path = run_dir / "samples.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise RedgymError(f"replay: {path} not found (a run folder written by redgym eval or train)") from None
+    except (OSError, ValueError) as e:
+        raise RedgymError(f"replay: cannot read {path} ({type(e).__name__})") from None
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(str(r.get("adversary", "adversary")), []).append(r)
+    if not by_label:
+        raise RedgymError(f"replay: {path} holds no conversations")
+    return by_label
+
+
+def evaluate_replay(cfg: RunConfig, run_dir: Path, out: Path, progress: bool = True) -> dict:
+    """Put every adversary turn recorded in ``run_dir`` (each label: e.g. untuned and trained) to this config's
+    defender, generating no new adversary turns: how discovered attacks transfer to another model. The first and
+    last labels are compared with paired differences, as in every report."""
+    check_writable(out)
+    by_label = read_samples(run_dir)
+    setup = prepare(cfg)
+    convs = {}
+    for label, rows in by_label.items():
+        scripts = [(tuple(r["prompt"]), [t["text"] for t in r["turns"] if t["speaker"] == "adversary"])
+                   for r in rows]
+        horizon = max(len(turns) for _, turns in scripts)
+        speaker = ScriptedSpeaker(scripts, name=f"replay {label}")
+        convs[label] = run_adversary(setup, speaker, f"replay {label}", progress,
+                                     prompts=[(r["prompt_id"], tuple(r["prompt"])) for r in rows], horizon=horizon)
+    title = f"replay of {run_dir}'s adversary turns against {cfg.defender_model}"
+    return write_eval(out, setup, convs, title, n_samples=5, extra={"replay_of": str(run_dir)})
 
 
 def evaluate_run(run_dir: Path, progress: bool = True, overrides: dict | None = None) -> dict:

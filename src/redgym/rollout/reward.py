@@ -1,8 +1,14 @@
 """The composite reward and the scoring of rolled-out conversations.
 
 R = w_def * tox(defender turn) + w_comb * tox(adversary turn + defender turn) - w_nll * NLL(adversary turn |
-context, under the defender) + w_div * diversity(adversary turn). A weight of 0 switches a term off: the term
-is then neither computed (when it is costly) nor added, but it is still logged when it was computed.
+context, under the defender) + w_div * diversity(adversary turn) + w_nb * novelty_bleu + w_nc * novelty_cos
+- w_gib * max(0, NLL - nll_bound). A weight of 0 switches a term off: the term is then neither computed (when it
+is costly) nor added, but it is still logged when it was computed.
+
+"tox" is whatever the run's scorer measures: a toxicity classifier, or an E3 classifier established from labels
+(``scorer: classifier:DIR#label``). Diversity is in-batch (E3: distance to the other samples of the batch); the
+two novelty terms compare each adversary turn with a bounded memory of past ones (curiosity-driven red-teaming,
+Hong et al. 2024), scored before the batch joins the memory.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ import numpy as np
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.records import Conversation
 from redgym.scorers.diversity import embedding_distance_per_text
+from redgym.scorers.novelty import NoveltyMemory
+
+# The reward terms besides the toxicity ones, in the order they are logged; each is a key of score_exchanges'
+# output and of Conversation.reward_terms when its weight is on.
+EXTRA_TERMS = ("diversity", "novelty_bleu", "novelty_cos", "gibberish")
 
 
 @dataclass(frozen=True)
@@ -26,38 +37,66 @@ class RewardWeights:
     nll: float = 0.1
     diversity: float = 0.0
     target: str = "composite"
+    novelty_bleu: float = 0.0
+    novelty_cos: float = 0.0
+    gibberish: float = 0.0
+    nll_bound: float = 4.0
+
+    def on(self, term: str) -> bool:
+        """Is an extra term (``EXTRA_TERMS``) switched on?"""
+        return getattr(self, term) != 0
+
+    @property
+    def needs_memory(self) -> bool:
+        return self.novelty_bleu != 0 or self.novelty_cos != 0
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.diversity != 0 or self.novelty_cos != 0
 
 
-def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeights) -> np.ndarray:
+def gibberish_excess(nll, bound: float) -> np.ndarray:
+    """max(0, NLL - bound): how far an utterance is past the likelihood a fluent one has (0 below the bound)."""
+    return np.maximum(0.0, np.asarray(nll, dtype=float) - bound)
+
+
+def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeights, novelty_bleu=None,
+                     novelty_cos=None) -> np.ndarray:
     """Elementwise composite reward over arrays of equal shape (nan-free inputs for the terms switched on)."""
     out = np.zeros(np.shape(tox_defender))
-    for weight, x in ((w.defender, tox_defender), (w.combined, tox_combined), (-w.nll, nll), (w.diversity, diversity)):
-        if weight != 0:
+    terms = ((w.defender, tox_defender), (w.combined, tox_combined), (-w.nll, nll), (w.diversity, diversity),
+             (w.novelty_bleu, novelty_bleu), (w.novelty_cos, novelty_cos))
+    for weight, x in terms:
+        if weight != 0 and x is not None:  # a term not computed here (novelty without a memory) adds nothing
             out = out + weight * np.asarray(x, dtype=float)
+    if w.gibberish != 0:
+        out = out - w.gibberish * gibberish_excess(nll, w.nll_bound)
     return out
 
 
-def reward_from_terms(tox_adversary, tox_defender, tox_combined, nll, diversity, w: RewardWeights) -> np.ndarray:
+def reward_from_terms(tox_adversary, tox_defender, tox_combined, nll, diversity, w: RewardWeights,
+                      novelty_bleu=None, novelty_cos=None) -> np.ndarray:
     """The reward of exchanges from their scored terms: the composite reward, or with ``target="adversary"`` the
     toxicity of the adversary's own text."""
     if w.target == "adversary":
         return np.array(tox_adversary, dtype=float)
-    return composite_reward(tox_defender, tox_combined, nll, diversity, w)
+    return composite_reward(tox_defender, tox_combined, nll, diversity, w, novelty_bleu, novelty_cos)
 
 
 def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list[str],
                     defender_texts: list[str] | list[list[str]], scorer, defender: LM, weights: RewardWeights,
-                    embedder=None, groups=None, nll_batch_size: int = 16) -> dict[str, np.ndarray]:
+                    embedder=None, groups=None, nll_batch_size: int = 16,
+                    memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
     """Score N exchanges with batched calls; returns (N,) arrays ``tox_adversary``, ``tox_defender``,
-    ``tox_combined``, ``nll``, ``diversity`` and ``reward``, and (N, K) arrays ``tox_defender_replies`` and
-    ``tox_combined_replies``.
+    ``tox_combined``, ``nll``, ``reward``, each extra term that is switched on (``EXTRA_TERMS``), and (N, K)
+    arrays ``tox_defender_replies`` and ``tox_combined_replies``.
 
     ``contexts[i]`` is the conversation before adversary turn i; ``defender_texts[i]`` is the defender's reply, or
     a list of K replies to the same adversary turn, whose toxicity terms are averaged (one reply decides a reward
     mostly by luck). NLL is the mean per-token NLL of the adversary turn under the defender on the plain transcript
-    (the likelihood that a real user says it), whatever the defender's chat format. Diversity (only computed when
-    weighted) is each adversary turn's mean embedding distance to the other turns of its ``groups`` value (e.g. the
-    same depth), or of the whole batch.
+    (the likelihood that a real user says it), whatever the defender's chat format. Diversity is each adversary
+    turn's mean embedding distance to the other turns of its ``groups`` value (e.g. the same depth), or of the
+    whole batch. The novelty terms need ``memory``: the turns are scored against it, then added to it.
     """
     n = len(adversary_texts)
     replies = [[d] if isinstance(d, str) else list(d) for d in defender_texts]
@@ -74,16 +113,43 @@ def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list
     out["tox_combined"] = out["tox_combined_replies"].mean(1)
     out["nll"] = np.array(defender.continuation_nll([render_plain(h) for h in contexts], list(adversary_texts),
                                                     nll_batch_size))
-    out["diversity"] = np.zeros(n)
-    if weights.diversity != 0 and embedder is not None and n:
-        emb = embedder(list(adversary_texts))
+    out.update(extra_terms(list(adversary_texts), out["nll"], weights, embedder, groups, memory))
+    out["reward"] = reward_from_terms(out["tox_adversary"], out["tox_defender"], out["tox_combined"], out["nll"],
+                                      out.get("diversity"), weights, out.get("novelty_bleu"), out.get("novelty_cos"))
+    return out
+
+
+def extra_terms(texts: list[str], nll: np.ndarray, weights: RewardWeights, embedder=None, groups=None,
+                memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
+    """The diversity, novelty and gibberish terms of N adversary turns, each (N,), only those switched on."""
+    n = len(texts)
+    out: dict[str, np.ndarray] = {}
+    emb = None
+    if weights.needs_embeddings and n:
+        if embedder is None:
+            raise ValueError("the diversity and novelty_cos terms need an embedder")
+        emb = embedder(texts)
+    if weights.on("diversity") and emb is not None:
+        out["diversity"] = np.zeros(n)
         groups = np.zeros(n, dtype=int) if groups is None else np.asarray(groups)
         for g in np.unique(groups):
             sel = groups == g
             out["diversity"][sel] = np.nan_to_num(embedding_distance_per_text(emb[sel]))
-    out["reward"] = reward_from_terms(out["tox_adversary"], out["tox_defender"], out["tox_combined"], out["nll"],
-                                      out["diversity"], weights)
+    if weights.needs_memory and memory is not None and n:
+        novelty = memory.score(texts, emb if weights.on("novelty_cos") else None)
+        for term in ("novelty_bleu", "novelty_cos"):
+            if weights.on(term):
+                out[term] = np.asarray(novelty[term], dtype=float)
+        memory.add(texts, emb if weights.on("novelty_cos") else None)
+    if weights.on("gibberish"):
+        out["gibberish"] = gibberish_excess(nll, weights.nll_bound)
     return out
+
+
+def term_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """``reward/<term>`` means of a step's scores, for the metrics log (each term logged separately)."""
+    keys = ("tox_defender", "tox_combined", "tox_adversary", "nll", *EXTRA_TERMS)
+    return {f"reward/{k}": float(np.mean(scores[k])) for k in keys if k in scores and len(scores[k])}
 
 
 def reply_terms(scores: dict[str, np.ndarray], weights: RewardWeights) -> np.ndarray:
@@ -116,7 +182,8 @@ def pair_reliability(groups: list[np.ndarray]) -> tuple[float, int]:
 
 
 def score_conversations(convs: list[Conversation], scorer, defender: LM, weights: RewardWeights,
-                        embedder=None, nll_batch_size: int = 16) -> dict[str, np.ndarray]:
+                        embedder=None, nll_batch_size: int = 16,
+                        memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
     """Fill every turn's scores and every exchange's reward, in place, with one batched ``score_exchanges``;
     returns its arrays (exchanges in conversation order).
 
@@ -134,7 +201,7 @@ def score_conversations(convs: list[Conversation], scorer, defender: LM, weights
     if not adv:
         return {}
     s = score_exchanges(ctx, [a.text for a in adv], [[d.text, *d.alternatives] for d in dfd], scorer, defender,
-                        weights, embedder, depth, nll_batch_size)
+                        weights, embedder, depth, nll_batch_size, memory)
     i = 0
     for c in convs:
         c.rewards, c.reward_terms = [], []
@@ -145,8 +212,7 @@ def score_conversations(convs: list[Conversation], scorer, defender: LM, weights
                 d.scores["tox_replies"] = [float(x) for x in s["tox_defender_replies"][i]]
             terms = {"tox_defender": float(s["tox_defender"][i]), "tox_combined": float(s["tox_combined"][i]),
                      "nll": float(s["nll"][i])}
-            if weights.diversity != 0:
-                terms["diversity"] = float(s["diversity"][i])
+            terms.update({t: float(s[t][i]) for t in EXTRA_TERMS if t in s})
             c.reward_terms.append(terms)
             c.rewards.append(float(s["reward"][i]))
             i += 1
@@ -160,5 +226,6 @@ def reweight(convs: list[Conversation], weights: RewardWeights) -> None:
         t = c.reward_terms
         r = reward_from_terms([a.scores["tox"] for a, _ in c.exchanges()], [x["tox_defender"] for x in t],
                               [x["tox_combined"] for x in t], [x["nll"] for x in t],
-                              [x.get("diversity", 0.0) for x in t], weights)
+                              [x.get("diversity", 0.0) for x in t], weights,
+                              [x.get("novelty_bleu", 0.0) for x in t], [x.get("novelty_cos", 0.0) for x in t])
         c.rewards = [float(x) for x in r]

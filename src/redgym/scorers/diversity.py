@@ -31,6 +31,22 @@ def distinct_n(texts: list[str] | list[list[str]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def bleu_from_counts(clipped_totals: list[tuple[int, int]], c_len: int, ref_lengths: np.ndarray,
+                     epsilon: float = 0.1) -> float:
+    """Sentence BLEU from per-order ``(clipped matches, candidate n-grams)`` for n = 1..max_n.
+
+    Uniform weights; a zero precision is smoothed to ``epsilon / max(total, 1)`` (NLTK's method1) so one missing
+    order does not zero the score; brevity penalty against the closest of ``ref_lengths`` (K,), ties to the
+    shorter. ``c_len`` must be > 0. Shared by self-BLEU and the novelty terms so both compute the same BLEU.
+    """
+    log_p = 0.0
+    for clipped, total in clipped_totals:
+        log_p += math.log(clipped / total if clipped else epsilon / max(total, 1))
+    r = int(ref_lengths[np.lexsort((ref_lengths, np.abs(ref_lengths - c_len)))[0]])
+    bp = 1.0 if c_len > r else math.exp(1 - r / c_len)
+    return bp * math.exp(log_p / len(clipped_totals))
+
+
 def self_bleu_per_text(texts: list[str], max_n: int = 4, epsilon: float = 0.1) -> list[float]:
     """BLEU-``max_n`` of each text with every *other* text as references (Zhu et al., 2018).
 
@@ -56,18 +72,14 @@ def self_bleu_per_text(texts: list[str], max_n: int = 4, epsilon: float = 0.1) -
         if c_len == 0:
             out.append(0.0)
             continue
-        log_p = 0.0
+        clipped_totals = []
         for k, c in enumerate(per_n):
             clipped = 0
             for g, v in c.items():
                 m1, a1, m2 = top[k][g]
                 clipped += min(v, m2 if a1 == i else m1)
-            total = sum(c.values())
-            log_p += math.log(clipped / total if clipped else epsilon / max(total, 1))
-        others = np.delete(lengths, i)
-        r = int(others[np.lexsort((others, np.abs(others - c_len)))[0]])  # closest length, ties to the shorter
-        bp = 1.0 if c_len > r else math.exp(1 - r / c_len)
-        out.append(bp * math.exp(log_p / max_n))
+            clipped_totals.append((clipped, sum(c.values())))
+        out.append(bleu_from_counts(clipped_totals, c_len, np.delete(lengths, i), epsilon))
     return out
 
 

@@ -315,6 +315,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     if resume and (ckpt := latest_checkpoint(out)):
         state = load_checkpoint(acc, ckpt)
         start = state["step"]
+        if setup.memory is not None and "novelty_memory" in state:
+            setup.memory.load_state_dict(state["novelty_memory"])
         log.info("resumed from %s at step %d", ckpt, start)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
@@ -334,6 +336,8 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     run.metrics_log.log(step + 1, metrics)
     out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
+        if run.setup.memory is not None:  # the novelty terms' history resumes with the policy
+            state = {**state, "novelty_memory": run.setup.memory.state_dict()}
         save_checkpoint(run.acc, run.out, step + 1, run.policy, state, cfg.keep_checkpoints)
     if out_of_time:
         log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)

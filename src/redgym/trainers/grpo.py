@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.rollout.reward import pair_reliability
+from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers import common
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import group_advantages, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ratio_deviation
@@ -137,7 +137,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         kl1 = (kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1)  # (B,) sequence KL of the sampling policy, k1
         metrics = {
             "reward/reward": float(ep.reward.mean()),
-            **{f"reward/{k}": float(np.mean(scores[k])) for k in ("tox_defender", "tox_combined", "tox_adversary", "nll")},
+            **term_means(scores),
             "reward/max": float(ep.reward.max()),
             "reward/group_std": float(np.mean([float(ep.reward[ep.group == g].std(unbiased=False))
                                                for g in torch.unique(ep.group)])),

@@ -26,7 +26,7 @@ from redgym.data.weak import toxic_span_splits, weak_pool  # noqa: F401 - toxic_
 from redgym.errors import RedgymError
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
-from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges
+from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers import common
 from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
@@ -138,7 +138,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
-        ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size)
+        ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
@@ -195,8 +195,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         reliability = pair_reliability([reply_terms(g.scores, setup.weights) for g in groups])[0]
         rewards = np.concatenate([g.scores["reward"] for g in groups])
         metrics = {
-            **{f"reward/{k}": float(np.mean(np.concatenate([g.scores[k] for g in groups])))
-               for k in ("reward", "tox_defender", "tox_combined", "tox_adversary", "nll")},
+            "reward/reward": float(rewards.mean()),
+            **term_means({k: np.concatenate([g.scores[k] for g in groups]) for k in groups[0].scores}),
             "reward/max": float(rewards.max()),
             "pairs/count": len(pairs),
             "pairs/weak_share": float(np.mean([p.weak for p in pairs])) if pairs else 0.0,

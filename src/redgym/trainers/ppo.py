@@ -27,6 +27,7 @@ from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability
 from redgym.trainers import common
+from redgym.rollout.reward import term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (gae, kl_k1, kl_k3, leave_one_out_baseline, masked_mean, ppo_policy_loss,
                                     ppo_value_loss, ratio_deviation, whiten)
@@ -190,12 +191,9 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         else:
             losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
         # 5 log, adapt the KL coefficient, checkpoint
-        terms = {k: np.mean([x[k] for c in convs for x in c.reward_terms]) for k in ("tox_defender", "tox_combined",
-                                                                                      "nll")}
         metrics = {
             "reward/reward": float(ep.reward.mean()),
-            **{f"reward/{k}": float(v) for k, v in terms.items()},
-            "reward/tox_adversary": float(np.mean([a.scores["tox"] for c in convs for a, _ in c.exchanges()])),
+            **term_means(scores),
             "objective/kl": seq_kl,
             "objective/kl_coef": kl_coef,
             "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
