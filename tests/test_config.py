@@ -80,3 +80,13 @@ def test_every_shipped_experiment_expands(path):
     assert {c.arm for c in cells} == {a.name for a in exp.arms}
     # budgets are steps: a trained arm's length never depends on machine speed
     assert all(c.train_cfg.max_minutes == 0 for c in cells if c.train_cfg is not None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_config_builds_its_steps(path, tmp_path):
+    from redgym.pipelines.e3 import pipeline_configs
+
+    explore_cfg, establish_cfg, experiment = pipeline_configs(path, tmp_path / "out")
+    assert explore_cfg.n_samples >= 2000 and explore_cfg.clusters >= 50  # the explore scale
+    assert establish_cfg.samples == str(tmp_path / "out" / "explore")
+    assert len(experiment["seeds"]) >= 2 and set(experiment["arms"]) == {"untuned", "exploit", "exploit_diverse"}

@@ -5,6 +5,8 @@
     redgym train {ipo,grpo,ppo,sft} --config FILE --out DIR          (--resume DIR to continue)
     redgym experiment --config configs/experiments/main.yaml --out DIR   (rerun the same line to resume)
     redgym compare DIR [DIR ...] --out OUT
+    redgym explore / establish / exploit --config FILE --out DIR          (E3, one step each)
+    redgym pipeline e3 --config configs/e3_demo.yaml --out DIR            (E3 end to end, resumable)
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
 """
@@ -69,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True, help="experiment folder; finished arms in it are skipped")
     ex.add_argument("--only", default=None, help="comma list of arm names to run now (the grid in parts)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, text in (("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label"),
+                       ("establish", "E3 step 2: labels -> a classifier, saved as a scorer")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--config", type=Path, help="YAML file setting config fields")
+        sp.add_argument("--out", type=Path, required=True, help="output folder")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    xp = sub.add_parser("exploit", help="E3 step 3: train an adversary against a classifier with diversity terms")
+    xp.add_argument("--config", type=Path, help="YAML: trainer, classifier and the trainer's fields")
+    xp.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
+    xp.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl = sub.add_parser("pipeline", help="multi-step jobs")
+    pipes = pl.add_subparsers(dest="pipeline", required=True, parser_class=_Parser)
+    e3 = pipes.add_parser("e3", help="explore -> establish -> exploit into one folder and report.md (resumable)")
+    e3.add_argument("--config", type=Path, required=True, help="YAML with explore, establish and exploit sections")
+    e3.add_argument("--out", type=Path, required=True, help="pipeline folder")
+    e3.add_argument("--quiet", action="store_true", help="no progress bars")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
@@ -150,7 +168,46 @@ def cmd_compare(args, overrides: dict[str, str]) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval, "train": cmd_train, "experiment": cmd_experiment, "compare": cmd_compare}
+def cmd_explore(args, overrides: dict[str, str]) -> int:
+    from redgym.pipelines.explore import ExploreConfig, explore
+
+    s = explore(load_config(ExploreConfig, args.config, overrides), args.out, progress=not args.quiet)
+    print(f"{s['n_samples']} samples, {s['clusters']} clusters, {s['subsample']} to label in "
+          f"{args.out / 'samples.csv'} ({s['time_total_s']} s)")
+    return 0
+
+
+def cmd_establish(args, overrides: dict[str, str]) -> int:
+    from redgym.pipelines.establish import EstablishConfig, establish
+
+    r = establish(load_config(EstablishConfig, args.config, overrides), args.out, progress=not args.quiet)
+    f1 = r["heldout"]["macro_f1"]
+    print(f"held-out macro-F1 {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}]  scorer: {r['scorer']}")
+    return 0
+
+
+def cmd_exploit(args, overrides: dict[str, str]) -> int:
+    from redgym.pipelines.exploit import exploit
+
+    report = exploit(args.config, args.out, overrides, progress=not args.quiet)
+    d = report["differences"]["defender_toxicity"]
+    print(f"harm score of the defender, trained - untuned {d['value']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_pipeline(args, overrides: dict[str, str]) -> int:
+    from redgym.pipelines.e3 import run_e3
+
+    if overrides:
+        raise RedgymError("pipeline: set fields in the pipeline YAML, not on the command line "
+                          f"(got {', '.join('--' + k for k in overrides)})")
+    print(f"report: {run_e3(args.config, args.out, progress=not args.quiet)}")
+    return 0
+
+
+COMMANDS = {"explore": cmd_explore, "establish": cmd_establish, "exploit": cmd_exploit, "pipeline": cmd_pipeline,
+            "eval": cmd_eval, "train": cmd_train, "experiment": cmd_experiment, "compare": cmd_compare}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 

@@ -53,16 +53,19 @@ class Setup:
 
     @property
     def params(self) -> SamplingParams:
-        """Evaluation sampling (ASTPrompter's settings), used by both speakers in evaluation and by the defender
-        in training."""
-        c = self.cfg
-        return SamplingParams(max_new_tokens=c.max_new_tokens, min_new_tokens=c.min_new_tokens,
-                              temperature=c.temperature, top_p=c.top_p, repetition_penalty=c.repetition_penalty,
-                              top_k=c.top_k)
+        return eval_params(self.cfg)
 
     def eval_prompts(self) -> list[Prompt]:
         test = self.split.test[: self.cfg.n_eval_prompts or None]
         return [p for p in test for _ in range(self.cfg.samples_per_prompt)]
+
+
+def eval_params(c: RunConfig) -> SamplingParams:
+    """Evaluation sampling (ASTPrompter's settings), used by both speakers in evaluation and by the defender in
+    training."""
+    return SamplingParams(max_new_tokens=c.max_new_tokens, min_new_tokens=c.min_new_tokens,
+                          temperature=c.temperature, top_p=c.top_p, repetition_penalty=c.repetition_penalty,
+                          top_k=c.top_k)
 
 
 def reward_weights(c: RunConfig) -> RewardWeights:

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from redgym.errors import RedgymError
-from redgym.models.loading import package_dir
+from redgym.assets import package_dir
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ Names: a known offline name (``smollm2-135m``: the GGUF shipped inside the ``llm
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from redgym.assets import package_dir
 from redgym.errors import RedgymError
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,6 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     return Path(os.environ.get("REDGYM_CACHE", Path.home() / ".cache" / "redgym"))
-
-
-def package_dir(dist: str, module: str) -> Path:
-    """Folder of an installed package, found without importing (executing) it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise RedgymError(f"package {dist} is not installed (run `make install`, or pip install {dist})")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _smollm2_gguf() -> Path:

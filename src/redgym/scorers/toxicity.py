@@ -7,6 +7,9 @@
   checkpoint (downloaded on first use, so online only, unless the torch hub cache already has it).
 - ``hf:<model id or folder>[#label]``: any transformers text-classification model, scored as the probability of
   ``label`` (default: the first label whose name contains "toxic", "hate" or "offensive").
+- ``classifier:<folder>[#label]``: a classifier trained on your own labelled texts (``scorers/classifier.py``:
+  logistic regression over MiniLM embeddings, or a fine-tuned encoder), scored as the probability of ``label``
+  (default: its positive label, or the second of two labels).
 """
 
 from __future__ import annotations
@@ -94,4 +97,9 @@ def build_scorer(name: str, device: str = "cpu") -> Scorer:
         return detoxify_scorer(name.partition(":")[2] or "original", device)
     if name.startswith("hf:") and len(name) > 3:
         return hf_classifier_scorer(name[3:], device)
-    raise RedgymError(f"unknown scorer {name!r}: use profanity, detoxify[:variant] or hf:<model>[#label]")
+    if name.startswith("classifier:") and len(name) > len("classifier:"):
+        from redgym.scorers.classifier import load_classifier_scorer  # lazy: sklearn/safetensors only when used
+
+        return load_classifier_scorer(name[len("classifier:"):], device)
+    raise RedgymError(f"unknown scorer {name!r}: use profanity, detoxify[:variant], hf:<model>[#label] "
+                      "or classifier:<folder>[#label]")

@@ -1,0 +1,124 @@
+"""``redgym pipeline e3``: Explore -> Establish -> Exploit end to end, into one folder with one ``report.md``.
+
+    redgym pipeline e3 --config configs/e3_demo.yaml --out runs/e3      (rerun the same line to resume)
+
+The YAML has one section per step:
+
+    explore:   {...}        # ExploreConfig fields (pipelines/explore.py)
+    establish: {...}        # EstablishConfig fields; `samples` is the explore folder
+    exploit:
+      seeds: [0, 1]
+      shared: {...}         # RunConfig fields of every arm (the scorer is set to the established classifier)
+      eval: {...}           # evaluation-only fields
+      trainer: grpo
+      train: {...}          # the trainer's fields, both trained arms
+      diversity: {...}      # the fields the `diverse` arm adds (diversity, novelty, entropy terms)
+
+The exploit step is a ``redgym experiment`` (its YAML written to ``exploit.yaml``): arms ``untuned``, ``exploit``
+(the harm term alone) and ``exploit_diverse`` (with the diversity terms), over the seeds, on the same held-out
+prompts. Finished steps are skipped when the pipeline runs again; the experiment resumes cell by cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from redgym.config import load_config
+from redgym.errors import RedgymError
+from redgym.experiments.runner import run_experiment
+from redgym.pipelines.establish import EstablishConfig, establish
+from redgym.pipelines.explore import ExploreConfig, explore
+from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable
+
+SECTIONS = {"explore", "establish", "exploit"}
+EXPLOIT_KEYS = {"seeds", "split_seed", "shared", "eval", "trainer", "train", "diversity", "transfer_defenders"}
+
+
+def _section(data: dict, name: str, where: str) -> dict:
+    x = data.get(name) or {}
+    if not isinstance(x, dict):
+        raise RedgymError(f"{where}: {name} must be a mapping of key: value")
+    return x
+
+
+def load_pipeline(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RedgymError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RedgymError(f"config file {path} is not readable YAML ({type(e).__name__})") from None
+    where = f"config file {path}"
+    if not isinstance(data, dict) or set(data) - SECTIONS:
+        raise RedgymError(f"{where}: expected the sections {', '.join(sorted(SECTIONS))}")
+    ex = _section(data, "exploit", where)
+    bad = sorted(set(ex) - EXPLOIT_KEYS)
+    if bad:
+        raise RedgymError(f"{where}: exploit: unknown key {bad[0]!r} (known: {', '.join(sorted(EXPLOIT_KEYS))})")
+    return {name: _section(data, name, where) for name in SECTIONS}
+
+
+def exploit_experiment(ex: dict, scorer: str) -> dict:
+    """The exploit step as an experiment mapping: untuned, the trainer with the harm term alone, and with the
+    diversity terms added; every arm scored by the established classifier."""
+    trainer = ex.get("trainer", "grpo")
+    train = dict(ex.get("train") or {})
+    return {
+        "seeds": ex.get("seeds", [0, 1]), "split_seed": ex.get("split_seed", 0),
+        "shared": {**(ex.get("shared") or {}), "scorer": scorer}, "eval": dict(ex.get("eval") or {}),
+        "transfer_defenders": ex.get("transfer_defenders", []),
+        "arms": {"untuned": {"kind": "untuned"},
+                 "exploit": {"kind": trainer, "train": train},
+                 "exploit_diverse": {"kind": trainer, "train": {**train, **(ex.get("diversity") or {})}}},
+    }
+
+
+def pipeline_configs(path: Path, out: Path) -> tuple[ExploreConfig, EstablishConfig, dict]:
+    """Every step's config, built and checked (a bad field is reported before the first model loads)."""
+    from redgym.experiments.runner import expand_grid, parse_experiment
+
+    spec = load_pipeline(path)
+    where = f"config file {path}"
+    try:
+        explore_cfg = load_config(ExploreConfig, None, spec["explore"])
+        establish_cfg = load_config(EstablishConfig, None, {**spec["establish"], "samples": str(out / "explore")})
+    except RedgymError as e:
+        raise RedgymError(f"{where}: {e}") from None
+    scorer = f"classifier:{out / 'establish' / 'classifier'}#{establish_cfg.positive_label}"
+    experiment = exploit_experiment(spec["exploit"], scorer)
+    expand_grid(parse_experiment(experiment, f"{where}: exploit"))
+    return explore_cfg, establish_cfg, experiment
+
+
+def run_e3(path: Path, out: Path, progress: bool = True) -> Path:
+    """Run (or resume) the three steps into ``out``; returns the report path."""
+    check_writable(out)
+    explore_cfg, establish_cfg, experiment = pipeline_configs(path, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "explore" / "explore.json").exists():
+        explore(explore_cfg, out / "explore", progress)
+    if not (out / "establish" / "establish.json").exists():
+        establish(establish_cfg, out / "establish", progress)
+    atomic_write(out / "exploit.yaml", yaml.safe_dump(experiment, sort_keys=False))
+    run_experiment(out / "exploit.yaml", out / "exploit", progress=progress)
+    report = out / "report.md"
+    atomic_write(report, e3_report(out))
+    return report
+
+
+def e3_report(out: Path) -> str:
+    """One page: what explore found, how good the established classifier is, and what exploit did."""
+    parts = ["# E3: Explore → Establish → Exploit", "", f"> {CONTENT_WARNING}", ""]
+    for step, md in (("explore", "explore.md"), ("establish", "establish.md")):
+        text = (out / step / md).read_text(encoding="utf-8").split("\n")
+        body = [x.replace("](", f"]({step}/") if x.startswith("![") else x for x in text if not x.startswith(("# ", "> "))]
+        parts += [f"## {step.capitalize()}", *body]
+    comparison = out / "exploit" / "comparison.md"
+    parts += ["## Exploit", "", "Arms over seeds on the same held-out prompts, scored by the established classifier "
+              "(`exploit.yaml`): `exploit` has the harm term alone, `exploit_diverse` adds the diversity terms.", ""]
+    if comparison.exists():
+        text = comparison.read_text(encoding="utf-8").split("\n")
+        parts += [x.replace("](plots/", "](exploit/plots/") for x in text if not x.startswith(("# ", "> "))]
+    return "\n".join(parts) + "\n"

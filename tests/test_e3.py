@@ -1,0 +1,158 @@
+"""E3: explore (balanced subsample), establish (labels -> a classifier that reloads as a scorer), the LLM judge,
+and the pipeline's exploit experiment."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from redgym.cli import main
+from redgym.pipelines.e3 import exploit_experiment
+from redgym.pipelines.explore import balanced_subsample
+
+
+def test_the_subsample_is_balanced_across_clusters():
+    ids = np.array([0] * 10 + [1] * 2 + [2] * 5)
+    picked = balanced_subsample(ids, per_cluster=3, seed=0)
+    assert np.bincount(ids[picked]).tolist() == [3, 2, 3]  # cluster 1 gives all it has
+    assert len(set(picked.tolist())) == len(picked)
+    assert (balanced_subsample(ids, 3, seed=0) == picked).all()  # seeded
+
+
+def _common(tiny_model_dir, prompt_file):
+    return ["--adversary_model", str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts",
+            str(prompt_file), "--max_new_tokens", "6", "--test_fraction", "0.3", "--quiet"]
+
+
+def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "explore"
+    args = ["explore", "--out", str(out), *_common(tiny_model_dir, prompt_file), "--n_samples", "40",
+            "--clusters", "4", "--per_cluster", "3", "--batch_size", "16"]
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (out / "all_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and {r["cluster"] for r in rows} == {0, 1, 2, 3}
+    with open(out / "samples.csv", encoding="utf-8") as f:
+        sub = list(csv.DictReader(f))
+    sizes = np.bincount([r["cluster"] for r in rows], minlength=4)
+    per = np.bincount([int(r["cluster"]) for r in sub], minlength=4)
+    assert per.tolist() == np.minimum(sizes, 3).tolist()
+    assert all(r["label"] == "" for r in sub) and (out / "clusters.png").stat().st_size > 0
+    summary = json.loads((out / "explore.json").read_text())
+    assert summary["n_samples"] == 40 and summary["cluster_sizes"] == sizes.tolist()
+
+
+def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer(tiny_model_dir, prompt_file,
+                                                                                  tmp_path):
+    from redgym.scorers.toxicity import build_scorer
+
+    out = tmp_path / "explore"
+    assert main(["explore", "--out", str(out), *_common(tiny_model_dir, prompt_file), "--n_samples", "24",
+                 "--clusters", "3", "--per_cluster", "8"]) == 0
+    with open(out / "samples.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):  # a human's labels: alternate, so both classes are present
+        r["label"] = "harmful" if i % 2 else "harmless"
+    with open(out / "samples.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    est = tmp_path / "establish"
+    assert main(["establish", "--out", str(est), "--samples", str(out), "--use_all", "false", "--labels_from",
+                 "human", "--human_labels", str(out / "samples.csv"), "--agreement_with", "none",
+                 "--pyrit_check", "false", "--cv_folds", "2", "--quiet"]) == 0
+    report = json.loads((est / "establish.json").read_text())
+    assert report["label_counts"] == {"harmful": len(rows) // 2, "harmless": len(rows) - len(rows) // 2}
+    assert report["n_train"] + report["n_heldout"] == len(rows)
+    labelled = [json.loads(x) for x in (est / "labels.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in labelled] == [r["label"] for r in rows]  # the edited labels came back
+    scorer = build_scorer(report["scorer"])
+    texts = [r["text"] for r in labelled]
+    assert scorer(texts) == scorer(texts) and all(0 <= p <= 1 for p in scorer(texts))
+
+
+def test_establish_with_a_bad_labels_file_is_one_line(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
+    bad = tmp_path / "labels.csv"
+    bad.write_text("id,text\na,hello\n", encoding="utf-8")
+    assert main(["establish", "--out", str(tmp_path / "o"), "--samples", str(samples), "--labels_from", "human",
+                 "--human_labels", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "label" in err
+
+
+def test_the_judge_picks_the_likelier_label_and_calibration_removes_a_constant_preference(tiny_lm):
+    from redgym.models.judge import Judge
+
+    judge = Judge(tiny_lm, ["yes", "no"], "is {text} ok? {labels}", calibrate=False)
+    lp = judge.label_logprobs(["hello there", "damn that is a lot of rain"])
+    assert lp.shape == (2, 2) and np.isfinite(lp).all() and (lp < 0).all()
+    assert judge(["hello there", "damn that is a lot of rain"]) == [["yes", "no"][i] for i in lp.argmax(1)]
+    calibrated = Judge(tiny_lm, ["yes", "no"], "is {text} ok? {labels}", calibrate=True)
+    base = judge.label_logprobs(["N/A"])[0]
+    assert calibrated(["hello there"]) == [["yes", "no"][int(np.argmax(lp[0] - base))]]
+
+
+def test_the_exploit_experiment_has_the_terms_on_in_one_arm_only():
+    ex = {"seeds": [0, 1], "trainer": "grpo", "train": {"steps": 3}, "shared": {"horizon": 1},
+          "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5, "ent_coef": 0.01}}
+    spec = exploit_experiment(ex, "classifier:runs/x/classifier#harmful")
+    assert spec["shared"] == {"horizon": 1, "scorer": "classifier:runs/x/classifier#harmful"}
+    assert spec["arms"]["exploit"] == {"kind": "grpo", "train": {"steps": 3}}
+    assert spec["arms"]["exploit_diverse"]["train"] == {"steps": 3, "w_diversity": 0.5, "w_novelty_bleu": 0.5,
+                                                         "ent_coef": 0.01}
+    from redgym.experiments.runner import expand_grid, parse_experiment
+
+    cells = expand_grid(parse_experiment(spec))
+    assert sorted((c.arm, c.seed) for c in cells) == sorted(
+        (a, s) for a in ("untuned", "exploit", "exploit_diverse") for s in (0, 1))
+
+
+def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from redgym.pipelines import establish as establish_mod
+
+    monkeypatch.setattr(establish_mod, "build_scorer", lambda name: lambda xs: [float("e" in x) for x in xs])
+    models = {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
+              "prompts": str(prompt_file), "max_new_tokens": 6, "test_fraction": 0.3}
+    spec = {
+        "explore": {**models, "n_samples": 30, "clusters": 3, "per_cluster": 4},
+        "establish": {"agreement_with": "none", "pyrit_check": False, "cv_folds": 2},
+        "exploit": {"seeds": [0], "trainer": "grpo", "shared": {**models, "horizon": 1, "max_context_tokens": 64},
+                    "eval": {"n_eval_prompts": 3},
+                    "train": {"steps": 1, "prompts_per_step": 2, "generations_per_prompt": 2, "micro_batch_size": 4,
+                              "checkpoint_every": 1},
+                    "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5}},
+    }
+    config = tmp_path / "e3.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "e3"
+    assert main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    for part in ("## Explore", "## Establish", "## Exploit", "exploit_diverse", "macro-F1"):
+        assert part in report, part
+    diverse = [json.loads(x) for x in (out / "exploit" / "exploit_diverse" / "seed_0" / "metrics.jsonl").open()]
+    plain = [json.loads(x) for x in (out / "exploit" / "exploit" / "seed_0" / "metrics.jsonl").open()]
+    assert "reward/novelty_bleu" in diverse[0] and "reward/diversity" in diverse[0]
+    assert "reward/novelty_bleu" not in plain[0]
+    stamp = (out / "explore" / "explore.json").stat().st_mtime
+    assert main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--quiet"]) == 0  # resumes: no redo
+    assert (out / "explore" / "explore.json").stat().st_mtime == stamp
+
+
+def test_exploit_config_sets_the_classifier_as_the_scorer_and_refuses_an_unknown_trainer(tmp_path):
+    from redgym.errors import RedgymError
+    from redgym.pipelines.exploit import exploit_config
+    from redgym.trainers.grpo import GRPOConfig
+
+    f = tmp_path / "x.yaml"
+    f.write_text("trainer: grpo\nclassifier: runs/e3/establish/classifier#harmful\nw_novelty_bleu: 0.5\n")
+    trainer, cfg = exploit_config(f, {"steps": "3"})
+    assert trainer == "grpo" and isinstance(cfg, GRPOConfig)
+    assert cfg.scorer == "classifier:runs/e3/establish/classifier#harmful" and cfg.w_novelty_bleu == 0.5
+    assert cfg.steps == 3
+    f.write_text("trainer: nope\n")
+    with pytest.raises(RedgymError, match="trainer must be one of"):
+        exploit_config(f)
