@@ -138,8 +138,15 @@ def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tm
     assert "reward/novelty_bleu" in diverse[0] and "reward/diversity" in diverse[0]
     assert "reward/novelty_bleu" not in plain[0]
     stamp = (out / "explore" / "explore.json").stat().st_mtime
-    assert main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--quiet"]) == 0  # resumes: no redo
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:e3 -->\nSTALE-BLOCK\n<!-- /results:e3 -->\n")
+    assert main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--readme", str(readme),
+                 "--quiet"]) == 0  # resumes: nothing redone, then published
     assert (out / "explore" / "explore.json").stat().st_mtime == stamp
+    text = readme.read_text()
+    assert "STALE-BLOCK" not in text and "docs/results/e3/report.md" in text and "exploit_diverse" in text
+    published = (tmp_path / "docs" / "results" / "e3" / "report.md").read_text()
+    assert "](clusters.png)" in published and (tmp_path / "docs" / "results" / "e3" / "clusters.png").exists()
 
 
 def test_exploit_config_sets_the_classifier_as_the_scorer_and_refuses_an_unknown_trainer(tmp_path):

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     e3 = pipes.add_parser("e3", help="explore -> establish -> exploit into one folder and report.md (resumable)")
     e3.add_argument("--config", type=Path, required=True, help="YAML with explore, establish and exploit sections")
     e3.add_argument("--out", type=Path, required=True, help="pipeline folder")
+    e3.add_argument("--readme", type=Path, default=None, help="also publish the report and the exploit table into "
+                                                               "this README's block <!-- results:e3 -->")
     e3.add_argument("--quiet", action="store_true", help="no progress bars")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
@@ -203,6 +205,10 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
         raise RedgymError("pipeline: set fields in the pipeline YAML, not on the command line "
                           f"(got {', '.join('--' + k for k in overrides)})")
     print(f"report: {run_e3(args.config, args.out, progress=not args.quiet)}")
+    if args.readme is not None:
+        from redgym.pipelines.e3 import publish_e3
+
+        print(f"published: {publish_e3(args.out, args.readme)} and {args.readme}")
     return 0
 
 

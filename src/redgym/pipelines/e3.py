@@ -21,6 +21,7 @@ prompts. Finished steps are skipped when the pipeline runs again; the experiment
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -122,3 +123,28 @@ def e3_report(out: Path) -> str:
         text = comparison.read_text(encoding="utf-8").split("\n")
         parts += [x.replace("](plots/", "](exploit/plots/") for x in text if not x.startswith(("# ", "> "))]
     return "\n".join(parts) + "\n"
+
+
+def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
+    """Copy the report and its plots to ``docs/results/<name>/`` beside ``readme`` (no generated samples: the
+    report holds numbers and plots only) and fill the README block ``<!-- results:<name> -->`` with the exploit
+    comparison and a link to the report."""
+    from redgym.experiments.readme import demote, replace_block
+
+    target = Path(readme).parent / "docs" / "results" / name
+    target.mkdir(parents=True, exist_ok=True)
+    for png in [out / "explore" / "clusters.png", out / "establish" / "confusion.png",
+                *sorted((out / "exploit" / "plots").glob("*.png"))]:
+        if png.exists():
+            shutil.copyfile(png, target / png.name)
+    flat = e3_report(out)
+    for prefix in ("](explore/", "](establish/", "](exploit/plots/"):
+        flat = flat.replace(prefix, "](")
+    atomic_write(target / "report.md", flat)
+    link = f"docs/results/{name}/report.md"
+    comparison = (out / "exploit" / "comparison.md").read_text(encoding="utf-8")
+    comparison = comparison.replace("](plots/", f"](docs/results/{name}/")
+    body = f"The whole pipeline report (explore clusters, establish F1 and confusion matrix, exploit): [{link}]({link}).\n\n"
+    atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name,
+                                             body + demote(comparison)))
+    return target / "report.md"
