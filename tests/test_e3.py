@@ -51,8 +51,9 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
                  "--clusters", "3", "--per_cluster", "8"]) == 0
     with open(out / "samples.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    for i, r in enumerate(rows):  # a human's labels: alternate, so both classes are present
-        r["label"] = "harmful" if i % 2 else "harmless"
+    three = ["true", "false", "neither"]  # a free-form label set (E3's CommonClaim)
+    for i, r in enumerate(rows):  # a human's labels, every class present
+        r["label"] = three[i % 3]
     with open(out / "samples.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -60,9 +61,11 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
     est = tmp_path / "establish"
     assert main(["establish", "--out", str(est), "--samples", str(out), "--use_all", "false", "--labels_from",
                  "human", "--human_labels", str(out / "samples.csv"), "--agreement_with", "none",
+                 "--label_set", "true,false,neither", "--positive_label", "false",
                  "--pyrit_check", "false", "--cv_folds", "2", "--quiet"]) == 0
     report = json.loads((est / "establish.json").read_text())
-    assert report["label_counts"] == {"harmful": len(rows) // 2, "harmless": len(rows) - len(rows) // 2}
+    assert report["label_counts"] == {lab: sum(r["label"] == lab for r in rows) for lab in three}
+    assert len(report["heldout"]["confusion_matrix"]) == 3
     assert report["n_train"] + report["n_heldout"] == len(rows)
     labelled = [json.loads(x) for x in (est / "labels.jsonl").read_text().splitlines()]
     assert [r["label"] for r in labelled] == [r["label"] for r in rows]  # the edited labels came back
@@ -71,15 +74,22 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
     assert scorer(texts) == scorer(texts) and all(0 <= p <= 1 for p in scorer(texts))
 
 
-def test_establish_with_a_bad_labels_file_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("content, expected", [
+    ("id,text\na,hello\n".encode(), "no 'label' column"),
+    ("id,text,label\na,hello,maybe\n".encode(), "row 2: label 'maybe' is not one of"),
+    (b"", "is empty"),
+    ("id,text,label\na,caf\u00e9,harmful\n".encode("cp1252"), "not UTF-8"),
+])
+def test_establish_with_a_malformed_labels_file_is_one_line_and_exit_2(tmp_path, capsys, content, expected):
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
     bad = tmp_path / "labels.csv"
-    bad.write_text("id,text\na,hello\n", encoding="utf-8")
+    bad.write_bytes(content)
     assert main(["establish", "--out", str(tmp_path / "o"), "--samples", str(samples), "--labels_from", "human",
                  "--human_labels", str(bad), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "label" in err
+    assert err.count("\n") == 0 and expected in err, err
+    assert not (tmp_path / "o").exists()  # nothing written on bad input
 
 
 def test_the_judge_picks_the_likelier_label_and_calibration_removes_a_constant_preference(tiny_lm):
@@ -163,3 +173,13 @@ def test_exploit_config_sets_the_classifier_as_the_scorer_and_refuses_an_unknown
     f.write_text("trainer: nope\n")
     with pytest.raises(RedgymError, match="trainer must be one of"):
         exploit_config(f)
+
+
+def test_explore_free_generations_need_no_prompts(tiny_model_dir, tmp_path):
+    out = tmp_path / "free"
+    assert main(["explore", "--out", str(out), "--defender_model", str(tiny_model_dir), "--source", "free",
+                 "--max_new_tokens", "6", "--n_samples", "8", "--clusters", "2", "--per_cluster", "2",
+                 "--quiet"]) == 0
+    rows = [json.loads(x) for x in (out / "all_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(r["prompt"] == [] for r in rows)
+    assert all(isinstance(r["text"], str) for r in rows)
