@@ -188,6 +188,30 @@ def _unknown(name: str, known: list[str], source: str) -> RedgymError:
 C = typing.TypeVar("C", bound=RunConfig)
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping (empty file: ``{}``); every way it can be unreadable is one line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RedgymError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError:
+        raise RedgymError(f"{what} is not UTF-8 text: {path}") from None
+    except OSError as e:
+        raise RedgymError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RedgymError(f"{what} {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RedgymError(f"{what} {path} must be a mapping of key: value")
+    return data
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, object] | None = None) -> C:
     """Build a ``cls`` from defaults, then the YAML file at ``path``, then ``overrides``; validate it."""
     hints = typing.get_type_hints(cls)
@@ -195,24 +219,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     values: dict[str, object] = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RedgymError(f"config file not found: {path}") from None
-        except UnicodeDecodeError:
-            raise RedgymError(f"config file is not UTF-8 text: {path}") from None
-        except OSError as e:
-            raise RedgymError(f"cannot read config file {path}: {e.strerror}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise RedgymError(f"config file {path} is not valid YAML{where}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise RedgymError(f"config file {path} must be a mapping of key: value")
+        data = read_yaml_mapping(path)
         for k, v in data.items():
             if k not in known:
                 raise _unknown(str(k), known, f"config file {path}")

@@ -30,9 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from redgym.config import RunConfig, load_config
+from redgym.config import RunConfig, load_config, read_yaml_mapping
 from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
@@ -139,13 +137,7 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RedgymError(f"experiment file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RedgymError(f"experiment file {path} is not readable YAML ({type(e).__name__})") from None
-    return parse_experiment(data, f"experiment file {path}")
+    return parse_experiment(read_yaml_mapping(path, "experiment file"), f"experiment file {path}")
 
 
 def expand_grid(exp: ExperimentConfig) -> list[Cell]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from redgym.config import load_config
+from redgym.config import load_config, read_yaml_mapping
 from redgym.errors import RedgymError
 from redgym.experiments.runner import run_experiment
 from redgym.pipelines.establish import EstablishConfig, establish
@@ -45,14 +45,9 @@ def _section(data: dict, name: str, where: str) -> dict:
 
 
 def load_pipeline(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise RedgymError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RedgymError(f"config file {path} is not readable YAML ({type(e).__name__})") from None
+    data = read_yaml_mapping(path)
     where = f"config file {path}"
-    if not isinstance(data, dict) or set(data) - SECTIONS:
+    if set(data) - SECTIONS:
         raise RedgymError(f"{where}: expected the sections {', '.join(sorted(SECTIONS))}")
     ex = _section(data, "exploit", where)
     bad = sorted(set(ex) - EXPLOIT_KEYS)
