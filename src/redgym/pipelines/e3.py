@@ -21,6 +21,7 @@ prompts. Finished steps are skipped when the pipeline runs again; the experiment
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import yaml
 
 from redgym.config import load_config, read_yaml_mapping
 from redgym.errors import RedgymError
+from redgym.experiments.readme import demote
 from redgym.experiments.runner import run_experiment
 from redgym.pipelines.establish import EstablishConfig, establish
 from redgym.pipelines.explore import ExploreConfig, explore
@@ -115,16 +117,16 @@ def e3_report(out: Path) -> str:
     parts += ["## Exploit", "", "Arms over seeds on the same held-out prompts, scored by the established classifier "
               "(`exploit.yaml`): `exploit` has the harm term alone, `exploit_diverse` adds the diversity terms.", ""]
     if comparison.exists():
-        text = comparison.read_text(encoding="utf-8").split("\n")
-        parts += [x.replace("](plots/", "](exploit/plots/") for x in text if not x.startswith(("# ", "> "))]
-    return "\n".join(parts) + "\n"
+        text = demote(comparison.read_text(encoding="utf-8"), 1).split("\n")
+        parts += [x.replace("](plots/", "](exploit/plots/") for x in text if not x.startswith(("## ", "> "))]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(parts)) + "\n"
 
 
 def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     """Copy the report and its plots to ``docs/results/<name>/`` beside ``readme`` (no generated samples: the
     report holds numbers and plots only) and fill the README block ``<!-- results:<name> -->`` with the exploit
     comparison and a link to the report."""
-    from redgym.experiments.readme import demote, replace_block
+    from redgym.experiments.readme import replace_block
 
     target = Path(readme).parent / "docs" / "results" / name
     target.mkdir(parents=True, exist_ok=True)
