@@ -1,0 +1,1 @@
+"""Guard: a reasoning safety classifier that writes a short reasoning trace, then ``Label: harmful|safe``."""
