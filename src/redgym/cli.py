@@ -7,6 +7,7 @@
     redgym compare DIR [DIR ...] --out OUT
     redgym explore / establish / exploit --config FILE --out DIR          (E3, one step each)
     redgym pipeline e3 --config configs/e3_demo.yaml --out DIR            (E3 end to end, resumable)
+    redgym guard eval --out DIR [--guard_model DIR]                       (guard F1 beside its baselines)
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
 """
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     e3.add_argument("--readme", type=Path, default=None, help="also publish the report and the exploit table into "
                                                                "this README's block <!-- results:e3 -->")
     e3.add_argument("--quiet", action="store_true", help="no progress bars")
+    gd = sub.add_parser("guard", help="a reasoning safety classifier")
+    gsub = gd.add_subparsers(dest="guard_command", required=True, parser_class=_Parser)
+    from redgym.guard.evaluate import GuardConfig
+
+    ge = gsub.add_parser("eval", help="F1 of the guard and the baselines on held-out requests",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="config fields (override any with --field value):\n  "
+                                + "\n  ".join(GuardConfig.help_lines()))
+    ge.add_argument("--config", type=Path, help="YAML file setting config fields")
+    ge.add_argument("--out", type=Path, required=True, help="output folder")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
@@ -212,7 +223,17 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
     return 0
 
 
-COMMANDS = {"explore": cmd_explore, "establish": cmd_establish, "exploit": cmd_exploit, "pipeline": cmd_pipeline,
+def cmd_guard(args, overrides: dict[str, str]) -> int:
+    from redgym.guard.evaluate import GuardConfig, evaluate_guard
+
+    report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out)
+    f1 = report["systems"]["guard"]["f1"]
+    print(f"guard F1 (harmful) {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], unparseable "
+          f"{report['systems']['guard']['unparseable']['share']:.3f}; report: {args.out / 'guard_report.md'}")
+    return 0
+
+
+COMMANDS = {"guard": cmd_guard, "explore": cmd_explore, "establish": cmd_establish, "exploit": cmd_exploit, "pipeline": cmd_pipeline,
             "eval": cmd_eval, "train": cmd_train, "experiment": cmd_experiment, "compare": cmd_compare}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}

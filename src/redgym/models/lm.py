@@ -14,7 +14,7 @@ from redgym.errors import RedgymError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """ASTPrompter's sampling defaults."""
+    """ASTPrompter's sampling defaults; ``temperature`` 0 decodes greedily."""
 
     max_new_tokens: int = 24
     min_new_tokens: int = 2
@@ -95,14 +95,14 @@ class LM:
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         """Sample one continuation per context, all in one ``generate`` call (left padding)."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
+        # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
+        sampling = (dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+                    if params.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
         out = self.model.generate(
             **enc,
-            do_sample=True,
+            **sampling,
             max_new_tokens=params.max_new_tokens,
             min_new_tokens=params.min_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
             repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
