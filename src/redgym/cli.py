@@ -7,7 +7,8 @@
     redgym compare DIR [DIR ...] --out OUT
     redgym explore / establish / exploit --config FILE --out DIR          (E3, one step each)
     redgym pipeline e3 --config configs/e3_demo.yaml --out DIR            (E3 end to end, resumable)
-    redgym guard eval --out DIR [--guard_model DIR]                       (guard F1 beside its baselines)
+    redgym guard train --stage sft --out DIR                              (a reasoning guard, LoRA SFT)
+    redgym guard eval --out DIR [--guard_model DIR/guard]                 (guard F1 beside its baselines)
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
 """
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 + "\n  ".join(GuardConfig.help_lines()))
     ge.add_argument("--config", type=Path, help="YAML file setting config fields")
     ge.add_argument("--out", type=Path, required=True, help="output folder")
+    from redgym.guard.train import GuardTrainConfig
+
+    gt = gsub.add_parser("train", help="train a guard (LoRA SFT on reasoning + label)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="config fields (override any with --field value):\n  "
+                                + "\n  ".join(GuardTrainConfig.help_lines()))
+    gt.add_argument("--stage", choices=["sft"], default="sft", help="sft: reasoning + label, loss on the answer")
+    gt.add_argument("--config", type=Path, help="YAML file setting config fields")
+    where = gt.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="new run folder")
+    where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
+    gt.add_argument("--quiet", action="store_true", help="no progress bars")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
@@ -225,6 +238,18 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
 
 def cmd_guard(args, overrides: dict[str, str]) -> int:
     from redgym.guard.evaluate import GuardConfig, evaluate_guard
+
+    if args.guard_command == "train":
+        from redgym.guard.train import GuardTrainConfig, train_guard
+
+        out = args.resume or args.out
+        if args.resume is None and (out / "checkpoints").exists():
+            raise RedgymError(f"{out} already holds a guard run; use --resume {out} or another --out")
+        config = args.config or (out / "config.yaml" if args.resume is not None else None)
+        metrics = train_guard(load_config(GuardTrainConfig, config, overrides), out, resume=args.resume is not None,
+                              progress=not args.quiet)
+        print(f"final step: loss/sft {metrics.get('loss/sft', float('nan')):.4g}; guard: {out / 'guard'}")
+        return 0
 
     report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out)
     f1 = report["systems"]["guard"]["f1"]

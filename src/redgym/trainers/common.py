@@ -351,14 +351,16 @@ def finish_run(run: Run) -> None:
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
-def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int) -> Path:
-    """Accelerate state (model, optimizer, scheduler, RNGs) + trainer state, and the adapter for evaluation.
+def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int,
+                    model_dir: str = "adversary") -> Path:
+    """Accelerate state (model, optimizer, scheduler, RNGs) + trainer state, and the adapter for evaluation
+    (``out/<model_dir>``).
 
     ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ignored on resume.
     """
     ckpt = out / "checkpoints" / f"step_{step:06d}"
     accelerator.save_state(str(ckpt))
-    save_adversary(accelerator, policy, out / "adversary")
+    save_adversary(accelerator, policy, out / model_dir)
     write_json(ckpt / "trainer_state.json", {"step": step, **state})
     done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
     for old in done[:-keep] if keep > 0 else []:

@@ -1,0 +1,215 @@
+"""``redgym guard train --stage sft``: teach an LM to write a short reasoning, then ``Label: harmful|safe``.
+
+Training data in the guard format (``data.read_guard_train``) carries reasoning traces. The shipped default sets do
+not, so they are made by rationalisation (GuardReasoner's recipe, for a model without a teacher): the base model is
+asked, given the known label, to explain it; a trace is kept only when, after it, the model's own label (the likelier
+of "harmful" / "safe" after "Label:") is the known one; the keep rate is reported, and inputs without a kept trace
+are left out. SFT is LoRA on the guard's answer only (the request and instruction carry no loss).
+
+Each step: (1) ``batch_size`` examples, a pure function of (seed, step); (2) mean NLL of the answers given the
+prompts; (3) update; (4) log and checkpoint (resumable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from redgym.config import _f
+from redgym.errors import RedgymError
+from redgym.guard.data import (HARMFUL, SAFE, GuardExample, default_guard_sets, format_guard_target,
+                               read_guard_train)
+from redgym.guard.model import GuardModel
+from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
+from redgym.runfolder import check_writable, save_config, write_json, write_jsonl
+from redgym.trainers import common
+
+RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is "
+                 "{label}.")
+
+
+@dataclass
+class GuardTrainConfig:
+    guard_model: str = _f("smollm2-135m", "the base model the guard is trained from")
+    guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
+    train_set: str = _f("default", "default (the shipped sets, rationalised) or a guard training file with traces")
+    test_fraction: float = _f(0.25, "default sets: share of each source held out (never trained on)")
+    max_train: int = _f(0, "train on at most this many examples, a seeded sample (0 = all)")
+    rationale_tries: int = _f(2, "rationalisation: traces sampled per input; the first the model's label confirms "
+                                 "is kept")
+    rationale_tokens: int = _f(48, "rationalisation: tokens per trace")
+    steps: int = _f(100, "optimizer steps")
+    batch_size: int = _f(16, "examples per step")
+    micro_batch_size: int = _f(4, "examples per forward/backward pass")
+    lr: float = _f(2e-4, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int = _f(5, "linear learning-rate warmup steps")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_targets: str = _f("all-linear", "LoRA target modules")
+    dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
+    device: str = _f("auto", "auto, cpu or cuda")
+    max_context_tokens: int = _f(512, "prompt + answer tokens at most")
+    checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    seed: int = _f(0, "seed of the split, the rationales, the batches and LoRA's initialisation")
+
+    def validate(self) -> None:
+        if self.guard_format not in ("chat", "plain"):
+            raise RedgymError(f"config: guard_format must be chat or plain, got {self.guard_format!r}")
+        if min(self.steps, self.batch_size, self.micro_batch_size, self.rationale_tries) < 1 or self.lr <= 0:
+            raise RedgymError("config: steps, batch_size, micro_batch_size, rationale_tries >= 1 and lr > 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help_lines(cls) -> list[str]:
+        return [f"--{f.name} (default {f.default!r}): {f.metadata.get('help', '')}" for f in dataclasses.fields(cls)]
+
+    def policy_config(self) -> common.TrainConfig:
+        """The fields the shared policy / optimizer / accelerator code reads, under their trainer names."""
+        return common.TrainConfig(adversary_model=self.guard_model, defender_model=self.guard_model, dtype=self.dtype,
+                                  device=self.device, lr=self.lr, weight_decay=self.weight_decay,
+                                  warmup_steps=self.warmup_steps, steps=self.steps, lora_r=self.lora_r,
+                                  lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=False,
+                                  micro_batch_size=self.micro_batch_size, seed=self.seed)
+
+
+@torch.no_grad()
+def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str]) -> np.ndarray:
+    """(N, 2): log p("harmful"), log p("safe") after the prompt, the reasoning and "Label:" (the model's own
+    answer to its reasoning, with no chance of an unparseable output)."""
+    lm = guard.lm
+    ctx = [guard.prompt(t) + r.strip() + "\nLabel:" for t, r in zip(texts, reasonings)]
+    pairs = [(c, f" {lab}") for c in ctx for lab in (HARMFUL, SAFE)]
+    x, c = lm.encode_pairs([p for p, _ in pairs], [a for _, a in pairs])
+    logp, mask = continuation_logprobs(lm.model, x, c, lm.tokenizer.pad_token_id)
+    return (logp * mask).sum(-1).reshape(len(texts), 2).cpu().numpy()
+
+
+def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tokens: int, batch_size: int = 16,
+                progress: bool = True) -> tuple[list[GuardExample], dict]:
+    """Traces for examples without one; returns (examples with a kept trace, {tried, kept, keep_rate})."""
+    lm = guard.lm
+    done = [e for e in examples if e.reasoning]
+    todo = [e for e in examples if not e.reasoning]
+    params = SamplingParams(max_new_tokens=tokens, min_new_tokens=1, temperature=0.7, top_p=1.0, top_k=0,
+                            repetition_penalty=1.0)
+    kept: dict[int, str] = {}
+    for _ in tqdm(range(tries), desc="rationalise", disable=not progress):
+        idx = [i for i in range(len(todo)) if i not in kept]
+        for s in range(0, len(idx), batch_size):
+            part = idx[s:s + batch_size]
+            asks = [lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
+                    for i in part]
+            traces = lm.generate(asks, params).texts
+            own = own_label_logprobs(guard, [todo[i].text for i in part], traces).argmax(1)
+            for i, trace, o in zip(part, traces, own):
+                if trace.strip() and (HARMFUL, SAFE)[int(o)] == todo[i].label:
+                    kept[i] = trace.strip()
+    made = [dataclasses.replace(todo[i], reasoning=r) for i, r in sorted(kept.items())]
+    stats = {"tried": len(todo), "kept": len(made), "keep_rate": len(made) / len(todo) if todo else float("nan")}
+    return done + made, stats
+
+
+def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) -> tuple[list[GuardExample], dict]:
+    """The examples SFT teaches (all with a trace), and how they were made."""
+    if cfg.train_set == "default":
+        train, test = default_guard_sets(cfg.seed, cfg.test_fraction)
+    else:
+        train, test = read_guard_train(cfg.train_set), []
+    if cfg.max_train and len(train) > cfg.max_train:
+        keep = np.random.default_rng(cfg.seed).choice(len(train), cfg.max_train, replace=False)
+        train = [train[i] for i in sorted(keep)]
+    examples, stats = rationalise(guard, train, cfg.rationale_tries, cfg.rationale_tokens, cfg.micro_batch_size * 4,
+                                  progress)
+    if not examples:
+        raise RedgymError("guard train: no example with a reasoning trace to teach (rationalisation kept none)")
+    return examples, {**stats, "n_train": len(examples), "n_heldout": len(test),
+                      "labels": {lab: sum(e.label == lab for e in examples) for lab in (HARMFUL, SAFE)}}
+
+
+def encode(guard: GuardModel, examples: list[GuardExample], budget: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, answer ids): the answer is the trace, the label line and the end-of-turn token."""
+    lm = guard.lm
+    tok = lm.tokenizer
+    answers = [tok(format_guard_target(e.reasoning or "", e.label), add_special_tokens=False)["input_ids"]
+               + [lm.stop_ids[-1] if lm.fmt == "chat" else tok.eos_token_id] for e in examples]
+    answers = [a[-(budget // 2):] for a in answers]  # keep the label line if a trace is very long
+    ctx = [lm.encode_context(guard.prompt(e.text), budget - len(a), add_special_tokens=lm.fmt == "plain")
+           for e, a in zip(examples, answers)]
+    return ctx, answers
+
+
+def train_guard(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """SFT (or resume it) into ``out``: ``guard/`` (the adapter, loadable as ``guard_model``), checkpoints,
+    ``metrics.jsonl``, ``train_examples.jsonl`` and the rationalisation's keep rate in ``data.json``."""
+    # 0 setup: policy (LoRA over the base), accelerator, optimizer; the examples (rationalised once, then reused)
+    check_writable(out)
+    pcfg = cfg.policy_config()
+    acc = common.make_accelerator(pcfg, out)
+    set_seed(cfg.seed)
+    policy = common.build_policy(pcfg)
+    opt, sched = common.optimizer_and_schedule(pcfg, policy.model)
+    policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
+    guard = GuardModel(LM(policy.model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens))
+    out.mkdir(parents=True, exist_ok=True)
+    data_file = out / "train_examples.jsonl"
+    if data_file.exists():
+        rows = [json.loads(x) for x in data_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+        examples = [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
+                    for r in rows]
+    else:
+        examples, stats = training_examples(cfg, guard, progress)  # before any update: the policy is the base
+        write_jsonl(data_file, (dataclasses.asdict(e) for e in examples))
+        write_json(out / "data.json", stats)
+    save_config(out, cfg)
+    start, counters = 0, {}
+    if resume and (ckpt := common.latest_checkpoint(out)):
+        state = common.load_checkpoint(acc, ckpt)
+        start, counters = state["step"], state.get("counters", {})
+    metrics_log = common.MetricsLog(out, acc)
+    ctx, answers = encode(guard, examples, cfg.max_context_tokens)
+    pad = policy.tokenizer.pad_token_id
+    metrics: dict[str, float] = {}
+    for step in tqdm(range(start, cfg.steps), desc="train guard sft", initial=start, total=cfg.steps,
+                     disable=not progress):
+        t0 = time.time()
+        # 1 the step's examples
+        batch = np.random.default_rng([cfg.seed, step]).integers(len(examples), size=cfg.batch_size)
+        n_tokens = sum(len(answers[i]) for i in batch)
+        # 2-3 mean NLL of the answers, accumulated over micro-batches into one update
+        policy.model.train()
+        losses = []
+        for s in range(0, len(batch), cfg.micro_batch_size):
+            mb = batch[s:s + cfg.micro_batch_size]
+            o = continuation_forward(policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
+            loss = -(o.logps * o.mask).sum() / n_tokens
+            if not common.finite_or_skip(loss, counters, step):
+                continue
+            acc.backward(loss)
+            losses.append(float(loss.detach()))
+        if cfg.max_grad_norm > 0 and losses:
+            acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        # 4 log + checkpoint
+        metrics = {"loss/sft": float(np.sum(losses)) if losses else float("nan"), "train/lr": sched.get_last_lr()[0],
+                   "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0), "time/step_s": time.time() - t0}
+        metrics_log.log(step + 1, metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters}, cfg.keep_checkpoints,
+                                   model_dir="guard")
+    acc.end_training()
+    return metrics

@@ -1,0 +1,76 @@
+"""Guard SFT: rationalisation keeps only traces the model's own label confirms; SFT changes the adapter with a
+finite loss on the answer only, and resumes."""
+
+import json
+
+import numpy as np
+
+from redgym.cli import main
+from redgym.guard.data import GuardExample, format_guard_target
+from redgym.guard.model import GuardModel
+from redgym.guard.train import encode, own_label_logprobs, rationalise
+
+
+def test_rationalisation_keeps_only_traces_whose_own_label_is_the_known_one(tiny_lm):
+    guard = GuardModel(tiny_lm, instruction="is {text} ok?", max_new_tokens=6)
+    examples = [GuardExample(t, lab) for t, lab in [("hello there", "safe"), ("<harmful request 1>", "harmful"),
+                                                    ("what films", "safe"), ("<harmful request 2>", "harmful")]]
+    kept, stats = rationalise(guard, examples, tries=2, tokens=6, progress=False)
+    assert stats["tried"] == 4 and stats["kept"] == len(kept) and 0 <= stats["keep_rate"] <= 1
+    if kept:
+        own = own_label_logprobs(guard, [e.text for e in kept], [e.reasoning for e in kept]).argmax(1)
+        assert [("harmful", "safe")[i] for i in own] == [e.label for e in kept]
+
+
+def test_the_answer_carries_the_label_line_and_ends_the_turn(tiny_lm):
+    guard = GuardModel(tiny_lm, instruction="is {text} ok?")
+    ctx, ans = encode(guard, [GuardExample("hello there", "safe", reasoning="it is a greeting")], 64)
+    tok = tiny_lm.tokenizer
+    assert ans[0][:-1] == tok(format_guard_target("it is a greeting", "safe"), add_special_tokens=False)["input_ids"]
+    assert ans[0][-1] == tok.eos_token_id  # the guard learns to stop after the label line
+    assert len(ctx[0]) + len(ans[0]) <= 64
+
+
+def _train_file(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": t},
+                               {"from": "gpt", "value": format_guard_target("the reason is plain", lab)}]}
+            for t, lab in [("<harmful request a>", "harmful"), ("<harmful request b>", "harmful"),
+                           ("how do I cook rice", "safe"), ("what music do you like", "safe")]]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_guard_sft_changes_the_adapter_with_a_finite_loss_and_resumes(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "guard"
+    common = ["--guard_model", str(tiny_model_dir), "--guard_format", "plain", "--train_set",
+              str(_train_file(tmp_path)), "--batch_size", "4", "--micro_batch_size", "2", "--lr", "1e-2",
+              "--checkpoint_every", "2", "--max_context_tokens", "64", "--quiet"]
+    assert main(["guard", "train", "--stage", "sft", "--out", str(out), "--steps", "2", *common]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/sft"]) for r in rows)
+    lora_b = [v for k, v in load_file(str(out / "guard" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
+    assert main(["guard", "train", "--resume", str(out), "--steps", "4", *common]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert len((out / "train_examples.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tmp_path):
+    from redgym.guard.data import write_guard_jsonl
+
+    out = tmp_path / "guard"
+    train = _train_file(tmp_path)
+    assert main(["guard", "train", "--out", str(out), "--steps", "1", "--guard_model", str(tiny_model_dir),
+                 "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2", "--max_context_tokens",
+                 "64", "--quiet"]) == 0
+    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
+                                                GuardExample("where is the park", "safe")])
+    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(out / "guard"),
+                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--train_set", str(train),
+                 "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
+    report = json.loads((tmp_path / "eval" / "guard_report.json").read_text())
+    assert {"guard", "untuned guard", "keyword", "embedding + logistic regression"} == set(report["systems"])
