@@ -55,3 +55,6 @@ def test_guard_eval_cli_writes_a_report_with_every_baseline(tiny_model_dir, tmp_
     g = report["systems"]["guard"]
     assert 0 <= g["unparseable"]["share"] <= 1 and sum(map(sum, g["confusion_matrix"])) == 8
     assert "| keyword |" in (out / "guard_report.md").read_text()
+    q = report["quality"]["guard"]
+    assert set(q) == {"mean", "label", "coherence", "relevance", "specificity"} and 0 <= q["mean"]["value"] <= 1
+    assert "keyword" not in report["quality"]  # only LM guards write a reasoning

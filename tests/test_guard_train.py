@@ -74,3 +74,31 @@ def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tm
                  "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
     report = json.loads((tmp_path / "eval" / "guard_report.json").read_text())
     assert {"guard", "untuned guard", "keyword", "embedding + logistic regression"} == set(report["systems"])
+
+
+def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    sft = tmp_path / "sft"
+    train = _train_file(tmp_path)
+    assert main(["guard", "train", "--out", str(sft), "--steps", "1", "--guard_model", str(tiny_model_dir),
+                 "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2", "--max_context_tokens",
+                 "64", "--quiet"]) == 0
+    dpo = tmp_path / "dpo"
+    assert main(["guard", "train", "--stage", "dpo", "--out", str(dpo), "--steps", "2", "--guard_model",
+                 str(sft / "guard"), "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2",
+                 "--dpo_samples", "3", "--dpo_min_gap", "0", "--max_new_tokens", "6", "--max_context_tokens", "64",
+                 "--lr", "1e-2", "--quiet"]) == 0
+    rows = [json.loads(x) for x in (dpo / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert sum(r["pairs/count"] for r in rows) > 0
+    assert all(np.isfinite(r["loss/dpo"]) and 0 <= r["quality/mean"] <= 1 for r in rows if r["pairs/count"])
+    lora_b = [v for k, v in load_file(str(dpo / "guard" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)
+    from redgym.guard.data import write_guard_jsonl
+
+    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
+                                                GuardExample("where is the park", "safe")])
+    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(dpo / "guard"),
+                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--baselines", "false",
+                 "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0  # a DPO guard (adapter on adapter) loads

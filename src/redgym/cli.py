@@ -8,6 +8,7 @@
     redgym explore / establish / exploit --config FILE --out DIR          (E3, one step each)
     redgym pipeline e3 --config configs/e3_demo.yaml --out DIR            (E3 end to end, resumable)
     redgym guard train --stage sft --out DIR                              (a reasoning guard, LoRA SFT)
+    redgym guard train --stage dpo --guard_model DIR/guard --out DIR2     (then DPO on reasoning quality)
     redgym guard eval --out DIR [--guard_model DIR/guard]                 (guard F1 beside its baselines)
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
@@ -103,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--out", type=Path, required=True, help="output folder")
     from redgym.guard.train import GuardTrainConfig
 
-    gt = gsub.add_parser("train", help="train a guard (LoRA SFT on reasoning + label)",
+    gt = gsub.add_parser("train", help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="config fields (override any with --field value):\n  "
                                 + "\n  ".join(GuardTrainConfig.help_lines()))
-    gt.add_argument("--stage", choices=["sft"], default="sft", help="sft: reasoning + label, loss on the answer")
+    gt.add_argument("--stage", choices=["sft", "dpo"], default="sft",
+                    help="sft: reasoning + label, loss on the answer; dpo: reasoning quality, from an SFT guard")
     gt.add_argument("--config", type=Path, help="YAML file setting config fields")
     where = gt.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="new run folder")
@@ -246,9 +248,10 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
         if args.resume is None and (out / "checkpoints").exists():
             raise RedgymError(f"{out} already holds a guard run; use --resume {out} or another --out")
         config = args.config or (out / "config.yaml" if args.resume is not None else None)
-        metrics = train_guard(load_config(GuardTrainConfig, config, overrides), out, resume=args.resume is not None,
-                              progress=not args.quiet)
-        print(f"final step: loss/sft {metrics.get('loss/sft', float('nan')):.4g}; guard: {out / 'guard'}")
+        metrics = train_guard(load_config(GuardTrainConfig, config, overrides), out, args.stage,
+                              resume=args.resume is not None, progress=not args.quiet)
+        loss = metrics.get(f"loss/{args.stage}", float("nan"))
+        print(f"final step: loss/{args.stage} {loss:.4g}; guard: {out / 'guard'}")
         return 0
 
     report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out)

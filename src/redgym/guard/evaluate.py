@@ -43,6 +43,8 @@ class GuardConfig:
     max_new_tokens: int = _f(96, "guard output tokens (reasoning + label line)")
     batch_size: int = _f(16, "requests per generate call")
     baselines: bool = _f(True, "also evaluate the keyword and embedding baselines (and the base of a trained guard)")
+    quality: bool = _f(True, "score the reasoning quality of the LM guards' outputs (guard/quality.py; coherence "
+                             "under the root base model)")
     embedding_model: str = _f("minilm", "embedder of the embedding baseline")
     max_context_tokens: int = _f(512, "request context is cut from the left to this many tokens")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% CIs")
@@ -118,6 +120,36 @@ def _base_of(folder: str) -> str | None:
     return json.loads(p.read_text()).get("base_model_name_or_path") if p.is_file() else None
 
 
+def root_model(name: str) -> str:
+    """The model under a chain of adapters (a DPO guard's adapter sits on the SFT guard's)."""
+    while (base := _base_of(name)) is not None:
+        name = base
+    return name
+
+
+def reasoning_quality(cfg: GuardConfig, test: list[GuardExample], reasonings: dict[str, list[str]],
+                      labels: dict[str, list[str | None]]) -> dict:
+    """Mean reasoning quality and its four terms for each LM guard (what the DPO stage optimises), with a
+    bootstrap CI of the mean over test items."""
+    from redgym.guard.quality import QUALITY_WEIGHTS, quality, quality_terms
+    from redgym.scorers.embeddings import load_embedder
+
+    base = _guard_lm(cfg, root_model(cfg.guard_model))
+    embed = load_embedder(cfg.embedding_model)
+    out = {}
+    for name, rs in reasonings.items():
+        terms = quality_terms([e.text for e in test], rs, labels[name], [e.label for e in test],
+                              base.continuation_nll, embed)
+        q = quality(terms)
+        rng = np.random.default_rng(cfg.seed)
+        boot = [q[rng.integers(len(q), size=len(q))].mean() for _ in range(cfg.bootstrap_samples)]
+        out[name] = {"mean": {"value": float(q.mean()), "ci95": [float(np.percentile(boot, 2.5)),
+                                                                 float(np.percentile(boot, 97.5))],
+                              "higher_is_better": True},
+                     **{t: float(np.mean(terms[t])) for t in QUALITY_WEIGHTS}}
+    return out
+
+
 def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
     """Evaluate the guard (and the baselines) on the test set into ``out``; returns ``guard_report.json``'s dict."""
     check_writable(out)
@@ -128,10 +160,12 @@ def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
     models = {"guard": cfg.guard_model}
     if cfg.baselines and (base := _base_of(cfg.guard_model)):
         models["untuned guard"] = base
+    reasonings: dict[str, list[str]] = {}
     for label, name in models.items():
         t0 = time.time()
-        systems[label] = [lab for _, lab in GuardModel(_guard_lm(cfg, name), max_new_tokens=cfg.max_new_tokens)
-                          .classify(texts, cfg.batch_size)]
+        parsed = GuardModel(_guard_lm(cfg, name), max_new_tokens=cfg.max_new_tokens).classify(texts, cfg.batch_size)
+        systems[label] = [lab for _, lab in parsed]
+        reasonings[label] = [r for r, _ in parsed]
         times[label] = time.time() - t0
     if cfg.baselines:
         systems["keyword"] = KeywordGuard(default_keywords())(texts)
@@ -143,8 +177,9 @@ def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
             clf = train_linear_classifier(embed([e.text for e in train]), [e.label for e in train],
                                           embedding_model=cfg.embedding_model, positive_label=HARMFUL, seed=cfg.seed)
             systems["embedding + logistic regression"] = clf.predict(embed(texts))
+    quality = reasoning_quality(cfg, test, reasonings, systems) if cfg.quality else {}
     out.mkdir(parents=True, exist_ok=True)
-    report = {"content_warning": CONTENT_WARNING, "config": cfg.to_dict(), "n_test": len(test),
+    report = {"content_warning": CONTENT_WARNING, "config": cfg.to_dict(), "n_test": len(test), "quality": quality,
               "test_labels": {lab: sum(e.label == lab for e in test) for lab in LABELS},
               "time_s": {k: round(v, 1) for k, v in times.items()},
               "systems": {k: system_report(test, v, cfg.bootstrap_samples, cfg.seed) for k, v in systems.items()}}
@@ -165,6 +200,12 @@ def guard_markdown(r: dict) -> str:
     for name, s in r["systems"].items():
         lines.append(f"| {name} | {cell(s['f1'])} | {cell(s['precision'])} | {cell(s['recall'])} | "
                      f"{cell(s['accuracy'])} | {s['unparseable']['share']:.3f} ({s['unparseable']['count']}) |")
+    if r.get("quality"):
+        lines += ["", "Reasoning quality (0.3·label + 0.3·coherence + 0.2·relevance + 0.2·specificity; "
+                  "guard/quality.py):", "", "| guard | mean quality | label | coherence | relevance | specificity |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {cell(q['mean'])} | {q['label']:.3f} | {q['coherence']:.3f} | {q['relevance']:.3f} | "
+                  f"{q['specificity']:.3f} |" for n, q in r["quality"].items()]
     cats = r["systems"]["guard"]["recall_by_category"]
     if cats:
         lines += ["", "Guard recall by category (harmful requests):", "",

@@ -1,4 +1,4 @@
-"""``redgym guard train --stage sft``: teach an LM to write a short reasoning, then ``Label: harmful|safe``.
+"""``redgym guard train --stage sft|dpo``: teach an LM to write a short reasoning, then ``Label: harmful|safe``.
 
 Training data in the guard format (``data.read_guard_train``) carries reasoning traces. The shipped default sets do
 not, so they are made by rationalisation (GuardReasoner's recipe, for a model without a teacher): the base model is
@@ -6,8 +6,13 @@ asked, given the known label, to explain it; a trace is kept only when, after it
 of "harmful" / "safe" after "Label:") is the known one; the keep rate is reported, and inputs without a kept trace
 are left out. SFT is LoRA on the guard's answer only (the request and instruction carry no loss).
 
-Each step: (1) ``batch_size`` examples, a pure function of (seed, step); (2) mean NLL of the answers given the
-prompts; (3) update; (4) log and checkpoint (resumable).
+SFT step: (1) ``batch_size`` examples, a pure function of (seed, step); (2-3) mean NLL of the answers given the
+prompts; (4) update, log, checkpoint (resumable).
+
+DPO (reasoning quality; ``guard_model`` = the SFT guard, also the reference) step: (1) ``batch_size`` inputs, each
+answered ``dpo_samples`` times; (2) every completion scored 0.3·label correct + 0.3·coherence + 0.2·relevance +
+0.2·specificity (``quality.py``), best vs worst per input (``hard_samples``: only inputs whose labels disagree);
+(3) the DPO loss of ``trainers/losses.py``; (4) update, log, checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from transformers import set_seed
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.guard.data import (HARMFUL, SAFE, GuardExample, default_guard_sets, format_guard_target,
-                               read_guard_train)
+                               parse_guard_output, read_guard_train)
 from redgym.guard.model import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
 from redgym.runfolder import check_writable, save_config, write_json, write_jsonl
@@ -59,15 +64,26 @@ class GuardTrainConfig:
     dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
     device: str = _f("auto", "auto, cpu or cuda")
     max_context_tokens: int = _f(512, "prompt + answer tokens at most")
+    max_new_tokens: int = _f(96, "dpo: tokens of each sampled answer (reasoning + label line)")
     checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     seed: int = _f(0, "seed of the split, the rationales, the batches and LoRA's initialisation")
+    # --- stage dpo (guard_model: the SFT guard's folder, which is also the reference) ------------------------
+    dpo_samples: int = _f(4, "dpo: completions sampled per input, ranked by reasoning quality")
+    dpo_temperature: float = _f(1.0, "dpo: sampling temperature of the completions")
+    dpo_beta: float = _f(0.1, "dpo: beta of the DPO loss")
+    dpo_min_gap: float = _f(0.05, "dpo: best and worst completion must differ by more than this in quality")
+    hard_samples: bool = _f(False, "dpo: pairs only from inputs whose sampled labels disagree (GuardReasoner)")
+    quality_model: str = _f("", "dpo: the model whose NLL scores coherence (empty: the SFT guard's base)")
+    embedding_model: str = _f("minilm", "dpo: embedder of the relevance term")
 
     def validate(self) -> None:
         if self.guard_format not in ("chat", "plain"):
             raise RedgymError(f"config: guard_format must be chat or plain, got {self.guard_format!r}")
         if min(self.steps, self.batch_size, self.micro_batch_size, self.rationale_tries) < 1 or self.lr <= 0:
             raise RedgymError("config: steps, batch_size, micro_batch_size, rationale_tries >= 1 and lr > 0")
+        if self.dpo_samples < 2 or self.dpo_temperature <= 0 or self.dpo_beta <= 0:
+            raise RedgymError("config: dpo_samples >= 2, dpo_temperature > 0 and dpo_beta > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,10 +167,22 @@ def encode(guard: GuardModel, examples: list[GuardExample], budget: int) -> tupl
     return ctx, answers
 
 
-def train_guard(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
-    """SFT (or resume it) into ``out``: ``guard/`` (the adapter, loadable as ``guard_model``), checkpoints,
-    ``metrics.jsonl``, ``train_examples.jsonl`` and the rationalisation's keep rate in ``data.json``."""
-    # 0 setup: policy (LoRA over the base), accelerator, optimizer; the examples (rationalised once, then reused)
+@dataclass
+class Frame:
+    """What both stages set up the same way: accelerator, policy (LoRA over ``guard_model``; its reference is
+    ``guard_model`` itself), optimizer, the guard view of the policy, the step to start from, the metrics log."""
+
+    acc: object
+    policy: common.Policy
+    opt: torch.optim.Optimizer
+    sched: object
+    guard: GuardModel
+    start: int
+    counters: dict
+    metrics_log: common.MetricsLog
+
+
+def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     check_writable(out)
     pcfg = cfg.policy_config()
     acc = common.make_accelerator(pcfg, out)
@@ -162,54 +190,154 @@ def train_guard(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress
     policy = common.build_policy(pcfg)
     opt, sched = common.optimizer_and_schedule(pcfg, policy.model)
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
-    guard = GuardModel(LM(policy.model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens))
+    guard = GuardModel(LM(policy.model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens),
+                       max_new_tokens=cfg.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
-    data_file = out / "train_examples.jsonl"
-    if data_file.exists():
-        rows = [json.loads(x) for x in data_file.read_text(encoding="utf-8").splitlines() if x.strip()]
-        examples = [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
-                    for r in rows]
-    else:
-        examples, stats = training_examples(cfg, guard, progress)  # before any update: the policy is the base
-        write_jsonl(data_file, (dataclasses.asdict(e) for e in examples))
-        write_json(out / "data.json", stats)
     save_config(out, cfg)
     start, counters = 0, {}
     if resume and (ckpt := common.latest_checkpoint(out)):
         state = common.load_checkpoint(acc, ckpt)
         start, counters = state["step"], state.get("counters", {})
-    metrics_log = common.MetricsLog(out, acc)
-    ctx, answers = encode(guard, examples, cfg.max_context_tokens)
-    pad = policy.tokenizer.pad_token_id
+    return Frame(acc, policy, opt, sched, guard, start, counters, common.MetricsLog(out, acc))
+
+
+def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dict) -> None:
+    """Optimizer step, log, and a checkpoint every ``checkpoint_every`` steps and at the end."""
+    if cfg.max_grad_norm > 0:
+        f.acc.clip_grad_norm_(f.policy.model.parameters(), cfg.max_grad_norm)
+    f.opt.step()
+    f.sched.step()
+    f.opt.zero_grad()
+    f.metrics_log.log(step + 1, {**metrics, "train/lr": f.sched.get_last_lr()[0],
+                                 "train/nonfinite_skipped": f.counters.get("nonfinite_skipped", 0)})
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        common.save_checkpoint(f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints,
+                               model_dir="guard")
+
+
+def cached_examples(cfg: GuardTrainConfig, guard: GuardModel, out: Path, progress: bool) -> list[GuardExample]:
+    """The SFT examples, rationalised once (``train_examples.jsonl``, ``data.json``) and reread on resume."""
+    data_file = out / "train_examples.jsonl"
+    if data_file.exists():
+        rows = [json.loads(x) for x in data_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
+                for r in rows]
+    examples, stats = training_examples(cfg, guard, progress)  # before any update: the policy is the base
+    write_jsonl(data_file, (dataclasses.asdict(e) for e in examples))
+    write_json(out / "data.json", stats)
+    return examples
+
+
+def train_guard(cfg: GuardTrainConfig, out: Path, stage: str = "sft", resume: bool = False,
+                progress: bool = True) -> dict:
+    """Train (or resume) a guard stage into ``out``; the guard is saved to ``out/guard`` (loadable as
+    ``guard_model``). Returns the final step's metrics."""
+    if stage not in STAGES:
+        raise RedgymError(f"guard train: stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    return STAGES[stage](cfg, out, resume, progress)
+
+
+def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    # 0 setup: policy (LoRA over the base), the examples (rationalised once, then reused)
+    f = start_frame(cfg, out, resume)
+    examples = cached_examples(cfg, f.guard, out, progress)
+    ctx, answers = encode(f.guard, examples, cfg.max_context_tokens)
+    pad = f.policy.tokenizer.pad_token_id
     metrics: dict[str, float] = {}
-    for step in tqdm(range(start, cfg.steps), desc="train guard sft", initial=start, total=cfg.steps,
+    for step in tqdm(range(f.start, cfg.steps), desc="guard sft", initial=f.start, total=cfg.steps,
                      disable=not progress):
         t0 = time.time()
-        # 1 the step's examples
+        # 1 the step's examples: a pure function of (seed, step), so a resumed run draws the same ones
         batch = np.random.default_rng([cfg.seed, step]).integers(len(examples), size=cfg.batch_size)
         n_tokens = sum(len(answers[i]) for i in batch)
-        # 2-3 mean NLL of the answers, accumulated over micro-batches into one update
-        policy.model.train()
+        # 2-3 mean NLL of the answers (the prompt carries no loss), micro-batches accumulated into one update
+        f.policy.model.train()
         losses = []
         for s in range(0, len(batch), cfg.micro_batch_size):
             mb = batch[s:s + cfg.micro_batch_size]
-            o = continuation_forward(policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
+            o = continuation_forward(f.policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
             loss = -(o.logps * o.mask).sum() / n_tokens
-            if not common.finite_or_skip(loss, counters, step):
-                continue
-            acc.backward(loss)
-            losses.append(float(loss.detach()))
-        if cfg.max_grad_norm > 0 and losses:
-            acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        # 4 log + checkpoint
-        metrics = {"loss/sft": float(np.sum(losses)) if losses else float("nan"), "train/lr": sched.get_last_lr()[0],
-                   "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0), "time/step_s": time.time() - t0}
-        metrics_log.log(step + 1, metrics)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            common.save_checkpoint(acc, out, step + 1, policy, {"counters": counters}, cfg.keep_checkpoints,
-                                   model_dir="guard")
-    acc.end_training()
+            if common.finite_or_skip(loss, f.counters, step):
+                f.acc.backward(loss)
+                losses.append(float(loss.detach()))
+        # 4 update, log, checkpoint
+        metrics = {"loss/sft": float(np.sum(losses)) if losses else float("nan"), "time/step_s": time.time() - t0}
+        end_step(f, cfg, out, step, metrics)
+    f.acc.end_training()
     return metrics
+
+
+def _base_model(cfg: GuardTrainConfig) -> str:
+    if cfg.quality_model:
+        return cfg.quality_model
+    p = Path(cfg.guard_model) / "adapter_config.json"
+    return json.loads(p.read_text())["base_model_name_or_path"] if p.is_file() else cfg.guard_model
+
+
+def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Online DPO on reasoning quality: ``guard_model`` is the SFT guard (policy start and reference)."""
+    from redgym.guard.quality import QUALITY_WEIGHTS, best_worst_pairs, hard_sample_inputs, quality, quality_terms
+    from redgym.models.loading import load_model
+    from redgym.scorers.embeddings import load_embedder
+    from redgym.trainers.losses import dpo_loss, preference_margin
+
+    # 0 setup: policy (LoRA over the SFT guard), the base model that scores coherence, the embedder, the inputs
+    f = start_frame(cfg, out, resume)
+    base, base_tok = load_model(_base_model(cfg), cfg.dtype, cfg.device)
+    base_lm = LM(base, base_tok, _base_model(cfg), "plain", cfg.max_context_tokens)
+    embed = load_embedder(cfg.embedding_model)
+    train = default_guard_sets(cfg.seed, cfg.test_fraction)[0] if cfg.train_set == "default" \
+        else read_guard_train(cfg.train_set)
+    lm, pad = f.guard.lm, f.policy.tokenizer.pad_token_id
+    params = SamplingParams(max_new_tokens=f.guard.max_new_tokens, min_new_tokens=1, temperature=cfg.dpo_temperature,
+                            top_p=1.0, top_k=0, repetition_penalty=1.0)
+    metrics: dict[str, float] = {}
+    for step in tqdm(range(f.start, cfg.steps), desc="guard dpo", initial=f.start, total=cfg.steps,
+                     disable=not progress):
+        t0 = time.time()
+        # 1 the step's inputs, each answered dpo_samples times by the policy
+        batch = [train[int(i)] for i in np.random.default_rng([cfg.seed, step]).integers(len(train),
+                                                                                          size=cfg.batch_size)]
+        k = cfg.dpo_samples
+        f.policy.model.eval()
+        prompts = [f.guard.prompt(e.text) for e in batch for _ in range(k)]
+        gen = lm.generate(prompts, params)
+        parsed = [parse_guard_output(t) for t in gen.texts]
+        # 2 reasoning quality of every completion; best vs worst per input
+        terms = quality_terms([e.text for e in batch for _ in range(k)], [r for r, _ in parsed],
+                              [lab for _, lab in parsed], [e.label for e in batch for _ in range(k)],
+                              base_lm.continuation_nll, embed)
+        q = quality(terms).reshape(len(batch), k)
+        pairs = best_worst_pairs(q, cfg.dpo_min_gap)
+        if cfg.hard_samples:
+            hard = set(hard_sample_inputs([[lab for _, lab in parsed[i * k:(i + 1) * k]] for i in range(len(batch))]))
+            pairs = [p for p in pairs if p[0] in hard]
+        # 3 DPO loss on (prompt, better completion, worse completion) against the SFT guard
+        f.policy.model.train()
+        losses, margins = [], []
+        for s in range(0, len(pairs), cfg.micro_batch_size):
+            mb = pairs[s:s + cfg.micro_batch_size]
+            ctx = [lm.encode_context(prompts[i * k], cfg.max_context_tokens - cfg.max_new_tokens,
+                                     add_special_tokens=lm.fmt == "plain") for i, _, _ in mb]
+            chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
+            rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
+            pc, pr = (common.sequence_logps(f.policy.model, ctx, ids, pad) for ids in (chosen, rejected))
+            with torch.no_grad():
+                rc, rr = (common.sequence_logps(f.policy.ref_model, ctx, ids, pad) for ids in (chosen, rejected))
+            loss = dpo_loss(pc, pr, rc, rr, cfg.dpo_beta).sum() / max(1, len(pairs))
+            if common.finite_or_skip(loss, f.counters, step):
+                f.acc.backward(loss)
+                losses.append(float(loss.detach()))
+                margins += preference_margin(pc, pr, rc, rr).detach().tolist()
+        # 4 update, log, checkpoint
+        metrics = {"loss/dpo": float(np.sum(losses)) if losses else float("nan"), "pairs/count": len(pairs),
+                   "pairs/margin": float(np.mean(margins)) if margins else float("nan"),
+                   "quality/mean": float(q.mean()), **{f"quality/{n}": float(np.mean(terms[n])) for n in QUALITY_WEIGHTS},
+                   "guard/unparseable": float(np.mean([lab is None for _, lab in parsed])),
+                   "time/step_s": time.time() - t0}
+        end_step(f, cfg, out, step, metrics)
+    f.acc.end_training()
+    return metrics
+
+
+STAGES = {"sft": train_sft, "dpo": train_dpo}
