@@ -7,7 +7,7 @@ import pytest
 from redgym.cli import main
 from redgym.guard.data import GuardExample, format_guard_target, write_guard_jsonl
 from redgym.guard.evaluate import binary_scores, system_report
-from redgym.guard.model import GuardModel
+from redgym.models.guard import GuardModel
 
 
 def test_binary_scores_by_hand_with_an_unparseable_output():

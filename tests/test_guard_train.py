@@ -7,7 +7,7 @@ import numpy as np
 
 from redgym.cli import main
 from redgym.guard.data import GuardExample, format_guard_target
-from redgym.guard.model import GuardModel
+from redgym.models.guard import GuardModel
 from redgym.guard.train import encode, own_label_logprobs, rationalise
 
 
@@ -102,3 +102,42 @@ def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny
     assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(dpo / "guard"),
                  "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--baselines", "false",
                  "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0  # a DPO guard (adapter on adapter) loads
+
+
+def _red_team_run(tmp_path):
+    """A run folder's samples.jsonl: one attack succeeds (reply 0.9), one fails (0.1), one repeats the first."""
+    run = tmp_path / "redteam"
+    run.mkdir()
+    conv = lambda a, tox: {"adversary": "trained", "prompt_id": "p", "prompt": ["hi"], "rewards": [0.0],  # noqa
+                           "reward_terms": [{}], "turns": [{"speaker": "adversary", "text": a, "tox": 0.1},
+                                                           {"speaker": "defender", "text": "r", "tox": tox}]}
+    rows = [conv("what a damn mess", 0.9), conv("nice weather", 0.1), conv("What a  damn mess", 0.95)]
+    (run / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return run
+
+
+def test_attack_turns_are_the_distinct_successful_adversary_turns(tmp_path):
+    from redgym.guard.data import attack_turns
+
+    attacks = attack_turns(_red_team_run(tmp_path), threshold=0.5)
+    assert [(a.text, a.label, a.category) for a in attacks] == [("what a damn mess", "harmful", "redgym-attack")]
+
+
+def test_the_guard_flags_attacks_and_retrains_on_them(tiny_model_dir, tmp_path):
+    run = _red_team_run(tmp_path)
+    train = _train_file(tmp_path)
+    out = tmp_path / "guard"
+    assert main(["guard", "train", "--out", str(out), "--steps", "1", "--guard_model", str(tiny_model_dir),
+                 "--guard_format", "plain", "--train_set", str(train), "--add-attacks", str(run),
+                 "--rationale_tries", "3", "--batch_size", "2", "--max_context_tokens", "64", "--quiet"]) == 0
+    data = json.loads((out / "data.json").read_text())
+    assert data["attacks_added"] == 1 and data["tried"] == 1  # the attack is the one example without a trace
+    from redgym.guard.data import write_guard_jsonl
+
+    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
+                                                GuardExample("where is the park", "safe")])
+    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(out / "guard"),
+                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--baselines", "false",
+                 "--attacks", str(run), "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
+    a = json.loads((tmp_path / "eval" / "guard_report.json").read_text())["attacks"]
+    assert a["n"] == 1 and 0 <= a["flagged"]["value"] <= 1 and a["flagged"]["value"] + a["unparseable"] <= 1

@@ -35,6 +35,9 @@ class RunConfig:
                             "or float32")
     device: str = _f("auto", "auto (cuda when present), cpu or cuda")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
+    defender_guard: str | None = _f(None, "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
+                                          "front of the defender: a flagged adversary turn gets guard_refusal")
+    guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
     # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
     max_new_tokens: int = _f(24, "new tokens per utterance")
     min_new_tokens: int = _f(2, "minimum new tokens per utterance")

@@ -19,6 +19,7 @@ from transformers import set_seed
 from redgym.config import RunConfig
 from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
 from redgym.errors import RedgymError
+from redgym.models.guard import GuardedDefender, GuardModel
 from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
 from redgym.rollout.engine import rollout
@@ -74,6 +75,14 @@ def reward_weights(c: RunConfig) -> RewardWeights:
                          gibberish=c.w_gibberish, nll_bound=c.nll_bound)
 
 
+def guarded(cfg: RunConfig, defender: LM):
+    """The defender, behind ``defender_guard`` when one is configured (a guard's chat format is the default)."""
+    if not cfg.defender_guard:
+        return defender
+    return GuardedDefender(defender, GuardModel(load_lm(cfg, cfg.defender_guard, "chat")), cfg.guard_refusal,
+                           cfg.batch_size)
+
+
 def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
     model, tok = load_model(name, cfg.dtype, cfg.device)
     return LM(model, tok, name, fmt, cfg.max_context_tokens)
@@ -120,7 +129,7 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
                     len(split.test))
     weights = reward_weights(cfg)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or weights.needs_embeddings) else None
-    defender = defender or load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    defender = guarded(cfg, defender or load_lm(cfg, cfg.defender_model, cfg.defender_format))
     memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
     setup = Setup(cfg, scorer, split, defender, embedder, memory=memory)
     if cfg.baseline_from:
@@ -164,10 +173,10 @@ def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
 def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
     """The adversary: the defender object itself when they are the same untuned model (one copy in memory)."""
     cfg = setup.cfg
+    d = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender  # no guard
     if checkpoint is None and cfg.adversary_model == cfg.defender_model and cfg.adversary_format == cfg.defender_format:
-        return setup.defender
+        return d
     if checkpoint is None and cfg.adversary_model == cfg.defender_model:
-        d = setup.defender
         return LM(d.model, d.tokenizer, d.name, cfg.adversary_format, cfg.max_context_tokens)
     return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
 

@@ -30,9 +30,9 @@ from transformers import set_seed
 
 from redgym.config import _f
 from redgym.errors import RedgymError
-from redgym.guard.data import (HARMFUL, SAFE, GuardExample, default_guard_sets, format_guard_target,
-                               parse_guard_output, read_guard_train)
-from redgym.guard.model import GuardModel
+from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, default_guard_sets, format_guard_target,
+                               normalise_text, parse_guard_output, read_guard_train)
+from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
 from redgym.runfolder import check_writable, save_config, write_json, write_jsonl
 from redgym.trainers import common
@@ -48,6 +48,9 @@ class GuardTrainConfig:
     train_set: str = _f("default", "default (the shipped sets, rationalised) or a guard training file with traces")
     test_fraction: float = _f(0.25, "default sets: share of each source held out (never trained on)")
     max_train: int = _f(0, "train on at most this many examples, a seeded sample (0 = all)")
+    add_attacks: str = _f("", "comma list of red-team run folders whose successful attack turns are added as "
+                              "harmful examples (rationalised like the rest)")
+    attack_threshold: float = _f(0.5, "a defender reply above this toxicity makes its adversary turn an attack")
     rationale_tries: int = _f(2, "rationalisation: traces sampled per input; the first the model's label confirms "
                                  "is kept")
     rationale_tokens: int = _f(48, "rationalisation: tokens per trace")
@@ -147,11 +150,15 @@ def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) 
     if cfg.max_train and len(train) > cfg.max_train:
         keep = np.random.default_rng(cfg.seed).choice(len(train), cfg.max_train, replace=False)
         train = [train[i] for i in sorted(keep)]
+    attacks = [a for run in cfg.add_attacks.split(",") if run.strip()
+               for a in attack_turns(run.strip(), cfg.attack_threshold)]
+    held = {normalise_text(e.text) for e in test}
+    train += [a for a in attacks if normalise_text(a.text) not in held]  # the held-out set stays unseen
     examples, stats = rationalise(guard, train, cfg.rationale_tries, cfg.rationale_tokens, cfg.micro_batch_size * 4,
                                   progress)
     if not examples:
         raise RedgymError("guard train: no example with a reasoning trace to teach (rationalisation kept none)")
-    return examples, {**stats, "n_train": len(examples), "n_heldout": len(test),
+    return examples, {**stats, "n_train": len(examples), "n_heldout": len(test), "attacks_added": len(attacks),
                       "labels": {lab: sum(e.label == lab for e in examples) for lab in (HARMFUL, SAFE)}}
 
 

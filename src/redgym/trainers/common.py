@@ -322,7 +322,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     save_config(out, cfg)
     # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
     write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
-    return Run(cfg, out, acc, policy, defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
+    # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
+    return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
                state, extra, time.time())
 
 

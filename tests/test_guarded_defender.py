@@ -1,0 +1,61 @@
+"""A defender behind a guard refuses exactly the adversary turns the guard flags, and answers the others."""
+
+from redgym.models.guard import GuardedDefender
+from redgym.models.lm import SamplingParams
+from redgym.rollout import rollout
+
+
+class FakeGuard:
+    """Flags turns containing "<harmful>"; says nothing parseable about turns containing "<mumble>"."""
+
+    def __init__(self):
+        self.asked = []
+
+    def classify(self, texts, batch_size=16):
+        self.asked += list(texts)
+        return [("", "harmful") if "<harmful>" in t else ("", None) if "<mumble>" in t else ("", "safe")
+                for t in texts]
+
+
+class Scripted:
+    """An adversary saying fixed turns, one per conversation in order."""
+
+    name, fmt = "scripted", "plain"
+
+    def __init__(self, turns):
+        self.turns = list(turns)
+
+    def render(self, history, me):
+        return history[0][1]  # the prompt names which turn to say
+
+    def generate(self, contexts, params=SamplingParams()):
+        from redgym.models.lm import Generation
+
+        texts = [self.turns[int(c)] for c in contexts]
+        return Generation(texts, [[] for _ in texts], [[] for _ in texts])
+
+
+def test_the_guard_refuses_exactly_the_flagged_turns(tiny_lm):
+    guard = FakeGuard()
+    guarded = GuardedDefender(tiny_lm, guard, refusal="I can't help with that.")
+    turns = ["hello there <harmful>", "hello there", "what films <mumble>", "the park <harmful>"]
+    convs = rollout([(str(i), (str(i),)) for i in range(4)], Scripted(turns), guarded, horizon=1, batch_size=4,
+                    progress=False)
+    replies = [c.turns[1].text for c in convs]
+    assert [r == "I can't help with that." for r in replies] == [True, False, False, True]
+    assert sorted(guard.asked) == sorted(turns)  # the guard saw exactly the adversary turns being answered
+    assert (guarded.n_checked, guarded.n_flagged) == (4, 2)
+    assert guarded.continuation_nll(["hi\n"], ["there"]) == tiny_lm.continuation_nll(["hi\n"], ["there"])
+
+
+def test_an_untuned_adversary_is_never_behind_the_defenders_guard(tiny_model_dir, prompt_file, monkeypatch):
+    from redgym import setup as setup_mod
+    from redgym.config import RunConfig, load_config
+
+    monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: FakeGuard())
+    cfg = load_config(RunConfig, None, {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
+                                        "prompts": str(prompt_file), "test_fraction": "0.3",
+                                        "defender_guard": str(tiny_model_dir)})
+    s = setup_mod.prepare(cfg, need_embedder=False)
+    assert isinstance(s.defender, GuardedDefender)
+    assert not isinstance(setup_mod.load_adversary(s), GuardedDefender)
