@@ -23,8 +23,20 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
+class ConfigFields:
+    """What every typed config dataclass shares: its values as a dict, and one line of help per field."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help_lines(cls) -> list[str]:
+        return [f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
+                for f in dataclasses.fields(cls)]
+
+
 @dataclass
-class RunConfig:
+class RunConfig(ConfigFields):
     # --- models -------------------------------------------------------------------------------------------
     adversary_model: str = _f("smollm2-135m", "adversary LM: a known name, a local HF folder, a .gguf file or a hub id")
     defender_model: str = _f("smollm2-135m", "defender LM (frozen), same forms as adversary_model")
@@ -125,13 +137,6 @@ class RunConfig:
         """The seed of the prompt split (``split_seed``, else ``seed``)."""
         return self.seed if self.split_seed is None else self.split_seed
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def help_lines(cls) -> list[str]:
-        return [f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
-                for f in dataclasses.fields(cls)]
 
 
 def _type_name(tp) -> str:

@@ -9,7 +9,6 @@ on the guard's training set, and (for a trained guard) its base model prompted a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from redgym.config import _f
+from redgym.config import ConfigFields, _f
 from redgym.errors import RedgymError
 from redgym.eval.classification import bootstrap_ci, confusion_matrix, plot_confusion
 from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, default_guard_sets, read_guard_test,
@@ -32,7 +31,7 @@ LABELS = [HARMFUL, SAFE]
 
 
 @dataclass
-class GuardConfig:
+class GuardConfig(ConfigFields):
     guard_model: str = _f("smollm2-135m", "the guard: a known model name, a folder, or a trained guard's adapter")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
     dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
@@ -59,13 +58,6 @@ class GuardConfig:
             raise RedgymError(f"config: guard_format must be chat or plain, got {self.guard_format!r}")
         if self.max_new_tokens < 2 or self.batch_size < 1 or not 0 < self.test_fraction < 1:
             raise RedgymError("config: need max_new_tokens >= 2, batch_size >= 1 and test_fraction in (0, 1)")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def help_lines(cls) -> list[str]:
-        return [f"--{f.name} (default {f.default!r}): {f.metadata.get('help', '')}" for f in dataclasses.fields(cls)]
 
 
 def guard_sets(cfg: GuardConfig) -> tuple[list[GuardExample], list[GuardExample]]:

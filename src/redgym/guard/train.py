@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from redgym.config import _f
+from redgym.config import ConfigFields, _f
 from redgym.errors import RedgymError
 from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, default_guard_sets, format_guard_target,
                                normalise_text, parse_guard_output, read_guard_train)
@@ -42,7 +42,7 @@ RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sent
 
 
 @dataclass
-class GuardTrainConfig:
+class GuardTrainConfig(ConfigFields):
     guard_model: str = _f("smollm2-135m", "the base model the guard is trained from")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
     train_set: str = _f("default", "default (the shipped sets, rationalised) or a guard training file with traces")
@@ -88,12 +88,6 @@ class GuardTrainConfig:
         if self.dpo_samples < 2 or self.dpo_temperature <= 0 or self.dpo_beta <= 0:
             raise RedgymError("config: dpo_samples >= 2, dpo_temperature > 0 and dpo_beta > 0")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def help_lines(cls) -> list[str]:
-        return [f"--{f.name} (default {f.default!r}): {f.metadata.get('help', '')}" for f in dataclasses.fields(cls)]
 
     def policy_config(self) -> common.TrainConfig:
         """The fields the shared policy / optimizer / accelerator code reads, under their trainer names."""
