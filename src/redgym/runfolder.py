@@ -52,6 +52,19 @@ def write_jsonl(path: Path, rows) -> None:
     atomic_write(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: Path, what: str, missing: str) -> list[dict]:
+    """The rows of a JSONL file; a missing or unreadable file is one ``RedgymError`` line starting ``what:``
+    (``missing`` says where such a file comes from)."""
+    from redgym.errors import RedgymError
+
+    try:
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise RedgymError(f"{what}: {path} not found ({missing})") from None
+    except (OSError, ValueError) as e:
+        raise RedgymError(f"{what}: cannot read {path} ({type(e).__name__})") from None
+
+
 def git_hash() -> str:
     try:
         here = Path(redgym.__file__).resolve().parent

@@ -20,7 +20,7 @@ from redgym.eval.report import write_report
 from redgym.models.lm import LM
 from redgym.models.replay import ScriptedSpeaker
 from redgym.rollout.records import Conversation
-from redgym.runfolder import CONTENT_WARNING, check_writable, run_metadata, save_config, write_json
+from redgym.runfolder import CONTENT_WARNING, check_writable, read_jsonl, run_metadata, save_config, write_json
 from redgym.setup import Setup, load_adversary, prepare, run_adversary
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,7 @@ def evaluate(cfg: RunConfig, out: Path, progress: bool = True, title: str | None
 def read_samples(run_dir: Path) -> dict[str, list[dict]]:
     """A run folder's ``samples.jsonl`` rows grouped by adversary label, in file order."""
     path = run_dir / "samples.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise RedgymError(f"replay: {path} not found (a run folder written by redgym eval or train)") from None
-    except (OSError, ValueError) as e:
-        raise RedgymError(f"replay: cannot read {path} ({type(e).__name__})") from None
+    rows = read_jsonl(path, "replay", "a run folder written by redgym eval or train")
     by_label: dict[str, list[dict]] = {}
     for r in rows:
         by_label.setdefault(str(r.get("adversary", "adversary")), []).append(r)

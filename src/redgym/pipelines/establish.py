@@ -15,7 +15,6 @@ so every command loads it as ``scorer: classifier:DIR/classifier[#label]``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
 from redgym.models.judge import DEFAULT_QUESTION, Judge
-from redgym.runfolder import CONTENT_WARNING, check_writable, save_config, write_json, write_jsonl
+from redgym.runfolder import CONTENT_WARNING, check_writable, read_jsonl, save_config, write_json, write_jsonl
 from redgym.scorers.classifier import load_classifier_scorer, train_encoder_classifier, train_linear_classifier
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
@@ -80,12 +79,7 @@ def read_samples(cfg: EstablishConfig) -> list[dict]:
     path = Path(cfg.samples)
     if path.is_dir():
         path = path / ("all_samples.jsonl" if cfg.use_all else "samples.jsonl")
-    try:
-        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    except FileNotFoundError:
-        raise RedgymError(f"establish: {path} not found (run redgym explore first)") from None
-    except (OSError, ValueError) as e:
-        raise RedgymError(f"establish: cannot read {path} ({type(e).__name__})") from None
+    rows = read_jsonl(path, "establish", "run redgym explore first")
     if not rows or any("text" not in r for r in rows):
         raise RedgymError(f"establish: {path} needs rows with a `text` field")
     return [{"id": str(r.get("id", i)), "text": r["text"]} for i, r in enumerate(rows)]
