@@ -9,7 +9,6 @@ first conversation is generated, and nothing is written into the output folder u
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
