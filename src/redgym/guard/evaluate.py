@@ -9,7 +9,6 @@ on the guard's training set, and (for a trained guard) its base model prompted a
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, defaul
 from redgym.models.guard import GuardModel
 from redgym.guard.quality import KeywordGuard, default_keywords
 from redgym.models.lm import LM
-from redgym.models.loading import load_model
+from redgym.models.loading import adapter_base, load_model, root_model
 from redgym.runfolder import CONTENT_WARNING, check_writable, write_json
 
 LABELS = [HARMFUL, SAFE]
@@ -110,19 +109,6 @@ def _guard_lm(cfg: GuardConfig, name: str) -> LM:
     return LM(model, tok, name, cfg.guard_format, cfg.max_context_tokens)
 
 
-def _base_of(folder: str) -> str | None:
-    """The base model of a trained guard (a LoRA adapter folder), else None."""
-    p = Path(folder) / "adapter_config.json"
-    return json.loads(p.read_text()).get("base_model_name_or_path") if p.is_file() else None
-
-
-def root_model(name: str) -> str:
-    """The model under a chain of adapters (a DPO guard's adapter sits on the SFT guard's)."""
-    while (base := _base_of(name)) is not None:
-        name = base
-    return name
-
-
 def reasoning_quality(cfg: GuardConfig, test: list[GuardExample], reasonings: dict[str, list[str]],
                       labels: dict[str, list[str | None]]) -> dict:
     """Mean reasoning quality and its four terms for each LM guard (what the DPO stage optimises), with a
@@ -170,7 +156,7 @@ def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
     systems: dict[str, list[str | None]] = {}
     times: dict[str, float] = {}
     models = {"guard": cfg.guard_model}
-    if cfg.baselines and (base := _base_of(cfg.guard_model)):
+    if cfg.baselines and (base := adapter_base(cfg.guard_model)):
         models["untuned guard"] = base
     reasonings: dict[str, list[str]] = {}
     for label, name in models.items():

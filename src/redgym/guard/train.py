@@ -34,6 +34,7 @@ from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, defaul
                                normalise_text, parse_guard_output, read_guard_train)
 from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
+from redgym.models.loading import adapter_base
 from redgym.runfolder import check_writable, save_config, write_json, write_jsonl
 from redgym.trainers import common
 
@@ -271,8 +272,7 @@ def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
 def _base_model(cfg: GuardTrainConfig) -> str:
     if cfg.quality_model:
         return cfg.quality_model
-    p = Path(cfg.guard_model) / "adapter_config.json"
-    return json.loads(p.read_text())["base_model_name_or_path"] if p.is_file() else cfg.guard_model
+    return adapter_base(cfg.guard_model) or cfg.guard_model
 
 
 def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:

@@ -9,6 +9,7 @@ Names: a known offline name (``smollm2-135m``: the GGUF shipped inside the ``llm
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -139,6 +140,19 @@ def resolve_model_path(name: str) -> str:
     if looks_like_path:
         raise RedgymError(f"model folder not found: {name}")
     return name  # a hub id; from_pretrained reports whether it exists
+
+
+def adapter_base(name: str) -> str | None:
+    """The base model a LoRA adapter folder names (``adapter_config.json``), else None."""
+    p = Path(name) / "adapter_config.json"
+    return json.loads(p.read_text()).get("base_model_name_or_path") if p.is_file() else None
+
+
+def root_model(name: str) -> str:
+    """The model under a chain of adapters (a guard's DPO adapter sits on its SFT adapter)."""
+    while (base := adapter_base(name)) is not None:
+        name = base
+    return name
 
 
 def load_model(name: str, dtype: str = "auto", device: str = "auto"):
