@@ -59,3 +59,44 @@ def test_an_untuned_adversary_is_never_behind_the_defenders_guard(tiny_model_dir
     s = setup_mod.prepare(cfg, need_embedder=False)
     assert isinstance(s.defender, GuardedDefender)
     assert not isinstance(setup_mod.load_adversary(s), GuardedDefender)
+
+
+class ParityGuard(FakeGuard):
+    """Flags turns of odd length: about half of a tiny random model's turns."""
+
+    def classify(self, texts, batch_size=16):
+        self.asked += list(texts)
+        return [("", "harmful") if len(t) % 2 else ("", "safe") for t in texts]
+
+
+def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir, prompt_file, monkeypatch, tmp_path):
+    import json
+
+    from redgym import setup as setup_mod
+    from redgym.config import RunConfig, load_config
+    from redgym.eval.evaluate import evaluate
+
+    monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: ParityGuard())
+    cfg = load_config(RunConfig, None, {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
+                                        "prompts": str(prompt_file), "test_fraction": "0.3", "horizon": "1",
+                                        "max_new_tokens": "6", "samples_per_prompt": "2", "bootstrap_samples": "50",
+                                        "defender_guard": str(tiny_model_dir),
+                                        "guard_refusal": "No.", "toxic_threshold": "0.05"})
+    report = evaluate(cfg, tmp_path / "ev", progress=False)
+    assert list(report["results"]) == ["untuned", "untuned+guard"]
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]
+    bare = [r for r in rows if r["adversary"] == "untuned"]
+    guarded = [r for r in rows if r["adversary"] == "untuned+guard"]
+    assert len(bare) == len(guarded) == 6
+    n_flagged = 0
+    for b, g in zip(bare, guarded):
+        (ba, bd), (ga, gd) = b["turns"], g["turns"]
+        assert ba["text"] == ga["text"]  # the same adversary turn
+        flagged = len(ga["text"]) % 2 == 1
+        n_flagged += flagged
+        assert gd["text"] == ("No." if flagged else bd["text"])  # refused, or the bare defender's very reply
+    assert report["guard"]["turns_flagged"] == n_flagged and report["guard"]["turns_checked"] == 6
+    effect = report["guard_effect"]["untuned"]["attack_success_rate"]
+    asr = lambda rs: sum(r["turns"][1]["tox"] > 0.05 for r in rs) / len(rs)  # noqa: E731
+    assert abs(effect["value"] - (asr(guarded) - asr(bare))) < 1e-9
+    assert "Guard effect" in (tmp_path / "ev" / "report.md").read_text()

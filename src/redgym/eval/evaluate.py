@@ -16,6 +16,7 @@ from redgym.config import RunConfig, load_config
 from redgym.errors import RedgymError
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
+from redgym.models.guard import GuardedDefender
 from redgym.models.lm import LM
 from redgym.models.replay import ScriptedSpeaker
 from redgym.rollout.records import Conversation
@@ -26,16 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversation]], title: str,
-               n_samples: int = 0, extra: dict | None = None) -> dict:
-    """Metrics for every label, paired differences of the last label against the first, and all files."""
+               n_samples: int = 0, extra: dict | None = None, pair: tuple[str, str] | None = None) -> dict:
+    """Metrics for every label, paired differences of ``pair`` (default: the last label against the first), and
+    all files."""
     cfg = setup.cfg
     results = {label: compute_metrics(convs, cfg.toxic_threshold, setup.embedder, cfg.bootstrap_samples, cfg.seed)
                for label, convs in convs_by_label.items()}
     labels = list(convs_by_label)
     differences = None
     if len(labels) > 1:
-        differences = paired_difference(convs_by_label[labels[0]], convs_by_label[labels[-1]],
-                                        cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold)
+        a, b = pair or (labels[0], labels[-1])
+        differences = paired_difference(convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed,
+                                        cfg.toxic_threshold)
     split_json = setup.split.to_json(cfg.prompts, cfg.seed)
     report = {
         "title": title,
@@ -49,6 +52,7 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
         "metrics": results[labels[-1]],
         "results": results,
         "differences": differences,
+        "differences_of": list(pair) if pair and differences else None,
         **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -61,11 +65,30 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
 
 def compare(setup: Setup, adversaries: dict[str, LM], out: Path, title: str, progress: bool = True,
             n_samples: int = 10) -> dict:
-    """Evaluate several adversaries on the same test prompts and seed; one report, side by side."""
-    convs = {label: setup.baseline if label == "untuned" and setup.baseline is not None
-             else run_adversary(setup, lm, desc=f"eval {label}", progress=progress)
-             for label, lm in adversaries.items()}
-    return write_eval(out, setup, convs, title=title, n_samples=n_samples)
+    """Evaluate several adversaries on the same test prompts and seed; one report, side by side.
+
+    With ``defender_guard``, each adversary is evaluated twice with the same seed, against the bare defender
+    (``label``) and behind the guard (``label+guard``): the same adversary turns and the same replies to unflagged
+    turns (models/guard.py), so ``guard_effect`` (guarded - bare, per adversary) is paired turn by turn, and the
+    report's ``differences`` are the last adversary's guard effect."""
+    guard = setup.defender if isinstance(setup.defender, GuardedDefender) else None
+    bare = dataclasses.replace(setup, defender=guard.defender) if guard else setup
+    convs: dict[str, list[Conversation]] = {}
+    for label, lm in adversaries.items():
+        convs[label] = setup.baseline if label == "untuned" and setup.baseline is not None \
+            else run_adversary(bare, lm, desc=f"eval {label}", progress=progress)
+        if guard:
+            convs[f"{label}+guard"] = run_adversary(setup, lm, desc=f"eval {label}+guard", progress=progress)
+    if not guard:
+        return write_eval(out, setup, convs, title=title, n_samples=n_samples)
+    cfg = setup.cfg
+    effect = {label: paired_difference(convs[label], convs[f"{label}+guard"], cfg.bootstrap_samples, cfg.seed,
+                                       cfg.toxic_threshold) for label in adversaries}
+    return write_eval(out, setup, convs, title=f"{title}, without and with the guard {cfg.defender_guard}",
+                      n_samples=n_samples, extra={"guard_effect": effect, "guard": {
+                          "model": cfg.defender_guard, "turns_checked": guard.n_checked,
+                          "turns_flagged": guard.n_flagged}},
+                      pair=(list(adversaries)[-1], f"{list(adversaries)[-1]}+guard"))
 
 
 def evaluate(cfg: RunConfig, out: Path, progress: bool = True, title: str | None = None, n_samples: int = 5) -> dict:

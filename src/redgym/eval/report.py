@@ -56,11 +56,19 @@ def render_markdown(report: dict, results: dict[str, dict], differences: dict | 
             row += f" | {_fmt(b / a) if a else 'n/a'}"
         lines.append(row + " |")
     if differences:
-        lines += ["", f"## Paired differences ({labels[-1]} − {labels[0]}, same prompts)", "",
+        first, last = report.get("differences_of") or (labels[0], labels[-1])
+        lines += ["", f"## Paired differences ({last} − {first}, same prompts)", "",
                   "| metric | difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
         for name, m in differences.items():
             lo, hi = m["ci95"]
             lines.append(f"| {name} | {_cell(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+    if report.get("guard_effect"):
+        g = report["guard"]
+        lines += ["", f"## Guard effect (guarded − bare defender, same adversary turns; guard `{g['model']}` flagged "
+                  f"{g['turns_flagged']} of {g['turns_checked']} turns)", "",
+                  "| adversary | attack_success_rate [95% CI] | defender_toxicity [95% CI] |", "|---|---|---|"]
+        for label, d in report["guard_effect"].items():
+            lines.append(f"| {label} | {_cell(d['attack_success_rate'])} | {_cell(d['defender_toxicity'])} |")
     h = cfg["horizon"]
     lines += ["", "## Per turn", "", "| metric | turn | " + " | ".join(labels) + " |",
               "|---|---|" + "---|" * len(labels)]

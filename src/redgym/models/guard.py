@@ -104,9 +104,12 @@ class GuardedDefender:
         flagged = {t for t, (_, lab) in zip(unique, self.guard.classify(unique, self.batch_size)) if lab == HARMFUL}
         self.n_checked += len(turns)
         self.n_flagged += sum(t in flagged for t in turns)
-        keep = [i for i, t in enumerate(turns) if t not in flagged]
-        answered = self.defender.generate([contexts[i] for i in keep], params) if keep else None
-        texts, ids, lps = [self.refusal] * len(contexts), [[] for _ in contexts], [[] for _ in contexts]
-        for j, i in enumerate(keep):
-            texts[i], ids[i], lps[i] = answered.texts[j], answered.token_ids[j], answered.logprobs[j]
+        # The defender answers every context, flagged or not, and the flagged answers are then dropped: the random
+        # stream stays the bare defender's, so with the same seed a guarded and a bare evaluation see the same
+        # adversary turns and the same replies to unflagged turns (paired turn by turn, eval/evaluate.py).
+        answered = self.defender.generate(list(contexts), params)
+        texts, ids, lps = list(answered.texts), list(answered.token_ids), list(answered.logprobs)
+        for i, t in enumerate(turns):
+            if t in flagged:
+                texts[i], ids[i], lps[i] = self.refusal, [], []
         return Generation(texts, ids, lps, [list(x) for x in lps])
