@@ -141,3 +141,19 @@ def test_the_guard_flags_attacks_and_retrains_on_them(tiny_model_dir, tmp_path):
                  "--attacks", str(run), "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
     a = json.loads((tmp_path / "eval" / "guard_report.json").read_text())["attacks"]
     assert a["n"] == 1 and 0 <= a["flagged"]["value"] <= 1 and a["flagged"]["value"] + a["unparseable"] <= 1
+
+
+def test_a_second_round_reuses_the_first_rounds_traces_and_rationalises_only_the_attacks(tiny_model_dir, tmp_path):
+    run = _red_team_run(tmp_path)
+    first = tmp_path / "round1"
+    common = ["--steps", "1", "--guard_model", str(tiny_model_dir), "--guard_format", "plain", "--batch_size", "2",
+              "--max_context_tokens", "64", "--quiet"]
+    assert main(["guard", "train", "--out", str(first), "--train_set", str(_train_file(tmp_path)), *common]) == 0
+    second = tmp_path / "round2"
+    assert main(["guard", "train", "--out", str(second), "--train_set", str(first), "--add-attacks", str(run),
+                 "--rationale_tries", "3", *common]) == 0
+    data = json.loads((second / "data.json").read_text())
+    assert data["attacks_added"] == 1 and data["tried"] == 1
+    old = (first / "train_examples.jsonl").read_text().splitlines()
+    assert (second / "train_examples.jsonl").read_text().splitlines()[:len(old)] == old
+    assert main(["guard", "train", "--out", str(tmp_path / "bad"), "--train_set", str(tmp_path), *common]) == 2

@@ -18,7 +18,6 @@ answered ``dpo_samples`` times; (2) every completion scored 0.3·label correct +
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, defaul
 from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
 from redgym.models.loading import adapter_base
-from redgym.runfolder import check_writable, save_config, write_json, write_jsonl
+from redgym.runfolder import check_writable, read_jsonl, save_config, write_json, write_jsonl
 from redgym.trainers import common
 
 RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is "
@@ -46,7 +45,8 @@ RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sent
 class GuardTrainConfig(ConfigFields):
     guard_model: str = _f("smollm2-135m", "the base model the guard is trained from")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
-    train_set: str = _f("default", "default (the shipped sets, rationalised) or a guard training file with traces")
+    train_set: str = _f("default", "default (the shipped sets, rationalised), a guard training file with traces, or "
+                                   "an earlier guard train folder (its rationalised train_examples.jsonl, reused)")
     test_fraction: float = _f(0.25, "default sets: share of each source held out (never trained on)")
     max_train: int = _f(0, "train on at most this many examples, a seeded sample (0 = all)")
     add_attacks: str = _f("", "comma list of red-team run folders whose successful attack turns are added as "
@@ -140,6 +140,9 @@ def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) 
     """The examples SFT teaches (all with a trace), and how they were made."""
     if cfg.train_set == "default":
         train, test = default_guard_sets(cfg.seed, cfg.test_fraction)
+    elif (Path(cfg.train_set) / "train_examples.jsonl").is_file():  # an earlier run's traces, not made again
+        train = read_examples(Path(cfg.train_set) / "train_examples.jsonl")
+        test = default_guard_sets(cfg.seed, cfg.test_fraction)[1]
     else:
         train, test = read_guard_train(cfg.train_set), []
     if cfg.max_train and len(train) > cfg.max_train:
@@ -217,13 +220,21 @@ def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dic
                                model_dir="guard")
 
 
+def read_examples(path: Path) -> list[GuardExample]:
+    """A guard run's ``train_examples.jsonl``: the examples it taught, each with its trace."""
+    rows = read_jsonl(path, "guard train", "a guard run's train_examples.jsonl")
+    try:
+        return [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
+                for r in rows]
+    except (KeyError, TypeError):
+        raise RedgymError(f"guard train: {path} is not a guard run's train_examples.jsonl") from None
+
+
 def cached_examples(cfg: GuardTrainConfig, guard: GuardModel, out: Path, progress: bool) -> list[GuardExample]:
     """The SFT examples, rationalised once (``train_examples.jsonl``, ``data.json``) and reread on resume."""
     data_file = out / "train_examples.jsonl"
     if data_file.exists():
-        rows = [json.loads(x) for x in data_file.read_text(encoding="utf-8").splitlines() if x.strip()]
-        return [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
-                for r in rows]
+        return read_examples(data_file)
     examples, stats = training_examples(cfg, guard, progress)  # before any update: the policy is the base
     write_jsonl(data_file, (dataclasses.asdict(e) for e in examples))
     write_json(out / "data.json", stats)
