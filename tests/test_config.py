@@ -90,3 +90,22 @@ def test_every_shipped_pipeline_config_builds_its_steps(path, tmp_path):
     assert explore_cfg.n_samples >= 2000 and explore_cfg.clusters >= 50  # the explore scale
     assert establish_cfg.samples == str(tmp_path / "out" / "explore")
     assert len(experiment["seeds"]) >= 2 and set(experiment["arms"]) == {"untuned", "exploit", "exploit_diverse"}
+
+
+GUARD_CONFIGS = {"sft": "train", "sft_round2": "train", "dpo": "train", "eval": "eval", "asr": "run",
+                 "redteam_round2": "grpo", "report": "report"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "guard").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_guard_config_loads(path):
+    from redgym.guard.evaluate import GuardConfig
+    from redgym.guard.report import load_rows
+    from redgym.guard.train import GuardTrainConfig
+    from redgym.trainers.registry import TRAINERS
+
+    kind = GUARD_CONFIGS[path.stem]  # a new guard config must say here what reads it
+    if kind == "report":
+        assert load_rows(path)
+    else:
+        cls = {"train": GuardTrainConfig, "eval": GuardConfig, "run": RunConfig, "grpo": TRAINERS["grpo"][0]}[kind]
+        load_config(cls, path)

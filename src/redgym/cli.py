@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="new run folder")
     where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
     gt.add_argument("--quiet", action="store_true", help="no progress bars")
+    gr = gsub.add_parser("report", help="one table of the guard loop (F1, quality, attack success with and without "
+                                        "the guard) from its run folders")
+    gr.add_argument("--config", type=Path, required=True, help="YAML listing rows: {name, eval, asr, redteam}")
+    gr.add_argument("--out", type=Path, required=True, help="folder for report.md")
+    gr.add_argument("--readme", type=Path, default=None, help="also fill this README's block <!-- results:guard -->")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
@@ -241,6 +246,11 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
 def cmd_guard(args, overrides: dict[str, str]) -> int:
     from redgym.guard.evaluate import GuardConfig, evaluate_guard
 
+    if args.guard_command == "report":
+        from redgym.guard.report import guard_report
+
+        print(f"guard report: {guard_report(args.config, args.out, args.readme)}")
+        return 0
     if args.guard_command == "train":
         from redgym.guard.train import GuardTrainConfig, train_guard
 
