@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 + "\n  ".join(GuardConfig.help_lines()))
     ge.add_argument("--config", type=Path, help="YAML file setting config fields")
     ge.add_argument("--out", type=Path, required=True, help="output folder")
+    ge.add_argument("--quiet", action="store_true", help="no progress bars")
     from redgym.guard.train import GuardTrainConfig
 
     gt = gsub.add_parser("train", help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
@@ -264,7 +265,7 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
         print(f"final step: loss/{args.stage} {loss:.4g}; guard: {out / 'guard'}")
         return 0
 
-    report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out)
+    report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out, progress=not args.quiet)
     f1 = report["systems"]["guard"]["f1"]
     print(f"guard F1 (harmful) {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], unparseable "
           f"{report['systems']['guard']['unparseable']['share']:.3f}; report: {args.out / 'guard_report.md'}")

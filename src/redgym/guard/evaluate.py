@@ -132,13 +132,13 @@ def reasoning_quality(cfg: GuardConfig, test: list[GuardExample], reasonings: di
     return out
 
 
-def flagged_attacks(cfg: GuardConfig) -> dict:
+def flagged_attacks(cfg: GuardConfig, progress: bool = True) -> dict:
     """How many of a red-team run's successful attack turns the guard flags (a bootstrap CI over turns)."""
     turns = attack_turns(cfg.attacks, cfg.attack_threshold)
     if not turns:
         return {"run": cfg.attacks, "n": 0, "note": "no adversary turn got a reply above the threshold"}
     labels = [lab for _, lab in GuardModel(_guard_lm(cfg, cfg.guard_model), max_new_tokens=cfg.max_new_tokens)
-              .classify([t.text for t in turns], cfg.batch_size)]
+              .classify([t.text for t in turns], cfg.batch_size, desc="guard: attacks" if progress else None)]
     hit = np.array([lab == HARMFUL for lab in labels], float)
     rng = np.random.default_rng(cfg.seed)
     boot = [hit[rng.integers(len(hit), size=len(hit))].mean() for _ in range(cfg.bootstrap_samples)]
@@ -148,7 +148,7 @@ def flagged_attacks(cfg: GuardConfig) -> dict:
             "unparseable": float(np.mean([lab is None for lab in labels]))}
 
 
-def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
+def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
     """Evaluate the guard (and the baselines) on the test set into ``out``; returns ``guard_report.json``'s dict."""
     check_writable(out)
     train, test = guard_sets(cfg)
@@ -161,7 +161,8 @@ def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
     reasonings: dict[str, list[str]] = {}
     for label, name in models.items():
         t0 = time.time()
-        parsed = GuardModel(_guard_lm(cfg, name), max_new_tokens=cfg.max_new_tokens).classify(texts, cfg.batch_size)
+        parsed = GuardModel(_guard_lm(cfg, name), max_new_tokens=cfg.max_new_tokens).classify(
+            texts, cfg.batch_size, desc=f"guard eval: {label}" if progress else None)
         systems[label] = [lab for _, lab in parsed]
         reasonings[label] = [r for r, _ in parsed]
         times[label] = time.time() - t0
@@ -176,7 +177,7 @@ def evaluate_guard(cfg: GuardConfig, out: Path) -> dict:
                                           embedding_model=cfg.embedding_model, positive_label=HARMFUL, seed=cfg.seed)
             systems["embedding + logistic regression"] = clf.predict(embed(texts))
     quality = reasoning_quality(cfg, test, reasonings, systems) if cfg.quality else {}
-    attacks = flagged_attacks(cfg) if cfg.attacks else None
+    attacks = flagged_attacks(cfg, progress) if cfg.attacks else None
     out.mkdir(parents=True, exist_ok=True)
     report = {"content_warning": CONTENT_WARNING, "config": cfg.to_dict(), "n_test": len(test), "quality": quality, "attacks": attacks,
               "test_labels": {lab: sum(e.label == lab for e in test) for lab in LABELS},

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from redgym.models.lm import LM, Generation, SamplingParams
 
 HARMFUL, SAFE = "harmful", "safe"
@@ -63,18 +65,23 @@ class GuardModel:
     def prompt(self, text: str) -> str:
         return self.lm.render([("user", self.instruction.format(text=text))], "guard")
 
-    def generate(self, texts: list[str], batch_size: int = 16, temperature: float = 0.0) -> list[str]:
-        """Raw outputs, greedy by default (temperature > 0 samples, e.g. for DPO candidates)."""
+    def generate(self, texts: list[str], batch_size: int = 16, temperature: float = 0.0,
+                 desc: str | None = None) -> list[str]:
+        """Raw outputs, greedy by default (temperature > 0 samples, e.g. for DPO candidates); a progress bar in
+        requests when ``desc`` is given."""
         params = SamplingParams(max_new_tokens=self.max_new_tokens, min_new_tokens=1, temperature=temperature,
                                 top_p=1.0, top_k=0, repetition_penalty=1.0)
         out: list[str] = []
-        for i in range(0, len(texts), batch_size):
-            out += self.lm.generate([self.prompt(t) for t in texts[i:i + batch_size]], params).texts
+        with tqdm(total=len(texts), desc=desc, unit="request", disable=desc is None) as bar:
+            for i in range(0, len(texts), batch_size):
+                out += self.lm.generate([self.prompt(t) for t in texts[i:i + batch_size]], params).texts
+                bar.update(len(texts[i:i + batch_size]))
         return out
 
-    def classify(self, texts: list[str], batch_size: int = 16) -> list[tuple[str, str | None]]:
+    def classify(self, texts: list[str], batch_size: int = 16, desc: str | None = None
+                 ) -> list[tuple[str, str | None]]:
         """(reasoning, label or None) for each input."""
-        return [parse_guard_output(o) for o in self.generate(list(texts), batch_size)]
+        return [parse_guard_output(o) for o in self.generate(list(texts), batch_size, desc=desc)]
 
 
 class GuardedDefender:
