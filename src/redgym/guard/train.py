@@ -65,6 +65,8 @@ class GuardTrainConfig(ConfigFields):
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_targets: str = _f("all-linear", "LoRA target modules")
+    fast_generation: bool = _f(True, "sample traces and DPO candidates from a peft-free copy with the adapter merged "
+                                     "in (~1.7x faster on CPU, float32 only; trainers/common.MergedCopy)")
     dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
     device: str = _f("auto", "auto, cpu or cuda")
     max_context_tokens: int = _f(512, "prompt + answer tokens at most")
@@ -95,7 +97,7 @@ class GuardTrainConfig(ConfigFields):
         return common.TrainConfig(adversary_model=self.guard_model, defender_model=self.guard_model, dtype=self.dtype,
                                   device=self.device, lr=self.lr, weight_decay=self.weight_decay,
                                   warmup_steps=self.warmup_steps, steps=self.steps, lora_r=self.lora_r,
-                                  lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=False,
+                                  lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=self.fast_generation,
                                   micro_batch_size=self.micro_batch_size, seed=self.seed)
 
 
@@ -195,14 +197,17 @@ def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     policy = common.build_policy(pcfg)
     opt, sched = common.optimizer_and_schedule(pcfg, policy.model)
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
-    guard = GuardModel(LM(policy.model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens),
-                       max_new_tokens=cfg.max_new_tokens)
+    # the guard view samples (traces, DPO candidates) from the peft-free merged copy when there is one; every loss
+    # goes through policy.model, and sync_sampler() brings the copy up to date before each sampling
+    guard = GuardModel(LM(policy.generation_model, policy.tokenizer, cfg.guard_model, cfg.guard_format,
+                          cfg.max_context_tokens), max_new_tokens=cfg.max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
     start, counters = 0, {}
     if resume and (ckpt := common.latest_checkpoint(out)):
         state = common.load_checkpoint(acc, ckpt)
         start, counters = state["step"], state.get("counters", {})
+    policy.sync_sampler()
     return Frame(acc, policy, opt, sched, guard, start, counters, common.MetricsLog(out, acc))
 
 
@@ -312,6 +317,7 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
                                                                                           size=cfg.batch_size)]
         k = cfg.dpo_samples
         f.policy.model.eval()
+        f.policy.sync_sampler()  # the candidates come from the current policy
         prompts = [f.guard.prompt(e.text) for e in batch for _ in range(k)]
         gen = lm.generate(prompts, params)
         parsed = [parse_guard_output(t) for t in gen.texts]
