@@ -300,6 +300,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     from redgym.setup import prepare
 
     check_writable(out)
+    if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
+        raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
     acc = make_accelerator(cfg, out)
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)

@@ -138,7 +138,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
-        ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
+        ctx, a, d, setup.scorer, setup.likelihood, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
@@ -162,7 +162,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 3 weak supervision: each tree gets one taught pair with probability rho (annealed)
         rho = weak_rate(cfg, step)
         pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
-                            cfg.batch_size, defender, cfg.weak_candidates)
+                            cfg.batch_size, setup.likelihood, cfg.weak_candidates)
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         policy.model.train()
         stats = {"loss": [], "margin": [], "kl": []}
