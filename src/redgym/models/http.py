@@ -108,11 +108,11 @@ class OpenAIChat(ChatBackend):
         except o.APITimeoutError:
             self._failed(self.max_retries)
             raise RedgymError(f"defender at {self.base_url}: {what} got no answer within {self.timeout_s:g} s "
-                              f"({self.max_retries} retries)") from None
+                              f"({self._after_retries()})") from None
         except o.APIConnectionError as e:
             self._failed(self.max_retries)
-            raise RedgymError(f"defender at {self.base_url}: cannot connect for {what} ({_one_line(e.__cause__ or e)};"
-                              f" {self.max_retries} retries)") from None
+            raise RedgymError(f"defender at {self.base_url}: connection failed for {what} "
+                              f"({_one_line(e.__cause__ or e)}; {self._after_retries()})") from None
         except (o.AuthenticationError, o.PermissionDeniedError) as e:
             self._failed(0)
             where = f"the key in ${self.api_key_env}" if self.api_key_env else "requests without a key"
@@ -137,8 +137,13 @@ class OpenAIChat(ChatBackend):
                               f"(timeout {self.timeout_s:g} s)") from None
         except Exception as e:  # noqa: BLE001 - a broken stream can fail in the transport or in parsing
             self._failed(0)
+            cause = e.__cause__ or e  # the transport's own error says more than the client's "Connection error."
             raise RedgymError(f"defender at {self.base_url}: malformed or broken answer to {what} "
-                              f"({type(e).__name__}: {_one_line(e)})") from None
+                              f"({type(cause).__name__}: {_one_line(cause)})") from None
+
+    def _after_retries(self) -> str:
+        n = self.max_retries
+        return "not retried" if n == 0 else f"after {n} retr{'y' if n == 1 else 'ies'}"
 
     def _failed(self, retries: int) -> None:
         self.failures += 1
