@@ -89,16 +89,19 @@ def server(served_dir, tmp_path_factory):
 
 class FaultProxy:
     """A local HTTP server in front of ``upstream``: requests whose method is in ``methods`` get ``mode``'s fault
-    (the first ``faults`` of them; -1: all), everything else is passed through.
+    (the first ``faults`` of them; -1: all), everything else is passed through, ``delay_s`` late (so that
+    concurrent requests overlap; ``max_in_flight`` counts how many did).
 
     Modes: ``timeout`` (say nothing for ``hang_s``, then hang up), ``500``, ``401``, ``malformed`` (a 200 event
     stream whose event is not JSON), ``broken`` (a 200 event stream cut off mid-event), ``close`` (hang up without
     answering).
     """
 
-    def __init__(self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0):
+    def __init__(self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0,
+                 delay_s: float = 0.0):
         self.upstream, self.mode, self.faults, self.methods, self.hang_s = upstream, mode, faults, methods, hang_s
-        self.faulted = 0
+        self.delay_s, self.faulted, self.in_flight, self.max_in_flight = delay_s, 0, 0, 0
+        self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,10 +125,19 @@ class FaultProxy:
         if method in self.methods and (self.faults < 0 or self.faulted < self.faults):
             self.faulted += 1
             return self.fault(h)
-        req = urllib.request.Request(self.upstream + h.path.removeprefix("/v1"), data=body or None, method=method,
-                                     headers={"Content-Type": h.headers.get("Content-Type", "application/json")})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            self.send(h, r.status, r.headers.get("Content-Type", "application/json"), r.read())
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            req = urllib.request.Request(self.upstream + h.path.removeprefix("/v1"), data=body or None,
+                                         method=method,
+                                         headers={"Content-Type": h.headers.get("Content-Type", "application/json")})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                self.send(h, r.status, r.headers.get("Content-Type", "application/json"), r.read())
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def fault(self, h: BaseHTTPRequestHandler) -> None:
         if self.mode == "timeout":
@@ -246,6 +258,19 @@ def test_a_500_then_success_is_retried_and_counted(server, served_run, served_di
         proxy.stop()
     http = json.loads((tmp_path / "o" / "report.json").read_text())["http"]
     assert proxy.faulted == 1 and http["retries"] == 1 and http["failures"] == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_requests_in_flight_never_exceed_http_concurrency(concurrency, server, served_run, served_dir, tmp_path):
+    _, _, prompts = served_run
+    proxy = FaultProxy(server, "none", faults=0, delay_s=0.3)  # no faults: slow pass-through, so requests overlap
+    try:
+        args = eval_args(served_dir, prompts, proxy.url, tmp_path / "o", "--http_concurrency", str(concurrency),
+                         "--n_eval_prompts", "3", "--horizon", "1")
+        assert main(args) == 0
+    finally:
+        proxy.stop()
+    assert proxy.max_in_flight == concurrency  # 3 defender replies per turn, at most `concurrency` at once
 
 
 # ---- failures: one line, exit 2, no report -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from redgym.errors import RedgymError
@@ -61,15 +62,26 @@ class OpenAIChat(ChatBackend):
         return json.dumps(chat_messages(history, me)) if self.api == "chat" else render_plain(history)
 
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
-        """One reply per context, up to ``concurrency`` requests at once; the first failure stops the batch."""
+        """One reply per context, up to ``concurrency`` requests at once; after the first failure no new request
+        of the batch is sent, and that failure is raised."""
         one = self._chat if self.api == "chat" else self._complete
-        futures = [self.pool.submit(one, c, params) for c in contexts]
-        try:
-            texts = [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+        failed = threading.Event()
+
+        def ask(context: str) -> str | None:
+            if failed.is_set():
+                return None  # the batch has failed already: do not send more
+            try:
+                return one(context, params)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [self.pool.submit(ask, c) for c in contexts]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        texts = [f.result() for f in futures]
         return Generation(texts, [[] for _ in texts], [[] for _ in texts])
 
     # ---- one request -------------------------------------------------------------------------------------------
@@ -152,5 +164,5 @@ class OpenAIChat(ChatBackend):
 
 def _one_line(x) -> str:
     """An exception or message squeezed onto one short line (server errors can be long HTML pages)."""
-    text = " ".join(str(x).split())
+    text = " ".join(str(x).split()).rstrip(".")
     return text[:160] + ("..." if len(text) > 160 else "")
