@@ -93,7 +93,7 @@ class FaultProxy:
     concurrent requests overlap; ``max_in_flight`` counts how many did).
 
     Modes: ``timeout`` (say nothing for ``hang_s``, then hang up), ``500``, ``401``, ``malformed`` (a 200 event
-    stream whose event is not JSON), ``broken`` (a 200 event stream cut off mid-event), ``close`` (hang up without
+    stream whose event is not JSON), ``bad-json`` (a 200 JSON body cut short), ``broken`` (a 200 event stream cut off mid-event), ``close`` (hang up without
     answering).
     """
 
@@ -147,6 +147,9 @@ class FaultProxy:
             return
         elif self.mode == "malformed":
             self.send(h, 200, "text/event-stream", b"data: {this is not json\n\n")
+            return
+        elif self.mode == "bad-json":
+            self.send(h, 200, "application/json", b'{"choices": [')
             return
         elif self.mode == "broken":  # promises 1000 bytes, sends half an event
             h.send_response(200)
@@ -275,7 +278,8 @@ def test_requests_in_flight_never_exceed_http_concurrency(concurrency, server, s
 
 # ---- failures: one line, exit 2, no report -------------------------------------------------------------------------
 @pytest.mark.parametrize("mode, says", [("timeout", "no answer within 1 s"), ("500", "answered HTTP 500"),
-                                        ("malformed", "malformed"), ("broken", "broken"),
+                                        ("malformed", "malformed"), ("bad-json", "malformed"),
+                                        ("broken", "broken"),
                                         ("close", "connection failed")])
 def test_a_failing_server_is_one_line_and_no_report(mode, says, server, served_run, served_dir, tmp_path, capsys):
     _, _, prompts = served_run
@@ -292,7 +296,7 @@ def test_a_failing_server_is_one_line_and_no_report(mode, says, server, served_r
     assert not (out / "report.json").exists() and not (out / "samples.jsonl").exists()
     # the client retries timeouts, 500s and dropped connections once (http_max_retries 1), then the batch stops;
     # a reply that breaks after its status line is not retried
-    assert proxy.faulted == (1 if mode in ("malformed", "broken") else 2)
+    assert proxy.faulted == (1 if mode in ("malformed", "bad-json", "broken") else 2)
 
 
 def test_a_rejected_key_is_one_line(server, served_run, served_dir, tmp_path, capsys, monkeypatch):

@@ -42,12 +42,13 @@ class OpenAIChat(ChatBackend):
             key = os.environ.get(api_key_env, "")
             if not key:
                 raise RedgymError(f"defender_api_key_env: the environment variable {api_key_env} is not set")
-        self.name, self.base_url, self.api, self.fmt = name, base_url, api, api
+        self.name, self.base_url, self.api = name, base_url, api
         self.api_key_env, self.max_retries, self.timeout_s = api_key_env, max_retries, timeout_s
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="redgym-http")
-        self.requests = self.retries = self.failures = 0
+        self.requests = self.retries = self.failures = 0  # updated from the pool's threads, under the lock
+        self._lock = threading.Lock()
 
     def counts(self) -> dict[str, int]:
         """What the evaluation report records under ``http``."""
@@ -96,12 +97,13 @@ class OpenAIChat(ChatBackend):
 
         def read() -> str:
             parts, chunks = [], 0
-            for chunk in raw.parse():
-                chunks += 1
-                for choice in chunk.choices or []:
-                    parts.append(choice.delta.content or "")
+            with raw.parse() as stream:  # closes the connection even when the stream breaks
+                for chunk in stream:
+                    chunks += 1
+                    for choice in chunk.choices or []:
+                        parts.append(choice.delta.content or "")
             if not chunks:
-                raise ValueError("an empty stream")
+                raise ValueError("no server-sent events in the reply")
             return "".join(parts).strip()
 
         return self._read(read, "POST /chat/completions")
@@ -114,7 +116,7 @@ class OpenAIChat(ChatBackend):
     def _call(self, request, what: str):
         """Send one request (the client retries it); count it; turn every failure into one line."""
         o = self._openai
-        self.requests += 1
+        self._count(requests=1)
         try:
             raw = request()
         except o.APITimeoutError:
@@ -136,7 +138,7 @@ class OpenAIChat(ChatBackend):
         except (o.OpenAIError, ValueError) as e:  # a body the client cannot parse
             self._failed(0)
             raise RedgymError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
-        self.retries += raw.retries_taken
+        self._count(retries=raw.retries_taken)
         return raw
 
     def _read(self, read, what: str) -> str:
@@ -158,8 +160,13 @@ class OpenAIChat(ChatBackend):
         return "not retried" if n == 0 else f"after {n} retr{'y' if n == 1 else 'ies'}"
 
     def _failed(self, retries: int) -> None:
-        self.failures += 1
-        self.retries += retries
+        self._count(retries=retries, failures=1)
+
+    def _count(self, requests: int = 0, retries: int = 0, failures: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.failures += failures
 
 
 def _one_line(x) -> str:
