@@ -59,7 +59,8 @@ def served_dir(tmp_path_factory) -> Path:
     path = build_tiny_model(tmp_path_factory.mktemp("served"))
     # transformers serve hands every tokenizer output to generate(), and a Llama rejects token_type_ids
     config = path / "tokenizer_config.json"
-    config.write_text(json.dumps(json.loads(config.read_text()) | {"model_input_names": ["input_ids", "attention_mask"]}))
+    inputs = {"model_input_names": ["input_ids", "attention_mask"]}
+    config.write_text(json.dumps(json.loads(config.read_text()) | inputs))
     return path
 
 
@@ -93,8 +94,8 @@ class FaultProxy:
     concurrent requests overlap; ``max_in_flight`` counts how many did).
 
     Modes: ``timeout`` (say nothing for ``hang_s``, then hang up), ``500``, ``401``, ``malformed`` (a 200 event
-    stream whose event is not JSON), ``bad-json`` (a 200 JSON body cut short), ``broken`` (a 200 event stream cut off mid-event), ``close`` (hang up without
-    answering).
+    stream whose event is not JSON), ``bad-json`` (a 200 JSON body cut short), ``broken`` (a 200 event stream cut
+    off mid-event), ``close`` (hang up without answering).
     """
 
     def __init__(self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0,

@@ -138,7 +138,7 @@ class OpenAIChat(ChatBackend):
         except (o.OpenAIError, ValueError) as e:  # a body the client cannot parse
             self._failed(0)
             raise RedgymError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
-        self._count(retries=raw.retries_taken)
+        self._count(retries=getattr(raw, "retries_taken", 0))  # older clients do not report it (counted as 0)
         return raw
 
     def _read(self, read, what: str) -> str:
