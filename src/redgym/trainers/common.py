@@ -25,6 +25,7 @@ from transformers import set_seed
 
 from redgym.config import RunConfig, _f
 from redgym.errors import RedgymError
+from redgym.models.base import ChatBackend
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
 from redgym.runfolder import write_json
@@ -281,7 +282,7 @@ class Run:
     out: Path
     acc: object
     policy: Policy
-    defender: LM
+    defender: ChatBackend
     adversary: LM
     setup: object
     opt: torch.optim.Optimizer
