@@ -50,6 +50,19 @@ class RunConfig(ConfigFields):
     defender_guard: str | None = _f(None, "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
                                           "front of the defender: a flagged adversary turn gets guard_refusal")
     guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
+    likelihood_model: str | None = _f(None, "local LM that scores the reward's NLL term (same forms as "
+                                            "defender_model); None = the defender itself, which must then be local")
+    # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------
+    defender_backend: str = _f("local", "local (defender_model loaded here) or openai (an OpenAI-compatible server "
+                                        "at defender_base_url, asked for the model defender_model)")
+    defender_base_url: str | None = _f(None, "openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1")
+    defender_api_key_env: str | None = _f(None, "openai backend: NAME of the environment variable holding the API key "
+                                                "(the key itself never goes into a config); None = no key")
+    defender_api: str = _f("chat", "openai backend: chat (/chat/completions, streamed, history as messages) or "
+                                   "completions (/completions on the plain transcript)")
+    http_timeout_s: float = _f(60.0, "openai backend: seconds one request may take before it is retried")
+    http_max_retries: int = _f(2, "openai backend: retries of a failed request (timeouts, 5xx, dropped connections)")
+    http_concurrency: int = _f(8, "openai backend: requests in flight at once")
     # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
     max_new_tokens: int = _f(24, "new tokens per utterance")
     min_new_tokens: int = _f(2, "minimum new tokens per utterance")
@@ -131,6 +144,18 @@ class RunConfig(ConfigFields):
         need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
         need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
+        need(self.defender_backend in ("local", "openai"),
+             f"defender_backend must be local or openai, got {self.defender_backend!r}")
+        need(self.defender_api in ("chat", "completions"),
+             f"defender_api must be chat or completions, got {self.defender_api!r}")
+        if self.defender_backend == "openai":
+            need(bool(self.defender_base_url), "defender_backend openai needs defender_base_url (e.g. "
+                                               "http://127.0.0.1:8000/v1)")
+            need(bool(self.likelihood_model), "defender_backend openai cannot score the reward's NLL term: set "
+                                              "likelihood_model to a local LM (e.g. the defender's own weights)")
+        need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
+        need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
+        need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
 
     @property
     def data_seed(self) -> int:

@@ -1,9 +1,9 @@
 """The shared set-up layer: what training and evaluation both stand on.
 
 Builds, from a ``RunConfig``, the scorer, the prompt split (computed, or read from a run folder's ``split.json``),
-the defender, the embedder, the reward weights and the sampling settings, and rolls out + scores the held-out
-prompts. ``trainers/`` and ``eval/`` import this module; it imports only the layers below it (``data``,
-``models``, ``scorers``, ``rollout``).
+the defender (a local LM or an OpenAI-compatible server), the likelihood model of the NLL term, the embedder, the
+reward weights and the sampling settings, and rolls out + scores the held-out prompts. ``trainers/`` and ``eval/``
+import this module; it imports only the layers below it (``data``, ``models``, ``scorers``, ``rollout``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from transformers import set_seed
 from redgym.config import RunConfig
 from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
 from redgym.errors import RedgymError
+from redgym.models.base import ChatBackend, LikelihoodBackend
 from redgym.models.guard import GuardedDefender, GuardModel
+from redgym.models.http import OpenAIChat
 from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
 from redgym.rollout.engine import rollout
@@ -35,12 +37,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Setup:
-    """What every command shares: the scorer, the prompt split, the defender, and (optionally) the embedder."""
+    """What every command shares: the scorer, the prompt split, the defender, the likelihood model of the reward's
+    NLL term (the defender itself when it is local and no ``likelihood_model`` is set), and (optionally) the
+    embedder."""
 
     cfg: RunConfig
     scorer: object
     split: Split
-    defender: LM
+    defender: ChatBackend
+    likelihood: LikelihoodBackend
     embedder: object | None
     baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
     # past adversary turns for the novelty terms (training only; a trainer checkpoints it with its state)
@@ -75,7 +80,7 @@ def reward_weights(c: RunConfig) -> RewardWeights:
                          gibberish=c.w_gibberish, nll_bound=c.nll_bound)
 
 
-def guarded(cfg: RunConfig, defender: LM):
+def guarded(cfg: RunConfig, defender: ChatBackend) -> ChatBackend:
     """The defender, behind ``defender_guard`` when one is configured (a guard's chat format is the default)."""
     if not cfg.defender_guard:
         return defender
@@ -86,6 +91,29 @@ def guarded(cfg: RunConfig, defender: LM):
 def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
     model, tok = load_model(name, cfg.dtype, cfg.device)
     return LM(model, tok, name, fmt, cfg.max_context_tokens)
+
+
+def load_defender(cfg: RunConfig) -> ChatBackend:
+    """The bare defender: ``defender_model`` loaded here, or asked of the server at ``defender_base_url`` (checked
+    to answer now, so a wrong address or key fails before any work)."""
+    if cfg.defender_backend == "local":
+        return load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    server = OpenAIChat(cfg.defender_model, cfg.defender_base_url or "", cfg.defender_api_key_env, cfg.defender_api,
+                        cfg.http_timeout_s, cfg.http_max_retries, cfg.http_concurrency)
+    server.check()
+    return server
+
+
+def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
+    """What scores the NLL term: ``likelihood_model`` (the defender's own copy when it names the local defender),
+    else the defender itself, which must then be able to score."""
+    bare = defender.defender if isinstance(defender, GuardedDefender) else defender
+    if cfg.likelihood_model is None or (isinstance(bare, LM) and cfg.likelihood_model == cfg.defender_model):
+        if not isinstance(bare, LikelihoodBackend):
+            raise RedgymError(f"defender_backend {cfg.defender_backend} cannot score the reward's NLL term: set "
+                              "likelihood_model to a local LM (e.g. the defender's own weights)")
+        return bare
+    return load_lm(cfg, cfg.likelihood_model, "plain")
 
 
 def split_file(cfg: RunConfig) -> Path | None:
@@ -120,8 +148,9 @@ def make_split(cfg: RunConfig, scorer) -> Split:
     return split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.data_seed)
 
 
-def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = None) -> Setup:
-    """Load scorer, prompts, split, embedder and (unless given) the defender; failures are one-line RedgymErrors."""
+def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | None = None) -> Setup:
+    """Load scorer, prompts, split, embedder, (unless given) the defender, and the likelihood model; failures are
+    one-line RedgymErrors."""
     scorer = build_scorer(cfg.scorer)
     split = make_split(cfg, scorer)
     if cfg.n_eval_prompts > len(split.test):
@@ -129,9 +158,10 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
                     len(split.test))
     weights = reward_weights(cfg)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or weights.needs_embeddings) else None
-    defender = guarded(cfg, defender or load_lm(cfg, cfg.defender_model, cfg.defender_format))
+    defender = guarded(cfg, defender or load_defender(cfg))
+    likelihood = load_likelihood(cfg, defender)
     memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
-    setup = Setup(cfg, scorer, split, defender, embedder, memory=memory)
+    setup = Setup(cfg, scorer, split, defender, likelihood, embedder, memory=memory)
     if cfg.baseline_from:
         setup.baseline = load_baseline(setup, Path(cfg.baseline_from))
     return setup
@@ -141,7 +171,8 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: LM | None = No
 # (the rewards are recomputed from the stored terms under the current weights).
 _BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
                   "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target", "split_from",
-                  "w_novelty_bleu", "w_novelty_cos", "novelty_memory", "w_gibberish", "nll_bound"}
+                  "w_novelty_bleu", "w_novelty_cos", "novelty_memory", "w_gibberish", "nll_bound",
+                  "defender_api_key_env", "http_timeout_s", "http_max_retries", "http_concurrency"}
 
 
 def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
@@ -171,12 +202,16 @@ def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
 
 
 def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
-    """The adversary: the defender object itself when they are the same untuned model (one copy in memory)."""
+    """The adversary: the defender object itself when they are the same untuned local model (one copy in memory);
+    with a remote defender, the likelihood model's weights when they are the adversary's."""
     cfg = setup.cfg
     d = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender  # no guard
-    if checkpoint is None and cfg.adversary_model == cfg.defender_model and cfg.adversary_format == cfg.defender_format:
+    same = (cfg.defender_model, cfg.defender_format) if isinstance(d, LM) else None
+    if not isinstance(d, LM) and isinstance(setup.likelihood, LM):
+        d, same = setup.likelihood, (cfg.likelihood_model, "plain")
+    if checkpoint is None and same == (cfg.adversary_model, cfg.adversary_format):
         return d
-    if checkpoint is None and cfg.adversary_model == cfg.defender_model:
+    if checkpoint is None and same is not None and same[0] == cfg.adversary_model:
         return LM(d.model, d.tokenizer, d.name, cfg.adversary_format, cfg.max_context_tokens)
     return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
 
@@ -191,5 +226,5 @@ def run_adversary(setup: Setup, adversary, desc: str = "eval", progress: bool = 
     prompts = prompts if prompts is not None else [(p.id, p.turns) for p in setup.eval_prompts()]
     convs = rollout(prompts, adversary, setup.defender, horizon or cfg.horizon, setup.params, cfg.batch_size,
                     progress, desc, defender_samples=cfg.defender_samples)
-    score_conversations(convs, setup.scorer, setup.defender, setup.weights, setup.embedder, cfg.batch_size)
+    score_conversations(convs, setup.scorer, setup.likelihood, setup.weights, setup.embedder, cfg.batch_size)
     return convs

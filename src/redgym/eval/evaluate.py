@@ -17,6 +17,7 @@ from redgym.errors import RedgymError
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
 from redgym.models.guard import GuardedDefender
+from redgym.models.http import OpenAIChat
 from redgym.models.lm import LM
 from redgym.models.replay import ScriptedSpeaker
 from redgym.rollout.records import Conversation
@@ -40,6 +41,8 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
         differences = paired_difference(convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed,
                                         cfg.toxic_threshold)
     split_json = setup.split.to_json(cfg.prompts, cfg.seed)
+    bare = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender
+    server = {"http": bare.counts()} if isinstance(bare, OpenAIChat) else {}  # requests, retries, failures
     report = {
         "title": title,
         "content_warning": CONTENT_WARNING,
@@ -53,6 +56,7 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
         "results": results,
         "differences": differences,
         "differences_of": list(pair) if pair and differences else None,
+        **server,
         **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from redgym.models.lm import LM, Generation, SamplingParams
+from redgym.models.base import ChatBackend, Generation, SamplingParams
+from redgym.models.lm import LM
 
 HARMFUL, SAFE = "harmful", "safe"
 _ALIASES = {"harmful": HARMFUL, "unsafe": HARMFUL, "toxic": HARMFUL,
@@ -85,14 +86,14 @@ class GuardModel:
 
 
 class GuardedDefender:
-    """A defender behind a guard. Quacks like the wrapped ``LM`` (every attribute not defined here is the
-    defender's, e.g. ``continuation_nll`` for scoring); only ``render`` and ``generate`` differ.
+    """A defender (any ``ChatBackend``) behind a guard. Quacks like the wrapped defender (every attribute not defined
+    here is the defender's); only ``render`` and ``generate`` differ.
 
     ``render`` remembers the last adversary turn of each context it renders, so ``generate`` can ask the guard
     about exactly the turns it is answering; ``n_checked`` / ``n_flagged`` count them.
     """
 
-    def __init__(self, defender: LM, guard: GuardModel, refusal: str, batch_size: int = 16):
+    def __init__(self, defender: ChatBackend, guard: GuardModel, refusal: str, batch_size: int = 16):
         self.defender, self.guard, self.refusal, self.batch_size = defender, guard, refusal, batch_size
         self._last_turn: dict[str, str] = {}
         self.n_checked = self.n_flagged = 0

@@ -10,60 +10,20 @@ from dataclasses import dataclass
 import torch
 
 from redgym.errors import RedgymError
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """ASTPrompter's sampling defaults; ``temperature`` 0 decodes greedily."""
-
-    max_new_tokens: int = 24
-    min_new_tokens: int = 2
-    temperature: float = 0.7
-    top_p: float = 0.7
-    repetition_penalty: float = 1.1
-    top_k: int = 50  # transformers' default, which ASTPrompter's settings ran under; 0 = off
-
-
-@dataclass
-class Generation:
-    """B sampled continuations.
-
-    texts:     B decoded utterances (special tokens dropped, whitespace stripped)
-    token_ids: B lists of sampled ids, up to and including the first stop token
-    logprobs:  B lists aligned with token_ids: log p(token | prefix) under the model's own distribution
-               (temperature 1, no top-p)
-    sample_logprobs: the same under the distribution each token was actually drawn from (after temperature,
-               top-p, repetition penalty, min-length masking): equal to the trainer's tempered log-probs only when
-               the rollout is on-policy
-    """
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    logprobs: list[list[float]]
-    sample_logprobs: list[list[float]] | None = None
-
-
-def render_plain(history: list[tuple[str, str]]) -> str:
-    """Raw transcript, one utterance a line; the model continues after the last newline (as with GPT-2)."""
-    return "".join(text + "\n" for _, text in history)
+from redgym.models.base import (ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages,
+                               render_plain)
 
 
 def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
     """The model's chat template: its own turns are ``assistant``, everyone else's ``user`` (merged when adjacent)."""
     if not getattr(tokenizer, "chat_template", None):
         raise RedgymError("format 'chat' needs a tokenizer with a chat template; use format 'plain' for this model")
-    messages: list[dict[str, str]] = []
-    for speaker, text in history:
-        role = "assistant" if speaker == me else "user"
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n" + text
-        else:
-            messages.append({"role": role, "content": text})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat_messages(history, me), tokenize=False, add_generation_prompt=True)
 
 
-class LM:
-    """A model + tokenizer pair with a prompt format (``plain`` or ``chat``)."""
+class LM(ChatBackend, LikelihoodBackend):
+    """A model + tokenizer pair with a prompt format (``plain`` or ``chat``): both a ``ChatBackend`` and a
+    ``LikelihoodBackend`` (models/base.py)."""
 
     def __init__(self, model, tokenizer, name: str = "", fmt: str = "plain", max_context_tokens: int = 512):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt

@@ -12,11 +12,11 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from redgym.models.lm import LM, SamplingParams
+from redgym.models.base import ChatBackend, SamplingParams
 from redgym.rollout.records import Conversation, Turn
 
 
-def generate_turns(lm: LM, histories: Sequence[list[tuple[str, str]]], speaker: str, params: SamplingParams,
+def generate_turns(lm: ChatBackend, histories: Sequence[list[tuple[str, str]]], speaker: str, params: SamplingParams,
                    batch_size: int | None = None) -> list[Turn]:
     """One new turn by ``speaker`` for each history; one generate call per ``batch_size`` rows (default: all)."""
     step = batch_size or max(1, len(histories))
@@ -28,8 +28,8 @@ def generate_turns(lm: LM, histories: Sequence[list[tuple[str, str]]], speaker: 
     return turns
 
 
-def defender_replies(defender: LM, histories: Sequence[list[tuple[str, str]]], params: SamplingParams, k: int = 1,
-                     batch_size: int | None = None) -> list[Turn]:
+def defender_replies(defender: ChatBackend, histories: Sequence[list[tuple[str, str]]], params: SamplingParams,
+                     k: int = 1, batch_size: int | None = None) -> list[Turn]:
     """One defender turn per history, sampled ``k`` times in one batch: the first reply is the turn, the other
     k - 1 texts are its ``alternatives``."""
     flat = generate_turns(defender, [h for h in histories for _ in range(k)], "defender", params,
@@ -42,7 +42,7 @@ def defender_replies(defender: LM, histories: Sequence[list[tuple[str, str]]], p
     return out
 
 
-def rollout_batch(convs: Sequence[Conversation], adversary: LM, defender: LM, horizon: int,
+def rollout_batch(convs: Sequence[Conversation], adversary: ChatBackend, defender: ChatBackend, horizon: int,
                   params: SamplingParams, defender_params: SamplingParams | None = None,
                   defender_samples: int = 1) -> None:
     """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place.
@@ -56,8 +56,8 @@ def rollout_batch(convs: Sequence[Conversation], adversary: LM, defender: LM, ho
             c.turns.append(turn)
 
 
-def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: LM, defender: LM, horizon: int = 3,
-            params: SamplingParams = SamplingParams(), batch_size: int = 16, progress: bool = True,
+def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: ChatBackend, defender: ChatBackend,
+            horizon: int = 3, params: SamplingParams = SamplingParams(), batch_size: int = 16, progress: bool = True,
             desc: str = "rollout", defender_samples: int = 1) -> list[Conversation]:
     """Roll out one conversation per ``(prompt_id, prompt utterances)``; returns them in input order.
 

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from redgym.models.lm import LM, SamplingParams
+from redgym.models.base import ChatBackend, SamplingParams
 from redgym.rollout.engine import defender_replies, generate_turns
 from redgym.rollout.records import Turn
 
@@ -31,7 +31,7 @@ class SiblingGroup:
     scores: dict[str, np.ndarray]
 
 
-def grow_tree(prompts: Sequence[Sequence[str]], adversary: LM, defender: LM, horizon: int, k: int,
+def grow_tree(prompts: Sequence[Sequence[str]], adversary: ChatBackend, defender: ChatBackend, horizon: int, k: int,
               params: SamplingParams, score: Callable[..., dict[str, np.ndarray]],
               batch_size: int = 16, defender_params: SamplingParams | None = None,
               defender_samples: int = 1) -> list[SiblingGroup]:

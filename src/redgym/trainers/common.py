@@ -25,6 +25,7 @@ from transformers import set_seed
 
 from redgym.config import RunConfig, _f
 from redgym.errors import RedgymError
+from redgym.models.base import ChatBackend
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
 from redgym.runfolder import write_json
@@ -281,7 +282,7 @@ class Run:
     out: Path
     acc: object
     policy: Policy
-    defender: LM
+    defender: ChatBackend
     adversary: LM
     setup: object
     opt: torch.optim.Optimizer
@@ -300,6 +301,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     from redgym.setup import prepare
 
     check_writable(out)
+    if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
+        raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
     acc = make_accelerator(cfg, out)
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)

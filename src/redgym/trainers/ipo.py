@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.data.weak import toxic_span_splits, weak_pool  # noqa: F401 - toxic_span_splits: the tests' entry
 from redgym.errors import RedgymError
+from redgym.models.base import LikelihoodBackend
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges, term_means
@@ -82,18 +83,20 @@ def pairs_from_groups(groups: list[SiblingGroup], adversary: LM, threshold: floa
 
 
 def weak_pairs(n: int, pool: list[tuple[str, str]], adversary: LM, params, rng: np.random.Generator,
-               batch_size: int, defender: LM | None = None, candidates: int = 1) -> list[PreferencePair]:
+               batch_size: int, likelihood: LikelihoodBackend | None = None, candidates: int = 1
+               ) -> list[PreferencePair]:
     """``n`` weak-supervision pairs from ``pool`` (``toxic_span_splits``): context = first part, chosen = its true
     rest, rejected = the adversary's own continuation (one batched generate call).
 
     With ``candidates`` > 1, each pair keeps the likeliest of that many draws: the one whose true rest has the
-    lowest NLL under ``defender`` (toxic text that a user plausibly says, instead of any toxic text)."""
+    lowest NLL under ``likelihood`` (the set-up's: the defender unless ``likelihood_model`` is set): toxic text
+    that a user plausibly says, instead of any toxic text."""
     if n == 0 or not pool:
         return []
     splits = [pool[int(i)] for i in rng.integers(len(pool), size=n * candidates)]
     if candidates > 1:
-        nll = np.array(defender.continuation_nll([render_plain([("prompt", first)]) for first, _ in splits],
-                                                 [rest for _, rest in splits], batch_size)).reshape(n, candidates)
+        nll = np.array(likelihood.continuation_nll([render_plain([("prompt", first)]) for first, _ in splits],
+                                                   [rest for _, rest in splits], batch_size)).reshape(n, candidates)
         splits = [splits[i * candidates + int(j)] for i, j in enumerate(nll.argmin(1))]
     histories = [[("prompt", first)] for first, _ in splits]
     own = generate_turns(adversary, histories, "adversary", params, batch_size)
@@ -138,7 +141,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
-        ctx, a, d, setup.scorer, defender, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
+        ctx, a, d, setup.scorer, setup.likelihood, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
@@ -162,7 +165,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 3 weak supervision: each tree gets one taught pair with probability rho (annealed)
         rho = weak_rate(cfg, step)
         pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
-                            cfg.batch_size, defender, cfg.weak_candidates)
+                            cfg.batch_size, setup.likelihood, cfg.weak_candidates)
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         policy.model.train()
         stats = {"loss": [], "margin": [], "kl": []}

@@ -1,0 +1,175 @@
+"""A defender behind an OpenAI-compatible server (``defender_backend: openai``): a ``ChatBackend`` over HTTP.
+
+Requests go through the official ``openai`` client, whose ``timeout`` and ``max_retries`` handle slow and failing
+requests (it retries timeouts, dropped connections, 408/409/429 and 5xx answers, with backoff); up to
+``concurrency`` requests are in flight at once (a thread pool: the client is blocking and thread-safe).
+
+``api: chat`` sends the history as messages (the adversary's turns and the prompt as ``user``, the defender's own
+as ``assistant``: ``chat_messages``) and always asks for a streamed reply, assembled here: some servers
+(``transformers serve``) answer chat requests only as a server-sent-event stream. ``api: completions`` sends the
+plain transcript as a prompt. Either way the ``Generation`` has texts only: no token ids, no log-probs, so the
+reward's NLL term needs a local ``likelihood_model``.
+
+Every failure (unreachable server, rejected key, an HTTP error after the retries, a malformed reply) is one
+``RedgymError`` line; the API key is read from the environment variable the config names and never stored.
+``requests`` / ``retries`` / ``failures`` count what happened, for the evaluation report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from redgym.errors import RedgymError
+from redgym.models.base import ChatBackend, Generation, SamplingParams, chat_messages, render_plain
+
+NO_KEY = "no-key"  # local servers ignore the key, but the client refuses to start without one
+
+
+class OpenAIChat(ChatBackend):
+    """The model ``name`` at ``base_url``; ``api_key_env`` names the environment variable holding the key."""
+
+    def __init__(self, name: str, base_url: str, api_key_env: str | None = None, api: str = "chat",
+                 timeout_s: float = 60.0, max_retries: int = 2, concurrency: int = 8):
+        try:
+            import openai
+        except ImportError:
+            raise RedgymError("defender_backend openai needs the openai package: pip install 'redgym[http]'") from None
+        key = NO_KEY
+        if api_key_env:
+            key = os.environ.get(api_key_env, "")
+            if not key:
+                raise RedgymError(f"defender_api_key_env: the environment variable {api_key_env} is not set")
+        self.name, self.base_url, self.api = name, base_url, api
+        self.api_key_env, self.max_retries, self.timeout_s = api_key_env, max_retries, timeout_s
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="redgym-http")
+        self.requests = self.retries = self.failures = 0  # updated from the pool's threads, under the lock
+        self._lock = threading.Lock()
+
+    def counts(self) -> dict[str, int]:
+        """What the evaluation report records under ``http``."""
+        return {"requests": self.requests, "retries": self.retries, "failures": self.failures}
+
+    def check(self) -> None:
+        """Fail now, with one line, when the server cannot be reached or refuses the key (``GET /models``)."""
+        self._call(lambda: self.client.models.with_raw_response.list(), "GET /models")
+
+    def render(self, history: list[tuple[str, str]], me: str) -> str:
+        """Chat: the messages as JSON; completions: the plain transcript."""
+        return json.dumps(chat_messages(history, me)) if self.api == "chat" else render_plain(history)
+
+    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
+        """One reply per context, up to ``concurrency`` requests at once; after the first failure no new request
+        of the batch is sent, and that failure is raised."""
+        one = self._chat if self.api == "chat" else self._complete
+        failed = threading.Event()
+
+        def ask(context: str) -> str | None:
+            if failed.is_set():
+                return None  # the batch has failed already: do not send more
+            try:
+                return one(context, params)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [self.pool.submit(ask, c) for c in contexts]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        texts = [f.result() for f in futures]
+        return Generation(texts, [[] for _ in texts], [[] for _ in texts])
+
+    # ---- one request -------------------------------------------------------------------------------------------
+    def _sampling(self, params: SamplingParams) -> dict:
+        # Only the OpenAI API's own knobs: top_k, repetition_penalty and min_new_tokens stay local-only settings.
+        return dict(model=self.name, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                    top_p=params.top_p)
+
+    def _chat(self, context: str, params: SamplingParams) -> str:
+        raw = self._call(lambda: self.client.chat.completions.with_raw_response.create(
+            messages=json.loads(context), stream=True, **self._sampling(params)), "POST /chat/completions")
+
+        def read() -> str:
+            parts, chunks = [], 0
+            with raw.parse() as stream:  # closes the connection even when the stream breaks
+                for chunk in stream:
+                    chunks += 1
+                    for choice in chunk.choices or []:
+                        parts.append(choice.delta.content or "")
+            if not chunks:
+                raise ValueError("no server-sent events in the reply")
+            return "".join(parts).strip()
+
+        return self._read(read, "POST /chat/completions")
+
+    def _complete(self, context: str, params: SamplingParams) -> str:
+        raw = self._call(lambda: self.client.completions.with_raw_response.create(
+            prompt=context, **self._sampling(params)), "POST /completions")
+        return self._read(lambda: raw.parse().choices[0].text.strip(), "POST /completions")
+
+    def _call(self, request, what: str):
+        """Send one request (the client retries it); count it; turn every failure into one line."""
+        o = self._openai
+        self._count(requests=1)
+        try:
+            raw = request()
+        except o.APITimeoutError:
+            self._failed(self.max_retries)
+            raise RedgymError(f"defender at {self.base_url}: {what} got no answer within {self.timeout_s:g} s "
+                              f"({self._after_retries()})") from None
+        except o.APIConnectionError as e:
+            self._failed(self.max_retries)
+            raise RedgymError(f"defender at {self.base_url}: connection failed for {what} "
+                              f"({_one_line(e.__cause__ or e)}; {self._after_retries()})") from None
+        except (o.AuthenticationError, o.PermissionDeniedError) as e:
+            self._failed(0)
+            where = f"the key in ${self.api_key_env}" if self.api_key_env else "requests without a key"
+            raise RedgymError(f"defender at {self.base_url} rejected {where} (HTTP {e.status_code})") from None
+        except o.APIStatusError as e:
+            self._failed(self.max_retries if e.status_code in (408, 409, 429) or e.status_code >= 500 else 0)
+            raise RedgymError(f"defender at {self.base_url}: {what} answered HTTP {e.status_code} "
+                              f"({_one_line(e.message)})") from None
+        except (o.OpenAIError, ValueError) as e:  # a body the client cannot parse
+            self._failed(0)
+            raise RedgymError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
+        self._count(retries=getattr(raw, "retries_taken", 0))  # older clients do not report it (counted as 0)
+        return raw
+
+    def _read(self, read, what: str) -> str:
+        """Read a reply's body (a stream may break or hold malformed events after the status line)."""
+        try:
+            return read()
+        except self._openai.APITimeoutError:
+            self._failed(0)
+            raise RedgymError(f"defender at {self.base_url}: {what} stopped answering mid-reply "
+                              f"(timeout {self.timeout_s:g} s)") from None
+        except Exception as e:  # noqa: BLE001 - a broken stream can fail in the transport or in parsing
+            self._failed(0)
+            cause = e.__cause__ or e  # the transport's own error says more than the client's "Connection error."
+            raise RedgymError(f"defender at {self.base_url}: malformed or broken answer to {what} "
+                              f"({type(cause).__name__}: {_one_line(cause)})") from None
+
+    def _after_retries(self) -> str:
+        n = self.max_retries
+        return "not retried" if n == 0 else f"after {n} retr{'y' if n == 1 else 'ies'}"
+
+    def _failed(self, retries: int) -> None:
+        self._count(retries=retries, failures=1)
+
+    def _count(self, requests: int = 0, retries: int = 0, failures: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.failures += failures
+
+
+def _one_line(x) -> str:
+    """An exception or message squeezed onto one short line (server errors can be long HTML pages)."""
+    text = " ".join(str(x).split()).rstrip(".")
+    return text[:160] + ("..." if len(text) > 160 else "")
