@@ -178,3 +178,16 @@ def test_the_guard_samples_from_a_merged_copy_that_matches_the_policy(tiny_model
     after, policy = f.guard.lm.model(ids).logits, f.policy.model(ids).logits
     assert not torch.allclose(before, policy, atol=1e-4)  # stale until synced
     assert torch.allclose(after, policy, atol=1e-4)
+
+
+def test_one_forward_reads_the_same_label_logprobs_as_scoring_each_pair(tiny_model_dir):
+    from redgym.models import LM, load_model
+
+    model, tok = load_model(str(tiny_model_dir), dtype="float32", device="cpu")  # a copy of its own: changed below
+    tok.add_tokens([" harmful", " safe"])  # one token each, as in SmolLM2's vocabulary
+    model.resize_token_embeddings(len(tok))
+    guard = GuardModel(LM(model, tok, "tiny", "plain", max_context_tokens=64), instruction="is {text} ok?")
+    texts, reasonings = ["hello there", "what films", "the park"], ["it greets", "a question", ""]
+    one = own_label_logprobs(guard, texts, reasonings, batch_size=2, one_forward=True)
+    pairs = own_label_logprobs(guard, texts, reasonings, batch_size=2, one_forward=False)
+    assert one.shape == (3, 2) and np.allclose(one, pairs, atol=1e-4)

@@ -102,15 +102,37 @@ class GuardTrainConfig(ConfigFields):
 
 
 @torch.no_grad()
-def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str]) -> np.ndarray:
+def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str], batch_size: int = 16,
+                       one_forward: bool | None = None) -> np.ndarray:
     """(N, 2): log p("harmful"), log p("safe") after the prompt, the reasoning and "Label:" (the model's own
-    answer to its reasoning, with no chance of an unparseable output)."""
+    answer to its reasoning, with no chance of an unparseable output).
+
+    When both labels are one token each (SmolLM2's tokenizer), one forward per context reads both from the same
+    next-token distribution; otherwise each (context, label) pair is scored, twice the work."""
     lm = guard.lm
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
     ctx = [guard.prompt(t) + r.strip() + "\nLabel:" for t, r in zip(texts, reasonings)]
-    pairs = [(c, f" {lab}") for c in ctx for lab in (HARMFUL, SAFE)]
-    x, c = lm.encode_pairs([p for p, _ in pairs], [a for _, a in pairs])
-    logp, mask = continuation_logprobs(lm.model, x, c, lm.tokenizer.pad_token_id)
-    return (logp * mask).sum(-1).reshape(len(texts), 2).cpu().numpy()
+    label_ids = [tok(f" {lab}", add_special_tokens=False)["input_ids"] for lab in (HARMFUL, SAFE)]
+    if one_forward is None:
+        one_forward = all(len(t) == 1 for t in label_ids)
+    out = []
+    for s in range(0, len(ctx), batch_size):
+        part = ctx[s:s + batch_size]
+        if one_forward:
+            x, _ = lm.encode_pairs(part, [f" {HARMFUL}"] * len(part))  # the contexts, cut to fit as usual
+            width = max(map(len, x))
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in x], device=lm.device)
+            attn = (torch.arange(width, device=lm.device)[None] >= torch.tensor([width - len(r) for r in x],
+                                                                             device=lm.device)[:, None]).long()
+            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                              logits_to_keep=1).logits[:, -1].float()
+            out.append(torch.log_softmax(logits, -1)[:, [label_ids[0][0], label_ids[1][0]]].cpu().numpy())
+        else:
+            pairs = [(c, f" {lab}") for c in part for lab in (HARMFUL, SAFE)]
+            x, c = lm.encode_pairs([p for p, _ in pairs], [a for _, a in pairs])
+            logp, mask = continuation_logprobs(lm.model, x, c, pad)
+            out.append((logp * mask).sum(-1).reshape(len(part), 2).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2))
 
 
 def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tokens: int, batch_size: int = 16,
