@@ -15,11 +15,24 @@ def test_rationalisation_keeps_only_traces_whose_own_label_is_the_known_one(tiny
     guard = GuardModel(tiny_lm, instruction="is {text} ok?", max_new_tokens=6)
     examples = [GuardExample(t, lab) for t, lab in [("hello there", "safe"), ("<harmful request 1>", "harmful"),
                                                     ("what films", "safe"), ("<harmful request 2>", "harmful")]]
-    kept, stats = rationalise(guard, examples, tries=2, tokens=6, progress=False)
+    kept, stats = rationalise(guard, examples, tries=2, tokens=6, progress=False, calibrate=False)
     assert stats["tried"] == 4 and stats["kept"] == len(kept) and 0 <= stats["keep_rate"] <= 1
     if kept:
         own = own_label_logprobs(guard, [e.text for e in kept], [e.reasoning for e in kept]).argmax(1)
         assert [("harmful", "safe")[i] for i in own] == [e.label for e in kept]
+
+
+def test_calibrated_rationalisation_keeps_traces_that_move_the_label_towards_the_known_one(tiny_lm):
+    guard = GuardModel(tiny_lm, instruction="is {text} ok?", max_new_tokens=6)
+    examples = [GuardExample(t, lab) for t, lab in [("hello there", "safe"), ("<harmful request 1>", "harmful"),
+                                                    ("what films", "safe"), ("<harmful request 2>", "harmful")]]
+    kept, stats = rationalise(guard, examples, tries=3, tokens=6, progress=False, calibrate=True)
+    assert stats["calibrated"] and set(stats["keep_rate_by_label"]) == {"harmful", "safe"}
+    for e in kept:
+        with_trace = own_label_logprobs(guard, [e.text], [e.reasoning])[0]
+        without = own_label_logprobs(guard, [e.text], [""])[0]
+        moved = (with_trace[0] - with_trace[1]) - (without[0] - without[1])
+        assert (moved > 0) == (e.label == "harmful")
 
 
 def test_the_answer_carries_the_label_line_and_ends_the_turn(tiny_lm):

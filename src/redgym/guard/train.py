@@ -2,9 +2,10 @@
 
 Training data in the guard format (``data.read_guard_train``) carries reasoning traces. The shipped default sets do
 not, so they are made by rationalisation (GuardReasoner's recipe, for a model without a teacher): the base model is
-asked, given the known label, to explain it; a trace is kept only when, after it, the model's own label (the likelier
-of "harmful" / "safe" after "Label:") is the known one; the keep rate is reported, and inputs without a kept trace
-are left out. SFT is LoRA on the guard's answer only (the request and instruction carry no loss).
+asked, given the known label, to explain it; a trace is kept only when, read by the model as a guard, it leads to
+the known label (by default calibrated: it moves log p(harmful) - log p(safe) after "Label:" towards the known label
+compared with no reasoning, since a small model prefers one label whatever the text); the keep rate per label is
+reported, and inputs without a kept trace are left out. SFT is LoRA on the guard's answer only (the request and instruction carry no loss).
 
 SFT step: (1) ``batch_size`` examples, a pure function of (seed, step); (2-3) mean NLL of the answers given the
 prompts; (4) update, log, checkpoint (resumable).
@@ -55,6 +56,8 @@ class GuardTrainConfig(ConfigFields):
     rationale_tries: int = _f(2, "rationalisation: traces sampled per input; the first the model's label confirms "
                                  "is kept")
     rationale_tokens: int = _f(48, "rationalisation: tokens per trace")
+    rationale_calibrate: bool = _f(True, "rationalisation: keep a trace that moves the model's own label towards the "
+                                         "known one, compared with no reasoning (false: its own label must be it)")
     steps: int = _f(100, "optimizer steps")
     batch_size: int = _f(16, "examples per step")
     micro_batch_size: int = _f(4, "examples per forward/backward pass")
@@ -136,27 +139,46 @@ def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str
 
 
 def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tokens: int, batch_size: int = 16,
-                progress: bool = True) -> tuple[list[GuardExample], dict]:
-    """Traces for examples without one; returns (examples with a kept trace, {tried, kept, keep_rate})."""
+                progress: bool = True, calibrate: bool = True) -> tuple[list[GuardExample], dict]:
+    """Traces for examples without one; returns (examples with a kept trace, {tried, kept, keep_rate, per label}).
+
+    A trace is kept when, read by the model as a guard, it leads to the known label: with ``calibrate``, when it
+    moves the model's preference (log p(harmful) - log p(safe) after "Label:") towards the known label compared
+    with the same prompt without reasoning (contextual calibration, Zhao et al. 2021: a 135M model prefers one
+    label whatever the text, and an absolute check keeps almost no trace of the other class); without it, when the
+    model's own label after the trace is the known one."""
     lm = guard.lm
     done = [e for e in examples if e.reasoning]
     todo = [e for e in examples if not e.reasoning]
     params = SamplingParams(max_new_tokens=tokens, min_new_tokens=1, temperature=0.7, top_p=1.0, top_k=0,
                             repetition_penalty=1.0)
+    prior = np.zeros(len(todo))
+    if calibrate and todo:
+        lp = own_label_logprobs(guard, [e.text for e in todo], [""] * len(todo), batch_size)
+        prior = lp[:, 0] - lp[:, 1]
     kept: dict[int, str] = {}
-    for _ in tqdm(range(tries), desc="rationalise", disable=not progress):
-        idx = [i for i in range(len(todo)) if i not in kept]
-        for s in range(0, len(idx), batch_size):
-            part = idx[s:s + batch_size]
-            asks = [lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
-                    for i in part]
-            traces = lm.generate(asks, params).texts
-            own = own_label_logprobs(guard, [todo[i].text for i in part], traces).argmax(1)
-            for i, trace, o in zip(part, traces, own):
-                if trace.strip() and (HARMFUL, SAFE)[int(o)] == todo[i].label:
-                    kept[i] = trace.strip()
+    with tqdm(total=len(todo), desc="rationalise", unit="request", disable=not progress) as bar:
+        for t in range(tries):
+            idx = [i for i in range(len(todo)) if i not in kept]
+            if t:
+                bar.total += len(idx)
+                bar.refresh()
+            for s in range(0, len(idx), batch_size):
+                part = idx[s:s + batch_size]
+                asks = [lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
+                        for i in part]
+                traces = lm.generate(asks, params).texts
+                lp = own_label_logprobs(guard, [todo[i].text for i in part], traces, batch_size)
+                for i, trace, margin in zip(part, traces, lp[:, 0] - lp[:, 1] - prior[part]):
+                    if trace.strip() and (margin > 0) == (todo[i].label == HARMFUL):
+                        kept[i] = trace.strip()
+                bar.update(len(part))
     made = [dataclasses.replace(todo[i], reasoning=r) for i, r in sorted(kept.items())]
-    stats = {"tried": len(todo), "kept": len(made), "keep_rate": len(made) / len(todo) if todo else float("nan")}
+    stats = {"tried": len(todo), "kept": len(made), "keep_rate": len(made) / len(todo) if todo else float("nan"),
+             "calibrated": calibrate,
+             "keep_rate_by_label": {lab: (sum(e.label == lab for e in made) / n if (n := sum(e.label == lab
+                                                                                            for e in todo)) else None)
+                                    for lab in (HARMFUL, SAFE)}}
     return done + made, stats
 
 
@@ -177,7 +199,7 @@ def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) 
     held = {normalise_text(e.text) for e in test}
     train += [a for a in attacks if normalise_text(a.text) not in held]  # the held-out set stays unseen
     examples, stats = rationalise(guard, train, cfg.rationale_tries, cfg.rationale_tokens, cfg.micro_batch_size * 4,
-                                  progress)
+                                  progress, cfg.rationale_calibrate)
     if not examples:
         raise RedgymError("guard train: no example with a reasoning trace to teach (rationalisation kept none)")
     return examples, {**stats, "n_train": len(examples), "n_heldout": len(test), "attacks_added": len(attacks),
