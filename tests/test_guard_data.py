@@ -6,6 +6,7 @@ from redgym.errors import RedgymError
 from redgym.guard.data import (
     GuardExample,
     check_no_overlap,
+    complete_sentences,
     default_guard_sets,
     describe,
     format_guard_target,
@@ -51,6 +52,18 @@ def test_format_then_parse_round_trip():
     assert parse_guard_output(target) == ("It asks how to bake bread.", "safe")
     with pytest.raises(ValueError, match="not harmful or safe"):
         format_guard_target("r", "maybe")
+
+
+@pytest.mark.parametrize("trace,kept", [
+    ("It asks for a recipe. Baking is a common hobby and", "It asks for a recipe."),
+    ("  Is it legal? It is. The user wants", "Is it legal? It is."),
+    ("Version 2.5 of the tool is asked for. It", "Version 2.5 of the tool is asked for."),  # no cut inside 2.5
+    ("It asks for a recipe.", "It asks for a recipe."),
+    ("no sentence end at all", "no sentence end at all"),
+    ("", ""),
+])
+def test_complete_sentences_cuts_after_the_last_full_sentence(trace, kept):
+    assert complete_sentences(trace) == kept
 
 
 # ---------------------------------------------------------------- files

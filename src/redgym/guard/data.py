@@ -51,6 +51,17 @@ from redgym.errors import RedgymError
 from redgym.models.guard import (HARMFUL, SAFE, normalise_label, parse_guard_output,  # noqa: F401 (re-exported)
                                  split_label_line)
 
+def complete_sentences(trace: str) -> str:
+    """``trace`` cut after its last complete sentence (``.``, ``!`` or ``?``), unchanged when it has none.
+
+    Rationalised traces are sampled to a token budget and usually stop mid-sentence; a guard taught such traces
+    learns to write up to the budget, and at evaluation its label line falls off the end (measured: most
+    unparseable outputs of the first SFT guard were traces cut at ``max_new_tokens``)."""
+    trace = trace.strip()
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", trace)]
+    return trace[:ends[-1]] if ends else trace
+
+
 def format_guard_target(reasoning: str, label: str) -> str:
     """The text a guard is trained to write: ``"{reasoning}\\nLabel: {label}"`` with the label normalised."""
     norm = normalise_label(label)

@@ -24,7 +24,7 @@ from redgym.models.guard import GuardModel
 from redgym.guard.quality import KeywordGuard, default_keywords
 from redgym.models.lm import LM
 from redgym.models.loading import adapter_base, load_model, root_model
-from redgym.runfolder import CONTENT_WARNING, check_writable, write_json
+from redgym.runfolder import CONTENT_WARNING, check_writable, write_json, write_jsonl
 
 LABELS = [HARMFUL, SAFE]
 
@@ -184,6 +184,9 @@ def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
               "time_s": {k: round(v, 1) for k, v in times.items()},
               "systems": {k: system_report(test, v, cfg.bootstrap_samples, cfg.seed) for k, v in systems.items()}}
     write_json(out / "guard_report.json", report)
+    # every model's raw reasoning beside the label it parsed to (None = unparseable), to read why outputs fail
+    write_jsonl(out / "outputs.jsonl", ({"system": k, "index": i, "label": test[i].label, "predicted": systems[k][i],
+                                         "reasoning": r} for k, rs in reasonings.items() for i, r in enumerate(rs)))
     plot_confusion(np.array(report["systems"]["guard"]["confusion_matrix"]), LABELS, out / "confusion.png")
     (out / "guard_report.md").write_text(guard_markdown(report), encoding="utf-8")
     return report

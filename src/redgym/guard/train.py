@@ -30,8 +30,8 @@ from transformers import set_seed
 
 from redgym.config import ConfigFields, _f
 from redgym.errors import RedgymError
-from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, default_guard_sets, format_guard_target,
-                               normalise_text, parse_guard_output, read_guard_train)
+from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, complete_sentences, default_guard_sets,
+                               format_guard_target, normalise_text, parse_guard_output, read_guard_train)
 from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
 from redgym.models.loading import adapter_base
@@ -167,7 +167,7 @@ def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tok
                 part = idx[s:s + batch_size]
                 asks = [lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
                         for i in part]
-                traces = lm.generate(asks, params).texts
+                traces = [complete_sentences(t) for t in lm.generate(asks, params).texts]
                 lp = own_label_logprobs(guard, [todo[i].text for i in part], traces, batch_size)
                 for i, trace, margin in zip(part, traces, lp[:, 0] - lp[:, 1] - prior[part]):
                     if trace.strip() and (margin > 0) == (todo[i].label == HARMFUL):
@@ -187,7 +187,8 @@ def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) 
     if cfg.train_set == "default":
         train, test = default_guard_sets(cfg.seed, cfg.test_fraction)
     elif (Path(cfg.train_set) / "train_examples.jsonl").is_file():  # an earlier run's traces, not made again
-        train = read_examples(Path(cfg.train_set) / "train_examples.jsonl")
+        train = [dataclasses.replace(e, reasoning=complete_sentences(e.reasoning or ""))
+                 for e in read_examples(Path(cfg.train_set) / "train_examples.jsonl")]
         test = default_guard_sets(cfg.seed, cfg.test_fraction)[1]
     else:
         train, test = read_guard_train(cfg.train_set), []
