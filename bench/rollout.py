@@ -9,6 +9,10 @@ What is measured, per batch size B (default 1, 8, 16):
 - floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
   contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring.
 
+With ``--defender-samples K`` (K-reply denoised scoring, the trainers' ``defender_samples``) the engine samples K
+defender replies per adversary turn in one batch and scores all of them; the floor generates the same K replies per
+context with bare ``generate`` (the history continues with the first, as in the engine).
+
 Both sides use the same model, prompts, seed and sampling settings, with ``min_new_tokens == max_new_tokens`` so
 every utterance is exactly ``max_new_tokens`` new tokens (no early stop). With the same seed they even draw the
 same tokens, so context lengths match turn for turn (the script reports whether the texts agree).
@@ -18,7 +22,8 @@ best (shortest) of the repeats is kept. Reported: generated tokens/s, conversati
 generated per second) and ratio = engine tok/s / floor tok/s. The last output line is
 ``BENCH key=value ...``.
 
-Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]``
+Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]
+[--defender-samples 1,4]``
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per utterance (min = max)")
     p.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes")
     p.add_argument("--convs-b1", type=int, default=2, help="conversations at batch size 1 (others use B)")
+    p.add_argument("--defender-samples", default="1", help="comma-separated K: defender replies per adversary turn")
     p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
     return p.parse_args()
 
@@ -82,14 +88,16 @@ def warm_up(lm: LM, params: SamplingParams) -> None:
     lm.model.generate(**enc, do_sample=True, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id)
 
 
-def run_engine(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int) -> Timing:
+def run_engine(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, k: int = 1) -> Timing:
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
-    convs = rollout([(p.id, p.turns) for p in prompts], lm, lm, horizon, params, batch, progress=False)
+    convs = rollout([(p.id, p.turns) for p in prompts], lm, lm, horizon, params, batch, progress=False,
+                    defender_samples=k)
     t1 = time.perf_counter()
     score_conversations(convs, scorer, lm, RewardWeights(), None, batch)
     t2 = time.perf_counter()
-    tokens = sum(len(t.token_ids) for c in convs for t in c.turns)
+    # a defender turn stands for its k sampled replies (min = max new tokens: all the same length)
+    tokens = sum(len(t.token_ids) * (1 + len(t.alternatives or [])) for c in convs for t in c.turns)
     turns = sum(len(c.turns) for c in convs)
     return Timing(t2 - t0, tokens, turns, [[t.text for t in c.turns] for c in convs], score_seconds=t2 - t1)
 
@@ -109,7 +117,7 @@ def floor_generate(lm: LM, contexts: list[str], params: SamplingParams) -> tuple
     return tok.batch_decode(new, skip_special_tokens=True), new.numel()
 
 
-def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int) -> Timing:
+def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int, k: int = 1) -> Timing:
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
     tokens = 0
@@ -118,9 +126,10 @@ def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int)
         chunk = histories[i:i + batch]
         for _ in range(horizon):
             for speaker in ("adversary", "defender"):
-                texts, n = floor_generate(lm, [render_plain(h) for h in chunk], params)
+                reps = k if speaker == "defender" else 1  # k replies per context, in the engine's order
+                texts, n = floor_generate(lm, [render_plain(h) for h in chunk for _ in range(reps)], params)
                 tokens += n
-                for h, text in zip(chunk, texts):
+                for h, text in zip(chunk, texts[::reps]):
                     h.append((speaker, text.strip()))
     seconds = time.perf_counter() - t0
     n_prompt = [len(p.turns) for p in prompts]
@@ -128,14 +137,14 @@ def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int)
     return Timing(seconds, tokens, sum(len(t) for t in texts), texts)
 
 
-def bench_batch(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, repeats: int
-                ) -> tuple[Timing, Timing]:
+def bench_batch(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, repeats: int,
+                k: int = 1) -> tuple[Timing, Timing]:
     """Interleave floor and engine runs; keep the fastest of each."""
     floors, engines = [], []
     for r in range(repeats):
-        floors.append(run_floor(lm, prompts, horizon, params, batch))
-        engines.append(run_engine(lm, scorer, prompts, horizon, params, batch))
-        print(f"  B={batch:>2} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
+        floors.append(run_floor(lm, prompts, horizon, params, batch, k))
+        engines.append(run_engine(lm, scorer, prompts, horizon, params, batch, k))
+        print(f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
               f"(scoring {engines[-1].score_seconds:.2f}s)", flush=True)
     return min(floors, key=lambda t: t.seconds), min(engines, key=lambda t: t.seconds)
 
@@ -152,24 +161,26 @@ def main() -> None:
           f"{time.perf_counter() - t_load:.1f}s", flush=True)
 
     results = {}
-    for batch in batches:
-        prompts = all_prompts[: args.convs_b1 if batch == 1 else batch]
-        floor, engine = bench_batch(lm, scorer, prompts, args.horizon, params, batch, args.repeats)
-        assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
-        results[batch] = (floor, engine)
+    for k in (int(x) for x in args.defender_samples.split(",")):
+        for batch in batches:
+            prompts = all_prompts[: args.convs_b1 if batch == 1 else batch]
+            floor, engine = bench_batch(lm, scorer, prompts, args.horizon, params, batch, args.repeats, k)
+            assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
+            results[batch, k] = (floor, engine)
 
-    print(f"\n{'B':>3} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
+    print(f"\n{'B':>3} {'K':>2} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
           f"{'floor turns/s':>13} {'engine turns/s':>14} | {'ratio':>5} | {'scoring share':>13} | same draws")
     fields = []
-    for batch, (floor, engine) in results.items():
+    for (batch, k), (floor, engine) in results.items():
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
-        print(f"{batch:>3} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
+        tag = f"b{batch}" + (f"_k{k}" if k > 1 else "")
+        print(f"{batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
               f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
               f"{engine.score_seconds / engine.seconds:>12.1%} | {same}")
-        fields += [f"engine_tok_s_b{batch}={engine.tok_s:.2f}", f"floor_tok_s_b{batch}={floor.tok_s:.2f}",
-                   f"engine_turns_s_b{batch}={engine.turns_s:.3f}", f"floor_turns_s_b{batch}={floor.turns_s:.3f}",
-                   f"ratio_b{batch}={ratio:.3f}"]
+        fields += [f"engine_tok_s_{tag}={engine.tok_s:.2f}", f"floor_tok_s_{tag}={floor.tok_s:.2f}",
+                   f"engine_turns_s_{tag}={engine.turns_s:.3f}", f"floor_turns_s_{tag}={floor.turns_s:.3f}",
+                   f"ratio_{tag}={ratio:.3f}"]
     print("BENCH " + " ".join(fields))
 
 

@@ -58,3 +58,7 @@ def test_guard_eval_cli_writes_a_report_with_every_baseline(tiny_model_dir, tmp_
     q = report["quality"]["guard"]
     assert set(q) == {"mean", "label", "coherence", "relevance", "specificity"} and 0 <= q["mean"]["value"] <= 1
     assert "keyword" not in report["quality"]  # only LM guards write a reasoning
+    raw = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert [(r["system"], r["index"], r["label"]) for r in raw] == [("guard", i, e.label) for i, e in enumerate(test)]
+    # each raw output parsed to the label the report counted (None = unparseable)
+    assert sum(r["predicted"] is None for r in raw) == g["unparseable"]["count"]

@@ -5,6 +5,7 @@ reported as one line with exit code 2, and no report is written.
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import build_tiny_model
 from redgym.cli import main
+from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend, chat_messages
 
 pytest.importorskip("openai", reason="the http extra (openai) is not installed")
@@ -335,3 +337,35 @@ def test_set_up_mistakes_are_one_line(extra, says, prompt_file, tmp_path, capsys
             "http://127.0.0.1:9/v1", "--prompts", str(prompt_file), "--quiet", *extra]
     assert main(args) == 2
     assert says in one_line_error(capsys)
+
+
+# ---- the NLL term from the server's own log-probs (api: completions with echo) -----------------------------------
+def test_the_continuation_nll_is_read_from_echoed_offsets_by_hand():
+    from redgym.models.http import continuation_nll_from_offsets
+
+    # "Hi." + " you ok": tokens "Hi" "." " you" " ok" at offsets 0, 2, 3, 7; the first token has no log-prob
+    offsets, logprobs = [0, 2, 3, 7], [None, -1.0, -2.0, -1.0]
+    assert continuation_nll_from_offsets(3, 10, offsets, logprobs) == pytest.approx(1.5)  # (2.0 + 1.0) / 2
+    assert continuation_nll_from_offsets(0, 3, offsets, logprobs) == pytest.approx(1.0)  # "Hi" unscored: skipped
+    assert math.isnan(continuation_nll_from_offsets(10, 12, offsets, logprobs))  # nothing starts there
+
+
+def test_a_completions_server_scores_the_nll_term_itself(prompt_file, tmp_path):
+    from redgym.config import RunConfig, load_config
+    from redgym.models.http import OpenAIChat, ServerLikelihood
+    from redgym.setup import load_likelihood
+
+    fields = dict(defender_backend="openai", defender_base_url="http://127.0.0.1:9/v1", prompts=str(prompt_file))
+    cfg = load_config(RunConfig, None, {**fields, "defender_api": "completions"})
+    assert isinstance(load_likelihood(cfg, OpenAIChat("m", cfg.defender_base_url, api="completions")),
+                      ServerLikelihood)
+    with pytest.raises(RedgymError, match="defender_api chat cannot score"):
+        load_config(RunConfig, None, fields)
+
+
+def test_a_server_without_prompt_log_probs_is_one_line(server):
+    from redgym.models.http import OpenAIChat, ServerLikelihood
+
+    scorer = ServerLikelihood(OpenAIChat("m", server, api="completions", max_retries=0))
+    with pytest.raises(RedgymError, match=r"POST /completions \(echo, logprobs\) answered HTTP 404"):
+        scorer.continuation_nll(["hello there\n"], ["how are you"])

@@ -162,6 +162,10 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
         if (out / "checkpoints").exists():
             raise RedgymError(f"{out} already holds a training run; use --resume {out} or another --out")
     metrics = train_fn(cfg, out, resume=resume, progress=not args.quiet)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under accelerate launch: the main process reports and evaluates
+        return 0
     print("final step: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                       if k.startswith(("reward/reward", "loss/", "pairs/count", "sys/"))))
     if cfg.eval_after:

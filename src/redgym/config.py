@@ -51,7 +51,8 @@ class RunConfig(ConfigFields):
                                           "front of the defender: a flagged adversary turn gets guard_refusal")
     guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
     likelihood_model: str | None = _f(None, "local LM that scores the reward's NLL term (same forms as "
-                                            "defender_model); None = the defender itself, which must then be local")
+                                            "defender_model); None = the defender itself: a local one, or a server "
+                                            "with defender_api completions that returns prompt log-probs")
     # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------
     defender_backend: str = _f("local", "local (defender_model loaded here) or openai (an OpenAI-compatible server "
                                         "at defender_base_url, asked for the model defender_model)")
@@ -151,8 +152,9 @@ class RunConfig(ConfigFields):
         if self.defender_backend == "openai":
             need(bool(self.defender_base_url), "defender_backend openai needs defender_base_url (e.g. "
                                                "http://127.0.0.1:8000/v1)")
-            need(bool(self.likelihood_model), "defender_backend openai cannot score the reward's NLL term: set "
-                                              "likelihood_model to a local LM (e.g. the defender's own weights)")
+            need(bool(self.likelihood_model) or self.defender_api == "completions",
+                 "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
+                 "likelihood_model to a local LM (e.g. the defender's own weights)")
         need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
         need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
         need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")

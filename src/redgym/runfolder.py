@@ -65,6 +65,16 @@ def read_jsonl(path: Path, what: str, missing: str) -> list[dict]:
         raise RedgymError(f"{what}: cannot read {path} ({type(e).__name__})") from None
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A JSON file of a run folder; a missing or unreadable one is one ``RedgymError`` line starting ``what:``."""
+    from redgym.errors import RedgymError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RedgymError(f"{what}: cannot read {path} ({type(e).__name__})") from None
+
+
 def git_hash() -> str:
     try:
         here = Path(redgym.__file__).resolve().parent

@@ -21,7 +21,7 @@ from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, sp
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend
 from redgym.models.guard import GuardedDefender, GuardModel
-from redgym.models.http import OpenAIChat
+from redgym.models.http import OpenAIChat, ServerLikelihood
 from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
 from redgym.rollout.engine import rollout
@@ -108,6 +108,8 @@ def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
     """What scores the NLL term: ``likelihood_model`` (the defender's own copy when it names the local defender),
     else the defender itself, which must then be able to score."""
     bare = defender.defender if isinstance(defender, GuardedDefender) else defender
+    if cfg.likelihood_model is None and isinstance(bare, OpenAIChat) and bare.api == "completions":
+        return ServerLikelihood(bare)  # the server scores the text itself (echoed prompt log-probs)
     if cfg.likelihood_model is None or (isinstance(bare, LM) and cfg.likelihood_model == cfg.defender_model):
         if not isinstance(bare, LikelihoodBackend):
             raise RedgymError(f"defender_backend {cfg.defender_backend} cannot score the reward's NLL term: set "

@@ -34,7 +34,7 @@ from scipy import stats  # noqa: E402
 from redgym.errors import RedgymError  # noqa: E402
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, paired_difference  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
-from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable  # noqa: E402
+from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +122,9 @@ class Arm:
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RedgymError(f"cannot read {path} ({e})") from None
-
-
 def read_seed(folder: Path, seed: int) -> SeedResult:
     """The last label's metrics of ``folder/report.json`` and its conversations from ``folder/samples.jsonl``."""
-    report = _read_json(folder / "report.json")
+    report = read_json(folder / "report.json", "compare")
     results = report.get("results") or {}
     label = list(results)[-1] if results else None
     metrics = results[label] if label is not None else report.get("metrics", {})
@@ -184,7 +177,7 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
     """The arms of one experiment folder with every finished seed; the baseline arm first if not listed."""
     if not folder.is_dir():
         raise RedgymError(f"experiment folder {folder} does not exist")
-    meta = _read_json(folder / "experiment.json") if (folder / "experiment.json").exists() else {}
+    meta = read_json(folder / "experiment.json", "compare") if (folder / "experiment.json").exists() else {}
     baseline = meta.get("baseline_arm", "untuned")
     seeds = [int(s) for s in meta["seeds"]] if meta.get("seeds") is not None else None
     names = list(meta.get("arms") or [])

@@ -17,14 +17,13 @@ untuned model prompted as a guard, keyword, embedding + logistic regression) are
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from redgym.config import read_yaml_mapping
 from redgym.errors import RedgymError
 from redgym.experiments.readme import demote, replace_block
-from redgym.runfolder import CONTENT_WARNING, atomic_write
+from redgym.runfolder import CONTENT_WARNING, atomic_write, read_json
 
 NOT_RUN = "not run"
 
@@ -52,12 +51,10 @@ def load_rows(path: Path) -> list[Row]:
 
 
 def _json(folder: str | None, name: str) -> dict | None:
+    """``folder/name``, or None when the run has not been made yet (the report shows it as not run)."""
     if not folder or not (Path(folder) / name).is_file():
         return None
-    try:
-        return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RedgymError(f"guard report: cannot read {Path(folder) / name} ({type(e).__name__})") from None
+    return read_json(Path(folder) / name, "guard report")
 
 
 def ci(m: dict, digits: int = 3, sign: bool = False) -> str:

@@ -7,8 +7,9 @@ requests (it retries timeouts, dropped connections, 408/409/429 and 5xx answers,
 ``api: chat`` sends the history as messages (the adversary's turns and the prompt as ``user``, the defender's own
 as ``assistant``: ``chat_messages``) and always asks for a streamed reply, assembled here: some servers
 (``transformers serve``) answer chat requests only as a server-sent-event stream. ``api: completions`` sends the
-plain transcript as a prompt. Either way the ``Generation`` has texts only: no token ids, no log-probs, so the
-reward's NLL term needs a local ``likelihood_model``.
+plain transcript as a prompt. Either way the ``Generation`` has texts only: no token ids, no log-probs. The reward's
+NLL term then comes from the server when it can score a given text (``api: completions`` on a server that returns
+prompt log-probs with ``echo``, e.g. vLLM: ``ServerLikelihood``), else from a local ``likelihood_model``.
 
 Every failure (unreachable server, rejected key, an HTTP error after the retries, a malformed reply) is one
 ``RedgymError`` line; the API key is read from the environment variable the config names and never stored.
@@ -113,6 +114,22 @@ class OpenAIChat(ChatBackend):
             prompt=context, **self._sampling(params)), "POST /completions")
         return self._read(lambda: raw.parse().choices[0].text.strip(), "POST /completions")
 
+    def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:
+        """(character offset, log-prob) of each token of ``text`` as the server scores it (``echo``, no new
+        token is kept); a server that returns no prompt log-probs is one line."""
+        what = "POST /completions (echo, logprobs)"
+        raw = self._call(lambda: self.client.completions.with_raw_response.create(
+            model=self.name, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=0), what)
+
+        def read():
+            lp = raw.parse().choices[0].logprobs
+            if lp is None or not lp.token_logprobs or lp.text_offset is None:
+                raise RedgymError(f"defender at {self.base_url} returns no prompt log-probs for {what}: set "
+                                  "likelihood_model to a local LM for the NLL term")
+            return list(lp.text_offset), list(lp.token_logprobs)
+
+        return self._read(read, what)
+
     def _call(self, request, what: str):
         """Send one request (the client retries it); count it; turn every failure into one line."""
         o = self._openai
@@ -145,6 +162,8 @@ class OpenAIChat(ChatBackend):
         """Read a reply's body (a stream may break or hold malformed events after the status line)."""
         try:
             return read()
+        except RedgymError:
+            raise
         except self._openai.APITimeoutError:
             self._failed(0)
             raise RedgymError(f"defender at {self.base_url}: {what} stopped answering mid-reply "
@@ -167,6 +186,31 @@ class OpenAIChat(ChatBackend):
             self.requests += requests
             self.retries += retries
             self.failures += failures
+
+
+def continuation_nll_from_offsets(context_chars: int, end_chars: int, offsets: list[int],
+                                  logprobs: list[float | None]) -> float:
+    """Mean NLL per token of the tokens starting in ``[context_chars, end_chars)`` (the continuation inside the
+    scored text, whose echoed tokens carry these character offsets); nan when no scored token starts there."""
+    inside = [lp for off, lp in zip(offsets, logprobs) if context_chars <= off < end_chars and lp is not None]
+    return -sum(inside) / len(inside) if inside else float("nan")
+
+
+class ServerLikelihood:
+    """The reward's NLL term scored by the server itself (``LikelihoodBackend``): the context and continuation
+    sent as one completions prompt with ``echo``, the continuation's tokens' log-probs read back by offset."""
+
+    def __init__(self, server: OpenAIChat):
+        self.server = server
+
+    def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
+        futures = [self.server.pool.submit(self.server.prompt_logprobs, c + x)
+                   for c, x in zip(contexts, continuations)]
+        out = []
+        for c, x, f in zip(contexts, continuations, futures):
+            offsets, logprobs = f.result()
+            out.append(continuation_nll_from_offsets(len(c), len(c) + len(x), offsets, logprobs))
+        return out
 
 
 def _one_line(x) -> str:

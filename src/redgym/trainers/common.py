@@ -16,6 +16,7 @@ import logging
 import resource
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +136,54 @@ class Policy:
 
     def sync_sampler(self) -> None:
         if self.sampler is not None:
-            self.sampler.sync(self.model)
+            self.sampler.sync(unwrap(self.model))
 
     @property
     def generation_model(self) -> torch.nn.Module:
-        return self.sampler.model if self.sampler is not None else self.model
+        return self.sampler.model if self.sampler is not None else unwrap(self.model)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (what ``accelerate`` prepares under several processes);
+    forward passes that train go through the wrapper (its gradient sync), everything else through the model."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ---- several processes (accelerate launch) ---------------------------------------------------------------------
+
+def rank_share(items: list, acc) -> list:
+    """This process's share of a step's items (data parallelism: rank r takes items r, r + N, ...); all of them
+    in a single process."""
+    return items[acc.process_index::acc.num_processes]
+
+
+def mean_over_ranks(acc, metrics: dict) -> dict:
+    """Numeric metrics averaged over the processes (each computed them on its own share of the step); other
+    values as the main process has them. One process: ``metrics`` unchanged."""
+    if acc.num_processes == 1:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer)))
+    mine = torch.tensor([[float(metrics[k]) for k in keys]], dtype=torch.float64, device=acc.device)
+    every = acc.gather(mine).cpu().numpy()  # (processes, metrics)
+    with warnings.catch_warnings():  # a metric no process could compute stays nan, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(np.where(np.isfinite(every), every, np.nan), axis=0)
+    return {**metrics, **{k: float(v) for k, v in zip(keys, means)}}
+
+
+def all_reduce_grads(acc, params) -> None:
+    """Average the gradients of ``params`` over the processes, by hand: for updates whose number of backward
+    passes differs between processes (IPO's pairs per step), run under ``acc.no_sync``. A process with no
+    gradient for a parameter contributes zeros."""
+    if acc.num_processes == 1:
+        return
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad /= acc.num_processes
 
 
 def build_policy(cfg: TrainConfig) -> Policy:
@@ -234,6 +278,8 @@ class MetricsLog:
         self.path, self.accelerator = out / "metrics.jsonl", accelerator
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return  # one line per step, written by the main process
         clean = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
@@ -304,6 +350,11 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
         raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
     acc = make_accelerator(cfg, out)
+    if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
+        logging.getLogger("redgym").setLevel(logging.ERROR)
+    if cfg.prompts_per_step % acc.num_processes:
+        raise RedgymError(f"prompts_per_step {cfg.prompts_per_step} does not split over {acc.num_processes} "
+                          "processes; make it a multiple")
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)
     defender = defender_lm(cfg, policy)
@@ -312,6 +363,8 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
     opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]))
     policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
+    if acc.num_processes > 1:  # same initial weights (DDP broadcast them), each process its own sampling stream
+        set_seed(cfg.seed + acc.process_index)
     adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
                    cfg.max_context_tokens)
     start, state = 0, {}
@@ -321,10 +374,12 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
         if setup.memory is not None and "novelty_memory" in state:
             setup.memory.load_state_dict(state["novelty_memory"])
         log.info("resumed from %s at step %d", ckpt, start)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
-    write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out, cfg)
+        # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
+        write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
+    acc.wait_for_everyone()
     # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
     return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
                state, extra, time.time())
@@ -337,6 +392,7 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     release_memory()
     metrics["sys/peak_rss_gb"] = peak_rss_gb()
     metrics["sys/rss_gb"] = rss_gb()
+    metrics.update(mean_over_ranks(run.acc, metrics))
     run.metrics_log.log(step + 1, metrics)
     out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
@@ -363,12 +419,14 @@ def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: di
     ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ignored on resume.
     """
     ckpt = out / "checkpoints" / f"step_{step:06d}"
-    accelerator.save_state(str(ckpt))
-    save_adversary(accelerator, policy, out / model_dir)
-    write_json(ckpt / "trainer_state.json", {"step": step, **state})
-    done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    accelerator.save_state(str(ckpt))  # every process: accelerate writes the weights once, RNG states per process
+    if accelerator.is_main_process:
+        save_adversary(accelerator, policy, out / model_dir)
+        write_json(ckpt / "trainer_state.json", {"step": step, **state})
+        done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return ckpt
 
 

@@ -62,11 +62,12 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     times (the adversary sampled with ``sampling`` from the merged copy, the defender answering
     ``defender_samples`` times with the evaluation settings), then scored. Returns the conversations and
     ``score_conversations``' arrays."""
-    from redgym.trainers.common import batch_indices
+    from redgym.trainers.common import batch_indices, rank_share
 
     cfg, setup, policy = run.cfg, run.setup, run.policy
     train_prompts = setup.split.train
     batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step, cfg.seed)]
+    batch = rank_share(batch, run.acc)  # several processes: each rolls out its share of the step's prompts
     policy.model.eval()
     policy.sync_sampler()
     convs = [Conversation(p.id, p.turns) for p in batch for _ in range(generations)]

@@ -127,6 +127,44 @@ def pair_logps(policy: common.Policy, ctx: list[list[int]], chosen: list[list[in
     return pol, ref
 
 
+def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cfg: IPOConfig, acc, opt, sched,
+           counters: dict, step: int) -> tuple[dict[str, list[float]], float]:
+    """Step 4: the IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step; returns the
+    per-pair loss, margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
+    loss_fn = PREFERENCE_LOSSES[cfg.loss]
+    pad = policy.tokenizer.pad_token_id
+    budget = cfg.max_context_tokens - cfg.max_new_tokens
+    policy.model.train()
+    stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
+    per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
+    # several processes hold different numbers of pairs: accumulate locally, then average the gradients once
+    with acc.no_sync(policy.model) if acc.num_processes > 1 else acc.accumulate(policy.model):
+        for i in range(0, len(pairs), per_mb):
+            mb = pairs[i:i + per_mb]
+            ctx = [adversary.encode_context(p.context, budget) for p in mb]
+            pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad,
+                                  cfg.length_normalize)
+            n = len(mb)
+            losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
+            loss = losses.sum() / len(pairs)
+            if not common.finite_or_skip(loss, counters, step):
+                continue
+            acc.backward(loss)
+            stats["loss"] += losses.detach().tolist()
+            stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
+            per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
+            stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
+        common.all_reduce_grads(acc, policy.model.parameters())
+        if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
+            grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
+        else:
+            grad_norm = float("nan")
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return stats, grad_norm
+
+
 def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
@@ -137,20 +175,20 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             if cfg.weak_supervision > 0 else [])
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
-    loss_fn = PREFERENCE_LOSSES[cfg.loss]
-    rng = np.random.default_rng([cfg.seed, start])  # weak-supervision draws; reseeded per resume point
+    # weak-supervision draws; reseeded per resume point (and per process under several)
+    rng = np.random.default_rng([cfg.seed, start] + ([acc.process_index] if acc.num_processes > 1 else []))
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
         ctx, a, d, setup.scorer, setup.likelihood, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
-    pad = policy.tokenizer.pad_token_id
-    budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps, disable=not progress):
+    for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps,
+                     disable=not (progress and acc.is_main_process)):
         t0 = time.time()
         # 1 prompts
         batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
                                                                 cfg.seed)]
+        batch = common.rank_share(batch, acc)  # several processes: each grows its share of the step's trees
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
         policy.sync_sampler()
@@ -167,32 +205,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
                             cfg.batch_size, setup.likelihood, cfg.weak_candidates)
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
-        policy.model.train()
-        stats = {"loss": [], "margin": [], "kl": []}
-        per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
-        with acc.accumulate(policy.model):
-            for i in range(0, len(pairs), per_mb):
-                mb = pairs[i:i + per_mb]
-                ctx = [adversary.encode_context(p.context, budget) for p in mb]
-                pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad,
-                                      cfg.length_normalize)
-                n = len(mb)
-                losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
-                loss = losses.sum() / len(pairs)
-                if not common.finite_or_skip(loss, counters, step):
-                    continue
-                acc.backward(loss)
-                stats["loss"] += losses.detach().tolist()
-                stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
-                per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
-                stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
-            if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
-                grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
-            else:
-                grad_norm = float("nan")
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+        stats, grad_norm = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
         reliability = pair_reliability([reply_terms(g.scores, setup.weights) for g in groups])[0]

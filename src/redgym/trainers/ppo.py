@@ -171,7 +171,8 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps, disable=not progress):
+    for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps,
+                     disable=not (progress and acc.is_main_process)):
         t0 = time.time()
         # 1-2 the step's prompts, each rolled out generations_per_prompt times (adversary on-policy), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)

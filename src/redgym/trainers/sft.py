@@ -40,11 +40,12 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
     metrics: dict[str, float] = {}
 
     for step in tqdm(range(run.start, cfg.steps), desc="train sft", initial=run.start, total=cfg.steps,
-                     disable=not progress):
+                     disable=not (progress and acc.is_main_process)):
         t0 = time.time()
         # 1 examples: a pure function of (seed, step), so a resumed run draws the same ones
         rng = np.random.default_rng([cfg.seed, step])
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]
+        batch = common.rank_share(batch, acc)  # several processes: each its share of the step's examples
         ctx = [adversary.encode_context(adversary.render([("prompt", first)], "adversary"), budget)
                for first, _ in batch]
         target = [tok(rest, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens] for _, rest in batch]
@@ -52,7 +53,8 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.train()
         losses = []
         n_tokens = sum(len(t) for t in target)
-        with acc.accumulate(policy.model):
+        # accumulated locally over micro-batches, the gradients averaged over processes once (as in ipo.py)
+        with acc.no_sync(policy.model) if acc.num_processes > 1 else acc.accumulate(policy.model):
             for i in range(0, len(batch), cfg.micro_batch_size):
                 o = continuation_forward(policy.model, ctx[i:i + cfg.micro_batch_size],
                                          target[i:i + cfg.micro_batch_size], pad)
@@ -61,6 +63,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
                     continue
                 acc.backward(loss)
                 losses.append(float(loss.detach()))
+            common.all_reduce_grads(acc, policy.model.parameters())
             if acc.sync_gradients and cfg.max_grad_norm > 0 and losses:
                 acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
             opt.step()
