@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
-from redgym.errors import RedgymError
+from redgym.errors import RedgymError, TrainingStopped
 from redgym.trainers.registry import TRAINERS
 
 
@@ -291,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     except RedgymError as e:
         print(f"redgym: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:  # SIGINT/SIGTERM: the step finished and its checkpoint is saved
+        again = (f"resume with: redgym train {args.trainer} --resume {e.out}" if args.command == "train" else
+                 "rerun the same command: finished parts are skipped and this training resumes")
+        print(f"redgym: {e}; {again}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("redgym: interrupted", file=sys.stderr)
         return 130

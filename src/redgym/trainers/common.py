@@ -15,6 +15,8 @@ import json
 import logging
 import resource
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ import torch
 from transformers import set_seed
 
 from redgym.config import RunConfig, _f
-from redgym.errors import RedgymError
+from redgym.errors import RedgymError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
@@ -147,6 +149,41 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (what ``accelerate`` prepares under several processes);
     forward passes that train go through the wrapper (its gradient sync), everything else through the model."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ---- stopping on a signal -------------------------------------------------------------------------------------
+
+class StopRequest:
+    """SIGINT / SIGTERM during training: the first lets the current step finish, write a checkpoint and stop
+    (``end_step`` raises ``TrainingStopped``); a second one interrupts at once (the last complete checkpoint
+    stays). Handlers are installed only from the main thread and restored by ``restore``."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: finishing this step, then a checkpoint, then stop (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def requested(self, acc) -> int | None:
+        """The signal to stop on, agreed by every process (one process's signal stops them all at one step)."""
+        if acc.num_processes == 1:
+            return self.signum
+        got = acc.gather(torch.tensor([[float(self.signum or 0)]], device=acc.device)).max()
+        return int(got) or None
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
 
 
 # ---- several processes (accelerate launch) ---------------------------------------------------------------------
@@ -338,6 +375,7 @@ class Run:
     state: dict
     extra: list
     t_start: float
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)
 
 
 def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
@@ -395,17 +433,23 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     metrics.update(mean_over_ranks(run.acc, metrics))
     run.metrics_log.log(step + 1, metrics)
     out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
+    signum = run.stop.requested(run.acc)
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time or signum:
         if run.setup.memory is not None:  # the novelty terms' history resumes with the policy
             state = {**state, "novelty_memory": run.setup.memory.state_dict()}
         save_checkpoint(run.acc, run.out, step + 1, run.policy, state, cfg.keep_checkpoints)
+    if signum and step + 1 < cfg.steps:
+        finish_run(run)
+        raise TrainingStopped(step + 1, signum, run.out)
     if out_of_time:
         log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
     return out_of_time
 
 
 def finish_run(run: Run) -> None:
-    """Step 6: close trackers. Evaluation is the caller's (``redgym train`` runs ``evaluate_run`` after it)."""
+    """Step 6: close trackers, give the signals back. Evaluation is the caller's (``redgym train`` runs
+    ``evaluate_run`` after it)."""
+    run.stop.restore()
     run.acc.end_training()
 
 
