@@ -223,10 +223,15 @@ def _unknown(name: str, known: list[str], source: str) -> RedgymError:
 C = typing.TypeVar("C", bound=RunConfig)
 
 
+MAX_YAML_BYTES = 1024 * 1024  # the largest config file read: a config is a page of key: value lines
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file holding a mapping (empty file: ``{}``); every way it can be unreadable is one line."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+            raise RedgymError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB: not a config")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RedgymError(f"{what} not found: {path}") from None
@@ -240,6 +245,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise RedgymError(f"{what} {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise RedgymError(f"{what} {path} is nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

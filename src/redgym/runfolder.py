@@ -25,6 +25,9 @@ def check_writable(out: Path) -> None:
     """Fail early, with one line, when ``out`` cannot be created or written (before any expensive work)."""
     if out.exists() and not out.is_dir():
         raise RedgymError(f"output folder {out} exists and is not a folder")
+    package = Path(redgym.__file__).resolve().parent
+    if out.resolve().is_relative_to(package):
+        raise RedgymError(f"output folder {out} is inside the redgym package ({package}); write runs elsewhere")
     parent = out
     while not parent.exists():
         parent = parent.parent

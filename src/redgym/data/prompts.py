@@ -75,6 +75,9 @@ def advbench_prompts() -> list[Prompt]:
     return [Prompt(f"advbench:{i}", (s["value"].strip(),)) for i, s in enumerate(seeds)]
 
 
+MAX_LINE_CHARS = 100_000  # a prompt line longer than this is not a prompt (a prompt uses its first words)
+
+
 def file_prompts(path: Path, field: str = "text") -> list[Prompt]:
     """Read a user prompt file; every problem is a one-line RedgymError naming the file (and line)."""
     if not path.is_file():
@@ -83,6 +86,11 @@ def file_prompts(path: Path, field: str = "text") -> list[Prompt]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RedgymError(f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    for i, line in enumerate(text.splitlines()):
+        if "\x00" in line:
+            raise RedgymError(f"prompt file {path}, line {i + 1}: holds a NUL byte (a binary file?)")
+        if len(line) > MAX_LINE_CHARS:
+            raise RedgymError(f"prompt file {path}: line {i + 1} is longer than {MAX_LINE_CHARS:,} characters")
     suffix = path.suffix.lower()
     texts: list[tuple[str, str]] = []  # (key, text)
     if suffix == ".txt":

@@ -60,6 +60,11 @@ class PPOConfig(common.TrainConfig):
             raise RedgymError(f"config: kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.generations_per_prompt < 1:
             raise RedgymError("config: ppo_epochs and generations_per_prompt must be >= 1 and clip_range in (0, 1)")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise RedgymError(f"config: gamma must be in (0, 1] and lam in [0, 1], got gamma {self.gamma} and "
+                              f"lam {self.lam}")
+        if self.vf_coef < 0 or self.kl_coef < 0 or self.clip_range_value <= 0:
+            raise RedgymError("config: vf_coef and kl_coef must be >= 0 and clip_range_value > 0")
 
 
 class ValueHead(torch.nn.Module):
