@@ -31,7 +31,7 @@ from redgym.errors import RedgymError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
-from redgym.runfolder import write_json
+from redgym.runfolder import atomic_write, write_json
 
 log = logging.getLogger("redgym.train")
 
@@ -314,6 +314,22 @@ class MetricsLog:
     def __init__(self, out: Path, accelerator=None):
         self.path, self.accelerator = out / "metrics.jsonl", accelerator
 
+    def keep_until(self, step: int) -> None:
+        """Drop the lines after ``step`` (a resumed run restarts after its checkpoint's step: lines a killed run
+        wrote for later steps would be there twice)."""
+        if not self.path.exists() or (self.accelerator is not None and not self.accelerator.is_main_process):
+            return
+        def before(line: str) -> bool:  # a line cut short by the kill is dropped too
+            try:
+                return json.loads(line).get("step", 0) <= step
+            except ValueError:
+                return False
+
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if line.strip() and before(line)]
+        if kept != lines:
+            atomic_write(self.path, "".join(kept))
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.accelerator is not None and not self.accelerator.is_main_process:
             return  # one line per step, written by the main process
@@ -418,8 +434,10 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
         # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
         write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
     acc.wait_for_everyone()
+    metrics_log = MetricsLog(out, acc)
+    metrics_log.keep_until(start)
     # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
-    return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, MetricsLog(out, acc), start,
+    return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, metrics_log, start,
                state, extra, time.time())
 
 

@@ -115,7 +115,6 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
     run = common.start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     start, counters = run.start, run.state.get("counters", {})
-    rng = np.random.default_rng([cfg.seed, start])
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
@@ -133,6 +132,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         t = ep.tensors
         # 4 clipped surrogate + KL to the reference
         policy.model.train()
+        rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
         losses = update(ep, policy, cfg, acc, opt, sched, counters, step, rng)
         # 5 log + checkpoint
         kl1 = (kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1)  # (B,) sequence KL of the sampling policy, k1

@@ -175,8 +175,6 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             if cfg.weak_supervision > 0 else [])
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
-    # weak-supervision draws; reseeded per resume point (and per process under several)
-    rng = np.random.default_rng([cfg.seed, start] + ([acc.process_index] if acc.num_processes > 1 else []))
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
         ctx, a, d, setup.scorer, setup.likelihood, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
@@ -202,6 +200,9 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             pairs = pairs[: cfg.max_pairs_per_step]
         # 3 weak supervision: each tree gets one taught pair with probability rho (annealed)
         rho = weak_rate(cfg, step)
+        # weak-supervision draws: a function of the step (a resumed run draws what a straight one would), and of
+        # the process under several
+        rng = np.random.default_rng([cfg.seed, step] + ([acc.process_index] if acc.num_processes > 1 else []))
         pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
                             cfg.batch_size, setup.likelihood, cfg.weak_candidates)
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step

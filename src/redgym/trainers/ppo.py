@@ -171,7 +171,6 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     value_head = run.extra[0]
     start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
-    rng = np.random.default_rng([cfg.seed, start])
     sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
@@ -195,6 +194,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
                                cfg.kl_stop)
             losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
         else:
+            rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step
             losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
         # 5 log, adapt the KL coefficient, checkpoint
         metrics = {
