@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from redgym.models.lm import LM
+from redgym.models.lm import LM, left_padded
 from redgym.trainers import common
 from redgym.trainers.ipo import IPOConfig, PreferencePair, update
 
@@ -33,18 +33,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def rows(ctx: list[list[int]], conts: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, ...]:
-    """Left-padded (context + continuation) rows, as ``continuation_forward`` builds them."""
-    full = [x + c for x, c in zip(ctx, conts)]
-    width = max(len(r) for r in full)
-    ids = torch.full((len(full), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, r in enumerate(full):
-        ids[b, width - len(r):] = torch.tensor(r)
-        attn[b, width - len(r):] = 1
-    return ids.to(dev), attn.to(dev), (attn.cumsum(-1) - 1).clamp(min=0).to(dev)
-
-
 def floor(policy: common.Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]], per_mb: int) -> float:
     """Forward+backward through the policy, forward through the reference, same micro-batches; seconds."""
     pad = policy.tokenizer.pad_token_id
@@ -54,7 +42,7 @@ def floor(policy: common.Policy, pairs: list[PreferencePair], ctx_ids: list[list
     for i in range(0, len(pairs), per_mb):
         mb, ctx = pairs[i:i + per_mb], ctx_ids[i:i + per_mb]
         conts = [p.chosen for p in mb] + [p.rejected for p in mb]
-        ids, attn, pos = rows(ctx + ctx, conts, pad, dev)
+        ids, attn, pos = left_padded([x + c for x, c in zip(ctx + ctx, conts)], pad, dev)  # as the trainer's rows
         k = len(conts[0])
         logits = policy.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, -k:].flatten())

@@ -33,7 +33,7 @@ from redgym.errors import RedgymError
 from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, complete_sentences, default_guard_sets,
                                format_guard_target, normalise_text, parse_guard_output, read_guard_train)
 from redgym.models.guard import GuardModel
-from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs
+from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs, left_padded
 from redgym.models.loading import adapter_base
 from redgym.runfolder import check_writable, read_jsonl, save_config, write_json, write_jsonl
 from redgym.trainers import common
@@ -123,11 +123,8 @@ def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str
         part = ctx[s:s + batch_size]
         if one_forward:
             x, _ = lm.encode_pairs(part, [f" {HARMFUL}"] * len(part))  # the contexts, cut to fit as usual
-            width = max(map(len, x))
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in x], device=lm.device)
-            attn = (torch.arange(width, device=lm.device)[None] >= torch.tensor([width - len(r) for r in x],
-                                                                             device=lm.device)[:, None]).long()
-            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+            ids, attn, pos = left_padded(x, pad, lm.device)
+            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=pos,
                               logits_to_keep=1).logits[:, -1].float()
             out.append(torch.log_softmax(logits, -1)[:, [label_ids[0][0], label_ids[1][0]]].cpu().numpy())
         else:

@@ -143,6 +143,19 @@ class ContinuationOutput:
     hidden: torch.Tensor | None = None
 
 
+def left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of token rows left-padded to one width, so every row ends at the last
+    position; explicit position ids keep absolute-position models (GPT-2) correct."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(r)
+        attn[b, width - len(r):] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
+
+
 def continuation_forward(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int,
                          temperature: float = 1.0, with_entropy: bool = False, with_hidden: bool = False
                          ) -> ContinuationOutput:
@@ -152,18 +165,12 @@ def continuation_forward(model, ctx_ids: list[list[int]], cont_ids: list[list[in
     absolute-position models (GPT-2) correct, and only the last K+1 positions are projected to the vocabulary.
     """
     dev = next(model.parameters()).device
-    rows = [x + c for x, c in zip(ctx_ids, cont_ids)]
-    width = max(len(r) for r in rows)
+    ids, attn, pos = left_padded([x + c for x, c in zip(ctx_ids, cont_ids)], pad_id, dev)
     k = max(len(c) for c in cont_ids)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    cmask = torch.zeros((len(rows), k))
-    for b, (r, c) in enumerate(zip(rows, cont_ids)):
-        ids[b, width - len(r):] = torch.tensor(r)
-        attn[b, width - len(r):] = 1
+    cmask = torch.zeros((len(cont_ids), k))
+    for b, c in enumerate(cont_ids):
         cmask[b, k - len(c):] = 1
-    ids, attn, cmask = ids.to(dev), attn.to(dev), cmask.to(dev)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    cmask = cmask.to(dev)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1,
                 output_hidden_states=with_hidden)
     logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, K, V)

@@ -208,6 +208,13 @@ def mean_over_ranks(acc, metrics: dict) -> dict:
     return {**metrics, **{k: float(v) for k, v in zip(keys, means)}}
 
 
+def accumulate_locally(acc, model):
+    """The context of an update that accumulates a step's micro-batches into one optimizer step. Processes may
+    hold different numbers of micro-batches (IPO's pairs, SFT's examples), so under several DDP's sync on every
+    backward is off and ``all_reduce_grads`` averages once, before clipping."""
+    return acc.no_sync(model) if acc.num_processes > 1 else acc.accumulate(model)
+
+
 def all_reduce_grads(acc, params) -> None:
     """Average the gradients of ``params`` over the processes, by hand: for updates whose number of backward
     passes differs between processes (IPO's pairs per step), run under ``acc.no_sync``. A process with no
@@ -314,11 +321,17 @@ class MetricsLog:
     def __init__(self, out: Path, accelerator=None):
         self.path, self.accelerator = out / "metrics.jsonl", accelerator
 
+    @property
+    def writes(self) -> bool:
+        """Only the main process writes the file (one line per step under several processes)."""
+        return self.accelerator is None or self.accelerator.is_main_process
+
     def keep_until(self, step: int) -> None:
         """Drop the lines after ``step`` (a resumed run restarts after its checkpoint's step: lines a killed run
         wrote for later steps would be there twice)."""
-        if not self.path.exists() or (self.accelerator is not None and not self.accelerator.is_main_process):
+        if not self.path.exists() or not self.writes:
             return
+
         def before(line: str) -> bool:  # a line cut short by the kill is dropped too
             try:
                 return json.loads(line).get("step", 0) <= step
@@ -331,8 +344,8 @@ class MetricsLog:
             atomic_write(self.path, "".join(kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.accelerator is not None and not self.accelerator.is_main_process:
-            return  # one line per step, written by the main process
+        if not self.writes:
+            return
         clean = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")

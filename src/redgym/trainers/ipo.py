@@ -137,8 +137,7 @@ def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cf
     policy.model.train()
     stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
-    # several processes hold different numbers of pairs: accumulate locally, then average the gradients once
-    with acc.no_sync(policy.model) if acc.num_processes > 1 else acc.accumulate(policy.model):
+    with common.accumulate_locally(acc, policy.model):
         for i in range(0, len(pairs), per_mb):
             mb = pairs[i:i + per_mb]
             ctx = [adversary.encode_context(p.context, budget) for p in mb]

@@ -53,8 +53,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.train()
         losses = []
         n_tokens = sum(len(t) for t in target)
-        # accumulated locally over micro-batches, the gradients averaged over processes once (as in ipo.py)
-        with acc.no_sync(policy.model) if acc.num_processes > 1 else acc.accumulate(policy.model):
+        with common.accumulate_locally(acc, policy.model):
             for i in range(0, len(batch), cfg.micro_batch_size):
                 o = continuation_forward(policy.model, ctx[i:i + cfg.micro_batch_size],
                                          target[i:i + cfg.micro_batch_size], pad)
