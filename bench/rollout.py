@@ -5,7 +5,9 @@ What is measured, per batch size B (default 1, 8, 16):
 - engine: ``redgym.rollout.engine.rollout`` (adversary and defender are the same ``LM`` object, as in the default
   eval) followed by ``redgym.rollout.reward.score_conversations`` (profanity scorer + the defender's NLL of every
   adversary turn), timed together. The engine samples with ``output_logits=True`` and computes per-token
-  log-probs; scoring adds the toxicity scorer and one NLL forward pass per batch.
+  log-probs; the defender, which also scores the NLL term (``remember_turn_nll``, as ``setup.load_likelihood``
+  sets it), takes each adversary turn's NLL from the forward pass of its reply's context, so scoring adds the
+  toxicity scorer and a look-up.
 - floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
   contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring.
 
@@ -75,7 +77,7 @@ def parse_args() -> argparse.Namespace:
 def setup(max_new_tokens: int):
     """The default eval's objects: one SmolLM2 LM used as adversary and defender, the profanity scorer."""
     model, tok = load_model("smollm2-135m")
-    lm = LM(model, tok, "smollm2-135m", "plain", 512)
+    lm = LM(model, tok, "smollm2-135m", "plain", 512, remember_turn_nll=True)  # as setup.load_likelihood does
     scorer = build_scorer("profanity")
     prompts = load_prompts("chitchat", scorer=scorer, max_words=60)  # the default config's length cap
     params = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
@@ -163,7 +165,10 @@ def main() -> None:
     results = {}
     for k in (int(x) for x in args.defender_samples.split(",")):
         for batch in batches:
-            prompts = all_prompts[: args.convs_b1 if batch == 1 else batch]
+            # the engine batches prompts of similar length together: the floor takes them in that order too, so both
+            # sample the same rows in the same order (same draws)
+            prompts = sorted(all_prompts[: args.convs_b1 if batch == 1 else batch],
+                             key=lambda p: sum(len(u) for u in p.turns))
             floor, engine = bench_batch(lm, scorer, prompts, args.horizon, params, batch, args.repeats, k)
             assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
             results[batch, k] = (floor, engine)

@@ -99,3 +99,31 @@ def test_real_smollm2_generates_text_with_finite_nll():
     assert all(math.isfinite(x) and x <= 0 for x in gen.logprobs[0])
     nll = lm.continuation_nll(["Hi! How was your weekend?\n"], [gen.texts[0]])[0]
     assert math.isfinite(nll) and 0 < nll < 10
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
+def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, request):
+    # A defender that also scores the NLL term gets each adversary turn's NLL from the forward pass of its reply's
+    # context: the remembered values equal a separate continuation_nll, and the replies are unchanged.
+    model, tok = load_model(str(request.getfixturevalue(fixture)), dtype="float32", device="cpu")
+    plain, remembering = LM(model, tok, "tiny", "plain", 64), LM(model, tok, "tiny", "plain", 64, remember_turn_nll=True)
+    hists = [[("prompt", "hello there"), ("adversary", "how are you today")],
+             [("prompt", "we could go to the park"), ("defender", "or the beach"), ("adversary", "that sounds great")],
+             [("prompt", "hi"), ("adversary", "")]]  # an empty turn is scored as eos: not in the context, not kept
+    greedy = SamplingParams(max_new_tokens=5, min_new_tokens=5, temperature=0)
+    for k in (1, 3):  # k: K replies per turn, contexts repeated in runs (engine.defender_replies)
+        rows = [h for h in hists for _ in range(k)]
+        want_gen = plain.generate([plain.render(h, "defender") for h in rows], greedy)
+        got_gen = remembering.generate([remembering.render(h, "defender") for h in rows], greedy)
+        assert got_gen.token_ids == want_gen.token_ids
+        assert got_gen.logprobs == [pytest.approx(x, abs=1e-4) for x in want_gen.logprobs]
+        pairs = [(render_plain(h[:-1]), h[-1][1]) for h in hists]
+        assert set(remembering._turn_nll) == set(pairs[:2])  # the empty turn is computed when asked
+        want = plain.continuation_nll([c for c, _ in pairs], [t for _, t in pairs])
+        assert [remembering._turn_nll[p] for p in pairs[:2]] == pytest.approx(want[:2], abs=1e-4)
+        assert remembering.continuation_nll([c for c, _ in pairs], [t for _, t in pairs]) == pytest.approx(want, abs=1e-4)
+        remembering._turn_nll.clear()
+    # only turns by the adversary are remembered, and only by an LM told to
+    plain.generate([plain.render(hists[0], "defender")], greedy)
+    remembering.generate([remembering.render(hists[1][:2], "adversary")], greedy)
+    assert not plain._turn_nll and not remembering._turn_nll

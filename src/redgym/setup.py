@@ -114,6 +114,8 @@ def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
         if not isinstance(bare, LikelihoodBackend):
             raise RedgymError(f"defender_backend {cfg.defender_backend} cannot score the reward's NLL term: set "
                               "likelihood_model to a local LM (e.g. the defender's own weights)")
+        if isinstance(bare, LM):
+            bare.remember_turn_nll = True  # its replies' forward passes give the NLL term too (models/lm.py)
         return bare
     return load_lm(cfg, cfg.likelihood_model, "plain")
 

@@ -5,6 +5,7 @@ Conversations reach this layer as ``(speaker, text)`` pairs, so models know noth
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,25 @@ def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
 
 class LM(ChatBackend, LikelihoodBackend):
     """A model + tokenizer pair with a prompt format (``plain`` or ``chat``): both a ``ChatBackend`` and a
-    ``LikelihoodBackend`` (models/base.py)."""
+    ``LikelihoodBackend`` (models/base.py).
 
-    def __init__(self, model, tokenizer, name: str = "", fmt: str = "plain", max_context_tokens: int = 512):
+    With ``remember_turn_nll`` on (set up when this LM, a plain-format defender, also scores the reward's NLL term),
+    replying to an adversary turn costs no extra forward pass for its NLL: the reply's context *is* the plain
+    transcript followed by that turn, so ``generate`` runs the context's forward pass itself, keeps the turn's
+    per-token log-probs from it, and hands the key-value cache to ``generate``; ``continuation_nll`` then reads the
+    remembered value instead of running the same context again. A value is remembered only when the context's
+    tokens start with exactly the (context, turn) tokens ``continuation_nll`` would score, so results are unchanged.
+    """
+
+    memo_size = 4096  # remembered turn NLLs (oldest dropped first)
+
+    def __init__(self, model, tokenizer, name: str = "", fmt: str = "plain", max_context_tokens: int = 512,
+                 remember_turn_nll: bool = False):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
         self.max_context_tokens = max_context_tokens
+        self.remember_turn_nll = remember_turn_nll
+        self._splits: dict[str, tuple[str, str]] = {}  # rendered context -> (plain transcript before, adversary turn)
+        self._turn_nll: OrderedDict[tuple[str, str], float] = OrderedDict()
         # Stop on eos, and on the chat end-of-turn token when the template has one.
         stops = {tokenizer.eos_token_id}
         for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
@@ -42,7 +57,12 @@ class LM(ChatBackend, LikelihoodBackend):
 
     def render(self, history: list[tuple[str, str]], me: str) -> str:
         """Context text for this model, speaking as ``me``, given the conversation so far."""
-        return render_plain(history) if self.fmt == "plain" else render_chat(history, me, self.tokenizer)
+        if self.fmt != "plain":
+            return render_chat(history, me, self.tokenizer)
+        text = render_plain(history)
+        if self.remember_turn_nll and history and history[-1][0] == "adversary":
+            self._splits[text] = (render_plain(history[:-1]), history[-1][1])  # for generate's turn NLL
+        return text
 
     def _encode_left(self, contexts: list[str], budget: int) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
@@ -55,6 +75,8 @@ class LM(ChatBackend, LikelihoodBackend):
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         """Sample one continuation per context, all in one ``generate`` call (left padding)."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
+        splits, self._splits = self._splits, {}
+        past = self._prefill(enc, [splits.get(c) for c in contexts]) if splits else None
         # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
         sampling = (dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
                     if params.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
@@ -66,6 +88,7 @@ class LM(ChatBackend, LikelihoodBackend):
             repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
+            past_key_values=past,
             output_logits=True,
             output_scores=True,
             return_dict_in_generate=True,
@@ -91,6 +114,39 @@ class LM(ChatBackend, LikelihoodBackend):
             slps.append(sample_logps[b, :n].tolist())
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return Generation(texts, ids, lps, slps)
+
+    def _prefill(self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None]):
+        """The forward pass over every context but its last token, for ``generate`` to continue from (its cache);
+        on the way, remember the NLL of each context's final adversary turn (``splits[b]``: the transcript before
+        it and the turn). Identical contexts in equal runs (K defender replies to one turn) run once."""
+        ids, attn = enc["input_ids"], enc["attention_mask"]
+        n, width = ids.shape
+        if width < 2:
+            return None
+        k = _run_length([tuple(r) for r in ids.tolist()])
+        rows = list(range(0, n, k))
+        wanted = []  # (unique row, turn token ids, position of the first turn token)
+        for u, b in enumerate(rows):
+            if splits[b] is None:
+                continue
+            (ctx,), (cont,) = self.encode_pairs([splits[b][0]], [splits[b][1]])
+            real = ids[b][attn[b] == 1].tolist()
+            if real[:len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
+                wanted.append((u, b, cont, width - len(real) + len(ctx)))
+        keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids[rows, :-1], attention_mask=attn[rows, :-1], position_ids=pos[rows, :-1],
+                         use_cache=True, logits_to_keep=keep)
+        for u, b, cont, first in wanted:
+            at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
+            logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, torch.tensor(cont, device=ids.device)[:, None])
+            self._turn_nll[splits[b]] = float(-logp.mean())
+            while len(self._turn_nll) > self.memo_size:
+                self._turn_nll.popitem(last=False)
+        cache = out.past_key_values
+        if k > 1:
+            cache.batch_repeat_interleave(k)
+        return cache
 
     def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
         """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.
@@ -118,13 +174,26 @@ class LM(ChatBackend, LikelihoodBackend):
 
     @torch.no_grad()
     def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
-        """Mean negative log-likelihood per token of each continuation given its context."""
-        out: list[float] = []
-        for i in range(0, len(contexts), batch_size):
-            x, c = self.encode_pairs(contexts[i:i + batch_size], continuations[i:i + batch_size])
+        """Mean negative log-likelihood per token of each continuation given its context (values remembered from
+        ``generate``, see the class, are not computed again)."""
+        out = [self._turn_nll.get(pair) for pair in zip(contexts, continuations)]
+        todo = [i for i, v in enumerate(out) if v is None]
+        for s in range(0, len(todo), batch_size):
+            part = todo[s:s + batch_size]
+            x, c = self.encode_pairs([contexts[i] for i in part], [continuations[i] for i in part])
             logp, mask = continuation_logprobs(self.model, x, c, self.tokenizer.pad_token_id)
-            out.extend((-(logp * mask).sum(-1) / mask.sum(-1)).tolist())
+            for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
+                out[i] = v
         return out
+
+
+def _run_length(rows: list) -> int:
+    """k when ``rows`` are runs of k identical rows (the K replies to one turn), else 1."""
+    n = len(rows)
+    for k in range(n, 1, -1):
+        if n % k == 0 and all(rows[i] == rows[i - i % k] for i in range(n)):
+            return k
+    return 1
 
 
 @dataclass
