@@ -5,11 +5,14 @@ Files are written atomically (temporary file, then rename), so a stopped run nev
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -45,6 +48,41 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_savefig(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig`` to ``path`` through a temporary file (the format from the suffix)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    atomic_write(Path(path), buf.getvalue())
+
+
+@contextmanager
+def atomic_files(folder: Path):
+    """Yield a temporary folder inside ``folder`` to write into (e.g. ``save_pretrained``); on success each file
+    is renamed into ``folder``, so every file appears whole or not at all. On failure nothing is moved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".partial-"))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                target = folder / f.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(new: Path, path: Path) -> None:
+    """Put the complete folder ``new`` at ``path``: an old ``path`` is first renamed aside and removed only after
+    ``new`` is in place, so a kill at any moment leaves one whole folder on disk (at ``path`` or aside)."""
+    aside = path.with_name(f".{path.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)
+    if path.exists():
+        path.rename(aside)
+    new.rename(path)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_json(path: Path, obj) -> None:

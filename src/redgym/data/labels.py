@@ -21,6 +21,7 @@ from pathlib import Path
 
 from redgym.assets import package_dir
 from redgym.errors import RedgymError
+from redgym.runfolder import atomic_write
 
 COLUMNS = ["id", "cluster", "distance", "text", "label"]
 HARMFUL, HARMLESS = "harmful", "harmless"
@@ -39,11 +40,11 @@ def write_labelling_csv(path: str | Path, rows: list[dict]) -> Path:
     for row in rows:
         extra.extend(k for k in row if k not in COLUMNS and k not in extra)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + extra, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + extra, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
     return path
 
 

@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # no screen here; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from redgym.runfolder import atomic_savefig  # noqa: E402
+
 Label = str | None
 Metric = Callable[[Sequence[str], Sequence[Label]], float]
 
@@ -140,7 +142,6 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path) -> Path:
         ax.text(j, i, str(int(v)), ha="center", va="center", color="white" if v > threshold else "black")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

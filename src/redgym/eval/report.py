@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from redgym.eval.metrics import Table  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
-from redgym.runfolder import CONTENT_WARNING, atomic_write, write_json, write_jsonl  # noqa: E402
+from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, write_json, write_jsonl  # noqa: E402
 
 HEADLINE = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "stealth_success_rate",
             "defender_toxicity_clean_adversary", "combined_toxicity", "adversary_toxicity", "adversary_nll",
@@ -106,8 +106,7 @@ def plot_toxicity_per_turn(path: Path, results: dict[str, dict], horizon: int) -
     ax.set_xticks(turns)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -120,8 +119,7 @@ def plot_toxicity_vs_nll(path: Path, convs_by_label: dict[str, list[Conversation
     ax.set_ylabel("defender toxicity")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 

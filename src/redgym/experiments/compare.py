@@ -34,7 +34,7 @@ from scipy import stats  # noqa: E402
 from redgym.errors import RedgymError  # noqa: E402
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, paired_difference  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
-from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, read_json  # noqa: E402
+from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -403,10 +403,8 @@ def _stat(idx: dict, arm: str, metric: str) -> tuple[float, float, float] | None
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def plot_pareto(path: Path, arms: list[Arm], idx: dict) -> bool:

@@ -8,7 +8,6 @@ copies its plots to ``docs/results/NAME/`` beside the README, rewriting the imag
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from redgym.errors import RedgymError
@@ -37,7 +36,7 @@ def publish(comparison_dir: Path, readme: Path, name: str) -> None:
     if plots.is_dir():
         target.mkdir(parents=True, exist_ok=True)
         for png in plots.glob("*.png"):
-            shutil.copyfile(png, target / png.name)
+            atomic_write(target / png.name, png.read_bytes())
     md = md.replace("](plots/", f"](docs/results/{name}/")
     md = md.replace("`comparison.csv`", f"`{Path(comparison_dir) / 'comparison.csv'}` (in the run folder)")
     atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name, demote(md)))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import numpy as np
 from redgym.assets import package_dir
 from redgym.data.prompts import advbench_prompts
 from redgym.errors import RedgymError
+from redgym.runfolder import atomic_write
 from redgym.models.guard import (HARMFUL, SAFE, normalise_label, parse_guard_output,  # noqa: F401 (re-exported)
                                  split_label_line)
 
@@ -181,13 +181,8 @@ def read_guard_test(path: str | Path) -> list[GuardExample]:
 def write_guard_jsonl(path: str | Path, examples: list[GuardExample]) -> Path:
     """Test-format JSONL (text, label, category, source), written atomically; ``read_guard_test`` reads it back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for e in examples:
-            row = {"text": e.text, "label": e.label, "category": e.category, "source": e.source}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps({"text": e.text, "label": e.label, "category": e.category,
+                                            "source": e.source}, ensure_ascii=False) + "\n" for e in examples))
     return path
 
 

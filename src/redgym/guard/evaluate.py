@@ -24,7 +24,7 @@ from redgym.models.guard import GuardModel
 from redgym.guard.quality import KeywordGuard, default_keywords
 from redgym.models.lm import LM
 from redgym.models.loading import adapter_base, load_model, root_model
-from redgym.runfolder import CONTENT_WARNING, check_writable, write_json, write_jsonl
+from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, write_json, write_jsonl
 
 LABELS = [HARMFUL, SAFE]
 
@@ -188,7 +188,7 @@ def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
     write_jsonl(out / "outputs.jsonl", ({"system": k, "index": i, "label": test[i].label, "predicted": systems[k][i],
                                          "reasoning": r} for k, rs in reasonings.items() for i, r in enumerate(rs)))
     plot_confusion(np.array(report["systems"]["guard"]["confusion_matrix"]), LABELS, out / "confusion.png")
-    (out / "guard_report.md").write_text(guard_markdown(report), encoding="utf-8")
+    atomic_write(out / "guard_report.md", guard_markdown(report))
     return report
 
 

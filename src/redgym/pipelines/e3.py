@@ -22,7 +22,6 @@ prompts. Finished steps are skipped when the pipeline runs again; the experiment
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import yaml
@@ -133,7 +132,7 @@ def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     for png in [out / "explore" / "clusters.png", out / "establish" / "confusion.png",
                 *sorted((out / "exploit" / "plots").glob("*.png"))]:
         if png.exists():
-            shutil.copyfile(png, target / png.name)
+            atomic_write(target / png.name, png.read_bytes())
     flat = e3_report(out)
     for prefix in ("](explore/", "](establish/", "](exploit/plots/"):
         flat = flat.replace(prefix, "](")

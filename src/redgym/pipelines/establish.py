@@ -25,7 +25,7 @@ from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
 from redgym.models.judge import DEFAULT_QUESTION, Judge
-from redgym.runfolder import CONTENT_WARNING, check_writable, read_jsonl, save_config, write_json, write_jsonl
+from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, read_jsonl, save_config, write_json, write_jsonl
 from redgym.scorers.classifier import load_classifier_scorer, train_encoder_classifier, train_linear_classifier
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
@@ -186,7 +186,7 @@ def establish(cfg: EstablishConfig, out: Path, progress: bool = True) -> dict:
               "scorer": f"classifier:{out / 'classifier'}#{cfg.positive_label}"}
     write_jsonl(out / "labels.jsonl", ({**r, "label": primary[r["id"]]} for r in labelled))
     write_json(out / "establish.json", report)
-    (out / "establish.md").write_text(establish_markdown(report), encoding="utf-8")
+    atomic_write(out / "establish.md", establish_markdown(report))
     return report
 
 

@@ -24,7 +24,7 @@ from transformers import set_seed
 from redgym.config import RunConfig, _f
 from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
-from redgym.runfolder import CONTENT_WARNING, check_writable, save_config, write_json, write_jsonl
+from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, save_config, write_json, write_jsonl
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
 from redgym.setup import eval_params, load_lm, make_split
@@ -86,7 +86,7 @@ def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, p
     ax.set_title(f"{len(xy)} target outputs, {len(np.unique(cluster_ids))} k-means clusters (PCA of embeddings)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -151,7 +151,7 @@ def explore(cfg: ExploreConfig, out: Path, progress: bool = True) -> dict:
         "time_sample_s": round(t_sample, 1), "time_total_s": round(time.time() - t0, 1),
     }
     write_json(out / "explore.json", summary)
-    (out / "explore.md").write_text(explore_markdown(summary), encoding="utf-8")
+    atomic_write(out / "explore.md", explore_markdown(summary))
     return summary
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from redgym.errors import RedgymError
+from redgym.runfolder import atomic_files, atomic_write
 from redgym.scorers.embeddings import Embedder, load_embedder
 
 Scorer = Callable[[list[str]], list[float]]
@@ -64,15 +65,14 @@ class LinearClassifier:
 
     def save(self, folder: str | Path, metadata: dict | None = None) -> Path:
         """Write ``classifier.safetensors`` (weight, bias) and ``classifier.json`` (labels, embedder, metadata)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": np.ascontiguousarray(self.weight, dtype=np.float64),
-                   "bias": np.ascontiguousarray(self.bias, dtype=np.float64)}, str(folder / WEIGHTS_FILE))
+        atomic_write(folder / WEIGHTS_FILE, save({"weight": np.ascontiguousarray(self.weight, dtype=np.float64),
+                                                  "bias": np.ascontiguousarray(self.bias, dtype=np.float64)}))
         meta = {**(metadata or {}), "kind": "linear", "labels": list(self.labels),
                 "embedding_model": self.embedding_model, "positive_label": self.positive_label}
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        atomic_write(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return folder
 
     @classmethod
@@ -187,12 +187,12 @@ def train_encoder_classifier(texts: list[str], labels: list[str], out_dir: str |
             losses.append(float(loss.detach()))
     # 4 save: weights as safetensors, the tokenizer, and what a scorer needs to know
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.eval().save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    with atomic_files(out) as tmp:
+        model.eval().save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     meta = {"kind": "encoder", "labels": classes, "positive_label": positive_label, "base": base,
             "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "n_train": len(texts)}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return EncoderTraining(out, losses)
 
 

@@ -31,7 +31,7 @@ from redgym.errors import RedgymError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model, resolve_device
-from redgym.runfolder import atomic_write, write_json
+from redgym.runfolder import atomic_write, replace_folder, write_json
 
 log = logging.getLogger("redgym.train")
 
@@ -316,7 +316,8 @@ def release_memory() -> None:
 
 
 class MetricsLog:
-    """Appends one JSON line per step to ``metrics.jsonl``, and forwards to accelerate trackers when configured."""
+    """One JSON line per step in ``metrics.jsonl`` (the file replaced whole each time, through a temporary file),
+    forwarded to accelerate trackers when configured."""
 
     def __init__(self, out: Path, accelerator=None):
         self.path, self.accelerator = out / "metrics.jsonl", accelerator
@@ -347,8 +348,9 @@ class MetricsLog:
         if not self.writes:
             return
         clean = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        # the whole log rewritten through a temporary file: a kill never leaves a torn line
+        before = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        atomic_write(self.path, before + json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in clean.items() if isinstance(v, float)}, step=step)
 
@@ -491,16 +493,31 @@ def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: di
     """Accelerate state (model, optimizer, scheduler, RNGs) + trainer state, and the adapter for evaluation
     (``out/<model_dir>``).
 
-    ``trainer_state.json`` is written last: a checkpoint without it is incomplete and ignored on resume.
+    The checkpoint is written under a hidden temporary name, ``trainer_state.json`` last, and renamed into place
+    when complete; older checkpoints are removed only after that. A write that fails (disk full, no permission)
+    keeps the previous checkpoint and says so in one line.
     """
     ckpt = out / "checkpoints" / f"step_{step:06d}"
-    accelerator.save_state(str(ckpt))  # every process: accelerate writes the weights once, RNG states per process
+    partial = ckpt.with_name(f".{ckpt.name}.partial")
     if accelerator.is_main_process:
-        save_adversary(accelerator, policy, out / model_dir)
-        write_json(ckpt / "trainer_state.json", {"step": step, **state})
-        done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))  # every process: accelerate writes the weights once, RNGs per process
+        if accelerator.is_main_process:
+            write_json(partial / "trainer_state.json", {"step": step, **state})
+            replace_folder(partial, ckpt)
+            save_adversary(accelerator, policy, out / model_dir)
+            done = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / "trainer_state.json").exists())
+            for old in done[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        previous = latest_checkpoint(out)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise RedgymError(f"checkpoint at step {step} could not be written to {out / 'checkpoints'} "
+                          f"({e.strerror or type(e).__name__}); {kept}: free space or fix permissions, then "
+                          f"resume with --resume {out}") from None
     accelerator.wait_for_everyone()
     return ckpt
 
@@ -508,12 +525,11 @@ def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: di
 def save_adversary(accelerator, policy: Policy, path: Path) -> None:
     """The trained adversary in a form ``load_model`` reads: a LoRA adapter folder or a full model folder."""
     model = accelerator.unwrap_model(policy.model)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     policy.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    replace_folder(tmp, path)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
