@@ -34,6 +34,8 @@ def test_hostile_config_files(content, msg, tiny_model_dir, prompt_file, tmp_pat
     ("long.txt", b"word " * 40000 + b"\n", "line 1 is longer than"),
     ("blank.txt", b"\n\n   \n\n", "has no prompts"),
     ("broken.jsonl", b'{"text": "hi there"}\n{"text": "ok"\n', "line 2: not valid JSON"),
+    ("latin1.txt", "caf\u00e9 talk\n".encode("cp1252"), "is not UTF-8 text"),
+    ("columns.csv", b"id,body\n1,hello there\n", "no column 'text'"),
 ])
 def test_hostile_prompt_files(name, content, msg, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
@@ -90,3 +92,10 @@ def test_guard_or_classifier_folders_missing_files(extra, msg, tiny_model_dir, p
     empty.mkdir()
     out = tmp_path / "run"
     _bad(tiny_args(tiny_model_dir, prompt_file, out, *(e.format(empty=empty) for e in extra)), capsys, out, msg)
+
+
+def test_a_csv_prompt_file_with_a_byte_order_mark_loads(tmp_path):
+    from redgym.data.prompts import file_prompts
+
+    path = write(tmp_path, "excel.csv", "\ufefftext,source\nhello there,a\nhow are you,b\n".encode("utf-8"))
+    assert [p.turns for p in file_prompts(path)] == [("hello there",), ("how are you",)]

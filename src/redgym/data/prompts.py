@@ -83,7 +83,7 @@ def file_prompts(path: Path, field: str = "text") -> list[Prompt]:
     if not path.is_file():
         raise RedgymError(f"prompt file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the text
     except UnicodeDecodeError as e:
         raise RedgymError(f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start})") from None
     for i, line in enumerate(text.splitlines()):
