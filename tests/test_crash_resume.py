@@ -57,3 +57,76 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(trainer, extra, tiny_mo
     a = load_file(str(straight / "adversary" / "adapter_model.safetensors"))
     b = load_file(str(killed / "adversary" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_sigkill_during_an_experiment_resumes_at_its_arm_and_ends_as_a_straight_run(tiny_model_dir, prompt_file,
+                                                                                    tmp_path):
+    import yaml
+
+    spec = {"seeds": [0], "split_seed": 0,
+            "shared": {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
+                       "prompts": str(prompt_file), "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3,
+                       "horizon": 1, "max_context_tokens": 64, "batch_size": 8, "dtype": "float32",
+                       "scorer": "profanity"},
+            "eval": {"bootstrap_samples": 20, "samples_per_prompt": 2},
+            "arms": {"untuned": {"kind": "untuned"},
+                     "grpo": {"kind": "grpo", "train": {"steps": 5, "prompts_per_step": 2, "generations_per_prompt": 2,
+                                                        "micro_batch_size": 4, "lr": 1e-2, "checkpoint_every": 1}}}}
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda out: [sys.executable, "-m", "redgym", "experiment", "--config", str(cfg), "--out", str(out),  # noqa: E731
+                       "--quiet"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert subprocess.run(run(straight), env=env, capture_output=True, timeout=300).returncode == 0
+
+    proc = subprocess.Popen(run(killed), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(metrics(killed / "grpo" / "seed_0")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the experiment ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # in the grpo arm, after the untuned arm finished
+    proc.wait(timeout=30)
+    assert (killed / "untuned" / "seed_0" / "report.json").exists()
+    assert not (killed / "grpo" / "seed_0" / "report.json").exists() and not (killed / "comparison.md").exists()
+    stamp = (killed / "untuned" / "seed_0" / "report.json").stat().st_mtime_ns
+    done = subprocess.run(run(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    assert (killed / "untuned" / "seed_0" / "report.json").stat().st_mtime_ns == stamp  # the finished arm not redone
+    steps = [r["step"] for r in metrics(killed / "grpo" / "seed_0")]
+    assert steps == [1, 2, 3, 4, 5]  # resumed inside the arm: no step lost, none twice
+    assert stable(metrics(killed / "grpo" / "seed_0")) == stable(metrics(straight / "grpo" / "seed_0"))
+    for arm in ("untuned", "grpo"):
+        a, b = (json.loads((o / arm / "seed_0" / "report.json").read_text())["results"] for o in (straight, killed))
+        assert a == b, arm
+    assert (straight / "comparison.csv").read_text() == (killed / "comparison.csv").read_text()
+
+
+def test_sigkill_during_eval_leaves_no_half_report(tiny_model_dir, prompt_file, tmp_path):
+    import threading
+
+    out = tmp_path / "eval"
+    args = [sys.executable, "-m", "redgym", "eval", "--out", str(out), "--adversary_model",
+            str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts", str(prompt_file),
+            "--test_fraction", "0.5", "--max_new_tokens", "12", "--min_new_tokens", "12", "--horizon", "3",
+            "--samples_per_prompt", "100", "--dtype", "float32", "--scorer", "profanity"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = bytearray()
+    threading.Thread(target=lambda: [seen.extend(b) for b in iter(lambda: proc.stderr.read1(256), b"")],
+                     daemon=True).start()
+    deadline = time.time() + 120
+    while b"eval untuned" not in seen and time.time() < deadline and proc.poll() is None:  # its progress bar
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the rollouts
+    assert proc.poll() is None, "the evaluation ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    assert "report.json" not in left, left  # written last: its absence marks an unfinished evaluation
+    assert not [n for n in left if n.startswith(".")], left  # no temporary file either
+    done = subprocess.run([*args, "--quiet", "--samples_per_prompt", "2"], env=env, capture_output=True, text=True,
+                          timeout=300)  # run again into the same folder (smaller, to keep the suite short)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "report.json").read_text())["metrics"]

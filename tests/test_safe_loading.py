@@ -1,0 +1,49 @@
+"""Nothing from a run or model folder is unpickled: a resumed run reads its checkpoint with ``torch.load`` only
+under ``weights_only=True`` (accelerate's optimizer, scheduler and RNG files; the weights are safetensors), adapters
+and classifiers are safetensors + JSON, and a config file never executes code."""
+
+import json
+
+import pytest
+import torch
+
+from redgym.cli import main
+from redgym.config import RunConfig, load_config
+from redgym.errors import RedgymError
+
+
+def train_args(model_dir, prompts, *extra):
+    return ["train", "ppo", "--quiet", "--adversary_model", str(model_dir), "--defender_model", str(model_dir),
+            "--prompts", str(prompts), "--max_new_tokens", "4", "--min_new_tokens", "4", "--prompts_per_step", "2",
+            "--micro_batch_size", "2", "--dtype", "float32", "--test_fraction", "0.3", "--max_context_tokens", "64",
+            "--scorer", "profanity", "--eval_after", "false", "--checkpoint_every", "1", *extra]
+
+
+def test_a_resumed_run_unpickles_nothing(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, prompt_file, "--out", str(out), "--steps", "1")) == 0
+    ckpt = out / "checkpoints" / "step_000001"
+    weights = sorted(p.name for p in ckpt.iterdir() if p.suffix == ".safetensors")
+    assert weights == ["model.safetensors", "model_1.safetensors"]  # the LoRA policy and PPO's value head
+    assert sorted(p.name for p in (out / "adversary").iterdir() if "adapter" in p.name) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    calls = []
+    real = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    assert main(train_args(tiny_model_dir, prompt_file, "--resume", str(out), "--steps", "2")) == 0
+    assert calls and all(w is True for w in calls), calls  # optimizer, scheduler, RNG states: tensors only
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_config_never_executes_code(tmp_path):
+    marker = tmp_path / "executed"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(RedgymError, match="evil.yaml"):
+        load_config(RunConfig, cfg)
+    assert not marker.exists()
