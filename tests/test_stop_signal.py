@@ -48,3 +48,41 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_run_resumes(sig, tiny_mo
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert [r["step"] for r in metrics(out)] == list(range(1, len(steps) + 3))
+
+
+def test_sigterm_inside_an_experiment_stops_its_training_cell_and_the_rerun_resumes_it(tiny_model_dir, prompt_file,
+                                                                                       tmp_path):
+    import yaml
+
+    spec = {"seeds": [0], "split_seed": 0,
+            "shared": {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
+                       "prompts": str(prompt_file), "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3,
+                       "horizon": 1, "max_context_tokens": 64, "batch_size": 8, "dtype": "float32",
+                       "scorer": "profanity"},
+            "eval": {"bootstrap_samples": 20, "samples_per_prompt": 1},
+            "arms": {"untuned": {"kind": "untuned"},
+                     "grpo": {"kind": "grpo", "train": {"steps": 30, "prompts_per_step": 2, "generations_per_prompt": 2,
+                                                        "micro_batch_size": 4, "checkpoint_every": 1000}}}}
+    cfg, out = tmp_path / "exp.yaml", tmp_path / "exp"
+    cfg.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "redgym", "experiment", "--config", str(cfg), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cell = out / "grpo" / "seed_0"
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while len(metrics(cell)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    n = len(metrics(cell))
+    lines = [line for line in err.splitlines() if line.startswith("redgym:")]
+    assert lines == [f"redgym: stopped by SIGTERM after step {n}; its checkpoint is saved; rerun the same command: "
+                     "finished parts are skipped and this training resumes"], err
+    assert (cell / "checkpoints" / f"step_{n:06d}" / "trainer_state.json").exists()
+    assert not (cell / "report.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [r["step"] for r in metrics(cell)] == list(range(1, 31))  # resumed after the stopped step
+    assert (cell / "report.json").exists() and (out / "comparison.md").exists()
