@@ -45,6 +45,7 @@ def test_the_guard_refuses_exactly_the_flagged_turns(tiny_lm):
     assert [r == "I can't help with that." for r in replies] == [True, False, False, True]
     assert sorted(guard.asked) == sorted(turns)  # the guard saw exactly the adversary turns being answered
     assert (guarded.n_checked, guarded.n_flagged) == (4, 2)
+    assert guarded._last_turn == {}  # the turns rendered for a call are not kept after it (a long run grew them)
     assert guarded.continuation_nll(["hi\n"], ["there"]) == tiny_lm.continuation_nll(["hi\n"], ["there"])
 
 

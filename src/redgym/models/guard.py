@@ -108,6 +108,7 @@ class GuardedDefender:
 
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         turns = [self._last_turn.get(c, "") for c in contexts]
+        self._last_turn = {}  # rendered just before this call; kept no longer (it grew with every turn of a run)
         unique = sorted(set(turns))
         flagged = {t for t, (_, lab) in zip(unique, self.guard.classify(unique, self.batch_size)) if lab == HARMFUL}
         self.n_checked += len(turns)
