@@ -60,3 +60,19 @@ def test_prompts_per_step_must_split_over_the_processes(tiny_model_dir, prompt_f
     cmd_out = tmp_path / "run"
     with pytest.raises(AssertionError, match="does not split over 2 processes"):
         launch("ppo", cmd_out, tiny_model_dir, prompt_file, prompts_per_step=3)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
+def test_sharded_accelerate_configs_are_refused_in_one_line(kind):
+    # the trainers average gradients and read LoRA weights as whole replicas: a sharded set-up would train wrongly
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from redgym.errors import RedgymError
+    from redgym.trainers.common import check_parallelism
+
+    with pytest.raises(RedgymError, match=f"uses {kind}: redgym's trainers support data parallelism only"):
+        check_parallelism(SimpleNamespace(distributed_type=DistributedType[kind]))
+    for ok in ("NO", "MULTI_GPU", "MULTI_CPU"):
+        check_parallelism(SimpleNamespace(distributed_type=DistributedType[ok]))

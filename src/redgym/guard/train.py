@@ -235,6 +235,8 @@ def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     check_writable(out)
     pcfg = cfg.policy_config()
     acc = common.make_accelerator(pcfg, out)
+    if acc.num_processes > 1:
+        raise RedgymError("redgym guard train runs in one process: start it with redgym, not accelerate launch")
     set_seed(cfg.seed)
     policy = common.build_policy(pcfg)
     opt, sched = common.optimizer_and_schedule(pcfg, policy.model)

@@ -215,6 +215,16 @@ def accumulate_locally(acc, model):
     return acc.no_sync(model) if acc.num_processes > 1 else acc.accumulate(model)
 
 
+def check_parallelism(acc) -> None:
+    """Data parallelism (one full copy of the model per process, DDP) is what the trainers implement: IPO/SFT average
+    gradients by hand and the merged sampler reads whole LoRA weights. Sharded set-ups (FSDP, DeepSpeed, Megatron)
+    would silently train wrongly, so they are refused in one line."""
+    kind = getattr(acc.distributed_type, "name", str(acc.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise RedgymError(f"accelerate config uses {kind}: redgym's trainers support data parallelism only "
+                          "(accelerate launch --multi_gpu, or a config with distributed_type MULTI_GPU)")
+
+
 def all_reduce_grads(acc, params) -> None:
     """Average the gradients of ``params`` over the processes, by hand: for updates whose number of backward
     passes differs between processes (IPO's pairs per step), run under ``acc.no_sync``. A process with no
@@ -419,6 +429,7 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
         raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
     acc = make_accelerator(cfg, out)
+    check_parallelism(acc)
     if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
         logging.getLogger("redgym").setLevel(logging.ERROR)
     if cfg.prompts_per_step % acc.num_processes:
