@@ -47,3 +47,29 @@ def test_a_config_never_executes_code(tmp_path):
     with pytest.raises(RedgymError, match="evil.yaml"):
         load_config(RunConfig, cfg)
     assert not marker.exists()
+
+
+def test_no_model_is_loaded_with_remote_code_and_nothing_is_unpickled_by_hand():
+    # a source scan: no from_pretrained(..., trust_remote_code=...), no pickle, no torch.load without weights_only
+    import ast
+    from pathlib import Path
+
+    import redgym
+
+    found = []
+    for path in Path(redgym.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                found += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] in ("pickle", "dill", "joblib")]
+            if isinstance(node, ast.Call):
+                kw = {k.arg: k.value for k in node.keywords}
+                if "trust_remote_code" in kw:
+                    found.append(f"{path.name}:{node.lineno}: trust_remote_code")
+                f = node.func
+                if isinstance(f, ast.Attribute) and f.attr == "load" and getattr(f.value, "id", "") == "torch":
+                    w = kw.get("weights_only")
+                    if not (isinstance(w, ast.Constant) and w.value is True):
+                        found.append(f"{path.name}:{node.lineno}: torch.load without weights_only=True")
+    assert found == []
