@@ -107,9 +107,15 @@ def guard_table(rows: list[Row]) -> str:
 
 def render(rows: list[Row]) -> str:
     ev = next((e for r in rows if (e := _json(r.eval, "guard_report.json"))), None)
-    about = (f"{ev['n_test']} held-out requests ({ev['test_labels']}), " if ev else "") + \
+    labels = ", ".join(f"{n} {label}" for label, n in ev["test_labels"].items()) if ev else ""
+    about = (f"{ev['n_test']} held-out requests ({labels}), " if ev else "") + \
         "harmful = positive; 95% bootstrap CIs over requests (F1) or conversations (attack success, paired: the " \
         "same adversary turns against the bare and the guarded defender, same seed)."
+    asr = next((a for r in rows if (a := _json(r.asr, "report.json"))), None)
+    if asr and "config" in asr:
+        cfg = asr["config"]
+        about += (f" Attack success: the adversary `{cfg.get('adversary_checkpoint')}` on "
+                  f"{asr.get('n_conversations')} conversations (a reply scoring above {cfg.get('toxic_threshold')}).")
     return "\n".join([
         "# Guard: reasoning safety classifier and the red-team loop", "", f"> {CONTENT_WARNING}", "", about, "",
         "Unparseable outputs are counted apart (a miss for their true class, never a false positive). Reasoning "
