@@ -92,8 +92,8 @@ def test_every_shipped_pipeline_config_builds_its_steps(path, tmp_path):
     assert len(experiment["seeds"]) >= 2 and set(experiment["arms"]) == {"untuned", "exploit", "exploit_diverse"}
 
 
-GUARD_CONFIGS = {"sft": "train", "sft_round2": "train", "dpo": "train", "dpo_hard": "train", "eval": "eval", "asr": "run",
-                 "redteam_round2": "grpo", "report": "report"}
+GUARD_CONFIGS = {"sft": "train", "sft_round2": "train", "dpo": "train", "dpo_hard": "train", "eval": "eval",
+                 "asr": "run", "redteam_round2": "grpo", "report": "report"}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "guard").glob("*.yaml")), ids=lambda p: p.name)

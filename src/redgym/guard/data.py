@@ -47,9 +47,9 @@ import numpy as np
 from redgym.assets import package_dir
 from redgym.data.prompts import advbench_prompts
 from redgym.errors import RedgymError
-from redgym.runfolder import atomic_write
 from redgym.models.guard import (HARMFUL, SAFE, normalise_label, parse_guard_output,  # noqa: F401 (re-exported)
                                  split_label_line)
+from redgym.runfolder import atomic_write
 
 def complete_sentences(trace: str) -> str:
     """``trace`` cut after its last complete sentence (``.``, ``!`` or ``?``), unchanged when it has none.

@@ -125,11 +125,10 @@ class LM(ChatBackend, LikelihoodBackend):
             return None
         k = _run_length([tuple(r) for r in ids.tolist()])
         rows = list(range(0, n, k))
-        wanted = []  # (unique row, turn token ids, position of the first turn token)
-        for u, b in enumerate(rows):
-            if splits[b] is None:
-                continue
-            (ctx,), (cont,) = self.encode_pairs([splits[b][0]], [splits[b][1]])
+        scored = [(u, b) for u, b in enumerate(rows) if splits[b] is not None]
+        ctxs, conts = self.encode_pairs([splits[b][0] for _, b in scored], [splits[b][1] for _, b in scored])
+        wanted = []  # (unique row, row, turn token ids, position of the first turn token)
+        for (u, b), ctx, cont in zip(scored, ctxs, conts):
             real = ids[b][attn[b] == 1].tolist()
             if real[:len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
                 wanted.append((u, b, cont, width - len(real) + len(ctx)))
@@ -139,7 +138,8 @@ class LM(ChatBackend, LikelihoodBackend):
                          use_cache=True, logits_to_keep=keep)
         for u, b, cont, first in wanted:
             at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
-            logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, torch.tensor(cont, device=ids.device)[:, None])
+            target = torch.tensor(cont, device=ids.device)[:, None]
+            logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, target)
             self._turn_nll[splits[b]] = float(-logp.mean())
             while len(self._turn_nll) > self.memo_size:
                 self._turn_nll.popitem(last=False)

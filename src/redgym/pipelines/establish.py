@@ -25,7 +25,8 @@ from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
 from redgym.models.judge import DEFAULT_QUESTION, Judge
-from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, read_jsonl, save_config, write_json, write_jsonl
+from redgym.runfolder import (CONTENT_WARNING, atomic_write, check_writable, read_jsonl, save_config, write_json,
+                               write_jsonl)
 from redgym.scorers.classifier import load_classifier_scorer, train_encoder_classifier, train_linear_classifier
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer

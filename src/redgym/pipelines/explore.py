@@ -24,7 +24,8 @@ from transformers import set_seed
 from redgym.config import RunConfig, _f
 from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
-from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, save_config, write_json, write_jsonl
+from redgym.runfolder import (CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, save_config, write_json,
+                               write_jsonl)
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
 from redgym.setup import eval_params, load_lm, make_split
