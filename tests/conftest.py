@@ -95,3 +95,15 @@ def learnable_scorer(monkeypatch):
 
     monkeypatch.setattr(setup, "prepare", prepare)
     return contains_e
+
+
+def tiny_experiment(model_dir, prompt_file, samples_per_prompt: int, **grpo_train) -> dict:
+    """An experiment file's contents: an untuned arm and a GRPO arm (``grpo_train`` on top of a tiny step), seed 0,
+    on the tiny model (the experiment kill and stop tests)."""
+    train = {"prompts_per_step": 2, "generations_per_prompt": 2, "micro_batch_size": 4, **grpo_train}
+    return {"seeds": [0], "split_seed": 0,
+            "shared": {"adversary_model": str(model_dir), "defender_model": str(model_dir), "prompts": str(prompt_file),
+                       "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3, "horizon": 1,
+                       "max_context_tokens": 64, "batch_size": 8, "dtype": "float32", "scorer": "profanity"},
+            "eval": {"bootstrap_samples": 20, "samples_per_prompt": samples_per_prompt},
+            "arms": {"untuned": {"kind": "untuned"}, "grpo": {"kind": "grpo", "train": train}}}

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import tiny_experiment
+
 VOLATILE = ("time", "time/", "sys/")  # wall-clock and memory readings differ between any two runs
 
 
@@ -63,15 +65,7 @@ def test_sigkill_during_an_experiment_resumes_at_its_arm_and_ends_as_a_straight_
                                                                                     tmp_path):
     import yaml
 
-    spec = {"seeds": [0], "split_seed": 0,
-            "shared": {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
-                       "prompts": str(prompt_file), "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3,
-                       "horizon": 1, "max_context_tokens": 64, "batch_size": 8, "dtype": "float32",
-                       "scorer": "profanity"},
-            "eval": {"bootstrap_samples": 20, "samples_per_prompt": 2},
-            "arms": {"untuned": {"kind": "untuned"},
-                     "grpo": {"kind": "grpo", "train": {"steps": 5, "prompts_per_step": 2, "generations_per_prompt": 2,
-                                                        "micro_batch_size": 4, "lr": 1e-2, "checkpoint_every": 1}}}}
+    spec = tiny_experiment(tiny_model_dir, prompt_file, samples_per_prompt=2, steps=5, lr=1e-2, checkpoint_every=1)
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_experiment
+
 
 def metrics(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
@@ -54,15 +56,7 @@ def test_sigterm_inside_an_experiment_stops_its_training_cell_and_the_rerun_resu
                                                                                        tmp_path):
     import yaml
 
-    spec = {"seeds": [0], "split_seed": 0,
-            "shared": {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
-                       "prompts": str(prompt_file), "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3,
-                       "horizon": 1, "max_context_tokens": 64, "batch_size": 8, "dtype": "float32",
-                       "scorer": "profanity"},
-            "eval": {"bootstrap_samples": 20, "samples_per_prompt": 1},
-            "arms": {"untuned": {"kind": "untuned"},
-                     "grpo": {"kind": "grpo", "train": {"steps": 30, "prompts_per_step": 2, "generations_per_prompt": 2,
-                                                        "micro_batch_size": 4, "checkpoint_every": 1000}}}}
+    spec = tiny_experiment(tiny_model_dir, prompt_file, samples_per_prompt=1, steps=30, checkpoint_every=1000)
     cfg, out = tmp_path / "exp.yaml", tmp_path / "exp"
     cfg.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "redgym", "experiment", "--config", str(cfg), "--out", str(out), "--quiet"]
