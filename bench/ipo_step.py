@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from redgym.models.lm import LM, left_padded
-from redgym.trainers import common
 from redgym.trainers.ipo import IPOConfig, PreferencePair, update
+from redgym.trainers.policy import Policy, build_policy
+from redgym.trainers.run import optimizer_and_schedule
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def floor(policy: common.Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]], per_mb: int) -> float:
+def floor(policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]], per_mb: int) -> float:
     """Forward+backward through the policy, forward through the reference, same micro-batches; seconds."""
     pad = policy.tokenizer.pad_token_id
     dev = next(policy.model.parameters()).device
@@ -61,9 +62,9 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = IPOConfig()
     t_load = time.perf_counter()
-    policy = common.build_policy(cfg)
+    policy = build_policy(cfg)
     acc = Accelerator(cpu=next(policy.model.parameters()).device.type == "cpu")
-    opt, sched = common.optimizer_and_schedule(cfg, policy.model)
+    opt, sched = optimizer_and_schedule(cfg, policy.model)
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
     adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, "plain", cfg.max_context_tokens)
     tok = policy.tokenizer

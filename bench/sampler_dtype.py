@@ -21,10 +21,11 @@ import torch
 from redgym.config import load_config
 from redgym.data.prompts import chitchat_prompts
 from redgym.models.lm import LM, SamplingParams
-from redgym.trainers import common
+from redgym.trainers.policy import MergedCopy, Policy, build_policy, sequence_logps
+from redgym.trainers.train_config import TrainConfig
 
 
-def kept_share(policy: common.Policy, delta: float, ctx, cont, pad) -> float:
+def kept_share(policy: Policy, delta: float, ctx, cont, pad) -> float:
     """Share of the adapter's log-prob change that the merged sampler reproduces, after one +-delta step on every
     LoRA weight from its initialisation (B from 0, A from its random init: the first Adam step at lr = delta)."""
     torch.manual_seed(0)
@@ -34,9 +35,9 @@ def kept_share(policy: common.Policy, delta: float, ctx, cont, pad) -> float:
                 p.add_(delta * torch.sign(torch.randn_like(p)))
     policy.sync_sampler()
     with torch.no_grad():
-        want = common.sequence_logps(policy.model, ctx, cont, pad)
-        base = common.sequence_logps(policy.ref_model, ctx, cont, pad)
-        got = common.sequence_logps(policy.sampler.model, ctx, cont, pad)
+        want = sequence_logps(policy.model, ctx, cont, pad)
+        base = sequence_logps(policy.ref_model, ctx, cont, pad)
+        got = sequence_logps(policy.sampler.model, ctx, cont, pad)
     # 1 - |sampler - policy| / |policy - base|: 1 = the sampler moved exactly as the policy did; 0 = its error is as
     # large as the whole update (rounding erased it, or replaced it with noise)
     return float(1 - (got - want).abs().sum() / (want - base).abs().sum())
@@ -49,13 +50,13 @@ def main() -> None:
     texts = [p.text for p in chitchat_prompts()[:24]]
     out = {}
     for dtype in ("float32", "bfloat16"):
-        cfg = load_config(common.TrainConfig, None, {"dtype": dtype, "device": args.device})
-        policy = common.build_policy(cfg)
+        cfg = load_config(TrainConfig, None, {"dtype": dtype, "device": args.device})
+        policy = build_policy(cfg)
         if policy.sampler is None:  # the trainers refuse a bf16 merged copy; build one here to measure it
             import copy
 
             policy.frozen_sampler = copy.deepcopy(policy.ref_model.peft_model.base_model.model)
-            policy.sampler = common.MergedCopy(policy.frozen_sampler)
+            policy.sampler = MergedCopy(policy.frozen_sampler)
             policy.sampler.sync(policy.model)
         lm = LM(policy.sampler.model, policy.tokenizer, "smollm2-135m", "plain")
         torch.manual_seed(0)
@@ -67,7 +68,7 @@ def main() -> None:
         pad = policy.tokenizer.pad_token_id
         policy.model.train()
         t = time.time()
-        common.sequence_logps(policy.model, ctx, cont, pad).sum().backward()
+        sequence_logps(policy.model, ctx, cont, pad).sum().backward()
         train_s = time.time() - t
         policy.model.eval()
         init = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}

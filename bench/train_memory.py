@@ -21,14 +21,15 @@ SETTINGS = {"mb8": (8, False), "mb4": (4, False), "mb2": (2, False), "mb8_ckpt":
 def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
     import torch
 
-    from redgym.trainers import common
     from redgym.trainers.ipo import IPOConfig, pair_logps
+    from redgym.trainers.memory import peak_rss_gb
+    from redgym.trainers.policy import build_policy
 
     mb, ckpt = SETTINGS[name]
     torch.manual_seed(0)
     cfg = IPOConfig(micro_batch_size=mb, gradient_checkpointing=ckpt)
-    policy = common.build_policy(cfg)
-    rss_loaded = common.peak_rss_gb()
+    policy = build_policy(cfg)
+    rss_loaded = peak_rss_gb()
     vocab = policy.model.config.vocab_size
     ctx = torch.randint(100, vocab, (pairs, ctx_len)).tolist()
     conts = torch.randint(100, vocab, (2 * pairs, cont_len)).tolist()

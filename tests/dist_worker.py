@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from redgym.config import load_config
-from redgym.trainers import common
+from redgym.trainers import run as frame
 from redgym.trainers.registry import TRAINERS
 
 RUNS = []
-_finish = common.finish_run
+_finish = frame.finish_run
 
 
 def finish_run(run):  # keep a handle on the run's policy for the comparison below
@@ -23,7 +23,9 @@ def finish_run(run):  # keep a handle on the run's policy for the comparison bel
     _finish(run)
 
 
-common.finish_run = finish_run
+frame.finish_run = finish_run  # end_step's call, on a stop signal
+for _, _train in TRAINERS.values():  # each trainer's own call, through the name it imported
+    sys.modules[_train.__module__].finish_run = finish_run
 
 
 def main() -> None:

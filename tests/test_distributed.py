@@ -70,7 +70,7 @@ def test_sharded_accelerate_configs_are_refused_in_one_line(kind):
     from accelerate.utils import DistributedType
 
     from redgym.errors import RedgymError
-    from redgym.trainers.common import check_parallelism
+    from redgym.trainers.distributed import check_parallelism
 
     with pytest.raises(RedgymError, match=f"uses {kind}: redgym's trainers support data parallelism only"):
         check_parallelism(SimpleNamespace(distributed_type=DistributedType[kind]))

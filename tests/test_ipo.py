@@ -10,8 +10,9 @@ import torch
 from redgym.config import load_config
 from redgym.rollout.records import Turn
 from redgym.rollout.tree import SiblingGroup
-from redgym.trainers import ipo
-from redgym.trainers.common import latest_checkpoint
+from redgym.trainers import ipo, run
+from redgym.trainers.checkpoints import latest_checkpoint
+from redgym.trainers.policy import build_policy, sequence_logps
 
 
 # Eliciting prompts with mild profanity (the profanity scorer rates each rest above 0.5), for weak supervision.
@@ -52,19 +53,19 @@ def test_a_few_steps_change_the_adapter_with_finite_losses(tiny_model_dir, promp
     out = tmp_path / "run"
     before = {}
 
-    real_build = ipo.common.build_policy
+    real_build = run.build_policy
 
     def spy_build(cfg):
         policy = real_build(cfg)
         before.update(lora_params(policy.model))
         return policy
 
-    ipo.common.build_policy, restore = spy_build, ipo.common.build_policy
+    run.build_policy, restore = spy_build, run.build_policy
     try:
         torch.manual_seed(0)
         ipo.train(tiny_cfg(tiny_model_dir, prompt_file), out, progress=False)
     finally:
-        ipo.common.build_policy = restore
+        run.build_policy = restore
     after = adapter_state(out)
     assert before.keys() == after.keys()
     changed = [n for n in before if not torch.equal(before[n], after[n])]
@@ -178,14 +179,14 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, prompt_file, tmp
     monkeypatch.setattr(ipo, "grow_tree", real_grow)
 
     loaded = {}
-    real_load = ipo.common.load_checkpoint
+    real_load = run.load_checkpoint
 
     def spy_load(acc, ckpt):
         state = real_load(acc, ckpt)
         loaded.update(lora_params(acc._models[0]))
         return state
 
-    monkeypatch.setattr(ipo.common, "load_checkpoint", spy_load)
+    monkeypatch.setattr(run, "load_checkpoint", spy_load)
     ipo.train(cfg, out, resume=True, progress=False)
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     assert latest_checkpoint(out).name == "step_000004"
@@ -196,7 +197,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, prompt_file, tmp
 
 def test_fast_generation_copy_matches_the_peft_model(tiny_model_dir, prompt_file):
     cfg = tiny_cfg(tiny_model_dir, prompt_file)
-    policy = ipo.common.build_policy(cfg)
+    policy = build_policy(cfg)
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
@@ -216,14 +217,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, prompt_
     grads = {}
     for ckpt in (False, True):
         torch.manual_seed(0)
-        policy = ipo.common.build_policy(tiny_cfg(tiny_model_dir, prompt_file, gradient_checkpointing=ckpt))
+        policy = build_policy(tiny_cfg(tiny_model_dir, prompt_file, gradient_checkpointing=ckpt))
         with torch.no_grad():
             for n, p in policy.model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.5)  # B = 0 at init would leave A's gradient zero
         policy.model.train()
         ctx, conts = [[5, 9, 17, 33], [7, 8]], [[2, 41, 3], [11, 12, 13]]
-        ipo.common.sequence_logps(policy.model, ctx, conts, policy.tokenizer.pad_token_id).sum().backward()
+        sequence_logps(policy.model, ctx, conts, policy.tokenizer.pad_token_id).sum().backward()
         grads[ckpt] = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
         assert policy.model.base_model.model.is_gradient_checkpointing == ckpt
     assert grads[False].keys() == grads[True].keys() and len(grads[True]) > 0

@@ -10,8 +10,10 @@ from redgym.models import SamplingParams
 from redgym.rollout import rollout
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import RewardWeights, pair_reliability, reply_terms, score_conversations, score_exchanges
-from redgym.trainers import common, grpo, ppo
+from redgym.trainers import grpo, ppo
 from redgym.trainers.losses import group_advantages
+from redgym.trainers.policy import build_policy, sequence_logps, train_sampling
+from redgym.trainers.train_config import TrainConfig
 
 
 def _cfg(cls, model_dir, prompt_file, **kw):
@@ -34,9 +36,9 @@ def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_size
                                                                                         prompt_file):
     """A 1e-4 update in the default dtype (no dtype set): the merged copy the rollouts sample from must give the
     adapter policy's log-probs, not the base model's (a bf16 merge loses most of such an update)."""
-    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
     assert cfg.dtype == "auto"
-    policy = common.build_policy(cfg)
+    policy = build_policy(cfg)
     assert policy.sampler is not None  # float32 on the CPU: the fast merged copy is on
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
@@ -46,29 +48,29 @@ def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_size
     ctx, cont = [[5, 9, 17, 33, 2]], [[41, 3, 7, 12]]
     pad = policy.tokenizer.pad_token_id
     with torch.no_grad():
-        want = common.sequence_logps(policy.model, ctx, cont, pad)
-        got = common.sequence_logps(policy.sampler.model, ctx, cont, pad)
-        base = common.sequence_logps(policy.ref_model, ctx, cont, pad)
+        want = sequence_logps(policy.model, ctx, cont, pad)
+        got = sequence_logps(policy.sampler.model, ctx, cont, pad)
+        base = sequence_logps(policy.ref_model, ctx, cont, pad)
     delta = float((want - base).abs())
     assert delta > 1e-6  # the update moved the policy
     assert float((got - want).abs()) < 0.01 * delta  # and the sampler carries >= 99% of the move
 
 
 def test_bf16_training_samples_through_the_adapter(tiny_model_dir, prompt_file):
-    policy = common.build_policy(_cfg(common.TrainConfig, tiny_model_dir, prompt_file, dtype="bfloat16"))
+    policy = build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype="bfloat16"))
     assert policy.sampler is None and policy.generation_model is policy.model
 
 
 # ---- 2 on-policy policy gradients ---------------------------------------------------------------------------
 
 def test_training_rollouts_sample_from_the_plain_tempered_softmax(tiny_model_dir, prompt_file):
-    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
     evals = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.7, repetition_penalty=1.1)
-    train = common.train_sampling(cfg, evals)
+    train = train_sampling(cfg, evals)
     assert (train.temperature, train.top_p, train.top_k, train.repetition_penalty, train.min_new_tokens) == (
         0.7, 1.0, 0, 1.0, 0)
-    off = _cfg(common.TrainConfig, tiny_model_dir, prompt_file, on_policy_sampling="false")
-    assert common.train_sampling(off, evals) == evals
+    off = _cfg(TrainConfig, tiny_model_dir, prompt_file, on_policy_sampling="false")
+    assert train_sampling(off, evals) == evals
 
 
 def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, prompt_file, tiny_lm):
@@ -78,10 +80,10 @@ def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, pro
     from redgym.rollout.engine import generate_turns
 
     evals = SamplingParams(max_new_tokens=6, min_new_tokens=2, temperature=0.7, top_p=0.5, repetition_penalty=1.3)
-    cfg = _cfg(common.TrainConfig, tiny_model_dir, prompt_file)
+    cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
     histories = [[("prompt", "hello there how are you")], [("prompt", "do you like music")]] * 4
     gaps = {}
-    for name, params in (("on", common.train_sampling(cfg, evals)), ("off", evals)):
+    for name, params in (("on", train_sampling(cfg, evals)), ("off", evals)):
         torch.manual_seed(0)
         turns = generate_turns(tiny_lm, histories, "adversary", params)
         ctx = [tiny_lm.encode_context(tiny_lm.render(h, "adversary"), 40) for h in histories]

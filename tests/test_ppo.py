@@ -114,10 +114,11 @@ def test_trainer_configs_redefine_only_intended_run_fields():
     import dataclasses
 
     from redgym.config import RunConfig
-    from redgym.trainers import common, ipo
+    from redgym.trainers import ipo
+    from redgym.trainers.train_config import TrainConfig
 
     run = {f.name for f in dataclasses.fields(RunConfig)}
-    for cls, intended in ((common.TrainConfig, set()), (ipo.IPOConfig, set()), (ppo.PPOConfig, {"horizon"})):
+    for cls, intended in ((TrainConfig, set()), (ipo.IPOConfig, set()), (ppo.PPOConfig, {"horizon"})):
         assert {n for n in vars(cls).get("__annotations__", {}) if n in run} == intended, cls.__name__
 
 

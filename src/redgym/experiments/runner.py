@@ -37,7 +37,7 @@ from redgym.eval.evaluate import compare as compare_adversaries
 from redgym.models.replay import ReplaySpeaker
 from redgym.runfolder import atomic_write, check_writable, write_json
 from redgym.setup import load_adversary, prepare
-from redgym.trainers.common import latest_checkpoint
+from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
 
 log = logging.getLogger("redgym.experiment")

@@ -36,7 +36,11 @@ from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs, left_padded
 from redgym.models.loading import adapter_base
 from redgym.runfolder import check_writable, read_jsonl, save_config, write_json, write_jsonl
-from redgym.trainers import common
+from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from redgym.trainers.metrics_log import MetricsLog, finite_or_skip
+from redgym.trainers.policy import Policy, build_policy, sequence_logps
+from redgym.trainers.run import make_accelerator, optimizer_and_schedule
+from redgym.trainers.train_config import TrainConfig
 
 RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is "
                  "{label}.")
@@ -69,7 +73,7 @@ class GuardTrainConfig(ConfigFields):
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_targets: str = _f("all-linear", "LoRA target modules")
     fast_generation: bool = _f(True, "sample traces and DPO candidates from a peft-free copy with the adapter merged "
-                                     "in (~1.7x faster on CPU, float32 only; trainers/common.MergedCopy)")
+                                     "in (~1.7x faster on CPU, float32 only; trainers/policy.MergedCopy)")
     dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
     device: str = _f("auto", "auto, cpu or cuda")
     max_context_tokens: int = _f(512, "prompt + answer tokens at most")
@@ -95,13 +99,13 @@ class GuardTrainConfig(ConfigFields):
             raise RedgymError("config: dpo_samples >= 2, dpo_temperature > 0 and dpo_beta > 0")
 
 
-    def policy_config(self) -> common.TrainConfig:
+    def policy_config(self) -> TrainConfig:
         """The fields the shared policy / optimizer / accelerator code reads, under their trainer names."""
-        return common.TrainConfig(adversary_model=self.guard_model, defender_model=self.guard_model, dtype=self.dtype,
-                                  device=self.device, lr=self.lr, weight_decay=self.weight_decay,
-                                  warmup_steps=self.warmup_steps, steps=self.steps, lora_r=self.lora_r,
-                                  lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=self.fast_generation,
-                                  micro_batch_size=self.micro_batch_size, seed=self.seed)
+        return TrainConfig(adversary_model=self.guard_model, defender_model=self.guard_model, dtype=self.dtype,
+                           device=self.device, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup_steps=self.warmup_steps, steps=self.steps, lora_r=self.lora_r,
+                           lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=self.fast_generation,
+                           micro_batch_size=self.micro_batch_size, seed=self.seed)
 
 
 @torch.no_grad()
@@ -222,24 +226,24 @@ class Frame:
     ``guard_model`` itself), optimizer, the guard view of the policy, the step to start from, the metrics log."""
 
     acc: object
-    policy: common.Policy
+    policy: Policy
     opt: torch.optim.Optimizer
     sched: object
     guard: GuardModel
     start: int
     counters: dict
-    metrics_log: common.MetricsLog
+    metrics_log: MetricsLog
 
 
 def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     check_writable(out)
     pcfg = cfg.policy_config()
-    acc = common.make_accelerator(pcfg, out)
+    acc = make_accelerator(pcfg, out)
     if acc.num_processes > 1:
         raise RedgymError("redgym guard train runs in one process: start it with redgym, not accelerate launch")
     set_seed(cfg.seed)
-    policy = common.build_policy(pcfg)
-    opt, sched = common.optimizer_and_schedule(pcfg, policy.model)
+    policy = build_policy(pcfg)
+    opt, sched = optimizer_and_schedule(pcfg, policy.model)
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
     # the guard view samples (traces, DPO candidates) from the peft-free merged copy when there is one; every loss
     # goes through policy.model, and sync_sampler() brings the copy up to date before each sampling
@@ -248,11 +252,11 @@ def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
     start, counters = 0, {}
-    if resume and (ckpt := common.latest_checkpoint(out)):
-        state = common.load_checkpoint(acc, ckpt)
+    if resume and (ckpt := latest_checkpoint(out)):
+        state = load_checkpoint(acc, ckpt)
         start, counters = state["step"], state.get("counters", {})
     policy.sync_sampler()
-    return Frame(acc, policy, opt, sched, guard, start, counters, common.MetricsLog(out, acc))
+    return Frame(acc, policy, opt, sched, guard, start, counters, MetricsLog(out, acc))
 
 
 def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dict) -> None:
@@ -265,8 +269,8 @@ def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dic
     f.metrics_log.log(step + 1, {**metrics, "train/lr": f.sched.get_last_lr()[0],
                                  "train/nonfinite_skipped": f.counters.get("nonfinite_skipped", 0)})
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        common.save_checkpoint(f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints,
-                               model_dir="guard")
+        save_checkpoint(f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints,
+                        model_dir="guard")
 
 
 def read_examples(path: Path) -> list[GuardExample]:
@@ -319,7 +323,7 @@ def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
             mb = batch[s:s + cfg.micro_batch_size]
             o = continuation_forward(f.policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
             loss = -(o.logps * o.mask).sum() / n_tokens
-            if common.finite_or_skip(loss, f.counters, step):
+            if finite_or_skip(loss, f.counters, step):
                 f.acc.backward(loss)
                 losses.append(float(loss.detach()))
         # 4 update, log, checkpoint
@@ -383,11 +387,11 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
                                      add_special_tokens=lm.fmt == "plain") for i, _, _ in mb]
             chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
             rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
-            pc, pr = (common.sequence_logps(f.policy.model, ctx, ids, pad) for ids in (chosen, rejected))
+            pc, pr = (sequence_logps(f.policy.model, ctx, ids, pad) for ids in (chosen, rejected))
             with torch.no_grad():
-                rc, rr = (common.sequence_logps(f.policy.ref_model, ctx, ids, pad) for ids in (chosen, rejected))
+                rc, rr = (sequence_logps(f.policy.ref_model, ctx, ids, pad) for ids in (chosen, rejected))
             loss = dpo_loss(pc, pr, rc, rr, cfg.dpo_beta).sum() / max(1, len(pairs))
-            if common.finite_or_skip(loss, f.counters, step):
+            if finite_or_skip(loss, f.counters, step):
                 f.acc.backward(loss)
                 losses.append(float(loss.detach()))
                 margins += preference_margin(pc, pr, rc, rr).detach().tolist()

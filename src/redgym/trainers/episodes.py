@@ -62,7 +62,8 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     times (the adversary sampled with ``sampling`` from the merged copy, the defender answering
     ``defender_samples`` times with the evaluation settings), then scored. Returns the conversations and
     ``score_conversations``' arrays."""
-    from redgym.trainers.common import batch_indices, rank_share
+    from redgym.trainers.distributed import rank_share
+    from redgym.trainers.run import batch_indices
 
     cfg, setup, policy = run.cfg, run.setup, run.policy
     train_prompts = setup.split.train

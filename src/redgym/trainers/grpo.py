@@ -26,13 +26,17 @@ from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
-from redgym.trainers import common
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import group_advantages, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ratio_deviation
+from redgym.trainers.memory import release_memory
+from redgym.trainers.metrics_log import finite_or_skip
+from redgym.trainers.policy import Policy, train_sampling
+from redgym.trainers.run import end_step, finish_run, start_run
+from redgym.trainers.train_config import TrainConfig
 
 
 @dataclass
-class GRPOConfig(common.TrainConfig):
+class GRPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
     scale_rewards: bool = _f(False, "divide advantages by the group's reward std (GRPO); off by default, since a "
@@ -52,7 +56,7 @@ class GRPOConfig(common.TrainConfig):
 
 
 @torch.no_grad()
-def prepare_episodes(ep: Episodes, policy: common.Policy, cfg: GRPOConfig) -> None:
+def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
     """Step 3: old and reference log-probs at the response tokens (B, K), the mask, and advantages (B,)."""
     pad = policy.tokenizer.pad_token_id
     k = max(len(r) for r in ep.resp)
@@ -68,7 +72,7 @@ def prepare_episodes(ep: Episodes, policy: common.Policy, cfg: GRPOConfig) -> No
     ep.tensors = t
 
 
-def update(ep: Episodes, policy: common.Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int,
+def update(ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int,
            rng: np.random.Generator) -> dict[str, float]:
     """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
     pad = policy.tokenizer.pad_token_id
@@ -94,7 +98,7 @@ def update(ep: Episodes, policy: common.Policy, cfg: GRPOConfig, acc, opt, sched
                     loss = loss - cfg.ent_coef * masked_mean(out.entropy, mask)
                 if not stats["first_ratio_dev"]:
                     stats["first_ratio_dev"].append(ratio_deviation(out.logps, old, mask))
-                if not common.finite_or_skip(loss, counters, step):
+                if not finite_or_skip(loss, counters, step):
                     opt.zero_grad()
                     continue
                 acc.backward(loss)
@@ -112,10 +116,10 @@ def update(ep: Episodes, policy: common.Policy, cfg: GRPOConfig, acc, opt, sched
 def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GRPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
-    run = common.start_run(cfg, out, resume)
+    run = start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     start, counters = run.start, run.state.get("counters", {})
-    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
+    sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
@@ -125,7 +129,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         # 1-2 the step's prompts, each rolled out G times (adversary on-policy, K defender replies), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
         t_roll = time.time() - t0
-        common.release_memory()
+        release_memory()
         # 3 group-relative advantages, old and reference log-probs
         ep = episodes_from(convs, adversary, budget)
         prepare_episodes(ep, policy, cfg)
@@ -154,7 +158,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,
         }
-        if common.end_step(run, step, metrics, {"counters": counters}):
+        if end_step(run, step, metrics, {"counters": counters}):
             break
-    common.finish_run(run)
+    finish_run(run)
     return metrics

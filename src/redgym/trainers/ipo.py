@@ -29,12 +29,17 @@ from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
-from redgym.trainers import common
+from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
 from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
+from redgym.trainers.memory import release_memory
+from redgym.trainers.metrics_log import finite_or_skip
+from redgym.trainers.policy import Policy, sequence_logps, train_sampling
+from redgym.trainers.run import batch_indices, end_step, finish_run, start_run
+from redgym.trainers.train_config import TrainConfig
 
 
 @dataclass
-class IPOConfig(common.TrainConfig):
+class IPOConfig(TrainConfig):
     loss: str = _f("ipo", "preference loss: ipo or dpo (sigmoid)")
     beta: float = _f(0.01, "IPO/DPO beta (IPO regresses the log-ratio margin to 1/(2 beta))")
     samples_per_node: int = _f(2, "adversary samples per tree node; pairs are best vs worst sibling")
@@ -113,21 +118,21 @@ def weak_rate(cfg: IPOConfig, step: int) -> float:
     return cfg.weak_supervision * max(0.0, 1.0 - step / max(1, cfg.steps))
 
 
-def pair_logps(policy: common.Policy, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
+def pair_logps(policy: Policy, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
                pad: int, length_normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with gradients) and
     under the frozen reference; summed over tokens, or their per-token mean with ``length_normalize``."""
     conts = chosen + rejected
-    pol = common.sequence_logps(policy.model, ctx + ctx, conts, pad)
+    pol = sequence_logps(policy.model, ctx + ctx, conts, pad)
     with torch.no_grad():
-        ref = common.sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+        ref = sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
     if length_normalize:
         n = torch.tensor([len(c) for c in conts], dtype=pol.dtype, device=pol.device)
         pol, ref = pol / n, ref / n
     return pol, ref
 
 
-def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cfg: IPOConfig, acc, opt, sched,
+def update(pairs: list[PreferencePair], policy: Policy, adversary: LM, cfg: IPOConfig, acc, opt, sched,
            counters: dict, step: int) -> tuple[dict[str, list[float]], float]:
     """Step 4: the IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step; returns the
     per-pair loss, margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
@@ -137,7 +142,7 @@ def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cf
     policy.model.train()
     stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
-    with common.accumulate_locally(acc, policy.model):
+    with accumulate_locally(acc, policy.model):
         for i in range(0, len(pairs), per_mb):
             mb = pairs[i:i + per_mb]
             ctx = [adversary.encode_context(p.context, budget) for p in mb]
@@ -146,14 +151,14 @@ def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cf
             n = len(mb)
             losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
             loss = losses.sum() / len(pairs)
-            if not common.finite_or_skip(loss, counters, step):
+            if not finite_or_skip(loss, counters, step):
                 continue
             acc.backward(loss)
             stats["loss"] += losses.detach().tolist()
             stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
             per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
             stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
-        common.all_reduce_grads(acc, policy.model.parameters())
+        all_reduce_grads(acc, policy.model.parameters())
         if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
             grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
         else:
@@ -167,12 +172,12 @@ def update(pairs: list[PreferencePair], policy: common.Policy, adversary: LM, cf
 def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
-    run = common.start_run(cfg, out, resume)
+    run = start_run(cfg, out, resume)
     policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
                                                             run.acc, run.opt, run.sched)
     pool = (weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
             if cfg.weak_supervision > 0 else [])
-    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
+    sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
     train_prompts = setup.split.train
     score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
@@ -183,16 +188,16 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
                      disable=not (progress and acc.is_main_process)):
         t0 = time.time()
         # 1 prompts
-        batch = [train_prompts[i] for i in common.batch_indices(len(train_prompts), cfg.prompts_per_step, step,
-                                                                cfg.seed)]
-        batch = common.rank_share(batch, acc)  # several processes: each grows its share of the step's trees
+        batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step,
+                                                         cfg.seed)]
+        batch = rank_share(batch, acc)  # several processes: each grows its share of the step's trees
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
         policy.sync_sampler()
         groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
                            sampling, score, cfg.batch_size, setup.params, cfg.defender_samples)
         t_roll = time.time() - t0
-        common.release_memory()  # the rollout's generation caches, before training activations are allocated
+        release_memory()  # the rollout's generation caches, before training activations are allocated
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
         pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
         if cfg.max_pairs_per_step:
@@ -231,7 +236,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "time/step_s": time.time() - t0,
             "time/exchanges_per_s": len(rewards) / max(t_roll, 1e-9),
         }
-        if common.end_step(run, step, metrics, {"counters": counters}):
+        if end_step(run, step, metrics, {"counters": counters}):
             break
-    common.finish_run(run)
+    finish_run(run)
     return metrics

@@ -25,16 +25,18 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.rollout.reward import pair_reliability
-from redgym.trainers import common
-from redgym.rollout.reward import term_means
+from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (gae, kl_k1, kl_k3, leave_one_out_baseline, masked_mean, ppo_policy_loss,
                                     ppo_value_loss, ratio_deviation, whiten)
+from redgym.trainers.metrics_log import finite_or_skip
+from redgym.trainers.policy import Policy, train_sampling
+from redgym.trainers.run import end_step, finish_run, log, start_run
+from redgym.trainers.train_config import TrainConfig
 
 
 @dataclass
-class PPOConfig(common.TrainConfig):
+class PPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per episode batch (each adversary turn is rewarded)")
     ppo_epochs: int = _f(4, "passes over each step's rollouts")
     clip_range: float = _f(0.2, "policy ratio clip epsilon")
@@ -85,7 +87,7 @@ class ValueHead(torch.nn.Module):
 
 
 @torch.no_grad()
-def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: PPOConfig, kl_coef: float):
+def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConfig, kl_coef: float):
     """Step 3: old/ref log-probs and values at the response tokens, token rewards, GAE, advantages."""
     pad = policy.tokenizer.pad_token_id
     k = max(len(r) for r in ep.resp)
@@ -112,7 +114,7 @@ def score_episodes(ep: Episodes, policy: common.Policy, value_head: ValueHead, c
     ep.tensors = t
 
 
-def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: PPOConfig, acc, opt, sched,
+def ppo_epochs(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConfig, acc, opt, sched,
                counters: dict, step: int, rng: np.random.Generator) -> dict[str, float]:
     """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
     pad = policy.tokenizer.pad_token_id
@@ -140,7 +142,7 @@ def ppo_epochs(ep: Episodes, policy: common.Policy, value_head: ValueHead, cfg: 
                 if cfg.ent_coef > 0:
                     ent = masked_mean(out.entropy, mask)
                     loss = loss - cfg.ent_coef * ent
-                if not common.finite_or_skip(loss, counters, step):
+                if not finite_or_skip(loss, counters, step):
                     opt.zero_grad()
                     continue
                 acc.backward(loss)
@@ -167,11 +169,11 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) PPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), value head, optimizer
-    run = common.start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(pol.model.config.hidden_size),))
+    run = start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(pol.model.config.hidden_size),))
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     value_head = run.extra[0]
     start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
-    sampling = common.train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
+    sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
@@ -190,8 +192,8 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.train()
         if seq_kl > cfg.kl_stop:
             counters["kl_stopped"] = counters.get("kl_stopped", 0) + 1
-            common.log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl,
-                               cfg.kl_stop)
+            log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl,
+                        cfg.kl_stop)
             losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
         else:
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step
@@ -219,7 +221,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         if cfg.adaptive_kl:
             err = float(np.clip(seq_kl / cfg.kl_target - 1, -0.2, 0.2))
             kl_coef *= 1 + err * len(ep.resp) / cfg.kl_horizon
-        if common.end_step(run, step, metrics, {"counters": counters, "kl_coef": kl_coef}):
+        if end_step(run, step, metrics, {"counters": counters, "kl_coef": kl_coef}):
             break
-    common.finish_run(run)
+    finish_run(run)
     return metrics

@@ -20,18 +20,21 @@ from tqdm.auto import tqdm
 from redgym.config import _f
 from redgym.data.weak import weak_pool
 from redgym.models.lm import continuation_forward
-from redgym.trainers import common
+from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
+from redgym.trainers.metrics_log import finite_or_skip
+from redgym.trainers.run import end_step, finish_run, start_run
+from redgym.trainers.train_config import TrainConfig
 
 
 @dataclass
-class SFTConfig(common.TrainConfig):
+class SFTConfig(TrainConfig):
     weak_prompts: str = _f("rtp", "toxicity-eliciting prompts whose toxic rests are taught (any prompt source)")
 
 
 def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) SFT into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA), the taught examples
-    run = common.start_run(cfg, out, resume)
+    run = start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     pool = weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
     tok, pad = policy.tokenizer, policy.tokenizer.pad_token_id
@@ -45,7 +48,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         # 1 examples: a pure function of (seed, step), so a resumed run draws the same ones
         rng = np.random.default_rng([cfg.seed, step])
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]
-        batch = common.rank_share(batch, acc)  # several processes: each its share of the step's examples
+        batch = rank_share(batch, acc)  # several processes: each its share of the step's examples
         ctx = [adversary.encode_context(adversary.render([("prompt", first)], "adversary"), budget)
                for first, _ in batch]
         target = [tok(rest, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens] for _, rest in batch]
@@ -53,16 +56,16 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.train()
         losses = []
         n_tokens = sum(len(t) for t in target)
-        with common.accumulate_locally(acc, policy.model):
+        with accumulate_locally(acc, policy.model):
             for i in range(0, len(batch), cfg.micro_batch_size):
                 o = continuation_forward(policy.model, ctx[i:i + cfg.micro_batch_size],
                                          target[i:i + cfg.micro_batch_size], pad)
                 loss = -(o.logps * o.mask).sum() / n_tokens
-                if not common.finite_or_skip(loss, counters, step):
+                if not finite_or_skip(loss, counters, step):
                     continue
                 acc.backward(loss)
                 losses.append(float(loss.detach()))
-            common.all_reduce_grads(acc, policy.model.parameters())
+            all_reduce_grads(acc, policy.model.parameters())
             if acc.sync_gradients and cfg.max_grad_norm > 0 and losses:
                 acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
             opt.step()
@@ -73,7 +76,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
                    "train/lr": sched.get_last_lr()[0],
                    "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
                    "time/step_s": time.time() - t0}
-        if common.end_step(run, step, metrics, {"counters": counters}):
+        if end_step(run, step, metrics, {"counters": counters}):
             break
-    common.finish_run(run)
+    finish_run(run)
     return metrics

@@ -1,0 +1,158 @@
+"""The shared frame of a training run: set-up and resume, prompt schedule, optimizer, step bookkeeping, the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from redgym.errors import RedgymError, TrainingStopped
+from redgym.models.base import ChatBackend
+from redgym.models.lm import LM
+from redgym.models.loading import resolve_device
+from redgym.runfolder import write_json
+from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from redgym.trainers.distributed import check_parallelism, mean_over_ranks
+from redgym.trainers.memory import peak_rss_gb, release_memory, rss_gb
+from redgym.trainers.metrics_log import MetricsLog
+from redgym.trainers.policy import Policy, build_policy, defender_lm
+from redgym.trainers.stop import StopRequest
+from redgym.trainers.train_config import TrainConfig
+
+log = logging.getLogger("redgym.train")
+
+
+def batch_indices(n: int, per_step: int, step: int, seed: int) -> np.ndarray:
+    """Prompt indices for ``step``: epochs of seeded permutations, a pure function of the step (so resuming
+    needs no data-loader state)."""
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(pos, n)
+        out.append(np.random.default_rng([seed, epoch]).permutation(n)[i])
+    return np.array(out)
+
+
+def make_accelerator(cfg: TrainConfig, out: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    dev = resolve_device(cfg.device)
+    trackers = None if cfg.log_with == "none" else cfg.log_with
+    acc = Accelerator(cpu=dev.type == "cpu", gradient_accumulation_steps=cfg.grad_accum, log_with=trackers,
+                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    if trackers:
+        acc.init_trackers("redgym", config={k: v for k, v in cfg.to_dict().items() if v is not None})
+    return acc
+
+
+def optimizer_and_schedule(cfg: TrainConfig, model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    return opt, sched
+
+
+@dataclass
+class Run:
+    """What both trainers set up the same way: accelerator, policy, defender, prompts/scorer, optimizer, the
+    adversary LM used for sampling, the step to start from, and the state restored from a checkpoint."""
+
+    cfg: TrainConfig
+    out: Path
+    acc: object
+    policy: Policy
+    defender: ChatBackend
+    adversary: LM
+    setup: object
+    opt: torch.optim.Optimizer
+    sched: object
+    metrics_log: MetricsLog
+    start: int
+    state: dict
+    extra: list
+    t_start: float
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+
+
+def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
+    """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
+    checkpointed with the policy."""
+    from redgym.runfolder import check_writable, save_config
+    from redgym.setup import prepare
+
+    check_writable(out)
+    if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
+        raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
+    acc = make_accelerator(cfg, out)
+    check_parallelism(acc)
+    if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
+        logging.getLogger("redgym").setLevel(logging.ERROR)
+    if cfg.prompts_per_step % acc.num_processes:
+        raise RedgymError(f"prompts_per_step {cfg.prompts_per_step} does not split over {acc.num_processes} "
+                          "processes; make it a multiple")
+    set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
+    policy = build_policy(cfg)
+    defender = defender_lm(cfg, policy)
+    setup = prepare(cfg, need_embedder=False, defender=defender)
+    dev = next(policy.model.parameters()).device
+    extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
+    opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]))
+    policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
+    if acc.num_processes > 1:  # same initial weights (DDP broadcast them), each process its own sampling stream
+        set_seed(cfg.seed + acc.process_index)
+    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
+                   cfg.max_context_tokens)
+    start, state = 0, {}
+    if resume and (ckpt := latest_checkpoint(out)):
+        state = load_checkpoint(acc, ckpt)
+        start = state["step"]
+        if setup.memory is not None and "novelty_memory" in state:
+            setup.memory.load_state_dict(state["novelty_memory"])
+        log.info("resumed from %s at step %d", ckpt, start)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out, cfg)
+        # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
+        write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
+    acc.wait_for_everyone()
+    metrics_log = MetricsLog(out, acc)
+    metrics_log.keep_until(start)
+    # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
+    return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, metrics_log, start,
+               state, extra, time.time())
+
+
+def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
+    """Step 5's bookkeeping: log, checkpoint every N steps / at the end / when out of time. True = stop now."""
+    cfg = run.cfg
+    metrics["time/train_min"] = (time.time() - run.t_start) / 60
+    release_memory()
+    metrics["sys/peak_rss_gb"] = peak_rss_gb()
+    metrics["sys/rss_gb"] = rss_gb()
+    metrics.update(mean_over_ranks(run.acc, metrics))
+    run.metrics_log.log(step + 1, metrics)
+    out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
+    signum = run.stop.requested(run.acc)
+    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time or signum:
+        if run.setup.memory is not None:  # the novelty terms' history resumes with the policy
+            state = {**state, "novelty_memory": run.setup.memory.state_dict()}
+        save_checkpoint(run.acc, run.out, step + 1, run.policy, state, cfg.keep_checkpoints)
+    if signum and step + 1 < cfg.steps:
+        finish_run(run)
+        raise TrainingStopped(step + 1, signum, run.out)
+    if out_of_time:
+        log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
+    return out_of_time
+
+
+def finish_run(run: Run) -> None:
+    """Step 6: close trackers, give the signals back. Evaluation is the caller's (``redgym train`` runs
+    ``evaluate_run`` after it)."""
+    run.stop.restore()
+    run.acc.end_training()
