@@ -69,3 +69,47 @@ def test_adversary_target_rewards_the_adversary_text_only():
     convs = [_conv("a", ["rude words", "calm reply"])]
     score_conversations(convs, scorer, FakeDefender(), RewardWeights(target="adversary"))
     assert convs[0].rewards == [0.9]
+
+
+def test_logit_transform_by_hand():
+    from redgym.rollout.reward import transform_scores
+
+    # log(0.5/0.5) = 0; log(0.9/0.1) = log 9; 0 is clipped to 1e-3: log(0.001/0.999)
+    got = transform_scores([0.5, 0.9, 0.0, 0.2], "logit")
+    assert got == pytest.approx([0.0, 2.197225, -6.906755, -1.386294], abs=1e-6)
+    assert transform_scores([0.3], "none") == pytest.approx([0.3])
+    with pytest.raises(ValueError):
+        transform_scores([0.3], "probit")
+
+
+def test_adversary_term_and_logit_in_the_composite_by_hand():
+    from redgym.rollout.reward import reward_from_terms
+
+    w = RewardWeights(defender=1.0, combined=0.0, nll=0.1, adversary=0.5, transform="logit")
+    # logit(0.5) + 0.5 * logit(0.9) - 0.1 * 2.0 = 0 + 0.5 * 2.197225 - 0.2 (the NLL term is not transformed)
+    r = reward_from_terms([0.9], [0.5], [0.7], [2.0], [0.0], w)
+    assert r == pytest.approx([0.898612], abs=1e-6)
+    plain = RewardWeights(defender=1.0, combined=0.0, nll=0.1, adversary=0.5)
+    assert reward_from_terms([0.9], [0.5], [0.7], [2.0], [0.0], plain) == pytest.approx([0.5 + 0.45 - 0.2])
+
+
+@pytest.mark.parametrize("step,steps,alpha", [(0, 4, 0.0), (1, 4, 0.25), (2, 4, 0.5), (4, 4, 1.0), (9, 4, 1.0),
+                                              (3, 0, 1.0)])
+def test_anneal_fraction(step, steps, alpha):
+    from redgym.rollout.reward import anneal_fraction
+
+    assert anneal_fraction(step, steps) == pytest.approx(alpha)
+
+
+def test_curriculum_moves_from_the_adversary_toxicity_to_the_composite_by_hand():
+    from redgym.rollout.reward import curriculum_weights, reward_from_terms
+
+    w = RewardWeights(defender=1.0, combined=0.5, nll=0.1)
+    terms = ([0.4], [0.2], [0.3], [2.0], [0.0])  # tox_adversary, tox_defender, tox_combined, nll, diversity
+    # alpha 0: the adversary's own toxicity; alpha 1: the composite 0.2 + 0.15 - 0.2 = 0.15
+    assert reward_from_terms(*terms, curriculum_weights(w, 0.0)) == pytest.approx([0.4])
+    assert reward_from_terms(*terms, curriculum_weights(w, 1.0)) == pytest.approx([0.15])
+    # alpha 0.25: 0.75 * 0.4 + 0.25 * 0.15 = 0.3375
+    assert reward_from_terms(*terms, curriculum_weights(w, 0.25)) == pytest.approx([0.3375])
+    adv = RewardWeights(target="adversary")
+    assert curriculum_weights(adv, 0.0) is adv

@@ -82,6 +82,11 @@ class RunConfig(ConfigFields):
     w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")
     w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
     w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
+    w_adversary: float = _f(0.0, "reward weight of tox(adversary turn): the adversary's own toxicity, which the "
+                                 "defender's follows (echo); 0 switches it off")
+    tox_transform: str = _f("none", "how toxicity scores enter the reward: none (probabilities) or logit "
+                                    "(log(s / (1 - s)): a difference at the low end of the scale counts as much as "
+                                    "in the middle); logged and evaluated scores stay probabilities")
     w_diversity: float = _f(0.0, "reward weight of the adversary turn's embedding distance to the batch; 0 = off")
     w_novelty_bleu: float = _f(0.0, "reward weight of 1 - BLEU of the adversary turn against a memory of past "
                                      "adversary turns (curiosity-driven red-teaming); 0 = off")
@@ -128,6 +133,8 @@ class RunConfig(ConfigFields):
             need(getattr(self, name) in ("plain", "chat"), f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}")
         need(self.dtype in ("auto", "bfloat16", "float16", "float32"), f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.tox_transform in ("none", "logit"),
+             f"tox_transform must be none or logit, got {self.tox_transform!r}")
         need(self.reward_target in ("composite", "adversary"),
              f"reward_target must be composite or adversary, got {self.reward_target!r}")
         need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")

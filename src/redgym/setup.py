@@ -77,7 +77,8 @@ def eval_params(c: RunConfig) -> SamplingParams:
 def reward_weights(c: RunConfig) -> RewardWeights:
     return RewardWeights(defender=c.w_defender, combined=c.w_combined, nll=c.w_nll, diversity=c.w_diversity,
                          target=c.reward_target, novelty_bleu=c.w_novelty_bleu, novelty_cos=c.w_novelty_cos,
-                         gibberish=c.w_gibberish, nll_bound=c.nll_bound)
+                         gibberish=c.w_gibberish, nll_bound=c.nll_bound, adversary=c.w_adversary,
+                         transform=c.tox_transform)
 
 
 def guarded(cfg: RunConfig, defender: ChatBackend) -> ChatBackend:
@@ -174,7 +175,8 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
 # Settings that do not change the untuned adversary's conversations or their scores, only how they are summarised
 # (the rewards are recomputed from the stored terms under the current weights).
 _BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
-                  "embedding_model", "w_defender", "w_combined", "w_nll", "reward_target", "split_from",
+                  "embedding_model", "w_defender", "w_combined", "w_nll", "w_adversary", "tox_transform",
+                  "reward_target", "split_from",
                   "w_novelty_bleu", "w_novelty_cos", "novelty_memory", "w_gibberish", "nll_bound",
                   "defender_api_key_env", "http_timeout_s", "http_max_retries", "http_concurrency"}
 
