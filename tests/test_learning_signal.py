@@ -209,6 +209,21 @@ def test_grpo_raises_a_learnable_reward(learnable_scorer, tiny_model_dir, prompt
     assert last > first + 0.2, (first, last)
 
 
+def test_a_reward_curriculum_anneals_from_the_adversary_toxicity_to_the_configured_reward(
+        learnable_scorer, tiny_model_dir, prompt_file, tmp_path):
+    # the configured reward is tox(defender) alone, so each step's mean reward is known from the logged terms
+    out = tmp_path / "run"
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, reward_curriculum_steps=2, w_defender=1.0,
+               w_combined=0.0, w_nll=0.0)
+    grpo.train(cfg, out, progress=False)
+    rows = _read(out)
+    assert [r["reward/curriculum_alpha"] for r in rows] == pytest.approx([0.0, 0.5, 1.0])
+    for r, a in zip(rows, (0.0, 0.5, 1.0)):
+        expected = (1 - a) * r["reward/tox_adversary"] + a * r["reward/tox_defender"]
+        assert r["reward/reward"] == pytest.approx(expected, abs=1e-6)
+    assert rows[0]["reward/tox_adversary"] != pytest.approx(rows[0]["reward/tox_defender"])  # the check can fail
+
+
 def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):
     from safetensors.torch import load_file
 

@@ -73,6 +73,6 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     policy.sync_sampler()
     convs = [Conversation(p.id, p.turns) for p in batch for _ in range(generations)]
     rollout_batch(convs, run.adversary, run.defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
-    scores = score_conversations(convs, setup.scorer, setup.likelihood, setup.weights, setup.embedder, cfg.batch_size,
-                                 setup.memory)
+    scores = score_conversations(convs, setup.scorer, setup.likelihood, run.reward_weights(step), setup.embedder,
+                                 cfg.batch_size, setup.memory)
     return convs, scores

@@ -146,7 +146,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             "reward/max": float(ep.reward.max()),
             "reward/group_std": float(np.mean([float(ep.reward[ep.group == g].std(unbiased=False))
                                                for g in torch.unique(ep.group)])),
-            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, setup.weights))[0],
+            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "objective/kl": float(kl1.mean()),
             "objective/kl_k3": losses["kl"],
             "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),

@@ -180,13 +180,16 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
     train_prompts = setup.split.train
-    score = lambda ctx, a, d, groups: score_exchanges(  # noqa: E731
-        ctx, a, d, setup.scorer, setup.likelihood, setup.weights, setup.embedder, groups, cfg.batch_size, setup.memory)
+
+    def score(ctx, a, d, groups):  # the exchanges of this step's trees, under this step's reward weights
+        return score_exchanges(ctx, a, d, setup.scorer, setup.likelihood, weights, setup.embedder, groups,
+                               cfg.batch_size, setup.memory)
     metrics: dict[str, float] = {}
 
     for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps,
                      disable=not (progress and acc.is_main_process)):
         t0 = time.time()
+        weights = run.reward_weights(step)  # read by score(): the configured weights, or a curriculum's
         # 1 prompts
         batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step,
                                                          cfg.seed)]
@@ -213,7 +216,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         stats, grad_norm = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
-        reliability = pair_reliability([reply_terms(g.scores, setup.weights) for g in groups])[0]
+        reliability = pair_reliability([reply_terms(g.scores, weights) for g in groups])[0]
         rewards = np.concatenate([g.scores["reward"] for g in groups])
         metrics = {
             "reward/reward": float(rewards.mean()),

@@ -210,7 +210,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "policy/clipfrac": losses["clipfrac"],
             "policy/approx_kl": losses["approx_kl"],
             "policy/first_ratio_dev": losses["first_ratio_dev"],
-            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, setup.weights))[0],
+            "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "policy/kl_stopped": counters.get("kl_stopped", 0),
             "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
             "train/lr": sched.get_last_lr()[0],

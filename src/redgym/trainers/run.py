@@ -16,6 +16,7 @@ from redgym.errors import RedgymError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM
 from redgym.models.loading import resolve_device
+from redgym.rollout.reward import RewardWeights, anneal_fraction, curriculum_weights
 from redgym.runfolder import write_json
 from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from redgym.trainers.distributed import check_parallelism, mean_over_ranks
@@ -79,6 +80,14 @@ class Run:
     t_start: float
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
 
+    def curriculum_alpha(self, step: int) -> float:
+        """How far the reward has annealed from the adversary's own toxicity to the configured one (1 = there)."""
+        return anneal_fraction(step, self.cfg.reward_curriculum_steps)
+
+    def reward_weights(self, step: int) -> RewardWeights:
+        """The reward weights of ``step`` (the configured ones, unless a curriculum is still annealing)."""
+        return curriculum_weights(self.setup.weights, self.curriculum_alpha(step))
+
 
 def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
     """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
@@ -132,6 +141,8 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     """Step 5's bookkeeping: log, checkpoint every N steps / at the end / when out of time. True = stop now."""
     cfg = run.cfg
     metrics["time/train_min"] = (time.time() - run.t_start) / 60
+    if cfg.reward_curriculum_steps:
+        metrics["reward/curriculum_alpha"] = run.curriculum_alpha(step)
     release_memory()
     metrics["sys/peak_rss_gb"] = peak_rss_gb()
     metrics["sys/rss_gb"] = rss_gb()

@@ -20,6 +20,9 @@ class TrainConfig(RunConfig):
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(5, "linear learning-rate warmup steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    reward_curriculum_steps: int = _f(0, "the reward starts as the adversary's own toxicity (exact: the trainer "
+                                         "learns it fast, and the defender's toxicity follows it) and anneals "
+                                         "linearly to the configured reward over the first N steps; 0 = off")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
     micro_batch_size: int = _f(4, "sequences per forward/backward pass (4 on CPU: 0.6x the peak memory of 8 "
                                   "and 0.84x the time, bench/train_memory.py)")
@@ -49,6 +52,8 @@ class TrainConfig(RunConfig):
         super().validate()
         if self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
             raise RedgymError("config: steps, prompts_per_step, micro_batch_size and grad_accum must be >= 1")
+        if self.reward_curriculum_steps < 0:
+            raise RedgymError(f"config: reward_curriculum_steps must be >= 0, got {self.reward_curriculum_steps}")
         if self.lr <= 0:
             raise RedgymError(f"config: lr must be > 0, got {self.lr}")
         if self.log_with not in ("none", "tensorboard", "wandb"):
