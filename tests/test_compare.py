@@ -210,3 +210,82 @@ def test_per_seed_nan_is_left_out_of_the_mean(tmp_path):
     r = row(res, "trained", "defender_toxicity_clean_adversary")
     assert r["n_seeds"] == 2 and r["mean"] == pytest.approx(0.36) and r["n_paired_seeds"] == 2
     assert np.isfinite(r["pooled"])  # pooled over all six conversations: the four clean ones count
+
+
+# ---- per-turn tables of a multi-turn experiment --------------------------------------------------------------
+
+# Toxicity per seed and turn, [seed 0, seed 1] of (turn 1, turn 2), chosen by hand; two seeds, so the across-seed
+# interval is mean ± t(0.975, 1) · |x0 - x1| / 2 with t(0.975, 1) = 12.7062.
+TURN_DEF = {"untuned": [(0.1, 0.2), (0.2, 0.4)], "trained": [(0.3, 0.6), (0.4, 0.6)]}
+TURN_ADV = {"untuned": [(0.1, 0.1), (0.1, 0.1)], "trained": [(0.1, 0.5), (0.1, 0.7)]}
+
+
+def turn_conv(pid, tox_def, tox_adv):
+    """One conversation with one exchange per entry of tox_def (the defender's reply) and tox_adv (the adversary's
+    turn)."""
+    c = Conversation(pid, ("a neutral opening line",))
+    for k, (d, a) in enumerate(zip(tox_def, tox_adv)):
+        c.turns.append(Turn("adversary", f"question {pid} {k}", scores={"tox": a, "nll": 3.0}))
+        c.turns.append(Turn("defender", "a neutral reply", scores={"tox": d, "tox_combined": d / 2}))
+        c.rewards.append(d)
+        c.reward_terms.append({"tox_defender": d})
+    return c
+
+
+def make_turn_experiment(root, horizon):
+    """Arms untuned (baseline) and trained at seeds 0 and 1; each seed's two prompts get the same scores, so a
+    seed's value of metric/turn_k is the table's number for that seed and turn. Horizon 1 keeps turn 1 only."""
+    root.mkdir(parents=True)
+    (root / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "seeds": [0, 1],
+                                                      "baseline_arm": "untuned"}))
+    for arm in ("untuned", "trained"):
+        for s in (0, 1):
+            d, a = TURN_DEF[arm][s][:horizon], TURN_ADV[arm][s][:horizon]
+            write_run(root / arm / f"seed_{s}", {arm: [turn_conv(p, d, a) for p in ("p0", "p1")]}, s)
+    return root
+
+
+def test_multi_turn_markdown_has_per_turn_tables_with_hand_computed_cells(tmp_path):
+    out = tmp_path / "out"
+    compare([make_turn_experiment(tmp_path / "exp", horizon=2)], out, n_boot=20)
+    md = (out / "comparison.md").read_text()
+    # Defender, turn 1: untuned 0.1, 0.2 -> 0.15 ± 12.7062 · 0.05 = 0.15 ± 0.6353; trained 0.3, 0.4 -> 0.35 ± 0.6353.
+    # Turn 2: untuned 0.2, 0.4 -> 0.3 ± 12.7062 · 0.1 = 0.3 ± 1.2706; trained 0.6, 0.6 -> 0.6 ± 0.
+    # Differences: turn 1 0.2, 0.2 -> +0.2 ± 0 (bold), ratio 0.35 / 0.15 = 2.333; turn 2 0.4, 0.2 -> +0.3 ± 1.2706,
+    # ratio 0.6 / 0.3 = 2.
+    defender = ("\n### Defender toxicity per turn\n\n"
+                "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:\n\n"
+                "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
+                "| untuned | 2 | 0.1500 [-0.4853, 0.7853] | 0.3000 [-0.9706, 1.5706] |\n"
+                "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 [0.6000, 0.6000] |\n\n"
+                "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
+                "means; bold: the CI excludes 0):\n\n"
+                "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
+                "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.3000 [-0.9706, +1.5706] ×2 |\n")
+    # Adversary: untuned 0.1 everywhere; trained turn 1 0.1, turn 2 0.5, 0.7 -> 0.6 ± 1.2706. Differences: turn 1
+    # 0, 0 -> +0 ± 0 (not bold) ×1; turn 2 0.4, 0.6 -> +0.5 ± 1.2706, ratio 0.6 / 0.1 = 6.
+    adversary = ("\n### Adversary toxicity per turn\n\n"
+                 "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
+                 "mean over seeds [95% t CI across seeds]:\n\n"
+                 "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
+                 "| untuned | 2 | 0.1000 [0.1000, 0.1000] | 0.1000 [0.1000, 0.1000] |\n"
+                 "| trained | 2 | 0.1000 [0.1000, 0.1000] | 0.6000 [-0.6706, 1.8706] |\n\n"
+                 "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
+                 "means; bold: the CI excludes 0):\n\n"
+                 "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
+                 "| trained | untuned | +0.0000 [+0.0000, +0.0000] ×1 | +0.5000 [-0.7706, +1.7706] ×6 |\n")
+    assert defender + adversary in md
+    # Both belong to the main defender's section, after its headline tables.
+    assert md.index("## Main defender") < md.index("| trained | untuned | ") < md.index(defender) < md.index("## Plots")
+
+
+def test_single_turn_markdown_has_no_per_turn_tables(tmp_path):
+    out = tmp_path / "out"
+    res = compare([make_turn_experiment(tmp_path / "exp", horizon=1)], out, n_boot=20)
+    md = (out / "comparison.md").read_text()
+    assert row(res, "trained", "defender_toxicity/turn_1")["mean"] == pytest.approx(0.35)  # in the CSV rows
+    assert "per turn" not in md and "turn 1" not in md and "###" not in md
+    # The headline tables are followed directly by the plots, as before per-turn tables existed.
+    assert "| **+0.2000 [+0.2000, +0.2000]** ×2.333 |" in md
+    lines = md.split("\n")
+    assert lines[lines.index("## Plots") - 2].startswith("| trained | untuned | ")

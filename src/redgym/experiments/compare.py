@@ -357,7 +357,53 @@ def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
         for a in others:
             lines.append(f"| {a.name} | {a.baseline} | "
                          + " | ".join(_diff_cell(idx.get((a.name, defender, m))) for m in metrics) + " |")
+    return lines + _per_turn_tables(present, idx, defender)
+
+
+# (metric, heading, what its means table shows) of the per-turn tables of a multi-turn evaluation
+PER_TURN = [("defender_toxicity", "Defender toxicity per turn",
+             "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:"),
+            ("adversary_toxicity", "Adversary toxicity per turn",
+             "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
+             "mean over seeds [95% t CI across seeds]:")]
+
+
+def _horizon(arms: list[Arm], idx: dict, defender: str, metric: str) -> int:
+    """The most turns any arm has ``metric/turn_k`` rows for against ``defender``; 0 without a second turn."""
+    h = 0
+    while any((a.name, defender, f"{metric}/turn_{h + 1}") in idx for a in arms):
+        h += 1
+    return h if h > 1 else 0
+
+
+def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, title: str, note: str
+                    ) -> list[str]:
+    """One row per arm and one column per turn of ``metric/turn_k`` (mean [t CI] over seeds), then the
+    differences to the baseline per turn; ``[]`` for a single-turn evaluation."""
+    h = _horizon(arms, idx, defender, metric)
+    if not h:
+        return []
+    keys = [f"{metric}/turn_{k}" for k in range(1, h + 1)]
+
+    def head(first: str) -> list[str]:
+        turns = " | ".join(f"turn {k}" for k in range(1, h + 1))
+        return [f"| {first} | {turns} |", "|---|" + "---|" * (h + 1)]
+
+    lines = ["", f"### {title}", "", note, ""] + head("arm | seeds")
+    lines += [f"| {a.name} | {len(a.results[defender])} | "
+              + " | ".join(_mean_cell(idx.get((a.name, defender, k))) for k in keys) + " |" for a in arms]
+    others = [a for a in arms if a.name != a.baseline]
+    if any((idx.get((a.name, defender, k)) or {}).get("n_paired_seeds") for a in others for k in keys):
+        lines += ["", "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] "
+                  "×ratio of means; bold: the CI excludes 0):", ""] + head("arm | baseline")
+        lines += [f"| {a.name} | {a.baseline} | "
+                  + " | ".join(_diff_cell(idx.get((a.name, defender, k))) for k in keys) + " |" for a in others]
     return lines
+
+
+def _per_turn_tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
+    """The per-turn tables of PER_TURN for a multi-turn evaluation (horizon > 1); nothing for horizon 1."""
+    return [line for spec in PER_TURN for line in _per_turn_table(arms, idx, defender, *spec)]
 
 
 def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
