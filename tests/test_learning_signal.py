@@ -183,6 +183,22 @@ def test_group_advantages_by_hand():
     assert s[:3].tolist() == pytest.approx([0.5 / std0, -0.5 / std0, 0.0])
 
 
+def test_group_rank_advantages_by_hand():
+    from redgym.trainers.losses import group_rank_advantages
+
+    # group 0: ranks 1, 4, 2, 3 -> centred -1.5, 1.5, -0.5, 0.5, population std sqrt(1.25) = 1.1180
+    # group 1: a tie shares rank 1.5 -> -0.5, -0.5, 1.0, std sqrt(0.5) = 0.7071; group 2 (one sample) and
+    # group 3 (all equal) carry no signal
+    r = torch.tensor([0.03, 0.6, 0.04, 0.05, 0.1, 0.1, 0.3, 0.9, 0.2, 0.2])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 3, 3])
+    a = group_rank_advantages(r, g)
+    assert a.tolist() == pytest.approx([-1.341641, 1.341641, -0.447214, 0.447214, -0.707107, -0.707107, 1.414214,
+                                        0.0, 0.0, 0.0], abs=1e-6)
+    # the same ranks whatever the skew: one outlier does not make the other three negative by its size
+    assert group_rank_advantages(torch.tensor([0.0, 0.01, 0.02, 100.0]), torch.zeros(4)).tolist() == \
+        pytest.approx(a[:4][[0, 2, 3, 1]].tolist(), abs=1e-6)
+
+
 def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_model_dir, prompt_file,
                                                      tmp_path, monkeypatch):
     from safetensors.torch import load_file

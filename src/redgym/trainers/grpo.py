@@ -27,7 +27,8 @@ from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
-from redgym.trainers.losses import group_advantages, kl_k1, kl_k3, masked_mean, ppo_policy_loss, ratio_deviation
+from redgym.trainers.losses import (group_advantages, group_rank_advantages, kl_k1, kl_k3, masked_mean,
+                                    ppo_policy_loss, ratio_deviation)
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
@@ -41,6 +42,9 @@ class GRPOConfig(TrainConfig):
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
     scale_rewards: bool = _f(False, "divide advantages by the group's reward std (GRPO); off by default, since a "
                                     "group whose rewards differ only by scorer noise would be blown up to unit scale")
+    advantages: str = _f("mean", "mean: reward - its group's mean (scale_rewards: / the group's std); rank: the "
+                                 "reward's centred rank in its group / the ranks' std, symmetric up and down "
+                                 "whatever the reward's skew (losses.group_rank_advantages says why that matters)")
     kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off)")
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
@@ -51,6 +55,8 @@ class GRPOConfig(TrainConfig):
         if self.generations_per_prompt < 2:
             raise RedgymError(f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
                               f"got {self.generations_per_prompt}")
+        if self.advantages not in ("mean", "rank"):
+            raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.kl_coef < 0:
             raise RedgymError("config: ppo_epochs must be >= 1, clip_range in (0, 1) and kl_coef >= 0")
 
@@ -68,7 +74,8 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
         for name, t in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.entropy)):
             parts[name] += list(t.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
-    t["advantages"] = group_advantages(ep.reward, ep.group, cfg.scale_rewards)
+    t["advantages"] = (group_rank_advantages(ep.reward, ep.group) if cfg.advantages == "rank"
+                       else group_advantages(ep.reward, ep.group, cfg.scale_rewards))
     ep.tensors = t
 
 

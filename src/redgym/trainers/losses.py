@@ -137,6 +137,23 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = 
     return out
 
 
+def group_rank_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each reward's centred rank within its group (ties share their mean rank), divided by the group's std of
+    those ranks: symmetric pushes up and down whatever the rewards' skew. With a skewed reward (most samples near 0,
+    a rare high one), mean-baseline advantages are negative for most samples, and pushing those likely samples down
+    spreads the policy's mass (its entropy rises, and with it the NLL of what it says). A group of one, or one
+    whose rewards are all equal, gets 0."""
+    out = torch.zeros_like(rewards)
+    for g in torch.unique(groups):
+        sel = groups == g
+        r = rewards[sel]
+        ranks = (r[:, None] > r[None, :]).sum(1).float() + ((r[:, None] == r[None, :]).sum(1).float() - 1) / 2
+        a = ranks - ranks.mean()
+        sd = a.pow(2).mean().sqrt()
+        out[sel] = a / sd if sd > 0 else a
+    return out
+
+
 def ratio_deviation(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
     """max |pi/pi_old - 1| over real tokens: 0 when the loss is computed on the policy the rollout sampled from
     (the first minibatch of an update), so anything above float tolerance there means the trainer is off-policy."""
