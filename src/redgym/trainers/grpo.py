@@ -41,11 +41,15 @@ class GRPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
     scale_rewards: bool = _f(False, "divide advantages by the group's reward std (GRPO); off by default, since a "
-                                    "group whose rewards differ only by scorer noise would be blown up to unit scale")
+                                    "group whose rewards differ only by scorer noise would be blown up to unit scale; "
+                                    "on when the reward is exact or K-reply denoised: unscaled toxicity advantages "
+                                    "are ~0.05, so the KL term outweighs them and the policy barely moves")
     advantages: str = _f("mean", "mean: reward - its group's mean (scale_rewards: / the group's std); rank: the "
                                  "reward's centred rank in its group / the ranks' std, symmetric up and down "
                                  "whatever the reward's skew (losses.group_rank_advantages says why that matters)")
-    kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off)")
+    kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off); what "
+                              "keeps the adversary likely (its NLL under the defender), weighed against advantages "
+                              "of unit scale when scale_rewards is on")
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
     ent_coef: float = _f(0.0, "entropy bonus coefficient")
