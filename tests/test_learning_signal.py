@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from redgym.config import load_config
+from redgym.errors import RedgymError
 from redgym.models import SamplingParams
 from redgym.rollout import rollout
 from redgym.rollout.records import Conversation
@@ -197,6 +198,17 @@ def test_group_rank_advantages_by_hand():
     # the same ranks whatever the skew: one outlier does not make the other three negative by its size
     assert group_rank_advantages(torch.tensor([0.0, 0.01, 0.02, 100.0]), torch.zeros(4)).tolist() == \
         pytest.approx(a[:4][[0, 2, 3, 1]].tolist(), abs=1e-6)
+
+
+def test_reweight_negative_advantages_by_hand():
+    from redgym.trainers.losses import reweight_negative
+
+    a = torch.tensor([1.5, -0.5, 0.0, -1.0])
+    assert reweight_negative(a, 1.0).tolist() == a.tolist()  # GRPO unchanged
+    assert reweight_negative(a, 0.0).tolist() == [1.5, 0.0, 0.0, 0.0]  # only the better-than-group pushed up
+    assert reweight_negative(a, 0.1).tolist() == pytest.approx([1.5, -0.05, 0.0, -0.1])
+    with pytest.raises(RedgymError, match="negative_weight"):
+        grpo.GRPOConfig(negative_weight=1.5).validate()
 
 
 def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_model_dir, prompt_file,

@@ -6,7 +6,7 @@ Each adversary turn is an episode rewarded with the composite reward of its exch
 mean over ``defender_samples`` defender replies. Each step: (1) a batch of training prompts, each rolled out G =
 ``generations_per_prompt`` times, the adversary sampled on-policy (temperature only); (2) roll out and score;
 (3) advantage = reward - the mean reward of its group (same prompt and turn), optionally divided by the group's
-std, on every token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped
+std, negative ones optionally down-weighted (``negative_weight``), on every token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped
 surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
 the batch; (5) log (with pair reliability: how often one defender reply orders two siblings as their other replies'
 mean does) and checkpoint.
@@ -28,7 +28,7 @@ from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (group_advantages, group_rank_advantages, kl_k1, kl_k3, masked_mean,
-                                    ppo_policy_loss, ratio_deviation)
+                                    ppo_policy_loss, ratio_deviation, reweight_negative)
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
@@ -47,6 +47,10 @@ class GRPOConfig(TrainConfig):
     advantages: str = _f("mean", "mean: reward - its group's mean (scale_rewards: / the group's std); rank: the "
                                  "reward's centred rank in its group / the ranks' std, symmetric up and down "
                                  "whatever the reward's skew (losses.group_rank_advantages says why that matters)")
+    negative_weight: float = _f(1.0, "multiplies the negative advantages (losses.reweight_negative): 1 = GRPO; 0 = "
+                                      "push up only the better-than-group samples, so the policy sharpens onto "
+                                      "likely text it already says instead of growing more random (entropy and "
+                                      "NLL rise when most likely samples are pushed down)")
     kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off); what "
                               "keeps the adversary likely (its NLL under the defender), weighed against advantages "
                               "of unit scale when scale_rewards is on")
@@ -61,6 +65,8 @@ class GRPOConfig(TrainConfig):
                               f"got {self.generations_per_prompt}")
         if self.advantages not in ("mean", "rank"):
             raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
+        if not 0 <= self.negative_weight <= 1:
+            raise RedgymError(f"config: negative_weight must be in [0, 1], got {self.negative_weight}")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.kl_coef < 0:
             raise RedgymError("config: ppo_epochs must be >= 1, clip_range in (0, 1) and kl_coef >= 0")
 
@@ -78,8 +84,9 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
         for name, t in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.entropy)):
             parts[name] += list(t.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
-    t["advantages"] = (group_rank_advantages(ep.reward, ep.group) if cfg.advantages == "rank"
-                       else group_advantages(ep.reward, ep.group, cfg.scale_rewards))
+    adv = (group_rank_advantages(ep.reward, ep.group) if cfg.advantages == "rank"
+           else group_advantages(ep.reward, ep.group, cfg.scale_rewards))
+    t["advantages"] = reweight_negative(adv, cfg.negative_weight)
     ep.tensors = t
 
 

@@ -154,6 +154,14 @@ def group_rank_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.
     return out
 
 
+def reweight_negative(advantages: torch.Tensor, weight: float) -> torch.Tensor:
+    """Advantages with the negative ones multiplied by ``weight`` (W-REINFORCE, Zhu et al. 2025, "The Surprising
+    Effectiveness of Negative Reinforcement in LLM Reasoning"): 1 = unchanged; 0 = only the better-than-group samples
+    are pushed up (positive sample reinforcement), which sharpens the policy onto what it already says well instead
+    of spreading mass away from its likely samples; in between, a little of the negative push keeps diversity."""
+    return torch.where(advantages > 0, advantages, weight * advantages)
+
+
 def ratio_deviation(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
     """max |pi/pi_old - 1| over real tokens: 0 when the loss is computed on the policy the rollout sampled from
     (the first minibatch of an update), so anything above float tolerance there means the trainer is off-policy."""
