@@ -50,7 +50,13 @@ def save_adversary(accelerator, policy: Policy, path: Path) -> None:
     model = accelerator.unwrap_model(policy.model)
     tmp = path.with_name(f".{path.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if hasattr(model, "peft_config"):
+        # The adapter never holds embedding layers unless LoRA targets them; saying so keeps peft from asking the
+        # hub about the base model's config at every save (minutes of retries offline, for a name like smollm2-135m).
+        targets = model.peft_config["default"].target_modules or []
+        model.save_pretrained(tmp, save_embedding_layers=any("embed" in t or "lm_head" in t for t in targets))
+    else:
+        model.save_pretrained(tmp)
     policy.tokenizer.save_pretrained(tmp)
     replace_folder(tmp, path)
 
