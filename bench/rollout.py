@@ -24,8 +24,14 @@ best (shortest) of the repeats is kept. Reported: generated tokens/s, conversati
 generated per second) and ratio = engine tok/s / floor tok/s. The last output line is
 ``BENCH key=value ...``.
 
+With ``--engines hf,ctranslate2`` the engine side runs once per sampling engine (``defender_engine``: the same
+SmolLM2 sampled by CTranslate2, models/ct2.py, as adversary and defender; ``--compute-type`` float32 or int8), each
+against the same floor; the NLL term then costs its own forward pass (the engine does not share its prefill), which
+the timing includes. CTranslate2 draws from its own random generator, so its texts differ from the floor's; an
+utterance that stops early (a sampled stop token) makes fewer tokens, and tok/s counts the tokens made.
+
 Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]
-[--defender-samples 1,4]``
+[--defender-samples 1,4] [--engines hf,ctranslate2] [--compute-type float32]``
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--convs-b1", type=int, default=2, help="conversations at batch size 1 (others use B)")
     p.add_argument("--defender-samples", default="1", help="comma-separated K: defender replies per adversary turn")
     p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
+    p.add_argument("--engines", default="hf", help="comma-separated sampling engines: hf, ctranslate2")
+    p.add_argument("--compute-type", default="float32", help="ctranslate2: float32 or int8")
     return p.parse_args()
 
 
@@ -82,6 +90,18 @@ def setup(max_new_tokens: int):
     prompts = load_prompts("chitchat", scorer=scorer, max_words=60)  # the default config's length cap
     params = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
     return lm, scorer, prompts, params
+
+
+def engine_lm(lm: LM, engine: str, compute_type: str) -> LM:
+    """The LM whose ``generate`` the engine side uses: ``lm`` itself (hf), or the same weights on CTranslate2."""
+    if engine == "hf":
+        return lm
+    from redgym.models.ct2 import ct2_lm
+
+    out = ct2_lm(lm.model, lm.tokenizer, "smollm2-135m", "plain", 512, compute_type)
+    out.remember_turn_nll = True
+    out.generate([lm.render([("prompt", "Hello there")], "adversary")], SamplingParams(max_new_tokens=4))  # warm up
+    return out
 
 
 def warm_up(lm: LM, params: SamplingParams) -> None:
@@ -140,11 +160,11 @@ def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int,
 
 
 def bench_batch(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, repeats: int,
-                k: int = 1) -> tuple[Timing, Timing]:
-    """Interleave floor and engine runs; keep the fastest of each."""
+                k: int = 1, floor_lm: LM | None = None) -> tuple[Timing, Timing]:
+    """Interleave floor (bare HF ``generate`` on ``floor_lm``, default ``lm``) and engine runs; keep the fastest."""
     floors, engines = [], []
     for r in range(repeats):
-        floors.append(run_floor(lm, prompts, horizon, params, batch, k))
+        floors.append(run_floor(floor_lm or lm, prompts, horizon, params, batch, k))
         engines.append(run_engine(lm, scorer, prompts, horizon, params, batch, k))
         print(f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
               f"(scoring {engines[-1].score_seconds:.2f}s)", flush=True)
@@ -163,24 +183,28 @@ def main() -> None:
           f"{time.perf_counter() - t_load:.1f}s", flush=True)
 
     results = {}
-    for k in (int(x) for x in args.defender_samples.split(",")):
-        for batch in batches:
-            # the engine batches prompts of similar length together: the floor takes them in that order too, so both
-            # sample the same rows in the same order (same draws)
-            prompts = sorted(all_prompts[: args.convs_b1 if batch == 1 else batch],
-                             key=lambda p: sum(len(u) for u in p.turns))
-            floor, engine = bench_batch(lm, scorer, prompts, args.horizon, params, batch, args.repeats, k)
-            assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
-            results[batch, k] = (floor, engine)
+    for name in args.engines.split(","):
+        elm = engine_lm(lm, name, args.compute_type)
+        for k in (int(x) for x in args.defender_samples.split(",")):
+            for batch in batches:
+                # the engine batches prompts of similar length together: the floor takes them in that order too, so
+                # both sample the same rows in the same order (same draws, with the hf engine)
+                prompts = sorted(all_prompts[: args.convs_b1 if batch == 1 else batch],
+                                 key=lambda p: sum(len(u) for u in p.turns))
+                floor, engine = bench_batch(elm, scorer, prompts, args.horizon, params, batch, args.repeats, k,
+                                            floor_lm=lm)
+                if name == "hf":
+                    assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
+                results[name, batch, k] = (floor, engine)
 
-    print(f"\n{'B':>3} {'K':>2} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
+    print(f"\n{'engine':>11} {'B':>3} {'K':>2} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
           f"{'floor turns/s':>13} {'engine turns/s':>14} | {'ratio':>5} | {'scoring share':>13} | same draws")
     fields = []
-    for (batch, k), (floor, engine) in results.items():
+    for (name, batch, k), (floor, engine) in results.items():
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
-        tag = f"b{batch}" + (f"_k{k}" if k > 1 else "")
-        print(f"{batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
+        tag = f"b{batch}" + (f"_k{k}" if k > 1 else "") + ("" if name == "hf" else f"_{name}_{args.compute_type}")
+        print(f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
               f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
               f"{engine.score_seconds / engine.seconds:>12.1%} | {same}")
         fields += [f"engine_tok_s_{tag}={engine.tok_s:.2f}", f"floor_tok_s_{tag}={floor.tok_s:.2f}",

@@ -53,6 +53,11 @@ class RunConfig(ConfigFields):
     likelihood_model: str | None = _f(None, "local LM that scores the reward's NLL term (same forms as "
                                             "defender_model); None = the defender itself: a local one, or a server "
                                             "with defender_api completions that returns prompt log-probs")
+    defender_engine: str = _f("hf", "what samples a local defender's replies: hf (transformers generate) or "
+                                    "ctranslate2 (models/ct2.py: converted once and cached; faster at large batches, "
+                                    "bench/rollout.py); the NLL term and training stay in PyTorch")
+    defender_compute_type: str = _f("float32", "ctranslate2 engine: float32 (the same defender) or int8 (weights "
+                                               "quantized when loading: faster, and a slightly different defender)")
     # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------
     defender_backend: str = _f("local", "local (defender_model loaded here) or openai (an OpenAI-compatible server "
                                         "at defender_base_url, asked for the model defender_model)")
@@ -152,6 +157,10 @@ class RunConfig(ConfigFields):
         need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
         need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
+        need(self.defender_engine in ("hf", "ctranslate2"),
+             f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}")
+        need(self.defender_compute_type in ("float32", "int8"),
+             f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}")
         need(self.defender_backend in ("local", "openai"),
              f"defender_backend must be local or openai, got {self.defender_backend!r}")
         need(self.defender_api in ("chat", "completions"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from redgym.config import RunConfig
+from redgym.models.ct2 import ct2_lm
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model
 from redgym.trainers.train_config import TrainConfig
@@ -114,8 +115,12 @@ def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
     when ``fast_generation`` is on, else the adapter-disabled view)."""
     if cfg.defender_model == cfg.adversary_model:
         model = policy.frozen_sampler if policy.frozen_sampler is not None else policy.ref_model
-        return LM(model, policy.tokenizer, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
-    model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
+        tok = policy.tokenizer
+    else:
+        model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
+    if cfg.defender_engine == "ctranslate2":  # replies sampled by the engine; the NLL term stays on ``model``
+        return ct2_lm(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens,
+                      cfg.defender_compute_type)
     return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
 
 
