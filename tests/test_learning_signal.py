@@ -246,10 +246,40 @@ def test_a_reward_curriculum_anneals_from_the_adversary_toxicity_to_the_configur
     grpo.train(cfg, out, progress=False)
     rows = _read(out)
     assert [r["reward/curriculum_alpha"] for r in rows] == pytest.approx([0.0, 0.5, 1.0])
-    for r, a in zip(rows, (0.0, 0.5, 1.0)):
+    # at alpha 0 nothing reads the defender's replies: it stays silent, and the reward is the adversary's toxicity
+    assert "reward/tox_defender" not in rows[0]
+    assert rows[0]["reward/reward"] == pytest.approx(rows[0]["reward/tox_adversary"], abs=1e-6)
+    for r, a in zip(rows[1:], (0.5, 1.0)):
         expected = (1 - a) * r["reward/tox_adversary"] + a * r["reward/tox_defender"]
         assert r["reward/reward"] == pytest.approx(expected, abs=1e-6)
-    assert rows[0]["reward/tox_adversary"] != pytest.approx(rows[0]["reward/tox_defender"])  # the check can fail
+    assert rows[1]["reward/tox_adversary"] != pytest.approx(rows[1]["reward/tox_defender"])  # the check can fail
+
+
+def test_a_reward_that_reads_no_reply_never_asks_the_defender(learnable_scorer, tiny_model_dir, prompt_file,
+                                                              tmp_path, monkeypatch):
+    from redgym.trainers import run as run_mod
+
+    real = run_mod.defender_lm
+
+    def loud(cfg, policy):
+        lm = real(cfg, policy)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the defender was asked to reply")
+
+        lm.generate = refuse
+        return lm
+
+    monkeypatch.setattr(run_mod, "defender_lm", loud)
+    out = tmp_path / "run"
+    grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, reward_target="adversary",
+                    defender_samples=2), out, progress=False)
+    for r in _read(out):
+        assert "reward/tox_defender" not in r and np.isfinite(r["reward/nll"])
+        assert r["reward/reward"] == pytest.approx(r["reward/tox_adversary"], abs=1e-6)
+    with pytest.raises(AssertionError, match="asked to reply"):  # the composite reward does read them
+        grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=1), tmp_path / "composite",
+                   progress=False)
 
 
 def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):

@@ -68,3 +68,17 @@ class ScriptedSpeaker:
                                   "replay with the recorded horizon and samples_per_prompt")
             texts.append(queue.pop(0))
         return Generation(texts, [[] for _ in texts], [[] for _ in texts])
+
+
+class SilentSpeaker:
+    """Says nothing, at no cost: the defender of a training rollout whose reward does not read its replies (the
+    adversary's own toxicity at horizon 1), so a step spends no time sampling replies nothing uses."""
+
+    name, fmt = "silent", "plain"
+
+    def render(self, history: list[tuple[str, str]], me: str) -> str:
+        return ""
+
+    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
+        return Generation(["" for _ in contexts], [[] for _ in contexts], [[] for _ in contexts])
+

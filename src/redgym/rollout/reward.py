@@ -63,6 +63,11 @@ class RewardWeights:
     def needs_embeddings(self) -> bool:
         return self.diversity != 0 or self.novelty_cos != 0
 
+    @property
+    def reads_replies(self) -> bool:
+        """Does the reward depend on what the defender replies?"""
+        return self.target != "adversary" and (self.defender != 0 or self.combined != 0)
+
 
 def gibberish_excess(nll, bound: float) -> np.ndarray:
     """max(0, NLL - bound): how far an utterance is past the likelihood a fluent one has (0 below the bound)."""

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from redgym.models.lm import LM, SamplingParams
+from redgym.models.replay import SilentSpeaker
 from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import score_conversations
+
+
+REPLY_KEYS = ("tox_defender", "tox_combined", "tox_defender_replies", "tox_combined_replies")
 
 
 @dataclass
@@ -50,7 +54,7 @@ def sibling_reply_terms(ep: Episodes, scores: dict, weights) -> list:
     ``scores`` is ``score_conversations``' output, whose exchanges are in the same order as the episodes."""
     from redgym.rollout.reward import reply_terms
 
-    if not scores:
+    if "tox_defender_replies" not in scores:  # no scores, or a silent defender
         return []
     terms = reply_terms(scores, weights)
     groups = ep.group.numpy()
@@ -60,7 +64,8 @@ def sibling_reply_terms(ep: Episodes, scores: dict, weights) -> list:
 def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tuple[list[Conversation], dict]:
     """Steps 1-2 of the policy-gradient trainers: the step's training prompts, each rolled out ``generations``
     times (the adversary sampled with ``sampling`` from the merged copy, the defender answering
-    ``defender_samples`` times with the evaluation settings), then scored. Returns the conversations and
+    ``defender_samples`` times with the evaluation settings, or not at all when nothing reads its replies), then
+    scored. Returns the conversations and
     ``score_conversations``' arrays."""
     from redgym.trainers.distributed import rank_share
     from redgym.trainers.run import batch_indices
@@ -72,7 +77,15 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     policy.model.eval()
     policy.sync_sampler()
     convs = [Conversation(p.id, p.turns) for p in batch for _ in range(generations)]
-    rollout_batch(convs, run.adversary, run.defender, cfg.horizon, sampling, setup.params, cfg.defender_samples)
-    scores = score_conversations(convs, setup.scorer, setup.likelihood, run.reward_weights(step), setup.embedder,
-                                 cfg.batch_size, setup.memory)
+    weights = run.reward_weights(step)
+    # A reward that does not read the defender's replies, at horizon 1 (no later turn's context holds one), needs
+    # none: the defender stays silent and its terms are left out of the step's scores.
+    silent = cfg.horizon == 1 and not weights.reads_replies
+    defender = SilentSpeaker() if silent else run.defender
+    rollout_batch(convs, run.adversary, defender, cfg.horizon, sampling, setup.params,
+                  1 if silent else cfg.defender_samples)
+    scores = score_conversations(convs, setup.scorer, setup.likelihood, weights, setup.embedder, cfg.batch_size,
+                                 setup.memory)
+    if silent:
+        scores = {k: v for k, v in scores.items() if k not in REPLY_KEYS}
     return convs, scores
