@@ -228,7 +228,7 @@ def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_mode
 
 def test_grpo_raises_a_learnable_reward(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=12, lr="1e-2", lora="false", kl_coef=0.0,
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=16, lr="1e-2", lora="false", kl_coef=0.0,
                prompts_per_step=4, generations_per_prompt=4, micro_batch_size=16, max_new_tokens=2,
                min_new_tokens=2, reward_target="adversary", temperature=1.0)
     grpo.train(cfg, out, progress=False)
