@@ -76,7 +76,7 @@ def test_writers_leave_whole_files_and_no_temporaries(tmp_path):
 
 
 # Where a file may be opened or saved in place: the atomic writers themselves, and saves into a fresh temporary folder.
-IN_PLACE_ALLOWED = {("runfolder.py", "fdopen"), ("models/loading.py", "save_pretrained"), ("models/ct2.py", "save_pretrained"),
+IN_PLACE_ALLOWED = {("runfolder.py", "fdopen"), ("models/loading.py", "save_pretrained"),
                     ("trainers/checkpoints.py", "save_pretrained"), ("scorers/classifier.py", "save_pretrained"),
                     ("runfolder.py", "savefig")}
 WRITERS = {"write_text", "write_bytes", "savefig", "save_pretrained", "save_file", "copyfile", "fdopen"}

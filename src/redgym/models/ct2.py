@@ -34,7 +34,7 @@ import torch
 from redgym.errors import RedgymError
 from redgym.models.base import Generation, SamplingParams
 from redgym.models.lm import LM
-from redgym.models.loading import cache_dir
+from redgym.models.loading import cache_dir, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +88,7 @@ def engine_source(name: str, model, tokenizer) -> Path:
     key = source_key(path) if path.is_dir() else hashlib.sha1(name.encode()).hexdigest()[:12]
     target = cache_dir() / "merged" / f"{_safe(name)}-{key}"
     if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (target / "config.json").exists():
-                raise
+        save_atomically(model, tokenizer, target)
     return target
 
 

@@ -95,15 +95,20 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         del model.config.quantization_config
     _fix_tokenizer(tok)
     model.config.pad_token_id = tok.pad_token_id
+    save_atomically(model, tok, target)
+
+
+def save_atomically(model, tokenizer, target: Path) -> None:
+    """``save_pretrained`` of a model and its tokenizer into ``target``, written whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # a concurrent converter may have won the race
+        if not (target / "config.json").exists():  # a concurrent writer may have won the race
             raise
 
 
