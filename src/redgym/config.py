@@ -54,8 +54,9 @@ class RunConfig(ConfigFields):
                                             "defender_model); None = the defender itself: a local one, or a server "
                                             "with defender_api completions that returns prompt log-probs")
     defender_engine: str = _f("hf", "what samples a local defender's replies: hf (transformers generate) or "
-                                    "ctranslate2 (models/ct2.py: converted once and cached; faster at large batches, "
-                                    "bench/rollout.py); the NLL term and training stay in PyTorch")
+                                    "ctranslate2 (models/ct2.py: converted once and cached; not yet faster here, "
+                                    "bench/rollout.py --engines hf,ctranslate2); the NLL term and training stay in "
+                                    "PyTorch")
     defender_compute_type: str = _f("float32", "ctranslate2 engine: float32 (the same defender) or int8 (weights "
                                                "quantized when loading: faster, and a slightly different defender)")
     # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------

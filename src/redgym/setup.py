@@ -98,11 +98,11 @@ def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
 def load_defender(cfg: RunConfig) -> ChatBackend:
     """The bare defender: ``defender_model`` loaded here, or asked of the server at ``defender_base_url`` (checked
     to answer now, so a wrong address or key fails before any work)."""
-    if cfg.defender_backend == "local" and cfg.defender_engine == "ctranslate2":
-        model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
-        return ct2_lm(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens,
-                      cfg.defender_compute_type)
     if cfg.defender_backend == "local":
+        if cfg.defender_engine == "ctranslate2":
+            model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
+            return ct2_lm(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens,
+                          cfg.defender_compute_type)
         return load_lm(cfg, cfg.defender_model, cfg.defender_format)
     server = OpenAIChat(cfg.defender_model, cfg.defender_base_url or "", cfg.defender_api_key_env, cfg.defender_api,
                         cfg.http_timeout_s, cfg.http_max_retries, cfg.http_concurrency)

@@ -2,7 +2,8 @@
 
     defender_engine: ctranslate2        (defender_compute_type: float32 | int8)
 
-Hugging Face ``generate`` hardly gains from batching on a CPU; CTranslate2 does (bench/rollout.py). The model is
+Hugging Face ``generate`` hardly gains from batching on a CPU; CTranslate2 does, but the exact mode used here feeds
+the context token by token and is slower than ``generate`` at batch 64 (bench/rollout.py). The model is
 converted once with CTranslate2's own converter from the folder ``load_model`` uses (the GGUF's safetensors cache,
 a local folder, or a hub model's snapshot) into ``$REDGYM_CACHE/ct2/<name>-<hash of the source's files>``, written
 atomically and reused; a converted folder that does not load is converted again, once.
@@ -14,10 +15,11 @@ Same sampling settings as ``LM.generate``: temperature (0 = greedy), top-p, top-
 maximum new tokens, the same stop tokens, the same left-cut context window. The context is fed as the start of the
 result (``include_prompt_in_result``), so the repetition penalty covers the context's tokens as Hugging Face's does,
 all but the very first (the engine's start token: a difference only when that token occurs nowhere else in the
-context or the reply); with greedy decoding the tokens are those of ``LM.generate`` (tests/test_ct2.py). ``Generation.logprobs`` are the
-engine's per-token log-probs at temperature 1, after its repetition penalty and minimum-length mask (equal to
-``LM``'s where neither applies); ``sample_logprobs`` is None. Nothing downstream reads a defender's log-probs.
-The reward's NLL term and training never use this engine: ``continuation_nll`` is ``LM``'s (PyTorch).
+context or the reply); with greedy decoding the tokens are those of ``LM.generate`` (tests/test_ct2.py).
+``Generation.logprobs`` are the engine's per-token log-probs at temperature 1, after its repetition penalty and
+minimum-length mask (equal to ``LM``'s where neither applies); ``sample_logprobs`` is None. Nothing downstream reads
+a defender's log-probs. The reward's NLL term and training never use this engine: ``continuation_nll`` is ``LM``'s
+(PyTorch).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from redgym.errors import RedgymError
 from redgym.models.base import Generation, SamplingParams
 from redgym.models.lm import LM
-from redgym.models.loading import cache_dir, save_atomically
+from redgym.models.loading import cache_dir, resolve_model_path, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ def _import_ct2():
     try:
         import ctranslate2
     except ImportError:
-        raise RedgymError("defender_engine ctranslate2 needs `pip install ctranslate2` (in redgym's dependencies)") from None
+        raise RedgymError("defender_engine ctranslate2 needs `pip install ctranslate2` (in redgym's dependencies)"
+                          ) from None
     return ctranslate2
 
 
@@ -80,8 +83,6 @@ def engine_source(name: str, model, tokenizer) -> Path:
     """The Hugging Face folder to convert for model ``name``: its own folder when it is a full local model (a
     GGUF's safetensors cache included), else the loaded model (an adapter merged, or a hub model) saved once under
     ``$REDGYM_CACHE/merged``."""
-    from redgym.models.loading import resolve_model_path
-
     path = Path(resolve_model_path(name))
     if path.is_dir() and (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         return path

@@ -6,7 +6,8 @@ Each adversary turn is an episode rewarded with the composite reward of its exch
 mean over ``defender_samples`` defender replies. Each step: (1) a batch of training prompts, each rolled out G =
 ``generations_per_prompt`` times, the adversary sampled on-policy (temperature only); (2) roll out and score;
 (3) advantage = reward - the mean reward of its group (same prompt and turn), optionally divided by the group's
-std, negative ones optionally down-weighted (``negative_weight``), on every token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped
+std, negative ones optionally down-weighted (``negative_weight``), on every token of the utterance; old and
+reference log-probs; (4) ``ppo_epochs`` passes of the clipped
 surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
 the batch; (5) log (with pair reliability: how often one defender reply orders two siblings as their other replies'
 mean does) and checkpoint.
