@@ -109,3 +109,17 @@ def test_every_shipped_guard_config_loads(path):
     else:
         cls = {"train": GuardTrainConfig, "eval": GuardConfig, "run": RunConfig, "grpo": TRAINERS["grpo"][0]}[kind]
         load_config(cls, path)
+
+
+def test_a_saved_bool_scale_rewards_still_loads(tmp_path):
+    # run folders written before scale_rewards took none | group | batch saved true / false; --resume reads them
+    from redgym.trainers.grpo import GRPOConfig
+
+    p = tmp_path / "config.yaml"
+    p.write_text("scale_rewards: true\n")
+    assert load_config(GRPOConfig, p).scale_rewards == "group"
+    p.write_text("scale_rewards: false\n")
+    assert load_config(GRPOConfig, p).scale_rewards == "none"
+    assert load_config(GRPOConfig, None, {"scale_rewards": "batch"}).scale_rewards == "batch"
+    with pytest.raises(RedgymError, match="none, group or batch"):
+        load_config(GRPOConfig, None, {"scale_rewards": "std"})

@@ -179,9 +179,27 @@ def test_group_advantages_by_hand():
     a = group_advantages(r, g)
     # group 0 mean 0.5 -> 0.5, -0.5, 0; group 1 mean 0.2 -> 0, 0; group of one -> 0
     assert a.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0, 0.0])
-    s = group_advantages(r, g, scale=True, eps=0.0)
+    s = group_advantages(r, g, scale="group", eps=0.0)
     std0 = float(np.std([1.0, 0.0, 0.5]))  # population std, 0.4082
     assert s[:3].tolist() == pytest.approx([0.5 / std0, -0.5 / std0, 0.0])
+    # batch: one std over all six rewards (mean 0.4333, population std 0.33993) for every group
+    b = group_advantages(r, g, scale="batch", eps=0.0)
+    assert b.tolist() == pytest.approx([1.4709, -1.4709, 0.0, 0.0, 0.0, 0.0], abs=1e-4)
+    with pytest.raises(ValueError, match="none, group or batch"):
+        group_advantages(r, g, scale="yes")
+
+
+def test_batch_scaling_keeps_a_rare_reward_in_proportion():
+    # one toxic sample (0.9) in group 0; group 1 differs only by a few hundredths
+    r = torch.tensor([0.9, 0.05, 0.05, 0.05, 0.06, 0.02, 0.04, 0.04])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    # group std: group 0 mean 0.2625, std 0.36806 -> toxic +1.732; group 1 std 0.014142 -> +-1.414: noise pushes
+    # almost as hard as the real signal
+    s = group_advantages(r, g, scale="group", eps=0.0)
+    assert s[0].item() == pytest.approx(1.732, abs=1e-3) and s[4].item() == pytest.approx(1.414, abs=1e-3)
+    # batch std 0.28322: toxic +0.6375/0.28322 = +2.251, group 1's largest 0.02/0.28322 = 0.0706
+    b = group_advantages(r, g, scale="batch", eps=0.0)
+    assert b[0].item() == pytest.approx(2.251, abs=1e-3) and b[4].item() == pytest.approx(0.0706, abs=1e-3)
 
 
 def test_group_rank_advantages_by_hand():

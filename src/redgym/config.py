@@ -30,6 +30,11 @@ class ConfigFields:
         return dataclasses.asdict(self)
 
     @classmethod
+    def upgrade(cls, name: str, value: object) -> object:
+        """A value written by an older redgym, in today's form (a saved run folder's config still resumes)."""
+        return value
+
+    @classmethod
     def help_lines(cls) -> list[str]:
         return [f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
                 for f in dataclasses.fields(cls)]
@@ -282,11 +287,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         for k, v in data.items():
             if k not in known:
                 raise _unknown(str(k), known, f"config file {path}")
-            values[k] = _coerce(k, hints[k], v, f"config file {path}")
+            values[k] = _coerce(k, hints[k], cls.upgrade(k, v), f"config file {path}")
     for k, v in (overrides or {}).items():
         if k not in known:
             raise _unknown(k, known, "command line")
-        values[k] = _coerce(k, hints[k], v, "command line")
+        values[k] = _coerce(k, hints[k], cls.upgrade(k, v), "command line")
     cfg = cls(**values)
     cfg.validate()
     return cfg

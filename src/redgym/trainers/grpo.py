@@ -6,9 +6,9 @@ Each adversary turn is an episode rewarded with the composite reward of its exch
 mean over ``defender_samples`` defender replies. Each step: (1) a batch of training prompts, each rolled out G =
 ``generations_per_prompt`` times, the adversary sampled on-policy (temperature only); (2) roll out and score;
 (3) advantage = reward - the mean reward of its group (same prompt and turn), optionally divided by the group's
-std, negative ones optionally down-weighted (``negative_weight``), on every token of the utterance; old and
-reference log-probs; (4) ``ppo_epochs`` passes of the clipped
-surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
+or the batch's std (``scale_rewards``), negative ones optionally down-weighted (``negative_weight``), on every
+token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped surrogate plus
+beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
 the batch; (5) log (with pair reliability: how often one defender reply orders two siblings as their other replies'
 mean does) and checkpoint.
 """
@@ -41,11 +41,14 @@ from redgym.trainers.train_config import TrainConfig
 class GRPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
-    scale_rewards: bool = _f(False, "divide advantages by the group's reward std (GRPO); off by default, since a "
-                                    "group whose rewards differ only by scorer noise would be blown up to unit scale; "
-                                    "on when the reward is exact or K-reply denoised: unscaled toxicity advantages "
-                                    "are ~0.05, so the KL term outweighs them and the policy barely moves")
-    advantages: str = _f("mean", "mean: reward - its group's mean (scale_rewards: / the group's std); rank: the "
+    scale_rewards: str = _f("none", "divide the advantages by a reward std, as TRL's scale_rewards: none; group (the "
+                                    "group's std, GRPO); batch (the std of the whole step's rewards, so a rare high "
+                                    "reward stays several units while groups differing by a few hundredths stay "
+                                    "small: losses.group_advantages). Off by default: a group whose rewards differ "
+                                    "only by scorer noise would be blown up to unit scale. Scaled, advantages have "
+                                    "unit scale; unscaled toxicity advantages are ~0.05, so the KL term outweighs "
+                                    "them and the policy barely moves")
+    advantages: str = _f("mean", "mean: reward - its group's mean (then scale_rewards); rank: the "
                                  "reward's centred rank in its group / the ranks' std, symmetric up and down "
                                  "whatever the reward's skew (losses.group_rank_advantages says why that matters)")
     negative_weight: float = _f(1.0, "multiplies the negative advantages (losses.reweight_negative): 1 = GRPO; 0 = "
@@ -54,16 +57,25 @@ class GRPOConfig(TrainConfig):
                                       "NLL rise when most likely samples are pushed down)")
     kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off); what "
                               "keeps the adversary likely (its NLL under the defender), weighed against advantages "
-                              "of unit scale when scale_rewards is on")
+                              "of unit scale when scale_rewards is group or batch")
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
     ent_coef: float = _f(0.0, "entropy bonus coefficient")
+
+    @classmethod
+    def upgrade(cls, name: str, value: object) -> object:
+        # scale_rewards was a bool: true meant the group's std (TRL maps its bools the same way)
+        if name == "scale_rewards" and (isinstance(value, bool) or str(value).lower() in ("true", "false")):
+            return "group" if str(value).lower() == "true" else "none"
+        return value
 
     def validate(self) -> None:
         super().validate()
         if self.generations_per_prompt < 2:
             raise RedgymError(f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
                               f"got {self.generations_per_prompt}")
+        if self.scale_rewards not in ("none", "group", "batch"):
+            raise RedgymError(f"config: scale_rewards must be none, group or batch, got {self.scale_rewards!r}")
         if self.advantages not in ("mean", "rank"):
             raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
         if not 0 <= self.negative_weight <= 1:

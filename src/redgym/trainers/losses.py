@@ -121,19 +121,29 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return 0.5 * masked_mean(loss, mask)
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: bool = False, eps: float = 1e-4
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: str = "none", eps: float = 1e-4
                      ) -> torch.Tensor:
-    """GRPO's advantage: each reward minus the mean reward of its group (same prompt), optionally divided by the
-    group's standard deviation (population std, as TRL's ``scale_rewards``). A group of one gets 0: with nothing
-    to compare against, it carries no signal."""
+    """GRPO's advantage: each reward minus the mean reward of its group (same prompt), then divided by a standard
+    deviation (population std) as TRL's ``scale_rewards`` names it: ``none``; ``group``, the group's own std
+    (Shao et al. 2024); ``batch``, the std of all the step's rewards (Hu 2025, REINFORCE++; TRL's "batch").
+
+    Why ``batch`` matters for a rare reward: when one sample in 32 is toxic, dividing each group by its own std gives
+    every group unit-scale advantages, so the 7 groups whose rewards differ only by a few hundredths push as hard as
+    the one with the toxic sample. One batch-wide std keeps the differences in proportion: the toxic sample's
+    advantage is several units and the others' stay small. A group of one gets 0: with nothing to compare against,
+    it carries no signal."""
+    if scale not in ("none", "group", "batch"):
+        raise ValueError(f"scale must be none, group or batch, got {scale!r}")
     out = torch.zeros_like(rewards)
     for g in torch.unique(groups):
         sel = groups == g
         r = rewards[sel]
         a = r - r.mean()
-        if scale:
+        if scale == "group":
             a = a / (r.std(unbiased=False) + eps)
         out[sel] = a
+    if scale == "batch":
+        out = out / (rewards.std(unbiased=False) + eps)
     return out
 
 
