@@ -361,3 +361,44 @@ def test_eval_of_a_trained_adversary_reads_its_runs_split(tiny_model_dir, prompt
     assert set(report["results"]) == {"untuned", "trained"}
     assert report["split"]["test_ids_evaluated"] == split["test"]
     assert "stealth_success_rate" in report["metrics"]
+
+
+def test_max_variance_subset_by_hand():
+    from redgym.trainers.losses import max_variance_subset
+
+    # group 0 sorted: 0.0 (5), 0.05 (3), 0.1 (0), 0.2 (2), 0.3 (4), 0.9 (1)
+    # keep 2: top two {0.3, 0.9} var 0.09; lowest + highest {0.0, 0.9} var 0.2025; two lowest var 0.000625
+    # keep 3: {0.2, 0.3, 0.9} var 0.0956; {0.0, 0.3, 0.9} var 0.14; {0.0, 0.05, 0.9} var 0.1706 (the most)
+    # group 1 has 2 members: no larger than keep 3, so kept whole
+    r = torch.tensor([0.1, 0.9, 0.2, 0.05, 0.3, 0.0, 0.4, 0.6])
+    g = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    assert max_variance_subset(r, g, 2).tolist() == [1, 5, 6, 7]
+    assert max_variance_subset(r, g, 3).tolist() == [1, 3, 5, 6, 7]
+    # all equal: every subset has variance 0 and the tie keeps the high end of the (stable) order
+    assert max_variance_subset(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0, 0, 0]), 2).tolist() == [1, 2]
+
+
+def test_grpo_train_per_prompt_is_checked():
+    from redgym.trainers.grpo import GRPOConfig
+
+    with pytest.raises(RedgymError, match="train_per_prompt"):
+        load_config(GRPOConfig, None, {"generations_per_prompt": "4", "train_per_prompt": "5"})
+    with pytest.raises(RedgymError, match="train_per_prompt"):
+        load_config(GRPOConfig, None, {"train_per_prompt": "1"})
+
+
+def test_grpo_trains_on_the_kept_samples_only(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    seen = []
+    real = grpo.prepare_episodes
+    monkeypatch.setattr(grpo, "prepare_episodes", lambda ep, *a: (seen.append(len(ep.resp)), real(ep, *a)))
+    out = tmp_path / "run"
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, prompts_per_step=2, generations_per_prompt=4,
+               train_per_prompt=2, scale_rewards="batch", reward_target="adversary")
+    grpo.train(cfg, out, progress=False)
+    assert seen == [4, 4]  # 2 prompts x 2 kept of 4 each step
+    rows = _read(out)
+    assert all(np.isfinite(r["loss/policy"]) and np.isfinite(r["reward/trained"]) for r in rows)
+    lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)

@@ -29,6 +29,11 @@ class Episodes:
     group: torch.Tensor
     tensors: dict[str, torch.Tensor] | None = None
 
+    def subset(self, idx: torch.Tensor) -> Episodes:
+        """The episodes at ``idx`` (before step 3 fills the tensors)."""
+        keep = idx.tolist()
+        return Episodes([self.ctx[i] for i in keep], [self.resp[i] for i in keep], self.reward[idx], self.group[idx])
+
 
 def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
     """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""

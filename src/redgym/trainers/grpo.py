@@ -5,12 +5,12 @@
 Each adversary turn is an episode rewarded with the composite reward of its exchange, whose toxicity terms are the
 mean over ``defender_samples`` defender replies. Each step: (1) a batch of training prompts, each rolled out G =
 ``generations_per_prompt`` times, the adversary sampled on-policy (temperature only); (2) roll out and score;
-(3) advantage = reward - the mean reward of its group (same prompt and turn), optionally divided by the group's
-or the batch's std (``scale_rewards``), negative ones optionally down-weighted (``negative_weight``), on every
-token of the utterance; old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped surrogate plus
-beta * k3 KL to the reference per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over
-the batch; (5) log (with pair reliability: how often one defender reply orders two siblings as their other replies'
-mean does) and checkpoint.
+(3) optionally keep ``train_per_prompt`` of each group, those whose rewards vary most (PODS); advantage = reward -
+the mean reward of its group (same prompt and turn), optionally divided by the group's or the batch's std
+(``scale_rewards``), negative ones optionally down-weighted (``negative_weight``), on every token of the utterance;
+old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped surrogate plus beta * k3 KL to the reference
+per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over the batch; (5) log (with pair reliability: how
+often one defender reply orders two siblings as their other replies' mean does) and checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (group_advantages, group_rank_advantages, kl_k1, kl_k3, masked_mean,
-                                    ppo_policy_loss, ratio_deviation, reweight_negative)
+                                    max_variance_subset, ppo_policy_loss, ratio_deviation, reweight_negative)
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
@@ -41,6 +41,10 @@ from redgym.trainers.train_config import TrainConfig
 class GRPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
+    train_per_prompt: int = _f(0, "train on this many of each prompt's G samples, those whose rewards vary most "
+                                  "(PODS: losses.max_variance_subset); 0 = all G. Generating a sample costs a "
+                                  "fraction of training on it, so a larger G finds rare rewards more often at the "
+                                  "update cost of train_per_prompt")
     scale_rewards: str = _f("none", "divide the advantages by a reward std, as TRL's scale_rewards: none; group (the "
                                     "group's std, GRPO); batch (the std of the whole step's rewards, so a rare high "
                                     "reward stays several units while groups differing by a few hundredths stay "
@@ -74,6 +78,9 @@ class GRPOConfig(TrainConfig):
         if self.generations_per_prompt < 2:
             raise RedgymError(f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
                               f"got {self.generations_per_prompt}")
+        if self.train_per_prompt and not 2 <= self.train_per_prompt <= self.generations_per_prompt:
+            raise RedgymError(f"config: train_per_prompt must be 0 (all) or in [2, generations_per_prompt], got "
+                              f"{self.train_per_prompt}")
         if self.scale_rewards not in ("none", "group", "batch"):
             raise RedgymError(f"config: scale_rewards must be none, group or batch, got {self.scale_rewards!r}")
         if self.advantages not in ("mean", "rank"):
@@ -161,20 +168,24 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
         t_roll = time.time() - t0
         release_memory()
-        # 3 group-relative advantages, old and reference log-probs
+        # 3 the samples trained on (train_per_prompt: each group's most varied), their group-relative advantages,
+        #   old and reference log-probs
         ep = episodes_from(convs, adversary, budget)
-        prepare_episodes(ep, policy, cfg)
-        t = ep.tensors
+        kept = (ep.subset(max_variance_subset(ep.reward, ep.group, cfg.train_per_prompt)) if cfg.train_per_prompt
+                else ep)
+        prepare_episodes(kept, policy, cfg)
+        t = kept.tensors
         # 4 clipped surrogate + KL to the reference
         policy.model.train()
         rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
-        losses = update(ep, policy, cfg, acc, opt, sched, counters, step, rng)
+        losses = update(kept, policy, cfg, acc, opt, sched, counters, step, rng)
         # 5 log + checkpoint
         kl1 = (kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1)  # (B,) sequence KL of the sampling policy, k1
         metrics = {
             "reward/reward": float(ep.reward.mean()),
             **term_means(scores),
             "reward/max": float(ep.reward.max()),
+            "reward/trained": float(kept.reward.mean()),
             "reward/group_std": float(np.mean([float(ep.reward[ep.group == g].std(unbiased=False))
                                                for g in torch.unique(ep.group)])),
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
