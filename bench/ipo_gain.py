@@ -15,8 +15,14 @@ from pathlib import Path
 
 from redgym.cli import main as redgym_main
 
-KEYS = ["defender_toxicity", "defender_toxic_rate", "attack_success_rate", "adversary_nll", "adversary_toxicity",
-        "distinct_2"]
+KEYS = [
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "attack_success_rate",
+    "adversary_nll",
+    "adversary_toxicity",
+    "distinct_2",
+]
 
 
 def main() -> None:
@@ -30,8 +36,21 @@ def main() -> None:
     t0 = time.time()
     # 128 held-out prompts (the demo config evaluates 32) so the CI of the difference is tight enough to read;
     # overrides given on this command line come later and win.
-    rc = redgym_main(["train", "ipo", "--config", args.config, "--out", str(args.out), "--steps", str(args.steps),
-                      "--n_eval_prompts", "128", *overrides])
+    rc = redgym_main(
+        [
+            "train",
+            "ipo",
+            "--config",
+            args.config,
+            "--out",
+            str(args.out),
+            "--steps",
+            str(args.steps),
+            "--n_eval_prompts",
+            "128",
+            *overrides,
+        ]
+    )
     if rc != 0:
         sys.exit(rc)
     total = time.time() - t0
@@ -39,8 +58,10 @@ def main() -> None:
     train_min = rows[-1]["time/train_min"]
     report = json.loads((args.out / "report.json").read_text())
     res, diff = report["results"], report["differences"]
-    print(f"\ntrained for {train_min:.1f} min ({len(rows)} steps); whole run incl. eval {total / 60:.1f} min; "
-          f"peak RSS {rows[-1]['sys/peak_rss_gb']:.2f} GB")
+    print(
+        f"\ntrained for {train_min:.1f} min ({len(rows)} steps); whole run incl. eval {total / 60:.1f} min; "
+        f"peak RSS {rows[-1]['sys/peak_rss_gb']:.2f} GB"
+    )
     print(f"{'metric':22s} {'untuned [95% CI]':>30s} {'trained [95% CI]':>30s} {'ratio':>7s}")
     for k in KEYS:
         u, t = res["untuned"][k], res["trained"][k]
@@ -48,14 +69,24 @@ def main() -> None:
         cell = lambda m: f"{m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"  # noqa: E731
         print(f"{k:22s} {cell(u):>30s} {cell(t):>30s} {ratio:7.2f}")
     d = diff["defender_toxicity"]
-    print(f"defender_toxicity difference (trained - untuned): {d['value']:.4f} [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]")
+    print(
+        f"defender_toxicity difference (trained - untuned): {d['value']:.4f} [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]"
+    )
     u, t = res["untuned"], res["trained"]
-    print("BENCH " + " ".join([
-        f"train_minutes={train_min:.2f}", f"steps={len(rows)}", f"peak_rss_gb={rows[-1]['sys/peak_rss_gb']:.3f}",
-        *[f"{k}_untuned={u[k]['value']:.5f} {k}_trained={t[k]['value']:.5f}" for k in KEYS[:4]],
-        f"defender_toxicity_ratio={t['defender_toxicity']['value'] / max(u['defender_toxicity']['value'], 1e-9):.4f}",
-        f"adversary_nll_ratio={t['adversary_nll']['value'] / u['adversary_nll']['value']:.4f}",
-        f"diff_lo={d['ci95'][0]:.5f} diff_hi={d['ci95'][1]:.5f}"]))
+    print(
+        "BENCH "
+        + " ".join(
+            [
+                f"train_minutes={train_min:.2f}",
+                f"steps={len(rows)}",
+                f"peak_rss_gb={rows[-1]['sys/peak_rss_gb']:.3f}",
+                *[f"{k}_untuned={u[k]['value']:.5f} {k}_trained={t[k]['value']:.5f}" for k in KEYS[:4]],
+                f"defender_toxicity_ratio={t['defender_toxicity']['value'] / max(u['defender_toxicity']['value'], 1e-9):.4f}",
+                f"adversary_nll_ratio={t['adversary_nll']['value'] / u['adversary_nll']['value']:.4f}",
+                f"diff_lo={d['ci95'][0]:.5f} diff_hi={d['ci95'][1]:.5f}",
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def floor(policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]],
     policy.model.train()
     t0 = time.perf_counter()
     for i in range(0, len(pairs), per_mb):
-        mb, ctx = pairs[i:i + per_mb], ctx_ids[i:i + per_mb]
+        mb, ctx = pairs[i : i + per_mb], ctx_ids[i : i + per_mb]
         conts = [p.chosen for p in mb] + [p.rejected for p in mb]
         ids, attn, pos = left_padded([x + c for x, c in zip(ctx + ctx, conts)], pad, dev)  # as the trainer's rows
         k = len(conts[0])
@@ -78,10 +78,12 @@ def main() -> None:
     per_mb = max(1, cfg.micro_batch_size // 2)
     counters: dict = {}
     floor(policy, pairs[:per_mb], ctx_ids[:per_mb], per_mb)  # warm-up: lazy initialisation untimed
-    print(f"model {cfg.adversary_model} dtype={next(policy.model.parameters()).dtype} threads="
-          f"{torch.get_num_threads()} pairs={args.pairs} ctx_tokens={sum(map(len, ctx_ids)) / len(ctx_ids):.0f} "
-          f"cont={args.cont} micro_batch={cfg.micro_batch_size} sequences; setup {time.perf_counter() - t_load:.1f}s",
-          flush=True)
+    print(
+        f"model {cfg.adversary_model} dtype={next(policy.model.parameters()).dtype} threads="
+        f"{torch.get_num_threads()} pairs={args.pairs} ctx_tokens={sum(map(len, ctx_ids)) / len(ctx_ids):.0f} "
+        f"cont={args.cont} micro_batch={cfg.micro_batch_size} sequences; setup {time.perf_counter() - t_load:.1f}s",
+        flush=True,
+    )
     floors, updates = [], []
     for r in range(args.repeats):
         floors.append(floor(policy, pairs, ctx_ids, per_mb))
@@ -92,8 +94,10 @@ def main() -> None:
         print(f"  repeat {r + 1}: floor {floors[-1]:.2f}s  update {updates[-1]:.2f}s", flush=True)
     f, u = min(floors), min(updates)
     print(f"\nfloor (fwd+bwd policy, fwd reference) {f:.2f}s | IPO update {u:.2f}s | ratio {u / f:.3f}")
-    print(f"BENCH ipo_update_s={u:.3f} floor_s={f:.3f} ratio={u / f:.3f} pairs={args.pairs} ctx={args.ctx} "
-          f"cont={args.cont}")
+    print(
+        f"BENCH ipo_update_s={u:.3f} floor_s={f:.3f} ratio={u / f:.3f} pairs={args.pairs} ctx={args.ctx} "
+        f"cont={args.cont}"
+    )
 
 
 if __name__ == "__main__":

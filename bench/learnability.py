@@ -36,13 +36,22 @@ def seed_row(root: Path, arm: str, baseline: str, seed: int, n_boot: int, thresh
     diff = paired_difference(cell_conversations(u_dir), cell_conversations(t_dir), n_boot, seed, threshold)
     steps = read_jsonl(t_dir / "metrics.jsonl", "learnability", "a training cell")
     ratio = lambda k: t_res[k]["value"] / u_res[k]["value"]  # noqa: E731
-    return {"seed": seed, "tox_untuned": u_res["adversary_toxicity"]["value"],
-            "tox_trained": t_res["adversary_toxicity"]["value"], "tox_ratio": ratio("adversary_toxicity"),
-            "tox_diff": diff["adversary_toxicity"]["value"], "tox_ci": diff["adversary_toxicity"]["ci95"],
-            "nll_ratio": ratio("adversary_nll"), "def_ratio": ratio("defender_toxicity"),
-            "def_diff": diff["defender_toxicity"]["value"], "def_ci": diff["defender_toxicity"]["ci95"],
-            "train_min": steps[-1]["time/train_min"], "steps": len(steps), "kl": steps[-1]["objective/kl"],
-            "peak_rss_gb": steps[-1]["sys/peak_rss_gb"]}
+    return {
+        "seed": seed,
+        "tox_untuned": u_res["adversary_toxicity"]["value"],
+        "tox_trained": t_res["adversary_toxicity"]["value"],
+        "tox_ratio": ratio("adversary_toxicity"),
+        "tox_diff": diff["adversary_toxicity"]["value"],
+        "tox_ci": diff["adversary_toxicity"]["ci95"],
+        "nll_ratio": ratio("adversary_nll"),
+        "def_ratio": ratio("defender_toxicity"),
+        "def_diff": diff["defender_toxicity"]["value"],
+        "def_ci": diff["defender_toxicity"]["ci95"],
+        "train_min": steps[-1]["time/train_min"],
+        "steps": len(steps),
+        "kl": steps[-1]["objective/kl"],
+        "peak_rss_gb": steps[-1]["sys/peak_rss_gb"],
+    }
 
 
 def main() -> None:
@@ -63,20 +72,29 @@ def main() -> None:
         raise SystemExit(f"redgym: {e}") from None
     rows = [seed_row(args.out, args.arm, exp.baseline_arm, s, 1000, 0.5) for s in exp.seeds]
     print(f"\n{args.arm} vs {exp.baseline_arm}, held-out adversary turns ({time.time() - t0:.0f} s this run)")
-    print(f"{'seed':>4} {'steps':>5} {'train min':>9} {'adv tox untuned':>15} {'trained':>8} {'ratio':>6} "
-          f"{'paired diff [95% CI]':>28} {'NLL ratio':>9} {'def tox ratio':>13} {'seq KL':>7}")
+    print(
+        f"{'seed':>4} {'steps':>5} {'train min':>9} {'adv tox untuned':>15} {'trained':>8} {'ratio':>6} "
+        f"{'paired diff [95% CI]':>28} {'NLL ratio':>9} {'def tox ratio':>13} {'seq KL':>7}"
+    )
     for r in rows:
-        print(f"{r['seed']:>4} {r['steps']:>5} {r['train_min']:>9.1f} {r['tox_untuned']:>15.4f} "
-              f"{r['tox_trained']:>8.4f} {r['tox_ratio']:>6.2f} "
-              f"{r['tox_diff']:>+9.4f} [{r['tox_ci'][0]:+.4f}, {r['tox_ci'][1]:+.4f}] {r['nll_ratio']:>9.3f} "
-              f"{r['def_ratio']:>13.2f} {r['kl']:>7.2f}")
-    print("BENCH " + " ".join(
-        f"adversary_toxicity_ratio_s{r['seed']}={r['tox_ratio']:.3f} "
-        f"adversary_toxicity_ci_low_s{r['seed']}={r['tox_ci'][0]:.4f} "
-        f"adversary_nll_ratio_s{r['seed']}={r['nll_ratio']:.3f} "
-        f"defender_toxicity_ratio_s{r['seed']}={r['def_ratio']:.3f} "
-        f"train_minutes_s{r['seed']}={r['train_min']:.2f}" for r in rows)
-        + f" peak_rss_gb={max(r['peak_rss_gb'] for r in rows):.2f}")
+        print(
+            f"{r['seed']:>4} {r['steps']:>5} {r['train_min']:>9.1f} {r['tox_untuned']:>15.4f} "
+            f"{r['tox_trained']:>8.4f} {r['tox_ratio']:>6.2f} "
+            f"{r['tox_diff']:>+9.4f} [{r['tox_ci'][0]:+.4f}, {r['tox_ci'][1]:+.4f}] {r['nll_ratio']:>9.3f} "
+            f"{r['def_ratio']:>13.2f} {r['kl']:>7.2f}"
+        )
+    print(
+        "BENCH "
+        + " ".join(
+            f"adversary_toxicity_ratio_s{r['seed']}={r['tox_ratio']:.3f} "
+            f"adversary_toxicity_ci_low_s{r['seed']}={r['tox_ci'][0]:.4f} "
+            f"adversary_nll_ratio_s{r['seed']}={r['nll_ratio']:.3f} "
+            f"defender_toxicity_ratio_s{r['seed']}={r['def_ratio']:.3f} "
+            f"train_minutes_s{r['seed']}={r['train_min']:.2f}"
+            for r in rows
+        )
+        + f" peak_rss_gb={max(r['peak_rss_gb'] for r in rows):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from redgym.setup import load_adversary, prepare
 def agreement(v: np.ndarray, k: int) -> tuple[float, int]:
     """v: (P, 2, R) terms. Order of each sibling pair by mean of replies [0, k) vs by mean of [k, 2k)."""
     a = v[:, :, :k].mean(2)
-    b = v[:, :, k:2 * k].mean(2)
+    b = v[:, :, k : 2 * k].mean(2)
     sa, sb = np.sign(a[:, 0] - a[:, 1]), np.sign(b[:, 0] - b[:, 1])
     ok = (sa != 0) & (sb != 0)
     return float((sa[ok] == sb[ok]).mean()) if ok.any() else float("nan"), int(ok.sum())
@@ -55,10 +55,21 @@ def main() -> None:
     t0 = time.time()
     histories = [[("prompt", u) for u in p.turns] for p in prompts for _ in range(2)]  # 2 siblings each
     adv = generate_turns(adversary, histories, "adversary", setup.params, cfg.batch_size)
-    replies = defender_replies(setup.defender, [h + [("adversary", a.text)] for h, a in zip(histories, adv)],
-                               setup.params, args.replies, cfg.batch_size)
-    s = score_exchanges(histories, [a.text for a in adv], [[d.text, *d.alternatives] for d in replies],
-                        setup.scorer, setup.defender, setup.weights)
+    replies = defender_replies(
+        setup.defender,
+        [h + [("adversary", a.text)] for h, a in zip(histories, adv)],
+        setup.params,
+        args.replies,
+        cfg.batch_size,
+    )
+    s = score_exchanges(
+        histories,
+        [a.text for a in adv],
+        [[d.text, *d.alternatives] for d in replies],
+        setup.scorer,
+        setup.defender,
+        setup.weights,
+    )
     v = reply_terms(s, setup.weights).reshape(len(prompts), 2, args.replies)  # (P, 2, R)
     within = float(v.var(axis=2, ddof=1).mean())  # reply-to-reply noise of one turn
     means = v.mean(2).ravel()
@@ -66,17 +77,31 @@ def main() -> None:
     one, n_one = pair_reliability(list(v))
     ks = [k for k in (1, 2, 4) if 2 * k <= args.replies]
     agree = {k: agreement(v, k) for k in ks}
-    write_json(args.out / "pair_reliability.json", {"terms": v.tolist(), "within": within, "between": between,
-                                                   "one_vs_rest": one, "agreement": agree})
+    write_json(
+        args.out / "pair_reliability.json",
+        {"terms": v.tolist(), "within": within, "between": between, "one_vs_rest": one, "agreement": agree},
+    )
     print(f"{len(prompts)} prompts x 2 siblings x {args.replies} replies in {(time.time() - t0) / 60:.1f} min")
-    print(f"variance of one reply's terms: within a turn {within:.5f}, between turns' means {between:.5f} "
-          f"({within / (within + between):.0%} noise)")
+    print(
+        f"variance of one reply's terms: within a turn {within:.5f}, between turns' means {between:.5f} "
+        f"({within / (within + between):.0%} noise)"
+    )
     print(f"one reply orders a pair as the mean of the other {args.replies - 1}: {one:.3f} ({n_one} pairs)")
     for k, (a, n) in agree.items():
         print(f"mean of {k} vs an independent mean of {k}: {a:.3f} ({n} pairs)")
-    print("BENCH " + " ".join([f"prompts={len(prompts)}", f"replies={args.replies}", f"within={within:.5f}",
-                               f"between={between:.5f}", f"reliability_one_vs_rest={one:.4f}",
-                               *[f"agreement_k{k}={a:.4f}" for k, (a, _) in agree.items()]]))
+    print(
+        "BENCH "
+        + " ".join(
+            [
+                f"prompts={len(prompts)}",
+                f"replies={args.replies}",
+                f"within={within:.5f}",
+                f"between={between:.5f}",
+                f"reliability_one_vs_rest={one:.4f}",
+                *[f"agreement_k{k}={a:.4f}" for k, (a, _) in agree.items()],
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -107,14 +107,17 @@ def engine_lm(lm: LM, engine: str, compute_type: str) -> LM:
 def warm_up(lm: LM, params: SamplingParams) -> None:
     """One small generate call so lazy initialisation is not timed."""
     enc = lm.tokenizer(["Hello there\n", "How are you?\n"], return_tensors="pt", padding=True)
-    lm.model.generate(**enc, do_sample=True, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id)
+    lm.model.generate(
+        **enc, do_sample=True, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id
+    )
 
 
 def run_engine(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, k: int = 1) -> Timing:
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
-    convs = rollout([(p.id, p.turns) for p in prompts], lm, lm, horizon, params, batch, progress=False,
-                    defender_samples=k)
+    convs = rollout(
+        [(p.id, p.turns) for p in prompts], lm, lm, horizon, params, batch, progress=False, defender_samples=k
+    )
     t1 = time.perf_counter()
     score_conversations(convs, scorer, lm, RewardWeights(), None, batch)
     t2 = time.perf_counter()
@@ -129,13 +132,26 @@ def floor_generate(lm: LM, contexts: list[str], params: SamplingParams) -> tuple
     """One bare generate call on left-padded contexts (same encoding as the LM): decoded texts, new-token count."""
     tok = lm.tokenizer
     tok.truncation_side = "left"
-    enc = tok(contexts, return_tensors="pt", padding=True, truncation=True,
-              max_length=lm.max_context_tokens - params.max_new_tokens, add_special_tokens=True)
+    enc = tok(
+        contexts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=lm.max_context_tokens - params.max_new_tokens,
+        add_special_tokens=True,
+    )
     out = lm.model.generate(
-        **enc, do_sample=True, max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
-        temperature=params.temperature, top_p=params.top_p, repetition_penalty=params.repetition_penalty,
-        eos_token_id=lm.stop_ids, pad_token_id=tok.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+        **enc,
+        do_sample=True,
+        max_new_tokens=params.max_new_tokens,
+        min_new_tokens=params.min_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        repetition_penalty=params.repetition_penalty,
+        eos_token_id=lm.stop_ids,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[:, enc["input_ids"].shape[1] :]
     return tok.batch_decode(new, skip_special_tokens=True), new.numel()
 
 
@@ -145,7 +161,7 @@ def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int,
     tokens = 0
     histories = [[("prompt", u) for u in p.turns] for p in prompts]
     for i in range(0, len(histories), batch):
-        chunk = histories[i:i + batch]
+        chunk = histories[i : i + batch]
         for _ in range(horizon):
             for speaker in ("adversary", "defender"):
                 reps = k if speaker == "defender" else 1  # k replies per context, in the engine's order
@@ -159,15 +175,27 @@ def run_floor(lm: LM, prompts, horizon: int, params: SamplingParams, batch: int,
     return Timing(seconds, tokens, sum(len(t) for t in texts), texts)
 
 
-def bench_batch(lm: LM, scorer, prompts, horizon: int, params: SamplingParams, batch: int, repeats: int,
-                k: int = 1, floor_lm: LM | None = None) -> tuple[Timing, Timing]:
+def bench_batch(
+    lm: LM,
+    scorer,
+    prompts,
+    horizon: int,
+    params: SamplingParams,
+    batch: int,
+    repeats: int,
+    k: int = 1,
+    floor_lm: LM | None = None,
+) -> tuple[Timing, Timing]:
     """Interleave floor (bare HF ``generate`` on ``floor_lm``, default ``lm``) and engine runs; keep the fastest."""
     floors, engines = [], []
     for r in range(repeats):
         floors.append(run_floor(floor_lm or lm, prompts, horizon, params, batch, k))
         engines.append(run_engine(lm, scorer, prompts, horizon, params, batch, k))
-        print(f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
-              f"(scoring {engines[-1].score_seconds:.2f}s)", flush=True)
+        print(
+            f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
+            f"(scoring {engines[-1].score_seconds:.2f}s)",
+            flush=True,
+        )
     return min(floors, key=lambda t: t.seconds), min(engines, key=lambda t: t.seconds)
 
 
@@ -178,9 +206,12 @@ def main() -> None:
     t_load = time.perf_counter()
     lm, scorer, all_prompts, params = setup(args.max_new_tokens)
     warm_up(lm, params)
-    print(f"model smollm2-135m dtype={lm.model.dtype} device={lm.device} threads={torch.get_num_threads()} "
-          f"horizon={args.horizon} max_new_tokens={params.max_new_tokens} setup+warm-up "
-          f"{time.perf_counter() - t_load:.1f}s", flush=True)
+    print(
+        f"model smollm2-135m dtype={lm.model.dtype} device={lm.device} threads={torch.get_num_threads()} "
+        f"horizon={args.horizon} max_new_tokens={params.max_new_tokens} setup+warm-up "
+        f"{time.perf_counter() - t_load:.1f}s",
+        flush=True,
+    )
 
     results = {}
     for name in args.engines.split(","):
@@ -189,27 +220,37 @@ def main() -> None:
             for batch in batches:
                 # the engine batches prompts of similar length together: the floor takes them in that order too, so
                 # both sample the same rows in the same order (same draws, with the hf engine)
-                prompts = sorted(all_prompts[: args.convs_b1 if batch == 1 else batch],
-                                 key=lambda p: sum(len(u) for u in p.turns))
-                floor, engine = bench_batch(elm, scorer, prompts, args.horizon, params, batch, args.repeats, k,
-                                            floor_lm=lm)
+                prompts = sorted(
+                    all_prompts[: args.convs_b1 if batch == 1 else batch], key=lambda p: sum(len(u) for u in p.turns)
+                )
+                floor, engine = bench_batch(
+                    elm, scorer, prompts, args.horizon, params, batch, args.repeats, k, floor_lm=lm
+                )
                 if name == "hf":
                     assert floor.tokens == engine.tokens, (floor.tokens, engine.tokens)
                 results[name, batch, k] = (floor, engine)
 
-    print(f"\n{'engine':>11} {'B':>3} {'K':>2} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
-          f"{'floor turns/s':>13} {'engine turns/s':>14} | {'ratio':>5} | {'scoring share':>13} | same draws")
+    print(
+        f"\n{'engine':>11} {'B':>3} {'K':>2} {'convs':>5} {'tokens':>6} | {'floor tok/s':>11} {'engine tok/s':>12} | "
+        f"{'floor turns/s':>13} {'engine turns/s':>14} | {'ratio':>5} | {'scoring share':>13} | same draws"
+    )
     fields = []
     for (name, batch, k), (floor, engine) in results.items():
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
         tag = f"b{batch}" + (f"_k{k}" if k > 1 else "") + ("" if name == "hf" else f"_{name}_{args.compute_type}")
-        print(f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
-              f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
-              f"{engine.score_seconds / engine.seconds:>12.1%} | {same}")
-        fields += [f"engine_tok_s_{tag}={engine.tok_s:.2f}", f"floor_tok_s_{tag}={floor.tok_s:.2f}",
-                   f"engine_turns_s_{tag}={engine.turns_s:.3f}", f"floor_turns_s_{tag}={floor.turns_s:.3f}",
-                   f"ratio_{tag}={ratio:.3f}"]
+        print(
+            f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
+            f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
+            f"{engine.score_seconds / engine.seconds:>12.1%} | {same}"
+        )
+        fields += [
+            f"engine_tok_s_{tag}={engine.tok_s:.2f}",
+            f"floor_tok_s_{tag}={floor.tok_s:.2f}",
+            f"engine_turns_s_{tag}={engine.turns_s:.3f}",
+            f"floor_turns_s_{tag}={floor.turns_s:.3f}",
+            f"ratio_{tag}={ratio:.3f}",
+        ]
     print("BENCH " + " ".join(fields))
 
 

@@ -80,13 +80,25 @@ def main() -> None:
                         p.copy_(init[n])
             kept[d] = kept_share(policy, d, ctx, cont, pad)
         out[dtype] = (gen_s, train_s, kept)
-        print(f"{dtype:9s} sample 16x24 {gen_s:.2f}s  train pass 8 seqs {train_s:.2f}s  update kept by the merged "
-              f"sampler: delta 1e-4 {kept[1e-4]:.1%}, 1e-3 {kept[1e-3]:.1%}")
+        print(
+            f"{dtype:9s} sample 16x24 {gen_s:.2f}s  train pass 8 seqs {train_s:.2f}s  update kept by the merged "
+            f"sampler: delta 1e-4 {kept[1e-4]:.1%}, 1e-3 {kept[1e-3]:.1%}"
+        )
     f, b = out["float32"], out["bfloat16"]
-    print("BENCH " + " ".join([f"device={args.device}", f"sample_time_fp32_over_bf16={f[0] / b[0]:.3f}",
-                               f"train_time_fp32_over_bf16={f[1] / b[1]:.3f}",
-                               f"kept_1e-4_fp32={f[2][1e-4]:.4f}", f"kept_1e-4_bf16={b[2][1e-4]:.4f}",
-                               f"kept_1e-3_fp32={f[2][1e-3]:.4f}", f"kept_1e-3_bf16={b[2][1e-3]:.4f}"]))
+    print(
+        "BENCH "
+        + " ".join(
+            [
+                f"device={args.device}",
+                f"sample_time_fp32_over_bf16={f[0] / b[0]:.3f}",
+                f"train_time_fp32_over_bf16={f[1] / b[1]:.3f}",
+                f"kept_1e-4_fp32={f[2][1e-4]:.4f}",
+                f"kept_1e-4_bf16={b[2][1e-4]:.4f}",
+                f"kept_1e-3_fp32={f[2][1e-3]:.4f}",
+                f"kept_1e-3_bf16={b[2][1e-3]:.4f}",
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

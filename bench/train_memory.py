@@ -39,14 +39,17 @@ def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
     per_mb = max(1, mb // 2)
     for rep in range(2):
         for i in range(0, pairs, per_mb):
-            c = ctx[i:i + per_mb]
+            c = ctx[i : i + per_mb]
             n = len(c)
-            pol, _ = pair_logps(policy, c, conts[i:i + n], conts[pairs + i:pairs + i + n], pad)
+            pol, _ = pair_logps(policy, c, conts[i : i + n], conts[pairs + i : pairs + i + n], pad)
             pol.sum().backward()
         if rep == 0:
             t0 = time.time()  # the first pass warms up; time the second
-    return {"rss_loaded_gb": rss_loaded, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-            "s_per_pair": (time.time() - t0) / pairs}
+    return {
+        "rss_loaded_gb": rss_loaded,
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "s_per_pair": (time.time() - t0) / pairs,
+    }
 
 
 def main() -> None:
@@ -61,17 +64,41 @@ def main() -> None:
         return
     res = {}
     for name in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--pairs", str(args.pairs), "--ctx",
-                              str(args.ctx), "--cont", str(args.cont)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--pairs",
+                str(args.pairs),
+                "--ctx",
+                str(args.ctx),
+                "--cont",
+                str(args.cont),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res[name] = json.loads(out.stdout.strip().splitlines()[-1])
         r = res[name]
-        print(f"{name:9s} loaded {r['rss_loaded_gb']:.2f} GB  peak {r['peak_gb']:.2f} GB  "
-              f"{r['s_per_pair']:.2f} s/pair", flush=True)
+        print(
+            f"{name:9s} loaded {r['rss_loaded_gb']:.2f} GB  peak {r['peak_gb']:.2f} GB  {r['s_per_pair']:.2f} s/pair",
+            flush=True,
+        )
     base = res["mb8"]
-    print("BENCH " + " ".join(
-        [f"{n}_peak_gb={r['peak_gb']:.3f} {n}_s_per_pair={r['s_per_pair']:.3f}" for n, r in res.items()]
-        + [f"{n}_peak_ratio={r['peak_gb'] / base['peak_gb']:.3f} {n}_time_ratio={r['s_per_pair'] / base['s_per_pair']:.3f}"
-           for n, r in res.items() if n != "mb8"]))
+    print(
+        "BENCH "
+        + " ".join(
+            [f"{n}_peak_gb={r['peak_gb']:.3f} {n}_s_per_pair={r['s_per_pair']:.3f}" for n, r in res.items()]
+            + [
+                f"{n}_peak_ratio={r['peak_gb'] / base['peak_gb']:.3f} {n}_time_ratio={r['s_per_pair'] / base['s_per_pair']:.3f}"
+                for n, r in res.items()
+                if n != "mb8"
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

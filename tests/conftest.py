@@ -15,13 +15,21 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 CORPUS = [
-    "hello there how are you today", "i am fine thanks and you", "what are you doing this weekend",
-    "we could go to the park or the beach", "that sounds great to me", "do you like music or films",
-    "i like old films and loud music", "damn that is a lot of rain", "the weather is nice again",
+    "hello there how are you today",
+    "i am fine thanks and you",
+    "what are you doing this weekend",
+    "we could go to the park or the beach",
+    "that sounds great to me",
+    "do you like music or films",
+    "i like old films and loud music",
+    "damn that is a lot of rain",
+    "the weather is nice again",
 ] * 4
 
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
 
 
 def build_tiny_model(path: Path, arch: str = "llama") -> Path:
@@ -33,17 +41,29 @@ def build_tiny_model(path: Path, arch: str = "llama") -> Path:
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     # Only the corpus's own characters (no 256-byte alphabet): a random model then emits word pieces, not bytes.
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>")
+    tk.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=512, **common))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=512,
+                **common,
+            )
+        )
     else:
         model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **common))
     model.save_pretrained(path)
@@ -101,9 +121,22 @@ def tiny_experiment(model_dir, prompt_file, samples_per_prompt: int, **grpo_trai
     """An experiment file's contents: an untuned arm and a GRPO arm (``grpo_train`` on top of a tiny step), seed 0,
     on the tiny model (the experiment kill and stop tests)."""
     train = {"prompts_per_step": 2, "generations_per_prompt": 2, "micro_batch_size": 4, **grpo_train}
-    return {"seeds": [0], "split_seed": 0,
-            "shared": {"adversary_model": str(model_dir), "defender_model": str(model_dir), "prompts": str(prompt_file),
-                       "test_fraction": 0.3, "max_new_tokens": 3, "min_new_tokens": 3, "horizon": 1,
-                       "max_context_tokens": 64, "batch_size": 8, "dtype": "float32", "scorer": "profanity"},
-            "eval": {"bootstrap_samples": 20, "samples_per_prompt": samples_per_prompt},
-            "arms": {"untuned": {"kind": "untuned"}, "grpo": {"kind": "grpo", "train": train}}}
+    return {
+        "seeds": [0],
+        "split_seed": 0,
+        "shared": {
+            "adversary_model": str(model_dir),
+            "defender_model": str(model_dir),
+            "prompts": str(prompt_file),
+            "test_fraction": 0.3,
+            "max_new_tokens": 3,
+            "min_new_tokens": 3,
+            "horizon": 1,
+            "max_context_tokens": 64,
+            "batch_size": 8,
+            "dtype": "float32",
+            "scorer": "profanity",
+        },
+        "eval": {"bootstrap_samples": 20, "samples_per_prompt": samples_per_prompt},
+        "arms": {"untuned": {"kind": "untuned"}, "grpo": {"kind": "grpo", "train": train}},
+    }

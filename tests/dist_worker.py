@@ -37,9 +37,14 @@ def main() -> None:
 
     state = PartialState()
     model = RUNS[-1].acc.unwrap_model(RUNS[-1].policy.model)
-    torch.save({"rank": state.process_index, "world": state.num_processes,
-                "params": {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}},
-               Path(out) / f"rank_{state.process_index}.pt")
+    torch.save(
+        {
+            "rank": state.process_index,
+            "world": state.num_processes,
+            "params": {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad},
+        },
+        Path(out) / f"rank_{state.process_index}.pt",
+    )
 
 
 if __name__ == "__main__":

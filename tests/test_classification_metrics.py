@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from redgym.eval.classification import (accuracy, bootstrap_ci, classification_summary, cohen_kappa,
-                                        confusion_matrix, macro_f1, per_class_f1, plot_confusion)
+from redgym.eval.classification import (
+    accuracy,
+    bootstrap_ci,
+    classification_summary,
+    cohen_kappa,
+    confusion_matrix,
+    macro_f1,
+    per_class_f1,
+    plot_confusion,
+)
 
 NONE = "<unparseable>"  # how sklearn sees None: a label outside `labels`, so never anyone's false positive
 
@@ -43,7 +51,8 @@ def test_two_class_f1_and_accuracy_by_hand():
     assert macro_f1(Y2, P2, ["pos", "neg"]) == pytest.approx((2 / 3 + 0.8) / 2, abs=1e-12)
     assert accuracy(Y2, P2) == 0.7
     assert macro_f1(Y2, P2, ["pos", "neg"]) == pytest.approx(
-        f1_score(sk(Y2), sk(P2), labels=["pos", "neg"], average="macro"), abs=1e-12)
+        f1_score(sk(Y2), sk(P2), labels=["pos", "neg"], average="macro"), abs=1e-12
+    )
 
 
 def test_three_class_f1_by_hand_and_against_sklearn():
@@ -70,7 +79,8 @@ def test_absent_class_is_left_out_of_the_macro_average_like_sklearns_nan_option(
     labels = ["a", "b", "c"]
     assert math.isnan(per_class_f1(y, p, labels)["c"])
     assert macro_f1(y, p, labels) == pytest.approx(
-        f1_score(y, p, labels=labels, average="macro", zero_division=np.nan), abs=1e-12)
+        f1_score(y, p, labels=labels, average="macro", zero_division=np.nan), abs=1e-12
+    )
     assert macro_f1(y, p, labels) == pytest.approx((2 / 3 + 2 / 3) / 2, abs=1e-12)
 
 

@@ -8,19 +8,43 @@ import pytest
 import torch
 
 from redgym.errors import RedgymError
-from redgym.scorers.classifier import (LinearClassifier, load_classifier_scorer, train_encoder_classifier,
-                                       train_linear_classifier)
+from redgym.scorers.classifier import (
+    LinearClassifier,
+    load_classifier_scorer,
+    train_encoder_classifier,
+    train_linear_classifier,
+)
 from redgym.scorers.toxicity import build_scorer
 
-TOXIC = ["damn you", "what a load of crap", "this is damn stupid", "crap, you idiot", "shut up, damn it",
-         "you are a damn fool", "that crap again", "damn this crap", "go away, idiot", "what damn nonsense"]
-NEUTRAL = ["the weather is nice today", "i like old films", "we went to the park", "thanks for the help",
-           "see you tomorrow", "the tea is warm", "a quiet walk by the river", "good morning to you",
-           "the train was on time", "she plays the piano"]
+TOXIC = [
+    "damn you",
+    "what a load of crap",
+    "this is damn stupid",
+    "crap, you idiot",
+    "shut up, damn it",
+    "you are a damn fool",
+    "that crap again",
+    "damn this crap",
+    "go away, idiot",
+    "what damn nonsense",
+]
+NEUTRAL = [
+    "the weather is nice today",
+    "i like old films",
+    "we went to the park",
+    "thanks for the help",
+    "see you tomorrow",
+    "the tea is warm",
+    "a quiet walk by the river",
+    "good morning to you",
+    "the train was on time",
+    "she plays the piano",
+]
 
 
 def fake_embedder(dim: int = 8):
     """Deterministic texts -> (N, dim): a seeded vector per text, plus a 'toxic word' direction in column 0."""
+
     def embed(texts: list[str]) -> np.ndarray:
         rows = []
         for t in texts:
@@ -29,6 +53,7 @@ def fake_embedder(dim: int = 8):
             v[0] += 3.0 * any(w in t for w in ("damn", "crap", "idiot"))
             rows.append(v)
         return np.array(rows, dtype=np.float32).reshape(len(texts), dim)
+
     return embed
 
 
@@ -60,8 +85,14 @@ def test_save_load_round_trip_is_exact_and_pickle_free(tmp_path):
     clf.save(tmp_path / "clf", metadata={"source": "unit test", "n_train": 60})
     assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["classifier.json", "classifier.safetensors"]
     meta = json.loads((tmp_path / "clf" / "classifier.json").read_text())
-    assert meta == {"source": "unit test", "n_train": 60, "kind": "linear", "labels": ["a", "b", "c"],
-                    "embedding_model": "minilm", "positive_label": "b"}
+    assert meta == {
+        "source": "unit test",
+        "n_train": 60,
+        "kind": "linear",
+        "labels": ["a", "b", "c"],
+        "embedding_model": "minilm",
+        "positive_label": "b",
+    }
     back = LinearClassifier.load(tmp_path / "clf")
     assert (back.labels, back.embedding_model, back.positive_label) == (["a", "b", "c"], "minilm", "b")
     assert np.array_equal(back.weight, clf.weight) and np.array_equal(back.bias, clf.bias)
@@ -125,8 +156,7 @@ def test_build_scorer_with_the_real_minilm_embedder(tmp_path):
 
     texts = TOXIC + NEUTRAL
     emb = load_embedder("minilm")(texts)
-    clf = train_linear_classifier(emb, ["toxic"] * 10 + ["ok"] * 10, embedding_model="minilm",
-                                  positive_label="toxic")
+    clf = train_linear_classifier(emb, ["toxic"] * 10 + ["ok"] * 10, embedding_model="minilm", positive_label="toxic")
     clf.save(tmp_path / "clf")
     score = build_scorer(f"classifier:{tmp_path / 'clf'}")
     got = score(texts)
@@ -152,8 +182,16 @@ def tiny_bert_dir(tmp_path_factory):
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","] + words) + "\n")
     tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
@@ -162,8 +200,16 @@ def test_encoder_fine_tuning_changes_weights_and_reloads_as_a_scorer(tmp_path, t
     from safetensors.torch import load_file
 
     texts, labels = TOXIC + NEUTRAL, ["toxic"] * 10 + ["ok"] * 10
-    run = train_encoder_classifier(texts, labels, tmp_path / "enc", base=str(tiny_bert_dir), epochs=4, lr=1e-3,
-                                   batch_size=8, positive_label="toxic")
+    run = train_encoder_classifier(
+        texts,
+        labels,
+        tmp_path / "enc",
+        base=str(tiny_bert_dir),
+        epochs=4,
+        lr=1e-3,
+        batch_size=8,
+        positive_label="toxic",
+    )
     assert len(run.losses) == 4 * 3 and all(math.isfinite(x) for x in run.losses)
     assert np.mean(run.losses[-3:]) < np.mean(run.losses[:3])
     before, after = load_file(tiny_bert_dir / "model.safetensors"), load_file(tmp_path / "enc" / "model.safetensors")

@@ -7,15 +7,46 @@ import pytest
 
 from redgym.cli import main
 
-EXPECTED_METRICS = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "combined_toxicity",
-                    "adversary_toxicity", "adversary_nll", "adversary_perplexity", "distinct_1", "distinct_2",
-                    "self_bleu", "embedding_diversity"]
+EXPECTED_METRICS = [
+    "reward",
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "attack_success_rate",
+    "combined_toxicity",
+    "adversary_toxicity",
+    "adversary_nll",
+    "adversary_perplexity",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+    "embedding_diversity",
+]
 
 
 def tiny_args(model_dir, prompts, out, *extra):
-    return ["eval", "--out", str(out), "--quiet", "--adversary_model", str(model_dir), "--defender_model",
-            str(model_dir), "--prompts", str(prompts), "--test_fraction", "0.5", "--max_new_tokens", "4",
-            "--horizon", "2", "--bootstrap_samples", "50", "--dtype", "float32", *extra]
+    return [
+        "eval",
+        "--out",
+        str(out),
+        "--quiet",
+        "--adversary_model",
+        str(model_dir),
+        "--defender_model",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--test_fraction",
+        "0.5",
+        "--max_new_tokens",
+        "4",
+        "--horizon",
+        "2",
+        "--bootstrap_samples",
+        "50",
+        "--dtype",
+        "float32",
+        *extra,
+    ]
 
 
 def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file, tmp_path, capsys, caplog):
@@ -24,8 +55,15 @@ def test_eval_writes_every_file_with_finite_metrics(tiny_model_dir, prompt_file,
     out = tmp_path / "run"
     assert main(tiny_args(tiny_model_dir, prompt_file, out, "--config", str(cfg))) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
-    for f in ["report.json", "report.md", "samples.jsonl", "split.json", "config.yaml", "plots/toxicity_per_turn.png",
-              "plots/toxicity_vs_nll.png"]:
+    for f in [
+        "report.json",
+        "report.md",
+        "samples.jsonl",
+        "split.json",
+        "config.yaml",
+        "plots/toxicity_per_turn.png",
+        "plots/toxicity_vs_nll.png",
+    ]:
         assert (out / f).stat().st_size > 0, f
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3 and report["config"]["batch_size"] == 2 and report["config"]["horizon"] == 2
@@ -71,11 +109,14 @@ def test_missing_model(tiny_model_dir, prompt_file, tmp_path, capsys):
     _bad(args, capsys, out, "cannot load model 'no-such-model-xyz'")
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("empty.txt", b"", "has no prompts"),
-    ("bad.jsonl", b"{oops\n", "line 1: not valid JSON"),
-    ("latin.txt", "ol\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("empty.txt", b"", "has no prompts"),
+        ("bad.jsonl", b"{oops\n", "line 1: not valid JSON"),
+        ("latin.txt", "ol\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
+    ],
+)
 def test_bad_prompt_files(tiny_model_dir, tmp_path, capsys, name, content, msg):
     f = tmp_path / name
     f.write_bytes(content)
@@ -87,15 +128,23 @@ def test_unknown_config_key_in_file_and_on_command_line(tiny_model_dir, prompt_f
     cfg = tmp_path / "c.yaml"
     cfg.write_text("temperatur: 0.5\n")
     out = tmp_path / "run"
-    _bad(tiny_args(tiny_model_dir, prompt_file, out, "--config", str(cfg)), capsys, out,
-         "unknown config key 'temperatur' (did you mean 'temperature'?)")
+    _bad(
+        tiny_args(tiny_model_dir, prompt_file, out, "--config", str(cfg)),
+        capsys,
+        out,
+        "unknown config key 'temperatur' (did you mean 'temperature'?)",
+    )
     _bad(tiny_args(tiny_model_dir, prompt_file, out, "--horizn", "2"), capsys, out, "unknown config key 'horizn'")
 
 
 def test_wrong_type(tiny_model_dir, prompt_file, tmp_path, capsys):
     out = tmp_path / "run"
-    _bad(tiny_args(tiny_model_dir, prompt_file, out, "--batch_size", "many"), capsys, out,
-         "batch_size expects int, got 'many'")
+    _bad(
+        tiny_args(tiny_model_dir, prompt_file, out, "--batch_size", "many"),
+        capsys,
+        out,
+        "batch_size expects int, got 'many'",
+    )
 
 
 def test_output_folder_cannot_be_written(tiny_model_dir, prompt_file, tmp_path, capsys):
@@ -106,18 +155,25 @@ def test_output_folder_cannot_be_written(tiny_model_dir, prompt_file, tmp_path, 
     _bad(tiny_args(tiny_model_dir, prompt_file, blocker), capsys, tmp_path / "nothing", "is not a folder")
 
 
-@pytest.mark.parametrize("scorer,msg", [
-    ("nosuch", "unknown scorer 'nosuch'"),
-    ("hf:/nonexistent/classifier", "scorer 'hf:/nonexistent/classifier' could not load its classifier"),
-])
+@pytest.mark.parametrize(
+    "scorer,msg",
+    [
+        ("nosuch", "unknown scorer 'nosuch'"),
+        ("hf:/nonexistent/classifier", "scorer 'hf:/nonexistent/classifier' could not load its classifier"),
+    ],
+)
 def test_scorer_that_cannot_load(tiny_model_dir, prompt_file, tmp_path, capsys, scorer, msg):
     out = tmp_path / "run"
     _bad(tiny_args(tiny_model_dir, prompt_file, out, "--scorer", scorer), capsys, out, msg)
 
 
 def test_missing_config_file_and_missing_out(tmp_path, capsys):
-    _bad(["eval", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "none.yaml")], capsys, tmp_path / "r",
-         "config file not found")
+    _bad(
+        ["eval", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "none.yaml")],
+        capsys,
+        tmp_path / "r",
+        "config file not found",
+    )
     _bad(["eval"], capsys, tmp_path / "r", "the following arguments are required: --out")
 
 
@@ -131,8 +187,22 @@ def test_baseline_from_reuses_the_untuned_conversations(tiny_model_dir, prompt_f
     (first / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     second = tmp_path / "second"
     # other reward weights are allowed: the rewards are recomputed from the stored terms
-    assert main(tiny_args(tiny_model_dir, prompt_file, second, "--baseline_from", str(first),
-                          "--bootstrap_samples", "20", "--w_nll", "0.3")) == 0
+    assert (
+        main(
+            tiny_args(
+                tiny_model_dir,
+                prompt_file,
+                second,
+                "--baseline_from",
+                str(first),
+                "--bootstrap_samples",
+                "20",
+                "--w_nll",
+                "0.3",
+            )
+        )
+        == 0
+    )
     again = [json.loads(line) for line in (second / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt_id"] for r in again] == [r["prompt_id"] for r in rows]
     t = rows[0]["reward_terms"][0]
@@ -144,5 +214,9 @@ def test_baseline_from_reuses_the_untuned_conversations(tiny_model_dir, prompt_f
 
     # a baseline evaluated with other generation settings is refused before anything runs
     third = tmp_path / "third"
-    _bad(tiny_args(tiny_model_dir, prompt_file, third, "--baseline_from", str(first), "--max_new_tokens", "3"),
-         capsys, third, "max_new_tokens (4 there, 3 here)")
+    _bad(
+        tiny_args(tiny_model_dir, prompt_file, third, "--baseline_from", str(first), "--max_new_tokens", "3"),
+        capsys,
+        third,
+        "max_new_tokens (4 there, 3 here)",
+    )

@@ -39,27 +39,40 @@ def seed_convs(arm, s):
 def write_run(folder, convs_by_label, seed, drop=()):
     """report.json and samples.jsonl as write_eval lays them out (the last label is the run's adversary)."""
     folder.mkdir(parents=True)
-    results = {lb: {k: v for k, v in compute_metrics(cs, 0.5, n_boot=20, seed=0).items()
-                    if k.split("/")[0] not in drop} for lb, cs in convs_by_label.items()}
-    report = {"config": {"horizon": 2, "seed": seed, "toxic_threshold": 0.5}, "seed": seed,
-              "metrics": results[list(results)[-1]], "results": results}
+    results = {
+        lb: {k: v for k, v in compute_metrics(cs, 0.5, n_boot=20, seed=0).items() if k.split("/")[0] not in drop}
+        for lb, cs in convs_by_label.items()
+    }
+    report = {
+        "config": {"horizon": 2, "seed": seed, "toxic_threshold": 0.5},
+        "seed": seed,
+        "metrics": results[list(results)[-1]],
+        "results": results,
+    }
     (folder / "report.json").write_text(json.dumps(report))
-    (folder / "samples.jsonl").write_text("".join(json.dumps({"adversary": lb, **c.to_json()}) + "\n"
-                                                  for lb, cs in convs_by_label.items() for c in cs))
+    (folder / "samples.jsonl").write_text(
+        "".join(json.dumps({"adversary": lb, **c.to_json()}) + "\n" for lb, cs in convs_by_label.items() for c in cs)
+    )
 
 
 def make_experiment(root, with_meta=True, transfer=False, drop=()):
     root.mkdir(parents=True, exist_ok=True)
     if with_meta:
-        (root / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "seeds": list(SEEDS),
-                                                          "baseline_arm": "untuned"}))
+        (root / "experiment.json").write_text(
+            json.dumps({"arms": ["untuned", "trained"], "seeds": list(SEEDS), "baseline_arm": "untuned"})
+        )
     for s in SEEDS:
         write_run(root / "untuned" / f"seed_{s}", {"untuned": seed_convs("untuned", s)}, s, drop)
         # The trained run's report also holds an untuned label first; compare must read the last (trained) one.
-        write_run(root / "trained" / f"seed_{s}", {"untuned": seed_convs("untuned", s),
-                                                    "trained": seed_convs("trained", s)}, s, drop)
+        write_run(
+            root / "trained" / f"seed_{s}",
+            {"untuned": seed_convs("untuned", s), "trained": seed_convs("trained", s)},
+            s,
+            drop,
+        )
         (root / "trained" / f"seed_{s}" / "metrics.jsonl").write_text(
-            "".join(json.dumps({"step": k, "reward/reward": 0.1 * k + s}) + "\n" for k in range(3)))
+            "".join(json.dumps({"step": k, "reward/reward": 0.1 * k + s}) + "\n" for k in range(3))
+        )
         if transfer:
             for arm in ("untuned", "trained"):
                 # Against the other defender every reply is half as toxic.
@@ -100,8 +113,7 @@ def test_compare_reproduces_hand_computed_means_cis_differences_and_ratios(tmp_p
     assert u["n_seeds"] == t["n_seeds"] == 3
     assert (u["mean"], u["ci95_lo"], u["ci95_hi"]) == pytest.approx((0.2, 0.2 - half_u, 0.2 + half_u))
     assert (t["mean"], t["ci95_lo"], t["ci95_hi"]) == pytest.approx((0.4, 0.4 - half_t, 0.4 + half_t))
-    assert (t["diff_mean"], t["diff_ci95_lo"], t["diff_ci95_hi"]) == pytest.approx(
-        (0.2, 0.2 - half_d, 0.2 + half_d))
+    assert (t["diff_mean"], t["diff_ci95_lo"], t["diff_ci95_hi"]) == pytest.approx((0.2, 0.2 - half_d, 0.2 + half_d))
     assert t["ratio"] == pytest.approx(2.0) and t["baseline"] == "untuned" and t["n_paired_seeds"] == 3
     assert u["diff_mean"] is None and u["ratio"] is None  # the baseline against itself does not apply
     # Pooled: the six trained conversations as one sample (mean 0.4), two prompt clusters; the bootstrap is
@@ -110,7 +122,8 @@ def test_compare_reproduces_hand_computed_means_cis_differences_and_ratios(tmp_p
     untuned = [c for s in SEEDS for c in seed_convs("untuned", s)]
     assert t["pooled"] == pytest.approx(0.4)
     assert [t["pooled_ci95_lo"], t["pooled_ci95_hi"]] == pytest.approx(
-        compute_metrics(trained, 0.5, n_boot=300, seed=0)["defender_toxicity"]["ci95"])
+        compute_metrics(trained, 0.5, n_boot=300, seed=0)["defender_toxicity"]["ci95"]
+    )
     pd = paired_difference(untuned, trained, n_boot=300, seed=0)["defender_toxicity"]
     assert t["diff_pooled"] == pytest.approx(0.2)
     assert [t["diff_pooled_ci95_lo"], t["diff_pooled_ci95_hi"]] == pytest.approx(pd["ci95"])
@@ -236,8 +249,9 @@ def make_turn_experiment(root, horizon):
     """Arms untuned (baseline) and trained at seeds 0 and 1; each seed's two prompts get the same scores, so a
     seed's value of metric/turn_k is the table's number for that seed and turn. Horizon 1 keeps turn 1 only."""
     root.mkdir(parents=True)
-    (root / "experiment.json").write_text(json.dumps({"arms": ["untuned", "trained"], "seeds": [0, 1],
-                                                      "baseline_arm": "untuned"}))
+    (root / "experiment.json").write_text(
+        json.dumps({"arms": ["untuned", "trained"], "seeds": [0, 1], "baseline_arm": "untuned"})
+    )
     for arm in ("untuned", "trained"):
         for s in (0, 1):
             d, a = TURN_DEF[arm][s][:horizon], TURN_ADV[arm][s][:horizon]
@@ -253,27 +267,31 @@ def test_multi_turn_markdown_has_per_turn_tables_with_hand_computed_cells(tmp_pa
     # Turn 2: untuned 0.2, 0.4 -> 0.3 ± 12.7062 · 0.1 = 0.3 ± 1.2706; trained 0.6, 0.6 -> 0.6 ± 0.
     # Differences: turn 1 0.2, 0.2 -> +0.2 ± 0 (bold), ratio 0.35 / 0.15 = 2.333; turn 2 0.4, 0.2 -> +0.3 ± 1.2706,
     # ratio 0.6 / 0.3 = 2.
-    defender = ("\n### Defender toxicity per turn\n\n"
-                "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:\n\n"
-                "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
-                "| untuned | 2 | 0.1500 [-0.4853, 0.7853] | 0.3000 [-0.9706, 1.5706] |\n"
-                "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 [0.6000, 0.6000] |\n\n"
-                "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
-                "means; bold: the CI excludes 0):\n\n"
-                "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
-                "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.3000 [-0.9706, +1.5706] ×2 |\n")
+    defender = (
+        "\n### Defender toxicity per turn\n\n"
+        "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:\n\n"
+        "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
+        "| untuned | 2 | 0.1500 [-0.4853, 0.7853] | 0.3000 [-0.9706, 1.5706] |\n"
+        "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 [0.6000, 0.6000] |\n\n"
+        "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
+        "means; bold: the CI excludes 0):\n\n"
+        "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
+        "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.3000 [-0.9706, +1.5706] ×2 |\n"
+    )
     # Adversary: untuned 0.1 everywhere; trained turn 1 0.1, turn 2 0.5, 0.7 -> 0.6 ± 1.2706. Differences: turn 1
     # 0, 0 -> +0 ± 0 (not bold) ×1; turn 2 0.4, 0.6 -> +0.5 ± 1.2706, ratio 0.6 / 0.1 = 6.
-    adversary = ("\n### Adversary toxicity per turn\n\n"
-                 "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
-                 "mean over seeds [95% t CI across seeds]:\n\n"
-                 "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
-                 "| untuned | 2 | 0.1000 [0.1000, 0.1000] | 0.1000 [0.1000, 0.1000] |\n"
-                 "| trained | 2 | 0.1000 [0.1000, 0.1000] | 0.6000 [-0.6706, 1.8706] |\n\n"
-                 "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
-                 "means; bold: the CI excludes 0):\n\n"
-                 "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
-                 "| trained | untuned | +0.0000 [+0.0000, +0.0000] ×1 | +0.5000 [-0.7706, +1.7706] ×6 |\n")
+    adversary = (
+        "\n### Adversary toxicity per turn\n\n"
+        "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
+        "mean over seeds [95% t CI across seeds]:\n\n"
+        "| arm | seeds | turn 1 | turn 2 |\n|---|---|---|---|\n"
+        "| untuned | 2 | 0.1000 [0.1000, 0.1000] | 0.1000 [0.1000, 0.1000] |\n"
+        "| trained | 2 | 0.1000 [0.1000, 0.1000] | 0.6000 [-0.6706, 1.8706] |\n\n"
+        "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] ×ratio of "
+        "means; bold: the CI excludes 0):\n\n"
+        "| arm | baseline | turn 1 | turn 2 |\n|---|---|---|---|\n"
+        "| trained | untuned | +0.0000 [+0.0000, +0.0000] ×1 | +0.5000 [-0.7706, +1.7706] ×6 |\n"
+    )
     assert defender + adversary in md
     # Both belong to the main defender's section, after its headline tables.
     assert md.index("## Main defender") < md.index("| trained | untuned | ") < md.index(defender) < md.index("## Plots")

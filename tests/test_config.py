@@ -25,13 +25,16 @@ def test_unknown_key_names_the_closest_field(tmp_path):
         load_config(RunConfig, None, {"nope": "1"})
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("horizon", "three", "horizon expects int, got 'three'"),
-    ("horizon", "2.5", "horizon expects int"),
-    ("temperature", "hot", "temperature expects float"),
-    ("horizon", "0", "horizon must be >= 1"),
-    ("adversary_format", "xml", "adversary_format must be 'plain' or 'chat'"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("horizon", "three", "horizon expects int, got 'three'"),
+        ("horizon", "2.5", "horizon expects int"),
+        ("temperature", "hot", "temperature expects float"),
+        ("horizon", "0", "horizon must be >= 1"),
+        ("adversary_format", "xml", "adversary_format must be 'plain' or 'chat'"),
+    ],
+)
 def test_bad_values_are_one_line_errors(key, value, msg):
     with pytest.raises(RedgymError, match=msg):
         load_config(RunConfig, None, {key: value})
@@ -55,7 +58,10 @@ def test_yaml_types_are_checked(tmp_path):
 
 def test_parse_overrides_forms():
     assert parse_overrides(["--horizon", "2", "--w-nll=-0.5", "--prompts", "a-b.txt"]) == {
-        "horizon": "2", "w_nll": "-0.5", "prompts": "a-b.txt"}
+        "horizon": "2",
+        "w_nll": "-0.5",
+        "prompts": "a-b.txt",
+    }
     with pytest.raises(RedgymError, match="--horizon needs a value"):
         parse_overrides(["--horizon"])
     with pytest.raises(RedgymError, match="expected --key value"):
@@ -92,8 +98,16 @@ def test_every_shipped_pipeline_config_builds_its_steps(path, tmp_path):
     assert len(experiment["seeds"]) >= 2 and set(experiment["arms"]) == {"untuned", "exploit", "exploit_diverse"}
 
 
-GUARD_CONFIGS = {"sft": "train", "sft_round2": "train", "dpo": "train", "dpo_hard": "train", "eval": "eval",
-                 "asr": "run", "redteam_round2": "grpo", "report": "report"}
+GUARD_CONFIGS = {
+    "sft": "train",
+    "sft_round2": "train",
+    "dpo": "train",
+    "dpo_hard": "train",
+    "eval": "eval",
+    "asr": "run",
+    "redteam_round2": "grpo",
+    "report": "report",
+}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "guard").glob("*.yaml")), ids=lambda p: p.name)

@@ -26,17 +26,47 @@ def stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
-@pytest.mark.parametrize("trainer,extra", [
-    ("grpo", ["--generations_per_prompt", "2", "--ppo_epochs", "2", "--micro_batch_size", "2"]),
-    ("ipo", ["--horizon", "2", "--weak_supervision", "0"]),
-])
+@pytest.mark.parametrize(
+    "trainer,extra",
+    [
+        ("grpo", ["--generations_per_prompt", "2", "--ppo_epochs", "2", "--micro_batch_size", "2"]),
+        ("ipo", ["--horizon", "2", "--weak_supervision", "0"]),
+    ],
+)
 def test_sigkill_then_resume_equals_an_uninterrupted_run(trainer, extra, tiny_model_dir, prompt_file, tmp_path):
     steps = 6
-    fields = ["--adversary_model", str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts",
-              str(prompt_file), "--max_new_tokens", "4", "--min_new_tokens", "4", "--prompts_per_step", "2",
-              "--dtype", "float32", "--lr", "1e-2", "--test_fraction", "0.3", "--max_context_tokens", "64",
-              "--scorer", "profanity", "--eval_after", "false", "--checkpoint_every", "1", "--steps", str(steps),
-              "--quiet", *extra]
+    fields = [
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--defender_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--max_new_tokens",
+        "4",
+        "--min_new_tokens",
+        "4",
+        "--prompts_per_step",
+        "2",
+        "--dtype",
+        "float32",
+        "--lr",
+        "1e-2",
+        "--test_fraction",
+        "0.3",
+        "--max_context_tokens",
+        "64",
+        "--scorer",
+        "profanity",
+        "--eval_after",
+        "false",
+        "--checkpoint_every",
+        "1",
+        "--steps",
+        str(steps),
+        "--quiet",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = lambda *a: [sys.executable, "-m", "redgym", "train", trainer, *a, *fields]  # noqa: E731
     straight = tmp_path / "straight"
@@ -61,16 +91,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(trainer, extra, tiny_mo
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_sigkill_during_an_experiment_resumes_at_its_arm_and_ends_as_a_straight_run(tiny_model_dir, prompt_file,
-                                                                                    tmp_path):
+def test_sigkill_during_an_experiment_resumes_at_its_arm_and_ends_as_a_straight_run(
+    tiny_model_dir, prompt_file, tmp_path
+):
     import yaml
 
     spec = tiny_experiment(tiny_model_dir, prompt_file, samples_per_prompt=2, steps=5, lr=1e-2, checkpoint_every=1)
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda out: [sys.executable, "-m", "redgym", "experiment", "--config", str(cfg), "--out", str(out),  # noqa: E731
-                       "--quiet"]
+    run = lambda out: [
+        sys.executable,
+        "-m",
+        "redgym",
+        "experiment",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),  # noqa: E731
+        "--quiet",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert subprocess.run(run(straight), env=env, capture_output=True, timeout=300).returncode == 0
 
@@ -101,15 +141,40 @@ def test_sigkill_during_eval_leaves_no_half_report(tiny_model_dir, prompt_file, 
     import threading
 
     out = tmp_path / "eval"
-    args = [sys.executable, "-m", "redgym", "eval", "--out", str(out), "--adversary_model",
-            str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts", str(prompt_file),
-            "--test_fraction", "0.5", "--max_new_tokens", "12", "--min_new_tokens", "12", "--horizon", "3",
-            "--samples_per_prompt", "100", "--dtype", "float32", "--scorer", "profanity"]
+    args = [
+        sys.executable,
+        "-m",
+        "redgym",
+        "eval",
+        "--out",
+        str(out),
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--defender_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--test_fraction",
+        "0.5",
+        "--max_new_tokens",
+        "12",
+        "--min_new_tokens",
+        "12",
+        "--horizon",
+        "3",
+        "--samples_per_prompt",
+        "100",
+        "--dtype",
+        "float32",
+        "--scorer",
+        "profanity",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = bytearray()
-    threading.Thread(target=lambda: [seen.extend(b) for b in iter(lambda: proc.stderr.read1(256), b"")],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [seen.extend(b) for b in iter(lambda: proc.stderr.read1(256), b"")], daemon=True
+    ).start()
     deadline = time.time() + 120
     while b"eval untuned" not in seen and time.time() < deadline and proc.poll() is None:  # its progress bar
         time.sleep(0.05)
@@ -120,7 +185,8 @@ def test_sigkill_during_eval_leaves_no_half_report(tiny_model_dir, prompt_file, 
     left = sorted(p.name for p in out.rglob("*")) if out.exists() else []
     assert "report.json" not in left, left  # written last: its absence marks an unfinished evaluation
     assert not [n for n in left if n.startswith(".")], left  # no temporary file either
-    done = subprocess.run([*args, "--quiet", "--samples_per_prompt", "2"], env=env, capture_output=True, text=True,
-                          timeout=300)  # run again into the same folder (smaller, to keep the suite short)
+    done = subprocess.run(
+        [*args, "--quiet", "--samples_per_prompt", "2"], env=env, capture_output=True, text=True, timeout=300
+    )  # run again into the same folder (smaller, to keep the suite short)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "report.json").read_text())["metrics"]

@@ -10,12 +10,20 @@ from redgym.models import LM, SamplingParams, load_model
 ct2mod = pytest.importorskip("redgym.models.ct2")
 pytest.importorskip("ctranslate2")
 
-CONTEXTS = ["hello there how are you today\n", "we could go to the park\ni like old films and loud music\n",
-            "damn that is a lot of rain\n", "do you like music\n"]
+CONTEXTS = [
+    "hello there how are you today\n",
+    "we could go to the park\ni like old films and loud music\n",
+    "damn that is a lot of rain\n",
+    "do you like music\n",
+]
 # The engine's repetition penalty skips a context's first token (its start token): these begin with a word that
 # recurs, so both penalise the same tokens.
-RECURRING = ["you and you are fine\n", "we could go to the park\nwe like old films and loud music\n",
-             "the weather is nice again the park\n", "do you like music or films do you\n"]
+RECURRING = [
+    "you and you are fine\n",
+    "we could go to the park\nwe like old films and loud music\n",
+    "the weather is nice again the park\n",
+    "do you like music or films do you\n",
+]
 
 
 @pytest.fixture()
@@ -40,8 +48,10 @@ def peaky_model_dir(tiny_model_dir, tmp_path_factory):
 @pytest.fixture()
 def pair(peaky_model_dir, cache):
     model, tok = load_model(str(peaky_model_dir), dtype="float32", device="cpu")
-    return (LM(model, tok, "tiny", "plain", max_context_tokens=64),
-            ct2mod.ct2_lm(model, tok, str(peaky_model_dir), "plain", 64))
+    return (
+        LM(model, tok, "tiny", "plain", max_context_tokens=64),
+        ct2mod.ct2_lm(model, tok, str(peaky_model_dir), "plain", 64),
+    )
 
 
 @pytest.mark.parametrize("penalty,contexts", [(1.0, CONTEXTS), (1.3, RECURRING)])

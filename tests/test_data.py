@@ -16,14 +16,17 @@ def test_txt_jsonl_csv_files(tmp_path):
     assert [(p.id, p.text) for p in ps] == [("p.csv:2", "hello there"), ("p.csv:3", "bye")]
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("empty.txt", b"\n  \n", "has no prompts"),
-    ("bad.jsonl", b'{"text": "ok"}\n{not json\n', r"bad.jsonl, line 2: not valid JSON"),
-    ("nofield.jsonl", b'{"q": "ok"}\n', r"line 1: no field 'text' \(set prompt_field\)"),
-    ("nocol.csv", b"q\nhello\n", "no column 'text'"),
-    ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
-    ("prompts.pdf", b"%PDF", "use a .txt, .jsonl or .csv file"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("empty.txt", b"\n  \n", "has no prompts"),
+        ("bad.jsonl", b'{"text": "ok"}\n{not json\n', r"bad.jsonl, line 2: not valid JSON"),
+        ("nofield.jsonl", b'{"q": "ok"}\n', r"line 1: no field 'text' \(set prompt_field\)"),
+        ("nocol.csv", b"q\nhello\n", "no column 'text'"),
+        ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
+        ("prompts.pdf", b"%PDF", "use a .txt, .jsonl or .csv file"),
+    ],
+)
 def test_bad_prompt_files_are_one_line_errors(tmp_path, name, content, msg):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(RedgymError, match=msg):
@@ -64,7 +67,11 @@ def test_first_words_cuts_and_drops_short():
 
 def test_split_is_deterministic_disjoint_and_complete():
     ps = [Prompt(str(i), (f"p{i}",)) for i in range(100)]
-    s1, s2, s3 = split_prompts(ps, 0.1, 0.2, seed=7), split_prompts(ps, 0.1, 0.2, seed=7), split_prompts(ps, 0.1, 0.2, 8)
+    s1, s2, s3 = (
+        split_prompts(ps, 0.1, 0.2, seed=7),
+        split_prompts(ps, 0.1, 0.2, seed=7),
+        split_prompts(ps, 0.1, 0.2, 8),
+    )
     assert (len(s1.train), len(s1.dev), len(s1.test)) == (70, 10, 20)
     assert [p.id for p in s1.test] == [p.id for p in s2.test] != [p.id for p in s3.test]
     ids = [p.id for p in s1.train + s1.dev + s1.test]

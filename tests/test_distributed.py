@@ -17,26 +17,62 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def launch(trainer: str, out: Path, model_dir: Path, prompt_file: Path, **kw) -> subprocess.CompletedProcess:
-    fields = {**dict(adversary_model=model_dir, defender_model=model_dir, prompts=prompt_file, max_new_tokens=4,
-                     min_new_tokens=4, steps=2, prompts_per_step=4, micro_batch_size=4, dtype="float32", lr="1e-2",
-                     test_fraction=0.3, eval_after="false", max_context_tokens=64, checkpoint_every=1,
-                     scorer="profanity"), **kw}
+    fields = {
+        **dict(
+            adversary_model=model_dir,
+            defender_model=model_dir,
+            prompts=prompt_file,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            steps=2,
+            prompts_per_step=4,
+            micro_batch_size=4,
+            dtype="float32",
+            lr="1e-2",
+            test_fraction=0.3,
+            eval_after="false",
+            max_context_tokens=64,
+            checkpoint_every=1,
+            scorer="profanity",
+        ),
+        **kw,
+    }
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent.parent)}
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(WORKER), trainer,
-           str(out), *(f"{k}={v}" for k, v in fields.items())]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(WORKER),
+        trainer,
+        str(out),
+        *(f"{k}={v}" for k, v in fields.items()),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
-@pytest.mark.parametrize("trainer,extra", [
-    ("ipo", {"horizon": 2}),  # uneven pairs per process: gradients averaged by hand, once per step
-    ("ppo", {}),  # equal micro-batches per process: DDP's own gradient sync
-])
-def test_two_processes_end_with_identical_parameters_and_log_once(trainer, extra, tiny_model_dir, prompt_file,
-                                                                  tmp_path):
+@pytest.mark.parametrize(
+    "trainer,extra",
+    [
+        ("ipo", {"horizon": 2}),  # uneven pairs per process: gradients averaged by hand, once per step
+        ("ppo", {}),  # equal micro-batches per process: DDP's own gradient sync
+    ],
+)
+def test_two_processes_end_with_identical_parameters_and_log_once(
+    trainer, extra, tiny_model_dir, prompt_file, tmp_path
+):
     if trainer == "ipo":
         extra = {**extra, "weak_prompts": weak_file(tmp_path)}
     out = tmp_path / "run"

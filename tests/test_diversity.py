@@ -3,8 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from redgym.scorers.diversity import (distinct_n, embedding_distance_per_text, embedding_diversity, self_bleu,
-                                      self_bleu_per_text, words)
+from redgym.scorers.diversity import (
+    distinct_n,
+    embedding_distance_per_text,
+    embedding_diversity,
+    self_bleu,
+    self_bleu_per_text,
+    words,
+)
 
 
 def test_words_split_punctuation_and_lowercase():

@@ -21,14 +21,37 @@ def test_the_subsample_is_balanced_across_clusters():
 
 
 def _common(tiny_model_dir, prompt_file):
-    return ["--adversary_model", str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts",
-            str(prompt_file), "--max_new_tokens", "6", "--test_fraction", "0.3", "--quiet"]
+    return [
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--defender_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--max_new_tokens",
+        "6",
+        "--test_fraction",
+        "0.3",
+        "--quiet",
+    ]
 
 
 def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "explore"
-    args = ["explore", "--out", str(out), *_common(tiny_model_dir, prompt_file), "--n_samples", "40",
-            "--clusters", "4", "--per_cluster", "3", "--batch_size", "16"]
+    args = [
+        "explore",
+        "--out",
+        str(out),
+        *_common(tiny_model_dir, prompt_file),
+        "--n_samples",
+        "40",
+        "--clusters",
+        "4",
+        "--per_cluster",
+        "3",
+        "--batch_size",
+        "16",
+    ]
     assert main(args) == 0
     rows = [json.loads(x) for x in (out / "all_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and {r["cluster"] for r in rows} == {0, 1, 2, 3}
@@ -42,13 +65,27 @@ def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tm
     assert summary["n_samples"] == 40 and summary["cluster_sizes"] == sizes.tolist()
 
 
-def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer(tiny_model_dir, prompt_file,
-                                                                                  tmp_path):
+def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer(tiny_model_dir, prompt_file, tmp_path):
     from redgym.scorers.toxicity import build_scorer
 
     out = tmp_path / "explore"
-    assert main(["explore", "--out", str(out), *_common(tiny_model_dir, prompt_file), "--n_samples", "24",
-                 "--clusters", "3", "--per_cluster", "8"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                "--out",
+                str(out),
+                *_common(tiny_model_dir, prompt_file),
+                "--n_samples",
+                "24",
+                "--clusters",
+                "3",
+                "--per_cluster",
+                "8",
+            ]
+        )
+        == 0
+    )
     with open(out / "samples.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     three = ["true", "false", "neither"]  # a free-form label set (E3's CommonClaim)
@@ -59,10 +96,35 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
         w.writeheader()
         w.writerows(rows)
     est = tmp_path / "establish"
-    assert main(["establish", "--out", str(est), "--samples", str(out), "--use_all", "false", "--labels_from",
-                 "human", "--human_labels", str(out / "samples.csv"), "--agreement_with", "none",
-                 "--label_set", "true,false,neither", "--positive_label", "false",
-                 "--pyrit_check", "false", "--cv_folds", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "establish",
+                "--out",
+                str(est),
+                "--samples",
+                str(out),
+                "--use_all",
+                "false",
+                "--labels_from",
+                "human",
+                "--human_labels",
+                str(out / "samples.csv"),
+                "--agreement_with",
+                "none",
+                "--label_set",
+                "true,false,neither",
+                "--positive_label",
+                "false",
+                "--pyrit_check",
+                "false",
+                "--cv_folds",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((est / "establish.json").read_text())
     assert report["label_counts"] == {lab: sum(r["label"] == lab for r in rows) for lab in three}
     assert len(report["heldout"]["confusion_matrix"]) == 3
@@ -74,19 +136,37 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
     assert scorer(texts) == scorer(texts) and all(0 <= p <= 1 for p in scorer(texts))
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("id,text\na,hello\n".encode(), "no 'label' column"),
-    ("id,text,label\na,hello,maybe\n".encode(), "row 2: label 'maybe' is not one of"),
-    (b"", "is empty"),
-    ("id,text,label\na,caf\u00e9,harmful\n".encode("cp1252"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("id,text\na,hello\n".encode(), "no 'label' column"),
+        ("id,text,label\na,hello,maybe\n".encode(), "row 2: label 'maybe' is not one of"),
+        (b"", "is empty"),
+        ("id,text,label\na,caf\u00e9,harmful\n".encode("cp1252"), "not UTF-8"),
+    ],
+)
 def test_establish_with_a_malformed_labels_file_is_one_line_and_exit_2(tmp_path, capsys, content, expected):
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"id": "a", "text": "hello"}) + "\n")
     bad = tmp_path / "labels.csv"
     bad.write_bytes(content)
-    assert main(["establish", "--out", str(tmp_path / "o"), "--samples", str(samples), "--labels_from", "human",
-                 "--human_labels", str(bad), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "establish",
+                "--out",
+                str(tmp_path / "o"),
+                "--samples",
+                str(samples),
+                "--labels_from",
+                "human",
+                "--human_labels",
+                str(bad),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and expected in err, err
     assert not (tmp_path / "o").exists()  # nothing written on bad input
@@ -105,18 +185,28 @@ def test_the_judge_picks_the_likelier_label_and_calibration_removes_a_constant_p
 
 
 def test_the_exploit_experiment_has_the_terms_on_in_one_arm_only():
-    ex = {"seeds": [0, 1], "trainer": "grpo", "train": {"steps": 3}, "shared": {"horizon": 1},
-          "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5, "ent_coef": 0.01}}
+    ex = {
+        "seeds": [0, 1],
+        "trainer": "grpo",
+        "train": {"steps": 3},
+        "shared": {"horizon": 1},
+        "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5, "ent_coef": 0.01},
+    }
     spec = exploit_experiment(ex, "classifier:runs/x/classifier#harmful")
     assert spec["shared"] == {"horizon": 1, "scorer": "classifier:runs/x/classifier#harmful"}
     assert spec["arms"]["exploit"] == {"kind": "grpo", "train": {"steps": 3}}
-    assert spec["arms"]["exploit_diverse"]["train"] == {"steps": 3, "w_diversity": 0.5, "w_novelty_bleu": 0.5,
-                                                         "ent_coef": 0.01}
+    assert spec["arms"]["exploit_diverse"]["train"] == {
+        "steps": 3,
+        "w_diversity": 0.5,
+        "w_novelty_bleu": 0.5,
+        "ent_coef": 0.01,
+    }
     from redgym.experiments.runner import expand_grid, parse_experiment
 
     cells = expand_grid(parse_experiment(spec))
     assert sorted((c.arm, c.seed) for c in cells) == sorted(
-        (a, s) for a in ("untuned", "exploit", "exploit_diverse") for s in (0, 1))
+        (a, s) for a in ("untuned", "exploit", "exploit_diverse") for s in (0, 1)
+    )
 
 
 def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tmp_path, monkeypatch, capsys):
@@ -125,16 +215,30 @@ def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tm
     from redgym.pipelines import establish as establish_mod
 
     monkeypatch.setattr(establish_mod, "build_scorer", lambda name: lambda xs: [float("e" in x) for x in xs])
-    models = {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
-              "prompts": str(prompt_file), "max_new_tokens": 6, "test_fraction": 0.3}
+    models = {
+        "adversary_model": str(tiny_model_dir),
+        "defender_model": str(tiny_model_dir),
+        "prompts": str(prompt_file),
+        "max_new_tokens": 6,
+        "test_fraction": 0.3,
+    }
     spec = {
         "explore": {**models, "n_samples": 30, "clusters": 3, "per_cluster": 4},
         "establish": {"agreement_with": "none", "pyrit_check": False, "cv_folds": 2},
-        "exploit": {"seeds": [0], "trainer": "grpo", "shared": {**models, "horizon": 1, "max_context_tokens": 64},
-                    "eval": {"n_eval_prompts": 3},
-                    "train": {"steps": 1, "prompts_per_step": 2, "generations_per_prompt": 2, "micro_batch_size": 4,
-                              "checkpoint_every": 1},
-                    "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5}},
+        "exploit": {
+            "seeds": [0],
+            "trainer": "grpo",
+            "shared": {**models, "horizon": 1, "max_context_tokens": 64},
+            "eval": {"n_eval_prompts": 3},
+            "train": {
+                "steps": 1,
+                "prompts_per_step": 2,
+                "generations_per_prompt": 2,
+                "micro_batch_size": 4,
+                "checkpoint_every": 1,
+            },
+            "diversity": {"w_diversity": 0.5, "w_novelty_bleu": 0.5},
+        },
     }
     config = tmp_path / "e3.yaml"
     config.write_text(yaml.safe_dump(spec))
@@ -150,8 +254,9 @@ def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tm
     stamp = (out / "explore" / "explore.json").stat().st_mtime
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:e3 -->\nSTALE-BLOCK\n<!-- /results:e3 -->\n")
-    assert main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--readme", str(readme),
-                 "--quiet"]) == 0  # resumes: nothing redone, then published
+    assert (
+        main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--readme", str(readme), "--quiet"]) == 0
+    )  # resumes: nothing redone, then published
     assert (out / "explore" / "explore.json").stat().st_mtime == stamp
     text = readme.read_text()
     assert "STALE-BLOCK" not in text and "docs/results/e3/report.md" in text and "exploit_diverse" in text
@@ -177,9 +282,29 @@ def test_exploit_config_sets_the_classifier_as_the_scorer_and_refuses_an_unknown
 
 def test_explore_free_generations_need_no_prompts(tiny_model_dir, tmp_path):
     out = tmp_path / "free"
-    assert main(["explore", "--out", str(out), "--defender_model", str(tiny_model_dir), "--source", "free",
-                 "--max_new_tokens", "6", "--n_samples", "8", "--clusters", "2", "--per_cluster", "2",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                "--out",
+                str(out),
+                "--defender_model",
+                str(tiny_model_dir),
+                "--source",
+                "free",
+                "--max_new_tokens",
+                "6",
+                "--n_samples",
+                "8",
+                "--clusters",
+                "2",
+                "--per_cluster",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (out / "all_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["prompt"] == [] for r in rows)
     assert all(isinstance(r["text"], str) for r in rows)

@@ -11,8 +11,16 @@ from redgym.experiments import runner
 
 
 def spec(model_dir, prompt_file, **extra):
-    shared = {"adversary_model": str(model_dir), "defender_model": str(model_dir), "prompts": str(prompt_file),
-              "test_fraction": 0.3, "max_new_tokens": 3, "horizon": 1, "max_context_tokens": 64, "batch_size": 8}
+    shared = {
+        "adversary_model": str(model_dir),
+        "defender_model": str(model_dir),
+        "prompts": str(prompt_file),
+        "test_fraction": 0.3,
+        "max_new_tokens": 3,
+        "horizon": 1,
+        "max_context_tokens": 64,
+        "batch_size": 8,
+    }
     data = {
         "seeds": [0, 1],
         "split_seed": 0,
@@ -33,8 +41,15 @@ def test_the_grid_expands_as_configured(tiny_model_dir, prompt_file):
     exp = runner.parse_experiment(spec(tiny_model_dir, prompt_file))
     cells = runner.expand_grid(exp)
     # seed-major: every arm at seed 0, then seed 1; the ablation only at the first seed
-    assert [(c.arm, c.seed) for c in cells] == [("untuned", 0), ("dataset", 0), ("grpo", 0), ("grpo_no_nll", 0),
-                                                ("untuned", 1), ("dataset", 1), ("grpo", 1)]
+    assert [(c.arm, c.seed) for c in cells] == [
+        ("untuned", 0),
+        ("dataset", 0),
+        ("grpo", 0),
+        ("grpo_no_nll", 0),
+        ("untuned", 1),
+        ("dataset", 1),
+        ("grpo", 1),
+    ]
     grpo0, abl = cells[2], cells[3]
     assert grpo0.train_cfg.steps == 2 and grpo0.train_cfg.w_nll == 0.1 and abl.train_cfg.w_nll == 0.0
     assert abl.train_cfg.generations_per_prompt == 2  # the ablation inherits its arm's settings
@@ -45,14 +60,17 @@ def test_the_grid_expands_as_configured(tiny_model_dir, prompt_file):
     assert cells[0].train_cfg is None and str(cells[2].folder) == "grpo/seed_0"
 
 
-@pytest.mark.parametrize("change,msg", [
-    ({"arms": {"x": {"kind": "magic"}}}, "kind must be one of"),
-    ({"arms": {"ipo": {"train": {"lr_typo": 1}}}}, "unknown config key 'lr_typo'"),
-    ({"seeds": []}, "seeds must be a non-empty list"),
-    ({"ablations": {"a": {"arm": "nope"}}}, "arm 'nope' is not one of the arms"),
-    ({"colour": 1}, "unknown key 'colour'"),
-    ({"arms": {"grpo": {"train": {"samples_per_prompt": 3}}}}, "only affects evaluation"),
-])
+@pytest.mark.parametrize(
+    "change,msg",
+    [
+        ({"arms": {"x": {"kind": "magic"}}}, "kind must be one of"),
+        ({"arms": {"ipo": {"train": {"lr_typo": 1}}}}, "unknown config key 'lr_typo'"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"ablations": {"a": {"arm": "nope"}}}, "arm 'nope' is not one of the arms"),
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"arms": {"grpo": {"train": {"samples_per_prompt": 3}}}}, "only affects evaluation"),
+    ],
+)
 def test_bad_experiment_files_are_one_line_errors(tiny_model_dir, prompt_file, change, msg):
     data = spec(tiny_model_dir, prompt_file)
     data["ablations"] = {}
@@ -61,8 +79,9 @@ def test_bad_experiment_files_are_one_line_errors(tiny_model_dir, prompt_file, c
         runner.expand_grid(runner.parse_experiment(data))
 
 
-def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(tiny_model_dir, prompt_file, tmp_path,
-                                                                          monkeypatch):
+def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
+    tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     from redgym.cli import main
 
     cfg = tmp_path / "exp.yaml"
@@ -80,13 +99,21 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(tiny_m
 
     monkeypatch.setitem(runner.TRAINERS, "grpo", (runner.TRAINERS["grpo"][0], dying_train))
     assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quiet"]) == 130
-    assert (out / "untuned" / "seed_0" / "report.json").exists() and (out / "dataset" / "seed_0" / "report.json").exists()
+    assert (out / "untuned" / "seed_0" / "report.json").exists() and (
+        out / "dataset" / "seed_0" / "report.json"
+    ).exists()
     assert not (out / "grpo" / "seed_0" / "report.json").exists()
     stamp = (out / "untuned" / "seed_0" / "report.json").stat().st_mtime_ns
 
     real_eval = runner._evaluate
-    monkeypatch.setattr(runner, "_evaluate", lambda cfg, folder, *a: (evaluated.append(folder), real_eval(cfg, folder, *a)))
-    monkeypatch.setitem(runner.TRAINERS, "grpo", (runner.TRAINERS["grpo"][0], lambda *a, **k: (trained.append("real"), real_train(*a, **k))[1]))
+    monkeypatch.setattr(
+        runner, "_evaluate", lambda cfg, folder, *a: (evaluated.append(folder), real_eval(cfg, folder, *a))
+    )
+    monkeypatch.setitem(
+        runner.TRAINERS,
+        "grpo",
+        (runner.TRAINERS["grpo"][0], lambda *a, **k: (trained.append("real"), real_train(*a, **k))[1]),
+    )
     assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
     assert evaluated == [out / "grpo" / "seed_0"]  # the finished untuned and dataset cells were not redone
     assert (out / "untuned" / "seed_0" / "report.json").stat().st_mtime_ns == stamp
@@ -94,8 +121,10 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(tiny_m
     for arm in ("untuned", "dataset", "grpo"):
         report = json.loads((out / arm / "seed_0" / "report.json").read_text())
         assert list(report["results"]) == [arm] and report["split"]["test_ids_evaluated"]
-    ids = {arm: json.loads((out / arm / "seed_0" / "report.json").read_text())["split"]["test_ids_evaluated"]
-           for arm in ("untuned", "dataset", "grpo")}
+    ids = {
+        arm: json.loads((out / arm / "seed_0" / "report.json").read_text())["split"]["test_ids_evaluated"]
+        for arm in ("untuned", "dataset", "grpo")
+    }
     assert ids["untuned"] == ids["dataset"] == ids["grpo"]  # every arm on the same held-out prompts
     assert (out / "comparison.md").exists() and (out / "comparison.csv").exists()
     assert "grpo" in (out / "comparison.md").read_text()
@@ -110,7 +139,9 @@ def test_the_dataset_arm_says_dataset_texts(tiny_model_dir, prompt_file, tmp_pat
 
     cfg = tmp_path / "exp.yaml"
     data = spec(tiny_model_dir, prompt_file)
-    data.update(seeds=[0], ablations={}, arms={"untuned": {}, "dataset": {"kind": "dataset", "source": str(prompt_file)}})
+    data.update(
+        seeds=[0], ablations={}, arms={"untuned": {}, "dataset": {"kind": "dataset", "source": str(prompt_file)}}
+    )
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "exp"
     assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0

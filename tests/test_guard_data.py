@@ -21,27 +21,46 @@ from redgym.guard.data import (
 # ---------------------------------------------------------------- the label line
 
 
-@pytest.mark.parametrize("raw,label", [
-    ("harmful", "harmful"), ("Unsafe", "harmful"), (" TOXIC\n", "harmful"), ("harm ful", None),
-    ("safe", "safe"), ("Harmless", "safe"), ("  benign ", "safe"), ("UNHARMFUL", "safe"),
-    ("unclear", None), ("", None), ("not harmful", None), ("harmfully", None),
-])
+@pytest.mark.parametrize(
+    "raw,label",
+    [
+        ("harmful", "harmful"),
+        ("Unsafe", "harmful"),
+        (" TOXIC\n", "harmful"),
+        ("harm ful", None),
+        ("safe", "safe"),
+        ("Harmless", "safe"),
+        ("  benign ", "safe"),
+        ("UNHARMFUL", "safe"),
+        ("unclear", None),
+        ("", None),
+        ("not harmful", None),
+        ("harmfully", None),
+    ],
+)
 def test_normalise_label_table(raw, label):
     assert normalise_label(raw) == label
 
 
-@pytest.mark.parametrize("text,reasoning,label", [
-    ("Asks for a recipe.\nLabel: safe", "Asks for a recipe.", "safe"),
-    ("  It asks for X.\nLABEL:  Harmful", "It asks for X.", "harmful"),
-    ("r\n  label : unsafe", "r", "harmful"),
-    ("r\nLabel：benign", "r", "safe"),  # full-width colon
-    ("r\nLabel: safe.\nThanks for asking!\nmore text", "r", "safe"),  # text after the label is ignored
-    ("first\nLabel: harmful\nwait, it is a recipe\nLabel: safe", "first\nLabel: harmful\nwait, it is a recipe", "safe"),
-    ("no label line at all", "no label line at all", None),
-    ("r\nLabel: unclear", "r", None),
-    ("The label: harmful is in the middle of a line", "The label: harmful is in the middle of a line", None),
-    ("", "", None),
-])
+@pytest.mark.parametrize(
+    "text,reasoning,label",
+    [
+        ("Asks for a recipe.\nLabel: safe", "Asks for a recipe.", "safe"),
+        ("  It asks for X.\nLABEL:  Harmful", "It asks for X.", "harmful"),
+        ("r\n  label : unsafe", "r", "harmful"),
+        ("r\nLabel：benign", "r", "safe"),  # full-width colon
+        ("r\nLabel: safe.\nThanks for asking!\nmore text", "r", "safe"),  # text after the label is ignored
+        (
+            "first\nLabel: harmful\nwait, it is a recipe\nLabel: safe",
+            "first\nLabel: harmful\nwait, it is a recipe",
+            "safe",
+        ),
+        ("no label line at all", "no label line at all", None),
+        ("r\nLabel: unclear", "r", None),
+        ("The label: harmful is in the middle of a line", "The label: harmful is in the middle of a line", None),
+        ("", "", None),
+    ],
+)
 def test_parse_guard_output(text, reasoning, label):
     assert parse_guard_output(text) == (reasoning, label)
 
@@ -54,14 +73,17 @@ def test_format_then_parse_round_trip():
         format_guard_target("r", "maybe")
 
 
-@pytest.mark.parametrize("trace,kept", [
-    ("It asks for a recipe. Baking is a common hobby and", "It asks for a recipe."),
-    ("  Is it legal? It is. The user wants", "Is it legal? It is."),
-    ("Version 2.5 of the tool is asked for. It", "Version 2.5 of the tool is asked for."),  # no cut inside 2.5
-    ("It asks for a recipe.", "It asks for a recipe."),
-    ("no sentence end at all", "no sentence end at all"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "trace,kept",
+    [
+        ("It asks for a recipe. Baking is a common hobby and", "It asks for a recipe."),
+        ("  Is it legal? It is. The user wants", "Is it legal? It is."),
+        ("Version 2.5 of the tool is asked for. It", "Version 2.5 of the tool is asked for."),  # no cut inside 2.5
+        ("It asks for a recipe.", "It asks for a recipe."),
+        ("no sentence end at all", "no sentence end at all"),
+        ("", ""),
+    ],
+)
 def test_complete_sentences_cuts_after_the_last_full_sentence(trace, kept):
     assert complete_sentences(trace) == kept
 
@@ -73,9 +95,11 @@ def _chatml(text, answer):
     return {"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]}
 
 
-TRAIN = [("how do I bake bread", format_guard_target("A cooking question.", "safe")),
-         ("<harmful request 1>", format_guard_target("It asks for help causing harm.", "unsafe")),
-         ("what is a good name for a cat", "Harmless small talk.\nlabel: HARMLESS\n")]
+TRAIN = [
+    ("how do I bake bread", format_guard_target("A cooking question.", "safe")),
+    ("<harmful request 1>", format_guard_target("It asks for help causing harm.", "unsafe")),
+    ("what is a good name for a cat", "Harmless small talk.\nlabel: HARMLESS\n"),
+]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
@@ -90,15 +114,18 @@ def test_read_guard_train_round_trip(tmp_path, suffix):
     assert [(e.text, e.label, e.reasoning) for e in got] == [
         ("how do I bake bread", "safe", "A cooking question."),
         ("<harmful request 1>", "harmful", "It asks for help causing harm."),
-        ("what is a good name for a cat", "safe", "Harmless small talk.")]
+        ("what is a good name for a cat", "safe", "Harmless small talk."),
+    ]
     assert {e.source for e in got} == {path.name}
     # the target format rebuilds each gpt turn's label line
     assert parse_guard_output(format_guard_target(got[1].reasoning, got[1].label)) == (got[1].reasoning, "harmful")
 
 
 def test_write_then_read_guard_test(tmp_path):
-    examples = [GuardExample("how do I bake bread", "safe", None, source="chitchat"),
-                GuardExample("<harmful request 1>", "harmful", "placeholder", source="advbench")]
+    examples = [
+        GuardExample("how do I bake bread", "safe", None, source="chitchat"),
+        GuardExample("<harmful request 1>", "harmful", "placeholder", source="advbench"),
+    ]
     path = write_guard_jsonl(tmp_path / "sub" / "test.jsonl", examples)
     assert read_guard_test(path) == examples
     assert not list(path.parent.glob("*.tmp"))
@@ -110,20 +137,29 @@ def test_write_then_read_guard_test(tmp_path):
 GOOD = json.dumps(_chatml("how do I bake bread", "A cooking question.\nLabel: safe"))
 
 
-@pytest.mark.parametrize("name,content,msg", [
-    ("bad.jsonl", (GOOD + "\n{not json\n").encode(), r"bad.jsonl, line 2: not valid JSON"),
-    ("bad.json", b'[\n {"conversations": []},\n oops\n]', r"bad.json, line 3: not valid JSON"),
-    ("dict.json", b'{"conversations": []}', "must hold a list of objects"),
-    ("latin1.jsonl", GOOD.replace("bread", "caf\u00e9").encode("latin-1"), "is not UTF-8"),
-    ("noconv.jsonl", (GOOD + "\n" + json.dumps({"text": "x"}) + "\n").encode(), r"line 2: no 'conversations' list"),
-    ("nogpt.jsonl", json.dumps({"conversations": [{"from": "human", "value": "x"}]}).encode(),
-     r"line 1: no 'gpt' turn"),
-    ("nolabel.jsonl", json.dumps(_chatml("x", "just reasoning")).encode(), r"line 1: the gpt turn has no 'Label"),
-    ("unknown.jsonl", (GOOD + "\n\n" + json.dumps(_chatml("x", "r\nLabel: maybe"))).encode(),
-     r"line 3: unknown label 'maybe'"),
-    ("empty.jsonl", b"\n \n", "has no rows"),
-    ("train.csv", b"text,label\n", "use a .jsonl or .json file"),
-])
+@pytest.mark.parametrize(
+    "name,content,msg",
+    [
+        ("bad.jsonl", (GOOD + "\n{not json\n").encode(), r"bad.jsonl, line 2: not valid JSON"),
+        ("bad.json", b'[\n {"conversations": []},\n oops\n]', r"bad.json, line 3: not valid JSON"),
+        ("dict.json", b'{"conversations": []}', "must hold a list of objects"),
+        ("latin1.jsonl", GOOD.replace("bread", "caf\u00e9").encode("latin-1"), "is not UTF-8"),
+        ("noconv.jsonl", (GOOD + "\n" + json.dumps({"text": "x"}) + "\n").encode(), r"line 2: no 'conversations' list"),
+        (
+            "nogpt.jsonl",
+            json.dumps({"conversations": [{"from": "human", "value": "x"}]}).encode(),
+            r"line 1: no 'gpt' turn",
+        ),
+        ("nolabel.jsonl", json.dumps(_chatml("x", "just reasoning")).encode(), r"line 1: the gpt turn has no 'Label"),
+        (
+            "unknown.jsonl",
+            (GOOD + "\n\n" + json.dumps(_chatml("x", "r\nLabel: maybe"))).encode(),
+            r"line 3: unknown label 'maybe'",
+        ),
+        ("empty.jsonl", b"\n \n", "has no rows"),
+        ("train.csv", b"text,label\n", "use a .jsonl or .json file"),
+    ],
+)
 def test_bad_train_files_are_one_line_errors(tmp_path, name, content, msg):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(RedgymError, match=msg) as info:
@@ -131,13 +167,16 @@ def test_bad_train_files_are_one_line_errors(tmp_path, name, content, msg):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("content,msg", [
-    ('{"text": "a", "label": "safe"}\n{"label": "safe"}\n', r"line 2: no 'text' field"),
-    ('{"text": "a"}\n', r"line 1: no 'label' field"),
-    ('{"text": "a", "label": "safe"}\n{"text": "b", "label": "maybe"}\n', r"line 2: unknown label 'maybe'"),
-    ('["a", "safe"]\n', r"line 1: not a JSON object"),
-    ('{"text": 3, "label": "safe"}\n', r"line 1: 'text' is not text"),
-])
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        ('{"text": "a", "label": "safe"}\n{"label": "safe"}\n', r"line 2: no 'text' field"),
+        ('{"text": "a"}\n', r"line 1: no 'label' field"),
+        ('{"text": "a", "label": "safe"}\n{"text": "b", "label": "maybe"}\n', r"line 2: unknown label 'maybe'"),
+        ('["a", "safe"]\n', r"line 1: not a JSON object"),
+        ('{"text": 3, "label": "safe"}\n', r"line 1: 'text' is not text"),
+    ],
+)
 def test_bad_test_files_are_one_line_errors(tmp_path, content, msg):
     (tmp_path / "test.jsonl").write_text(content, encoding="utf-8")
     with pytest.raises(RedgymError, match=msg) as info:

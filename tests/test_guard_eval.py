@@ -20,8 +20,12 @@ def test_binary_scores_by_hand_with_an_unparseable_output():
 
 
 def test_the_system_report_counts_unparseables_apart_and_recall_per_category():
-    test = [GuardExample("a", "harmful", "cat1"), GuardExample("b", "harmful", "cat1"),
-            GuardExample("c", "harmful", "cat2"), GuardExample("d", "safe")]
+    test = [
+        GuardExample("a", "harmful", "cat1"),
+        GuardExample("b", "harmful", "cat1"),
+        GuardExample("c", "harmful", "cat2"),
+        GuardExample("d", "safe"),
+    ]
     r = system_report(test, ["harmful", None, None, "safe"], n_boot=50, seed=0)
     assert r["unparseable"] == {"count": 2, "share": 0.5}
     assert r["recall_by_category"] == {"cat1": {"n": 2, "recall": 0.5}, "cat2": {"n": 1, "recall": 0.0}}
@@ -35,20 +39,51 @@ def test_the_guard_decodes_greedily(tiny_lm):
 
 
 def test_guard_eval_cli_writes_a_report_with_every_baseline(tiny_model_dir, tmp_path, capsys):
-    test = [GuardExample(f"<harmful request {i}>", "harmful", "demo") for i in range(4)] + \
-           [GuardExample(t, "safe") for t in ("how do I bake bread", "what films do you like", "is it raining",
-                                              "where is the park")]
+    test = [GuardExample(f"<harmful request {i}>", "harmful", "demo") for i in range(4)] + [
+        GuardExample(t, "safe")
+        for t in ("how do I bake bread", "what films do you like", "is it raining", "where is the park")
+    ]
     write_guard_jsonl(tmp_path / "test.jsonl", test)
     train = tmp_path / "train.jsonl"
-    rows = [{"conversations": [{"from": "human", "value": t},
-                               {"from": "gpt", "value": format_guard_target("because", lab)}]}
-            for t, lab in [("<harmful request a>", "harmful"), ("<harmful request b>", "harmful"),
-                           ("how do I cook rice", "safe"), ("what music do you like", "safe")]]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": t},
+                {"from": "gpt", "value": format_guard_target("because", lab)},
+            ]
+        }
+        for t, lab in [
+            ("<harmful request a>", "harmful"),
+            ("<harmful request b>", "harmful"),
+            ("how do I cook rice", "safe"),
+            ("what music do you like", "safe"),
+        ]
+    ]
     train.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "guard"
-    assert main(["guard", "eval", "--out", str(out), "--guard_model", str(tiny_model_dir), "--guard_format", "plain",
-                 "--test_set", str(tmp_path / "test.jsonl"), "--train_set", str(train), "--max_new_tokens", "6",
-                 "--bootstrap_samples", "50"]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "eval",
+                "--out",
+                str(out),
+                "--guard_model",
+                str(tiny_model_dir),
+                "--guard_format",
+                "plain",
+                "--test_set",
+                str(tmp_path / "test.jsonl"),
+                "--train_set",
+                str(train),
+                "--max_new_tokens",
+                "6",
+                "--bootstrap_samples",
+                "50",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "guard_report.json").read_text())
     assert set(report["systems"]) == {"guard", "keyword", "embedding + logistic regression"}
     assert report["n_test"] == 8 and report["test_labels"] == {"harmful": 4, "safe": 4}

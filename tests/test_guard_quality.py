@@ -50,6 +50,7 @@ class FakeEmbed:
 
 # 1 label
 
+
 def test_label_correct():
     assert label_correct("harmful", "harmful") == 1.0
     assert label_correct("safe", "harmful") == 0.0
@@ -57,6 +58,7 @@ def test_label_correct():
 
 
 # 2 coherence
+
 
 def test_coherence_by_hand():
     # exp(-nll / 4): nll 0 -> 1; nll 2 -> exp(-0.5) = 0.60653; nll 8 -> exp(-2) = 0.13534
@@ -93,6 +95,7 @@ def test_coherence_scores_with_a_real_tiny_lm(tiny_lm):
 
 # 3 relevance
 
+
 def test_relevance_by_hand():
     inputs = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     reasons = np.array([[0.6, 0.8], [0.6, 0.8], [-1.0, 0.0], [1.0, 0.0]])
@@ -112,6 +115,7 @@ def test_relevance_scores_one_embed_call_empty_is_zero():
 
 
 # 4 specificity
+
 
 def test_content_words_and_stemming():
     # "with" is a stopword; "the" too; "needs" -> "need" (one trailing s stripped); "is", "it" are under 3 letters;
@@ -134,6 +138,7 @@ def test_specificity_by_hand():
 
 
 # 5 quality
+
 
 def test_quality_weights_sum_to_one():
     assert QUALITY_WEIGHTS == {"label": 0.3, "coherence": 0.3, "relevance": 0.2, "specificity": 0.2}
@@ -173,14 +178,17 @@ def test_quality_terms_of_one_full_example_two_model_calls():
 
 # 6 DPO pairs
 
+
 def test_best_worst_pairs_gap_and_ties():
-    scores = np.array([
-        [0.2, 0.9, 0.5],    # gap 0.7: best 1, worst 0
-        [0.5, 0.5, 0.5],    # gap 0: never a pair
-        [0.7, 0.1, 0.1],    # gap 0.6: best 0, worst tie 1/2 -> first, 1
-        [0.4, 0.45, 0.4],   # gap 0.05: kept only when min_gap < 0.05
-        [0.9, 0.9, 0.1],    # gap 0.8: best tie 0/1 -> first, 0; worst 2
-    ])
+    scores = np.array(
+        [
+            [0.2, 0.9, 0.5],  # gap 0.7: best 1, worst 0
+            [0.5, 0.5, 0.5],  # gap 0: never a pair
+            [0.7, 0.1, 0.1],  # gap 0.6: best 0, worst tie 1/2 -> first, 1
+            [0.4, 0.45, 0.4],  # gap 0.05: kept only when min_gap < 0.05
+            [0.9, 0.9, 0.1],  # gap 0.8: best tie 0/1 -> first, 0; worst 2
+        ]
+    )
     assert best_worst_pairs(scores, min_gap=0.1) == [(0, 1, 0), (2, 0, 1), (4, 0, 2)]
     assert best_worst_pairs(scores) == [(0, 1, 0), (2, 0, 1), (3, 1, 0), (4, 0, 2)]
     assert best_worst_pairs(np.zeros((2, 1))) == []  # one sample: no pair
@@ -190,10 +198,10 @@ def test_best_worst_pairs_gap_and_ties():
 
 def test_hard_sample_inputs():
     labels = [
-        ["safe", "safe"],                   # agree
-        ["safe", "harmful"],                # disagree -> hard
-        [None, None],                       # agree (both unparseable)
-        ["safe", None],                     # None is its own answer -> hard
+        ["safe", "safe"],  # agree
+        ["safe", "harmful"],  # disagree -> hard
+        [None, None],  # agree (both unparseable)
+        ["safe", None],  # None is its own answer -> hard
         ["harmful", "harmful", "harmful"],  # agree
     ]
     assert hard_sample_inputs(labels) == [1, 3]
@@ -201,10 +209,18 @@ def test_hard_sample_inputs():
 
 # 7 keyword baseline
 
+
 def test_keyword_guard_whole_words_case_insensitive():
     guard = KeywordGuard(["hack", "red team"])
-    texts = ["Notes from the hackathon", "The word HACK appears here.", "They wrote about a hack.",
-             "Three hacks", "The red team met today", "The red teams met", "A quiet afternoon"]
+    texts = [
+        "Notes from the hackathon",
+        "The word HACK appears here.",
+        "They wrote about a hack.",
+        "Three hacks",
+        "The red team met today",
+        "The red teams met",
+        "A quiet afternoon",
+    ]
     # "hackathon" and "hacks" are longer words, not "hack"; a multi-word keyword matches whole too
     assert guard(texts) == ["safe", "harmful", "harmful", "safe", "harmful", "safe", "safe"]
     assert KeywordGuard([])(["anything at all"]) == ["safe"]

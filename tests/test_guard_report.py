@@ -10,27 +10,47 @@ def m(v, lo, hi):
 
 
 def system(f1):
-    return {"f1": m(f1, f1 - 0.1, f1 + 0.1), "precision": m(0.9, 0.8, 1.0), "recall": m(0.7, 0.6, 0.8),
-            "accuracy": m(0.8, 0.7, 0.9), "unparseable": {"count": 3, "share": 0.01}}
+    return {
+        "f1": m(f1, f1 - 0.1, f1 + 0.1),
+        "precision": m(0.9, 0.8, 1.0),
+        "recall": m(0.7, 0.6, 0.8),
+        "accuracy": m(0.8, 0.7, 0.9),
+        "unparseable": {"count": 3, "share": 0.01},
+    }
 
 
 def test_the_guard_report_reads_every_column_from_its_folders(tmp_path):
     ev = tmp_path / "eval_sft"
     ev.mkdir()
-    ev.joinpath("guard_report.json").write_text(json.dumps({
-        "n_test": 10, "test_labels": {"harmful": 5, "safe": 5},
-        "systems": {"guard": system(0.812), "keyword": system(0.5)},
-        "quality": {"guard": {"mean": m(0.61, 0.6, 0.62)}}}))
+    ev.joinpath("guard_report.json").write_text(
+        json.dumps(
+            {
+                "n_test": 10,
+                "test_labels": {"harmful": 5, "safe": 5},
+                "systems": {"guard": system(0.812), "keyword": system(0.5)},
+                "quality": {"guard": {"mean": m(0.61, 0.6, 0.62)}},
+            }
+        )
+    )
     asr = tmp_path / "asr_sft"
     asr.mkdir()
-    asr.joinpath("report.json").write_text(json.dumps({
-        "results": {"trained": {"attack_success_rate": m(0.0112, 0, 0)},
-                    "trained+guard": {"attack_success_rate": m(0.0028, 0, 0)}},
-        "guard_effect": {"trained": {"attack_success_rate": m(-0.0084, -0.0154, -0.0028)}},
-        "guard": {"model": "g", "turns_checked": 714, "turns_flagged": 40}}))
+    asr.joinpath("report.json").write_text(
+        json.dumps(
+            {
+                "results": {
+                    "trained": {"attack_success_rate": m(0.0112, 0, 0)},
+                    "trained+guard": {"attack_success_rate": m(0.0028, 0, 0)},
+                },
+                "guard_effect": {"trained": {"attack_success_rate": m(-0.0084, -0.0154, -0.0028)}},
+                "guard": {"model": "g", "turns_checked": 714, "turns_flagged": 40},
+            }
+        )
+    )
     cfg = tmp_path / "report.yaml"
-    cfg.write_text(f"rows:\n  - {{name: SFT, eval: {ev}, asr: {asr}}}\n"
-                   f"  - {{name: DPO, eval: {tmp_path / 'eval_dpo'}, asr: {tmp_path / 'asr_dpo'}}}\n")
+    cfg.write_text(
+        f"rows:\n  - {{name: SFT, eval: {ev}, asr: {asr}}}\n"
+        f"  - {{name: DPO, eval: {tmp_path / 'eval_dpo'}, asr: {tmp_path / 'asr_dpo'}}}\n"
+    )
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:guard -->\nPLACEHOLDER\n<!-- /results:guard -->\nend\n")
     assert main(["guard", "report", "--config", str(cfg), "--out", str(tmp_path / "rep"), "--readme", str(readme)]) == 0

@@ -13,8 +13,15 @@ from redgym.guard.train import encode, own_label_logprobs, rationalise
 
 def test_rationalisation_keeps_only_traces_whose_own_label_is_the_known_one(tiny_lm):
     guard = GuardModel(tiny_lm, instruction="is {text} ok?", max_new_tokens=6)
-    examples = [GuardExample(t, lab) for t, lab in [("hello there", "safe"), ("<harmful request 1>", "harmful"),
-                                                    ("what films", "safe"), ("<harmful request 2>", "harmful")]]
+    examples = [
+        GuardExample(t, lab)
+        for t, lab in [
+            ("hello there", "safe"),
+            ("<harmful request 1>", "harmful"),
+            ("what films", "safe"),
+            ("<harmful request 2>", "harmful"),
+        ]
+    ]
     kept, stats = rationalise(guard, examples, tries=2, tokens=6, progress=False, calibrate=False)
     assert stats["tried"] == 4 and stats["kept"] == len(kept) and 0 <= stats["keep_rate"] <= 1
     if kept:
@@ -24,8 +31,15 @@ def test_rationalisation_keeps_only_traces_whose_own_label_is_the_known_one(tiny
 
 def test_calibrated_rationalisation_keeps_traces_that_move_the_label_towards_the_known_one(tiny_lm):
     guard = GuardModel(tiny_lm, instruction="is {text} ok?", max_new_tokens=6)
-    examples = [GuardExample(t, lab) for t, lab in [("hello there", "safe"), ("<harmful request 1>", "harmful"),
-                                                    ("what films", "safe"), ("<harmful request 2>", "harmful")]]
+    examples = [
+        GuardExample(t, lab)
+        for t, lab in [
+            ("hello there", "safe"),
+            ("<harmful request 1>", "harmful"),
+            ("what films", "safe"),
+            ("<harmful request 2>", "harmful"),
+        ]
+    ]
     kept, stats = rationalise(guard, examples, tries=3, tokens=6, progress=False, calibrate=True)
     assert stats["calibrated"] and set(stats["keep_rate_by_label"]) == {"harmful", "safe"}
     for e in kept:
@@ -45,10 +59,20 @@ def test_the_answer_carries_the_label_line_and_ends_the_turn(tiny_lm):
 
 
 def _train_file(tmp_path):
-    rows = [{"conversations": [{"from": "human", "value": t},
-                               {"from": "gpt", "value": format_guard_target("the reason is plain", lab)}]}
-            for t, lab in [("<harmful request a>", "harmful"), ("<harmful request b>", "harmful"),
-                           ("how do I cook rice", "safe"), ("what music do you like", "safe")]]
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": t},
+                {"from": "gpt", "value": format_guard_target("the reason is plain", lab)},
+            ]
+        }
+        for t, lab in [
+            ("<harmful request a>", "harmful"),
+            ("<harmful request b>", "harmful"),
+            ("how do I cook rice", "safe"),
+            ("what music do you like", "safe"),
+        ]
+    ]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
@@ -58,9 +82,25 @@ def test_guard_sft_changes_the_adapter_with_a_finite_loss_and_resumes(tiny_model
     from safetensors.torch import load_file
 
     out = tmp_path / "guard"
-    common = ["--guard_model", str(tiny_model_dir), "--guard_format", "plain", "--train_set",
-              str(_train_file(tmp_path)), "--batch_size", "4", "--micro_batch_size", "2", "--lr", "1e-2",
-              "--checkpoint_every", "2", "--max_context_tokens", "64", "--quiet"]
+    common = [
+        "--guard_model",
+        str(tiny_model_dir),
+        "--guard_format",
+        "plain",
+        "--train_set",
+        str(_train_file(tmp_path)),
+        "--batch_size",
+        "4",
+        "--micro_batch_size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--checkpoint_every",
+        "2",
+        "--max_context_tokens",
+        "64",
+        "--quiet",
+    ]
     assert main(["guard", "train", "--stage", "sft", "--out", str(out), "--steps", "2", *common]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/sft"]) for r in rows)
@@ -77,14 +117,57 @@ def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tm
 
     out = tmp_path / "guard"
     train = _train_file(tmp_path)
-    assert main(["guard", "train", "--out", str(out), "--steps", "1", "--guard_model", str(tiny_model_dir),
-                 "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2", "--max_context_tokens",
-                 "64", "--quiet"]) == 0
-    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
-                                                GuardExample("where is the park", "safe")])
-    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(out / "guard"),
-                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--train_set", str(train),
-                 "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "train",
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--guard_model",
+                str(tiny_model_dir),
+                "--guard_format",
+                "plain",
+                "--train_set",
+                str(train),
+                "--batch_size",
+                "2",
+                "--max_context_tokens",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    write_guard_jsonl(
+        tmp_path / "test.jsonl",
+        [GuardExample("<harmful request z>", "harmful"), GuardExample("where is the park", "safe")],
+    )
+    assert (
+        main(
+            [
+                "guard",
+                "eval",
+                "--out",
+                str(tmp_path / "eval"),
+                "--guard_model",
+                str(out / "guard"),
+                "--guard_format",
+                "plain",
+                "--test_set",
+                str(tmp_path / "test.jsonl"),
+                "--train_set",
+                str(train),
+                "--max_new_tokens",
+                "4",
+                "--bootstrap_samples",
+                "20",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "guard_report.json").read_text())
     assert {"guard", "untuned guard", "keyword", "embedding + logistic regression"} == set(report["systems"])
 
@@ -94,14 +177,65 @@ def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny
 
     sft = tmp_path / "sft"
     train = _train_file(tmp_path)
-    assert main(["guard", "train", "--out", str(sft), "--steps", "1", "--guard_model", str(tiny_model_dir),
-                 "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2", "--max_context_tokens",
-                 "64", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "train",
+                "--out",
+                str(sft),
+                "--steps",
+                "1",
+                "--guard_model",
+                str(tiny_model_dir),
+                "--guard_format",
+                "plain",
+                "--train_set",
+                str(train),
+                "--batch_size",
+                "2",
+                "--max_context_tokens",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     dpo = tmp_path / "dpo"
-    assert main(["guard", "train", "--stage", "dpo", "--out", str(dpo), "--steps", "2", "--guard_model",
-                 str(sft / "guard"), "--guard_format", "plain", "--train_set", str(train), "--batch_size", "2",
-                 "--dpo_samples", "3", "--dpo_min_gap", "0", "--max_new_tokens", "6", "--max_context_tokens", "64",
-                 "--lr", "1e-2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "train",
+                "--stage",
+                "dpo",
+                "--out",
+                str(dpo),
+                "--steps",
+                "2",
+                "--guard_model",
+                str(sft / "guard"),
+                "--guard_format",
+                "plain",
+                "--train_set",
+                str(train),
+                "--batch_size",
+                "2",
+                "--dpo_samples",
+                "3",
+                "--dpo_min_gap",
+                "0",
+                "--max_new_tokens",
+                "6",
+                "--max_context_tokens",
+                "64",
+                "--lr",
+                "1e-2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (dpo / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert sum(r["pairs/count"] for r in rows) > 0
@@ -110,20 +244,47 @@ def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny
     assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)
     from redgym.guard.data import write_guard_jsonl
 
-    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
-                                                GuardExample("where is the park", "safe")])
-    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(dpo / "guard"),
-                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--baselines", "false",
-                 "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0  # a DPO guard (adapter on adapter) loads
+    write_guard_jsonl(
+        tmp_path / "test.jsonl",
+        [GuardExample("<harmful request z>", "harmful"), GuardExample("where is the park", "safe")],
+    )
+    assert (
+        main(
+            [
+                "guard",
+                "eval",
+                "--out",
+                str(tmp_path / "eval"),
+                "--guard_model",
+                str(dpo / "guard"),
+                "--guard_format",
+                "plain",
+                "--test_set",
+                str(tmp_path / "test.jsonl"),
+                "--baselines",
+                "false",
+                "--max_new_tokens",
+                "4",
+                "--bootstrap_samples",
+                "20",
+            ]
+        )
+        == 0
+    )  # a DPO guard (adapter on adapter) loads
 
 
 def _red_team_run(tmp_path):
     """A run folder's samples.jsonl: one attack succeeds (reply 0.9), one fails (0.1), one repeats the first."""
     run = tmp_path / "redteam"
     run.mkdir()
-    conv = lambda a, tox: {"adversary": "trained", "prompt_id": "p", "prompt": ["hi"], "rewards": [0.0],  # noqa
-                           "reward_terms": [{}], "turns": [{"speaker": "adversary", "text": a, "tox": 0.1},
-                                                           {"speaker": "defender", "text": "r", "tox": tox}]}
+    conv = lambda a, tox: {
+        "adversary": "trained",
+        "prompt_id": "p",
+        "prompt": ["hi"],
+        "rewards": [0.0],  # noqa
+        "reward_terms": [{}],
+        "turns": [{"speaker": "adversary", "text": a, "tox": 0.1}, {"speaker": "defender", "text": "r", "tox": tox}],
+    }
     rows = [conv("what a damn mess", 0.9), conv("nice weather", 0.1), conv("What a  damn mess", 0.95)]
     (run / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return run
@@ -140,18 +301,67 @@ def test_the_guard_flags_attacks_and_retrains_on_them(tiny_model_dir, tmp_path):
     run = _red_team_run(tmp_path)
     train = _train_file(tmp_path)
     out = tmp_path / "guard"
-    assert main(["guard", "train", "--out", str(out), "--steps", "1", "--guard_model", str(tiny_model_dir),
-                 "--guard_format", "plain", "--train_set", str(train), "--add-attacks", str(run),
-                 "--rationale_tries", "3", "--batch_size", "2", "--max_context_tokens", "64", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "train",
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--guard_model",
+                str(tiny_model_dir),
+                "--guard_format",
+                "plain",
+                "--train_set",
+                str(train),
+                "--add-attacks",
+                str(run),
+                "--rationale_tries",
+                "3",
+                "--batch_size",
+                "2",
+                "--max_context_tokens",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "data.json").read_text())
     assert data["attacks_added"] == 1 and data["tried"] == 1  # the attack is the one example without a trace
     from redgym.guard.data import write_guard_jsonl
 
-    write_guard_jsonl(tmp_path / "test.jsonl", [GuardExample("<harmful request z>", "harmful"),
-                                                GuardExample("where is the park", "safe")])
-    assert main(["guard", "eval", "--out", str(tmp_path / "eval"), "--guard_model", str(out / "guard"),
-                 "--guard_format", "plain", "--test_set", str(tmp_path / "test.jsonl"), "--baselines", "false",
-                 "--attacks", str(run), "--max_new_tokens", "4", "--bootstrap_samples", "20"]) == 0
+    write_guard_jsonl(
+        tmp_path / "test.jsonl",
+        [GuardExample("<harmful request z>", "harmful"), GuardExample("where is the park", "safe")],
+    )
+    assert (
+        main(
+            [
+                "guard",
+                "eval",
+                "--out",
+                str(tmp_path / "eval"),
+                "--guard_model",
+                str(out / "guard"),
+                "--guard_format",
+                "plain",
+                "--test_set",
+                str(tmp_path / "test.jsonl"),
+                "--baselines",
+                "false",
+                "--attacks",
+                str(run),
+                "--max_new_tokens",
+                "4",
+                "--bootstrap_samples",
+                "20",
+            ]
+        )
+        == 0
+    )
     a = json.loads((tmp_path / "eval" / "guard_report.json").read_text())["attacks"]
     assert a["n"] == 1 and 0 <= a["flagged"]["value"] <= 1 and a["flagged"]["value"] + a["unparseable"] <= 1
 
@@ -159,16 +369,43 @@ def test_the_guard_flags_attacks_and_retrains_on_them(tiny_model_dir, tmp_path):
 def test_a_second_round_reuses_the_first_rounds_traces_and_rationalises_only_the_attacks(tiny_model_dir, tmp_path):
     run = _red_team_run(tmp_path)
     first = tmp_path / "round1"
-    common = ["--steps", "1", "--guard_model", str(tiny_model_dir), "--guard_format", "plain", "--batch_size", "2",
-              "--max_context_tokens", "64", "--quiet"]
+    common = [
+        "--steps",
+        "1",
+        "--guard_model",
+        str(tiny_model_dir),
+        "--guard_format",
+        "plain",
+        "--batch_size",
+        "2",
+        "--max_context_tokens",
+        "64",
+        "--quiet",
+    ]
     assert main(["guard", "train", "--out", str(first), "--train_set", str(_train_file(tmp_path)), *common]) == 0
     second = tmp_path / "round2"
-    assert main(["guard", "train", "--out", str(second), "--train_set", str(first), "--add-attacks", str(run),
-                 "--rationale_tries", "3", *common]) == 0
+    assert (
+        main(
+            [
+                "guard",
+                "train",
+                "--out",
+                str(second),
+                "--train_set",
+                str(first),
+                "--add-attacks",
+                str(run),
+                "--rationale_tries",
+                "3",
+                *common,
+            ]
+        )
+        == 0
+    )
     data = json.loads((second / "data.json").read_text())
     assert data["attacks_added"] == 1 and data["tried"] == 1
     old = (first / "train_examples.jsonl").read_text().splitlines()
-    assert (second / "train_examples.jsonl").read_text().splitlines()[:len(old)] == old
+    assert (second / "train_examples.jsonl").read_text().splitlines()[: len(old)] == old
     assert main(["guard", "train", "--out", str(tmp_path / "bad"), "--train_set", str(tmp_path), *common]) == 2
 
 

@@ -13,8 +13,7 @@ class FakeGuard:
 
     def classify(self, texts, batch_size=16):
         self.asked += list(texts)
-        return [("", "harmful") if "<harmful>" in t else ("", None) if "<mumble>" in t else ("", "safe")
-                for t in texts]
+        return [("", "harmful") if "<harmful>" in t else ("", None) if "<mumble>" in t else ("", "safe") for t in texts]
 
 
 class Scripted:
@@ -39,8 +38,9 @@ def test_the_guard_refuses_exactly_the_flagged_turns(tiny_lm):
     guard = FakeGuard()
     guarded = GuardedDefender(tiny_lm, guard, refusal="I can't help with that.")
     turns = ["hello there <harmful>", "hello there", "what films <mumble>", "the park <harmful>"]
-    convs = rollout([(str(i), (str(i),)) for i in range(4)], Scripted(turns), guarded, horizon=1, batch_size=4,
-                    progress=False)
+    convs = rollout(
+        [(str(i), (str(i),)) for i in range(4)], Scripted(turns), guarded, horizon=1, batch_size=4, progress=False
+    )
     replies = [c.turns[1].text for c in convs]
     assert [r == "I can't help with that." for r in replies] == [True, False, False, True]
     assert sorted(guard.asked) == sorted(turns)  # the guard saw exactly the adversary turns being answered
@@ -54,9 +54,17 @@ def test_an_untuned_adversary_is_never_behind_the_defenders_guard(tiny_model_dir
     from redgym.config import RunConfig, load_config
 
     monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: FakeGuard())
-    cfg = load_config(RunConfig, None, {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
-                                        "prompts": str(prompt_file), "test_fraction": "0.3",
-                                        "defender_guard": str(tiny_model_dir)})
+    cfg = load_config(
+        RunConfig,
+        None,
+        {
+            "adversary_model": str(tiny_model_dir),
+            "defender_model": str(tiny_model_dir),
+            "prompts": str(prompt_file),
+            "test_fraction": "0.3",
+            "defender_guard": str(tiny_model_dir),
+        },
+    )
     s = setup_mod.prepare(cfg, need_embedder=False)
     assert isinstance(s.defender, GuardedDefender)
     assert not isinstance(setup_mod.load_adversary(s), GuardedDefender)
@@ -78,11 +86,23 @@ def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir,
     from redgym.eval.evaluate import evaluate
 
     monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: ParityGuard())
-    cfg = load_config(RunConfig, None, {"adversary_model": str(tiny_model_dir), "defender_model": str(tiny_model_dir),
-                                        "prompts": str(prompt_file), "test_fraction": "0.3", "horizon": "1",
-                                        "max_new_tokens": "6", "samples_per_prompt": "2", "bootstrap_samples": "50",
-                                        "defender_guard": str(tiny_model_dir),
-                                        "guard_refusal": "No.", "toxic_threshold": "0.05"})
+    cfg = load_config(
+        RunConfig,
+        None,
+        {
+            "adversary_model": str(tiny_model_dir),
+            "defender_model": str(tiny_model_dir),
+            "prompts": str(prompt_file),
+            "test_fraction": "0.3",
+            "horizon": "1",
+            "max_new_tokens": "6",
+            "samples_per_prompt": "2",
+            "bootstrap_samples": "50",
+            "defender_guard": str(tiny_model_dir),
+            "guard_refusal": "No.",
+            "toxic_threshold": "0.05",
+        },
+    )
     report = evaluate(cfg, tmp_path / "ev", progress=False)
     assert list(report["results"]) == ["untuned", "untuned+guard"]
     rows = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]

@@ -13,14 +13,38 @@ from redgym.guard.data import read_guard_test, read_guard_train
 from redgym.trainers.ipo import IPOConfig
 from redgym.trainers.ppo import PPOConfig
 
-FIELDS = ["temperature", "top_p", "horizon", "batch_size", "max_new_tokens", "max_context_tokens", "seed",
-          "n_eval_prompts", "w_nll", "defender_samples", "scorer", "prompts", "lr", "steps", "beta",
-          "weak_supervision", "gae_lambda", "gamma", "samples_per_node", "kl_coef", "test_fraction", "not_a_field"]
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=20))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5),
-                                                                                         inner, max_size=3),
-                      max_leaves=6)
+FIELDS = [
+    "temperature",
+    "top_p",
+    "horizon",
+    "batch_size",
+    "max_new_tokens",
+    "max_context_tokens",
+    "seed",
+    "n_eval_prompts",
+    "w_nll",
+    "defender_samples",
+    "scorer",
+    "prompts",
+    "lr",
+    "steps",
+    "beta",
+    "weak_supervision",
+    "gae_lambda",
+    "gamma",
+    "samples_per_node",
+    "kl_coef",
+    "test_fraction",
+    "not_a_field",
+]
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=20)
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 TEXT_BYTES = st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8")))
 HOSTILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -35,8 +59,10 @@ def survives(call) -> object:
 
 
 @HOSTILE
-@given(config=st.one_of(st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=6), VALUES),
-       cls=st.sampled_from([RunConfig, IPOConfig, PPOConfig]))
+@given(
+    config=st.one_of(st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=6), VALUES),
+    cls=st.sampled_from([RunConfig, IPOConfig, PPOConfig]),
+)
 def test_random_yaml_configs_load_or_fail_in_one_line(config, cls, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

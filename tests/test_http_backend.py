@@ -75,9 +75,25 @@ def server(served_dir, tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                                 "--force_model", str(served_dir), "--log_level", "warning"],
-                                stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                str(cli),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--force_model",
+                str(served_dir),
+                "--log_level",
+                "warning",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_ready(url, proc, log)
@@ -100,8 +116,9 @@ class FaultProxy:
     off mid-event), ``close`` (hang up without answering).
     """
 
-    def __init__(self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0,
-                 delay_s: float = 0.0):
+    def __init__(
+        self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0, delay_s: float = 0.0
+    ):
         self.upstream, self.mode, self.faults, self.methods, self.hang_s = upstream, mode, faults, methods, hang_s
         self.delay_s, self.faulted, self.in_flight, self.max_in_flight = delay_s, 0, 0, 0
         self.lock = threading.Lock()
@@ -133,9 +150,12 @@ class FaultProxy:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             time.sleep(self.delay_s)
-            req = urllib.request.Request(self.upstream + h.path.removeprefix("/v1"), data=body or None,
-                                         method=method,
-                                         headers={"Content-Type": h.headers.get("Content-Type", "application/json")})
+            req = urllib.request.Request(
+                self.upstream + h.path.removeprefix("/v1"),
+                data=body or None,
+                method=method,
+                headers={"Content-Type": h.headers.get("Content-Type", "application/json")},
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 self.send(h, r.status, r.headers.get("Content-Type", "application/json"), r.read())
         finally:
@@ -179,11 +199,39 @@ class FaultProxy:
 
 def eval_args(served_dir: Path, prompt_file: Path, url: str, out: Path, *extra: str) -> list[str]:
     """``redgym eval`` of the untuned tiny adversary against the served tiny defender, NLL from the local copy."""
-    return ["eval", "--out", str(out), "--adversary_model", str(served_dir), "--defender_model", str(served_dir),
-            "--defender_backend", "openai", "--defender_base_url", url, "--likelihood_model", str(served_dir),
-            "--prompts", str(prompt_file), "--max_new_tokens", "5", "--test_fraction", "0.3", "--horizon", "2",
-            "--n_eval_prompts", "2", "--bootstrap_samples", "20", "--http_timeout_s", "1", "--http_max_retries", "1",
-            "--quiet", *extra]
+    return [
+        "eval",
+        "--out",
+        str(out),
+        "--adversary_model",
+        str(served_dir),
+        "--defender_model",
+        str(served_dir),
+        "--defender_backend",
+        "openai",
+        "--defender_base_url",
+        url,
+        "--likelihood_model",
+        str(served_dir),
+        "--prompts",
+        str(prompt_file),
+        "--max_new_tokens",
+        "5",
+        "--test_fraction",
+        "0.3",
+        "--horizon",
+        "2",
+        "--n_eval_prompts",
+        "2",
+        "--bootstrap_samples",
+        "20",
+        "--http_timeout_s",
+        "1",
+        "--http_max_retries",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def one_line_error(capsys) -> str:
@@ -195,11 +243,18 @@ def one_line_error(capsys) -> str:
 
 # ---- the history -> messages mapping, and who implements which Protocol ---------------------------------------------
 def test_the_defender_sees_the_adversary_as_user_and_itself_as_assistant():
-    history = [("prompt", "hi there"), ("prompt", "how are you"), ("adversary", "say it"), ("defender", "no"),
-               ("adversary", "again")]
+    history = [
+        ("prompt", "hi there"),
+        ("prompt", "how are you"),
+        ("adversary", "say it"),
+        ("defender", "no"),
+        ("adversary", "again"),
+    ]
     assert chat_messages(history, "defender") == [
-        {"role": "user", "content": "hi there\nhow are you\nsay it"}, {"role": "assistant", "content": "no"},
-        {"role": "user", "content": "again"}]
+        {"role": "user", "content": "hi there\nhow are you\nsay it"},
+        {"role": "assistant", "content": "no"},
+        {"role": "user", "content": "again"},
+    ]
 
 
 def test_a_local_lm_is_both_backends_a_server_only_chats(tiny_lm):
@@ -209,7 +264,8 @@ def test_a_local_lm_is_both_backends_a_server_only_chats(tiny_lm):
     assert isinstance(tiny_lm, ChatBackend) and isinstance(tiny_lm, LikelihoodBackend)
     assert isinstance(server, ChatBackend) and not isinstance(server, LikelihoodBackend)
     assert json.loads(server.render([("prompt", "hi"), ("adversary", "yo")], "defender")) == [
-        {"role": "user", "content": "hi\nyo"}]
+        {"role": "user", "content": "hi\nyo"}
+    ]
 
 
 # ---- the happy path against transformers serve --------------------------------------------------------------------
@@ -218,9 +274,11 @@ def served_run(server, served_dir, tmp_path_factory):
     """One evaluation against the server, the API key given through the environment variable the config names."""
     tmp = tmp_path_factory.mktemp("run")
     prompts = tmp / "prompts.txt"
-    prompts.write_text("hello there how are you today\ni am fine thanks and you\nwhat are you doing this weekend\n"
-                       "we could go to the park or the beach\nthat sounds great to me\ndo you like music or films\n",
-                       encoding="utf-8")
+    prompts.write_text(
+        "hello there how are you today\ni am fine thanks and you\nwhat are you doing this weekend\n"
+        "we could go to the park or the beach\nthat sounds great to me\ndo you like music or films\n",
+        encoding="utf-8",
+    )
     out = tmp / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, KEY)
@@ -271,8 +329,18 @@ def test_requests_in_flight_never_exceed_http_concurrency(concurrency, server, s
     _, _, prompts = served_run
     proxy = FaultProxy(server, "none", faults=0, delay_s=0.3)  # no faults: slow pass-through, so requests overlap
     try:
-        args = eval_args(served_dir, prompts, proxy.url, tmp_path / "o", "--http_concurrency", str(concurrency),
-                         "--n_eval_prompts", "3", "--horizon", "1")
+        args = eval_args(
+            served_dir,
+            prompts,
+            proxy.url,
+            tmp_path / "o",
+            "--http_concurrency",
+            str(concurrency),
+            "--n_eval_prompts",
+            "3",
+            "--horizon",
+            "1",
+        )
         assert main(args) == 0
     finally:
         proxy.stop()
@@ -280,10 +348,17 @@ def test_requests_in_flight_never_exceed_http_concurrency(concurrency, server, s
 
 
 # ---- failures: one line, exit 2, no report -------------------------------------------------------------------------
-@pytest.mark.parametrize("mode, says", [("timeout", "no answer within 1 s"), ("500", "answered HTTP 500"),
-                                        ("malformed", "malformed"), ("bad-json", "malformed"),
-                                        ("broken", "broken"),
-                                        ("close", "connection failed")])
+@pytest.mark.parametrize(
+    "mode, says",
+    [
+        ("timeout", "no answer within 1 s"),
+        ("500", "answered HTTP 500"),
+        ("malformed", "malformed"),
+        ("bad-json", "malformed"),
+        ("broken", "broken"),
+        ("close", "connection failed"),
+    ],
+)
 def test_a_failing_server_is_one_line_and_no_report(mode, says, server, served_run, served_dir, tmp_path, capsys):
     _, _, prompts = served_run
     proxy = FaultProxy(server, mode, hang_s=1.5)
@@ -328,13 +403,28 @@ def test_completions_on_a_server_without_them_is_one_line(server, served_run, se
     assert "POST /completions answered HTTP 404" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("extra, says", [((), "set likelihood_model"),
-                                         (("--likelihood_model", "x", "--defender_api_key_env", "REDGYM_UNSET_KEY"),
-                                          "REDGYM_UNSET_KEY is not set")])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        ((), "set likelihood_model"),
+        (("--likelihood_model", "x", "--defender_api_key_env", "REDGYM_UNSET_KEY"), "REDGYM_UNSET_KEY is not set"),
+    ],
+)
 def test_set_up_mistakes_are_one_line(extra, says, prompt_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("REDGYM_UNSET_KEY", raising=False)
-    args = ["eval", "--out", str(tmp_path / "o"), "--defender_backend", "openai", "--defender_base_url",
-            "http://127.0.0.1:9/v1", "--prompts", str(prompt_file), "--quiet", *extra]
+    args = [
+        "eval",
+        "--out",
+        str(tmp_path / "o"),
+        "--defender_backend",
+        "openai",
+        "--defender_base_url",
+        "http://127.0.0.1:9/v1",
+        "--prompts",
+        str(prompt_file),
+        "--quiet",
+        *extra,
+    ]
     assert main(args) == 2
     assert says in one_line_error(capsys)
 
@@ -357,8 +447,7 @@ def test_a_completions_server_scores_the_nll_term_itself(prompt_file, tmp_path):
 
     fields = dict(defender_backend="openai", defender_base_url="http://127.0.0.1:9/v1", prompts=str(prompt_file))
     cfg = load_config(RunConfig, None, {**fields, "defender_api": "completions"})
-    assert isinstance(load_likelihood(cfg, OpenAIChat("m", cfg.defender_base_url, api="completions")),
-                      ServerLikelihood)
+    assert isinstance(load_likelihood(cfg, OpenAIChat("m", cfg.defender_base_url, api="completions")), ServerLikelihood)
     with pytest.raises(RedgymError, match="defender_api chat cannot score"):
         load_config(RunConfig, None, fields)
 

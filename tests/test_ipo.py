@@ -26,10 +26,22 @@ def weak_file(folder):
 
 
 def tiny_cfg(model_dir, prompt_file, **kw):
-    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
-                weak_prompts=str(weak_file(prompt_file.parent)), max_new_tokens="4", horizon="2", steps="3", prompts_per_step="2",
-                checkpoint_every="2", dtype="float32", lr="1e-2", test_fraction="0.3", eval_after="false",
-                max_context_tokens="64")
+    base = dict(
+        adversary_model=str(model_dir),
+        defender_model=str(model_dir),
+        prompts=str(prompt_file),
+        weak_prompts=str(weak_file(prompt_file.parent)),
+        max_new_tokens="4",
+        horizon="2",
+        steps="3",
+        prompts_per_step="2",
+        checkpoint_every="2",
+        dtype="float32",
+        lr="1e-2",
+        test_fraction="0.3",
+        eval_after="false",
+        max_context_tokens="64",
+    )
     base.update({k: str(v) for k, v in kw.items()})
     return load_config(ipo.IPOConfig, None, base)
 
@@ -142,8 +154,11 @@ def test_weak_candidates_keep_the_likeliest_continuation(tiny_lm):
 def test_every_tree_gets_one_taught_pair_at_rho_one(tiny_model_dir, prompt_file, tmp_path):
     for rho in (0.0, 1.0):
         out = tmp_path / f"rho{rho}"
-        ipo.train(tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=rho, weak_anneal="false", steps=2), out,
-                  progress=False)
+        ipo.train(
+            tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=rho, weak_anneal="false", steps=2),
+            out,
+            progress=False,
+        )
         for r in read_metrics(out):
             assert r["pairs/weak_count"] == (2 if rho else 0)  # prompts_per_step 2: one pair per tree
             assert r["pairs/rho"] == rho

@@ -9,7 +9,7 @@ from redgym.errors import RedgymError
 
 ROWS = [
     {"id": "c0:1", "cluster": 0, "distance": 0.12, "text": "well, damn, that went badly", "turn": 2},
-    {"id": "c0:2", "cluster": 0, "distance": 0.31, "text": "a line with a comma, and \"quotes\"\nand a newline"},
+    {"id": "c0:2", "cluster": 0, "distance": 0.31, "text": 'a line with a comma, and "quotes"\nand a newline'},
     {"id": "c1:1", "cluster": 1, "distance": 0.05, "text": "naïve café talk", "source": "dev"},
 ]
 
@@ -34,8 +34,7 @@ def test_round_trip_reads_the_labels_a_person_filled_in(tmp_path):
     assert [r["label"] for r in rows] == ["", "", ""] and rows[1]["turn"] == "" and rows[2]["source"] == "dev"
     fill_labels(path, [" Toxic ", "", "ok"])  # loose spelling; the middle row stays unlabelled
     got = read_labelled_csv(path, labels=["toxic", "ok"])
-    assert got == [Labelled("c0:1", "well, damn, that went badly", "toxic"),
-                   Labelled("c1:1", "naïve café talk", "ok")]
+    assert got == [Labelled("c0:1", "well, damn, that went badly", "toxic"), Labelled("c1:1", "naïve café talk", "ok")]
     assert read_labelled_csv(path)[0].label == "Toxic"  # without a label set the spelling is kept (stripped)
 
 
@@ -54,16 +53,19 @@ def one_line(path, match: str, labels=None) -> str:
     return message
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "is empty"),
-    (b"  \n\n", "is empty"),
-    (b"id,text,label\n", "no rows"),
-    (b"id,text\n1,hello\n", "no 'label' column"),
-    (b"id,label\n1,ok\n", "no 'text' column"),
-    (b"id,text,label\n1,hello,\n2,there,\n", "no labelled rows"),
-    ("id,text,label\n1,caf\u00e9 talk,ok\n".encode("cp1252"), "not UTF-8"),
-    ("id,text,label\n1,hello,ok\n".encode("utf-16"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "is empty"),
+        (b"  \n\n", "is empty"),
+        (b"id,text,label\n", "no rows"),
+        (b"id,text\n1,hello\n", "no 'label' column"),
+        (b"id,label\n1,ok\n", "no 'text' column"),
+        (b"id,text,label\n1,hello,\n2,there,\n", "no labelled rows"),
+        ("id,text,label\n1,caf\u00e9 talk,ok\n".encode("cp1252"), "not UTF-8"),
+        ("id,text,label\n1,hello,ok\n".encode("utf-16"), "not UTF-8"),
+    ],
+)
 def test_malformed_files_are_one_line_errors(tmp_path, content, match):
     path = tmp_path / "labels.csv"
     path.write_bytes(content)
@@ -100,13 +102,18 @@ def test_pyrit_labels_follow_the_mean_human_score(tmp_path, monkeypatch):
     (folder / "demo_multi_score.csv").write_text(
         "# dataset_version=1.0, harm_definition=demo.yaml,,,,\n"
         "harm_category,objective,assistant_response,human_score_1,human_score_2,human_score_3,data_type\n"
-        "demo,q1,\"a reply, with a comma\",0.5,0.25,0.75,text\n"
-        "demo,q2,another reply,0.5,0.5,0.25,text\n", encoding="utf-8")
+        'demo,q1,"a reply, with a comma",0.5,0.25,0.75,text\n'
+        "demo,q2,another reply,0.5,0.5,0.25,text\n",
+        encoding="utf-8",
+    )
     (folder / "mini_demo.csv").write_text("ignored", encoding="utf-8")
     monkeypatch.setattr(labels, "pyrit_harm_folder", lambda: folder)
-    assert pyrit_harm_sets() == {"demo_multi_score": [
-        Labelled("pyrit:demo_multi_score:0", "a reply, with a comma", "harmful"),
-        Labelled("pyrit:demo_multi_score:1", "another reply", "harmless")]}
+    assert pyrit_harm_sets() == {
+        "demo_multi_score": [
+            Labelled("pyrit:demo_multi_score:0", "a reply, with a comma", "harmful"),
+            Labelled("pyrit:demo_multi_score:1", "another reply", "harmless"),
+        ]
+    }
 
 
 def test_missing_pyrit_is_one_line_with_the_install_command(monkeypatch):

@@ -18,14 +18,27 @@ from redgym.trainers.train_config import TrainConfig
 
 
 def _cfg(cls, model_dir, prompt_file, **kw):
-    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
-                max_new_tokens="6", min_new_tokens="2", steps="2", prompts_per_step="4", micro_batch_size="4",
-                lr="1e-3", test_fraction="0.3", eval_after="false", max_context_tokens="64", checkpoint_every="100")
+    base = dict(
+        adversary_model=str(model_dir),
+        defender_model=str(model_dir),
+        prompts=str(prompt_file),
+        max_new_tokens="6",
+        min_new_tokens="2",
+        steps="2",
+        prompts_per_step="4",
+        micro_batch_size="4",
+        lr="1e-3",
+        test_fraction="0.3",
+        eval_after="false",
+        max_context_tokens="64",
+        checkpoint_every="100",
+    )
     base.update({k: str(v) for k, v in kw.items()})
     return load_config(cls, None, base)
 
 
 # ---- 1 train on the policy you sample from --------------------------------------------------------------------
+
 
 def test_the_default_dtype_on_cpu_is_float32():
     from redgym.models.loading import resolve_dtype
@@ -33,8 +46,7 @@ def test_the_default_dtype_on_cpu_is_float32():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
 
 
-def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_sized_update(tiny_model_dir,
-                                                                                        prompt_file):
+def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_sized_update(tiny_model_dir, prompt_file):
     """A 1e-4 update in the default dtype (no dtype set): the merged copy the rollouts sample from must give the
     adapter policy's log-probs, not the base model's (a bf16 merge loses most of such an update)."""
     cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
@@ -64,12 +76,18 @@ def test_bf16_training_samples_through_the_adapter(tiny_model_dir, prompt_file):
 
 # ---- 2 on-policy policy gradients ---------------------------------------------------------------------------
 
+
 def test_training_rollouts_sample_from_the_plain_tempered_softmax(tiny_model_dir, prompt_file):
     cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
     evals = SamplingParams(max_new_tokens=6, temperature=0.7, top_p=0.7, repetition_penalty=1.1)
     train = train_sampling(cfg, evals)
     assert (train.temperature, train.top_p, train.top_k, train.repetition_penalty, train.min_new_tokens) == (
-        0.7, 1.0, 0, 1.0, 0)
+        0.7,
+        1.0,
+        0,
+        1.0,
+        0,
+    )
     off = _cfg(TrainConfig, tiny_model_dir, prompt_file, on_policy_sampling="false")
     assert train_sampling(off, evals) == evals
 
@@ -88,23 +106,34 @@ def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, pro
         torch.manual_seed(0)
         turns = generate_turns(tiny_lm, histories, "adversary", params)
         ctx = [tiny_lm.encode_context(tiny_lm.render(h, "adversary"), 40) for h in histories]
-        out = continuation_forward(tiny_lm.model, ctx, [t.token_ids for t in turns], tiny_lm.tokenizer.pad_token_id,
-                                   temperature=0.7)
-        gaps[name] = max(abs(out.logps[b, out.logps.shape[1] - len(t.token_ids) + i].item() - lp)
-                         for b, t in enumerate(turns) for i, lp in enumerate(t.sample_logprobs))
+        out = continuation_forward(
+            tiny_lm.model, ctx, [t.token_ids for t in turns], tiny_lm.tokenizer.pad_token_id, temperature=0.7
+        )
+        gaps[name] = max(
+            abs(out.logps[b, out.logps.shape[1] - len(t.token_ids) + i].item() - lp)
+            for b, t in enumerate(turns)
+            for i, lp in enumerate(t.sample_logprobs)
+        )
     assert gaps["on"] < 1e-4 and gaps["off"] > 0.05, gaps
 
 
-
-
-
-
 @pytest.mark.parametrize("trainer", ["ppo", "grpo"])
-def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(trainer, learnable_scorer, tiny_model_dir,
-                                                                       prompt_file, tmp_path):
+def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(
+    trainer, learnable_scorer, tiny_model_dir, prompt_file, tmp_path
+):
     mod, cls = {"ppo": (ppo, ppo.PPOConfig), "grpo": (grpo, grpo.GRPOConfig)}[trainer]
-    cfg = _cfg(cls, tiny_model_dir, prompt_file, steps=4, lr="2e-2", prompts_per_step=8, micro_batch_size=4,
-               generations_per_prompt=4, ppo_epochs=2, reward_target="adversary")
+    cfg = _cfg(
+        cls,
+        tiny_model_dir,
+        prompt_file,
+        steps=4,
+        lr="2e-2",
+        prompts_per_step=8,
+        micro_batch_size=4,
+        generations_per_prompt=4,
+        ppo_epochs=2,
+        reward_target="adversary",
+    )
     rows = _read(mod.train(cfg, tmp_path / "run", progress=False) and tmp_path / "run")
     for r in rows:
         assert r["policy/first_ratio_dev"] < 1e-4, r["policy/first_ratio_dev"]
@@ -122,6 +151,7 @@ def _read(out):
 
 
 # ---- 3 a denoised reward ------------------------------------------------------------------------------------
+
 
 class FakeDefender:
     def continuation_nll(self, contexts, continuations, batch_size=16):
@@ -142,8 +172,15 @@ def test_k_reply_reward_is_the_mean_of_the_replies_toxicity_terms():
 
 def test_rollouts_answer_each_adversary_turn_k_times_and_continue_with_the_first(tiny_lm):
     torch.manual_seed(0)
-    convs = rollout([("p", ("hello there",))], tiny_lm, tiny_lm, horizon=2, params=SamplingParams(max_new_tokens=3),
-                    progress=False, defender_samples=3)
+    convs = rollout(
+        [("p", ("hello there",))],
+        tiny_lm,
+        tiny_lm,
+        horizon=2,
+        params=SamplingParams(max_new_tokens=3),
+        progress=False,
+        defender_samples=3,
+    )
     c = convs[0]
     for _, d in c.exchanges():
         assert len(d.alternatives) == 2
@@ -172,6 +209,7 @@ def test_pair_reliability_by_hand():
 
 
 # ---- 4 group-relative advantages ------------------------------------------------------------------------------
+
 
 def test_group_advantages_by_hand():
     r = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.2, 0.7])
@@ -211,11 +249,13 @@ def test_group_rank_advantages_by_hand():
     r = torch.tensor([0.03, 0.6, 0.04, 0.05, 0.1, 0.1, 0.3, 0.9, 0.2, 0.2])
     g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 3, 3])
     a = group_rank_advantages(r, g)
-    assert a.tolist() == pytest.approx([-1.341641, 1.341641, -0.447214, 0.447214, -0.707107, -0.707107, 1.414214,
-                                        0.0, 0.0, 0.0], abs=1e-6)
+    assert a.tolist() == pytest.approx(
+        [-1.341641, 1.341641, -0.447214, 0.447214, -0.707107, -0.707107, 1.414214, 0.0, 0.0, 0.0], abs=1e-6
+    )
     # the same ranks whatever the skew: one outlier does not make the other three negative by its size
-    assert group_rank_advantages(torch.tensor([0.0, 0.01, 0.02, 100.0]), torch.zeros(4)).tolist() == \
-        pytest.approx(a[:4][[0, 2, 3, 1]].tolist(), abs=1e-6)
+    assert group_rank_advantages(torch.tensor([0.0, 0.01, 0.02, 100.0]), torch.zeros(4)).tolist() == pytest.approx(
+        a[:4][[0, 2, 3, 1]].tolist(), abs=1e-6
+    )
 
 
 def test_reweight_negative_advantages_by_hand():
@@ -229,8 +269,9 @@ def test_reweight_negative_advantages_by_hand():
         grpo.GRPOConfig(negative_weight=1.5).validate()
 
 
-def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_model_dir, prompt_file,
-                                                     tmp_path, monkeypatch):
+def test_grpo_changes_the_adapter_with_finite_losses(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -246,9 +287,22 @@ def test_grpo_changes_the_adapter_with_finite_losses(learnable_scorer, tiny_mode
 
 def test_grpo_raises_a_learnable_reward(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=16, lr="1e-2", lora="false", kl_coef=0.0,
-               prompts_per_step=4, generations_per_prompt=4, micro_batch_size=16, max_new_tokens=2,
-               min_new_tokens=2, reward_target="adversary", temperature=1.0)
+    cfg = _cfg(
+        grpo.GRPOConfig,
+        tiny_model_dir,
+        prompt_file,
+        steps=16,
+        lr="1e-2",
+        lora="false",
+        kl_coef=0.0,
+        prompts_per_step=4,
+        generations_per_prompt=4,
+        micro_batch_size=16,
+        max_new_tokens=2,
+        min_new_tokens=2,
+        reward_target="adversary",
+        temperature=1.0,
+    )
     grpo.train(cfg, out, progress=False)
     rows = _read(out)
     first, last = np.mean([r["reward/reward"] for r in rows[:3]]), np.mean([r["reward/reward"] for r in rows[-3:]])
@@ -256,11 +310,20 @@ def test_grpo_raises_a_learnable_reward(learnable_scorer, tiny_model_dir, prompt
 
 
 def test_a_reward_curriculum_anneals_from_the_adversary_toxicity_to_the_configured_reward(
-        learnable_scorer, tiny_model_dir, prompt_file, tmp_path):
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path
+):
     # the configured reward is tox(defender) alone, so each step's mean reward is known from the logged terms
     out = tmp_path / "run"
-    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, reward_curriculum_steps=2, w_defender=1.0,
-               w_combined=0.0, w_nll=0.0)
+    cfg = _cfg(
+        grpo.GRPOConfig,
+        tiny_model_dir,
+        prompt_file,
+        steps=3,
+        reward_curriculum_steps=2,
+        w_defender=1.0,
+        w_combined=0.0,
+        w_nll=0.0,
+    )
     grpo.train(cfg, out, progress=False)
     rows = _read(out)
     assert [r["reward/curriculum_alpha"] for r in rows] == pytest.approx([0.0, 0.5, 1.0])
@@ -273,8 +336,9 @@ def test_a_reward_curriculum_anneals_from_the_adversary_toxicity_to_the_configur
     assert rows[1]["reward/tox_adversary"] != pytest.approx(rows[1]["reward/tox_defender"])  # the check can fail
 
 
-def test_a_reward_that_reads_no_reply_never_asks_the_defender(learnable_scorer, tiny_model_dir, prompt_file,
-                                                              tmp_path, monkeypatch):
+def test_a_reward_that_reads_no_reply_never_asks_the_defender(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     from redgym.trainers import run as run_mod
 
     real = run_mod.defender_lm
@@ -290,14 +354,16 @@ def test_a_reward_that_reads_no_reply_never_asks_the_defender(learnable_scorer, 
 
     monkeypatch.setattr(run_mod, "defender_lm", loud)
     out = tmp_path / "run"
-    grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, reward_target="adversary",
-                    defender_samples=2), out, progress=False)
+    grpo.train(
+        _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, reward_target="adversary", defender_samples=2),
+        out,
+        progress=False,
+    )
     for r in _read(out):
         assert "reward/tox_defender" not in r and np.isfinite(r["reward/nll"])
         assert r["reward/reward"] == pytest.approx(r["reward/tox_adversary"], abs=1e-6)
     with pytest.raises(AssertionError, match="asked to reply"):  # the composite reward does read them
-        grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=1), tmp_path / "composite",
-                   progress=False)
+        grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=1), tmp_path / "composite", progress=False)
 
 
 def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):
@@ -316,6 +382,7 @@ def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):
 
 
 # ---- 10 held out means held out ---------------------------------------------------------------------------------
+
 
 def test_no_test_prompt_text_appears_in_the_training_split():
     from redgym.data.prompts import Prompt, split_prompts
@@ -345,17 +412,72 @@ def test_eval_of_a_trained_adversary_reads_its_runs_split(tiny_model_dir, prompt
     from redgym.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "grpo", "--out", str(out), "--quiet", "--adversary_model", str(tiny_model_dir),
-                 "--defender_model", str(tiny_model_dir), "--prompts", str(prompt_file), "--test_fraction", "0.3",
-                 "--max_new_tokens", "3", "--steps", "1", "--prompts_per_step", "2", "--bootstrap_samples", "20",
-                 "--max_context_tokens", "64", "--seed", "5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "grpo",
+                "--out",
+                str(out),
+                "--quiet",
+                "--adversary_model",
+                str(tiny_model_dir),
+                "--defender_model",
+                str(tiny_model_dir),
+                "--prompts",
+                str(prompt_file),
+                "--test_fraction",
+                "0.3",
+                "--max_new_tokens",
+                "3",
+                "--steps",
+                "1",
+                "--prompts_per_step",
+                "2",
+                "--bootstrap_samples",
+                "20",
+                "--max_context_tokens",
+                "64",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     split = json.loads((out / "split.json").read_text())
     # an evaluation with another seed would compute another split; the run's own split.json wins
     ev = tmp_path / "ev"
-    assert main(["eval", "--out", str(ev), "--quiet", "--adversary_model", str(tiny_model_dir), "--defender_model",
-                 str(tiny_model_dir), "--prompts", str(prompt_file), "--test_fraction", "0.3", "--max_new_tokens",
-                 "3", "--horizon", "1", "--bootstrap_samples", "20", "--seed", "1", "--max_context_tokens", "64",
-                 "--adversary_checkpoint", str(out / "adversary")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--out",
+                str(ev),
+                "--quiet",
+                "--adversary_model",
+                str(tiny_model_dir),
+                "--defender_model",
+                str(tiny_model_dir),
+                "--prompts",
+                str(prompt_file),
+                "--test_fraction",
+                "0.3",
+                "--max_new_tokens",
+                "3",
+                "--horizon",
+                "1",
+                "--bootstrap_samples",
+                "20",
+                "--seed",
+                "1",
+                "--max_context_tokens",
+                "64",
+                "--adversary_checkpoint",
+                str(out / "adversary"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((ev / "report.json").read_text())["split"]["test_ids_evaluated"] == split["test"]
     report = json.loads((out / "report.json").read_text())  # eval_after wrote the run's own report
     assert set(report["results"]) == {"untuned", "trained"}
@@ -394,8 +516,17 @@ def test_grpo_trains_on_the_kept_samples_only(learnable_scorer, tiny_model_dir, 
     real = grpo.prepare_episodes
     monkeypatch.setattr(grpo, "prepare_episodes", lambda ep, *a: (seen.append(len(ep.resp)), real(ep, *a)))
     out = tmp_path / "run"
-    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, prompts_per_step=2, generations_per_prompt=4,
-               train_per_prompt=2, scale_rewards="batch", reward_target="adversary")
+    cfg = _cfg(
+        grpo.GRPOConfig,
+        tiny_model_dir,
+        prompt_file,
+        steps=2,
+        prompts_per_step=2,
+        generations_per_prompt=4,
+        train_per_prompt=2,
+        scale_rewards="batch",
+        reward_target="adversary",
+    )
     grpo.train(cfg, out, progress=False)
     assert seen == [4, 4]  # 2 prompts x 2 kept of 4 each step
     rows = _read(out)

@@ -8,8 +8,17 @@ from redgym.setup import load_adversary, prepare, run_adversary
 
 
 def _cfg(model_dir, prompt_file, **kw) -> RunConfig:
-    values = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
-                  max_new_tokens=4, test_fraction=0.3, horizon=1, n_eval_prompts=2, dtype="float32", device="cpu")
+    values = dict(
+        adversary_model=str(model_dir),
+        defender_model=str(model_dir),
+        prompts=str(prompt_file),
+        max_new_tokens=4,
+        test_fraction=0.3,
+        horizon=1,
+        n_eval_prompts=2,
+        dtype="float32",
+        device="cpu",
+    )
     return load_config(RunConfig, None, values | kw)
 
 
@@ -44,8 +53,19 @@ def test_likelihood_model_scores_the_nll_term_instead_of_the_defender(tiny_model
 
 
 def test_training_against_a_server_defender_is_refused_in_one_line(tmp_path, capsys):
-    args = ["train", "grpo", "--out", str(tmp_path / "o"), "--defender_backend", "openai", "--defender_base_url",
-            "http://127.0.0.1:9/v1", "--likelihood_model", "x", "--quiet"]
+    args = [
+        "train",
+        "grpo",
+        "--out",
+        str(tmp_path / "o"),
+        "--defender_backend",
+        "openai",
+        "--defender_base_url",
+        "http://127.0.0.1:9/v1",
+        "--likelihood_model",
+        "x",
+        "--quiet",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "training supports defender_backend local only" in err

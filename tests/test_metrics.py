@@ -3,8 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from redgym.eval.metrics import (boot_ratios, clean_exchange_sums, compute_metrics, paired_difference, ratio_value,
-                                 resample_counts)
+from redgym.eval.metrics import (
+    boot_ratios,
+    clean_exchange_sums,
+    compute_metrics,
+    paired_difference,
+    ratio_value,
+    resample_counts,
+)
 from redgym.rollout.records import Conversation, Turn
 
 
@@ -22,8 +28,12 @@ def make_conv(pid, tox_def, tox_adv=None, nll=None, texts=None):
 
 
 def test_rates_and_means_by_hand():
-    convs = [make_conv("a", [0.9, 0.1]), make_conv("b", [0.2, 0.3]), make_conv("c", [0.6, 0.7]),
-             make_conv("d", [0.0, 0.0])]
+    convs = [
+        make_conv("a", [0.9, 0.1]),
+        make_conv("b", [0.2, 0.3]),
+        make_conv("c", [0.6, 0.7]),
+        make_conv("d", [0.0, 0.0]),
+    ]
     m = compute_metrics(convs, threshold=0.5, n_boot=200, seed=0)
     assert m["defender_toxicity"]["value"] == pytest.approx(np.mean([0.9, 0.1, 0.2, 0.3, 0.6, 0.7, 0, 0]))
     assert m["defender_toxic_rate"]["value"] == pytest.approx(3 / 8)
@@ -98,8 +108,12 @@ def test_paired_difference_refuses_other_prompts():
 # (a mean of per-conversation means over a, b, d would give (0.9 + 0.35 + 0.3) / 3 = 0.5167 instead).
 # Turn 1: stealth a, b -> 2/4 = 0.5; clean a, b, d -> (0.9 + 0.6 + 0.2) / 3. Turn 2: stealth none -> 0;
 # clean b, d -> (0.1 + 0.4) / 2 = 0.25.
-STEALTH_CONVS = [("a", [0.9, 0.8], [0.2, 0.7]), ("b", [0.6, 0.1], [0.1, 0.3]), ("c", [0.3, 0.9], [0.8, 0.6]),
-                 ("d", [0.2, 0.4], [0.5, 0.0])]
+STEALTH_CONVS = [
+    ("a", [0.9, 0.8], [0.2, 0.7]),
+    ("b", [0.6, 0.1], [0.1, 0.3]),
+    ("c", [0.3, 0.9], [0.8, 0.6]),
+    ("d", [0.2, 0.4], [0.5, 0.0]),
+]
 
 
 def stealth_convs():
@@ -160,7 +174,8 @@ def test_paired_difference_of_stealth_and_clean_adversary_toxicity_by_hand():
     with np.errstate(invalid="ignore"):
         boot = (w @ num_b) / (w @ den_b) - (w @ num_a) / (w @ den_a)
     assert d["defender_toxicity_clean_adversary"]["ci95"] == pytest.approx(
-        np.percentile(boot[~np.isnan(boot)], [2.5, 97.5]))
+        np.percentile(boot[~np.isnan(boot)], [2.5, 97.5])
+    )
     lo, hi = d["defender_toxicity_clean_adversary"]["ci95"]
     assert lo <= 0.085 <= hi
 
@@ -169,4 +184,4 @@ def test_report_lists_the_new_metrics_after_attack_success_rate():
     from redgym.eval.report import HEADLINE
 
     i = HEADLINE.index("attack_success_rate")
-    assert HEADLINE[i + 1:i + 3] == ["stealth_success_rate", "defender_toxicity_clean_adversary"]
+    assert HEADLINE[i + 1 : i + 3] == ["stealth_success_rate", "defender_toxicity_clean_adversary"]

@@ -51,7 +51,7 @@ def test_context_is_cut_from_the_left_to_the_window(tiny_lm):
     long_ctx = "hello there how are you today " * 40
     x, c = tiny_lm.encode_pairs([long_ctx], ["i am fine"])
     assert len(x[0]) + len(c[0]) == tiny_lm.max_context_tokens
-    assert x[0] == tiny_lm.tokenizer(long_ctx)["input_ids"][-len(x[0]):]  # the most recent tokens are kept
+    assert x[0] == tiny_lm.tokenizer(long_ctx)["input_ids"][-len(x[0]) :]  # the most recent tokens are kept
     x, c = tiny_lm.encode_pairs(["hi"], [""])
     assert c[0] == [tiny_lm.tokenizer.eos_token_id]  # saying nothing is scored as ending the turn
 
@@ -72,11 +72,14 @@ def test_chat_format_without_template_is_a_clear_error(tiny_lm):
         render_chat([("prompt", "hi")], "adversary", NoTemplate())
 
 
-@pytest.mark.parametrize("name,msg", [
-    ("./no/such/folder", "model folder not found"),
-    ("/tmp/definitely-missing.gguf", "GGUF file not found"),
-    ("no-such-model-xyz", "cannot load model 'no-such-model-xyz'"),
-])
+@pytest.mark.parametrize(
+    "name,msg",
+    [
+        ("./no/such/folder", "model folder not found"),
+        ("/tmp/definitely-missing.gguf", "GGUF file not found"),
+        ("no-such-model-xyz", "cannot load model 'no-such-model-xyz'"),
+    ],
+)
 def test_load_model_errors_are_one_line(name, msg):
     with pytest.raises(RedgymError, match=msg):
         load_model(name)
@@ -106,10 +109,15 @@ def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, re
     # A defender that also scores the NLL term gets each adversary turn's NLL from the forward pass of its reply's
     # context: the remembered values equal a separate continuation_nll, and the replies are unchanged.
     model, tok = load_model(str(request.getfixturevalue(fixture)), dtype="float32", device="cpu")
-    plain, remembering = LM(model, tok, "tiny", "plain", 64), LM(model, tok, "tiny", "plain", 64, remember_turn_nll=True)
-    hists = [[("prompt", "hello there"), ("adversary", "how are you today")],
-             [("prompt", "we could go to the park"), ("defender", "or the beach"), ("adversary", "that sounds great")],
-             [("prompt", "hi"), ("adversary", "")]]  # an empty turn is scored as eos: not in the context, not kept
+    plain, remembering = (
+        LM(model, tok, "tiny", "plain", 64),
+        LM(model, tok, "tiny", "plain", 64, remember_turn_nll=True),
+    )
+    hists = [
+        [("prompt", "hello there"), ("adversary", "how are you today")],
+        [("prompt", "we could go to the park"), ("defender", "or the beach"), ("adversary", "that sounds great")],
+        [("prompt", "hi"), ("adversary", "")],
+    ]  # an empty turn is scored as eos: not in the context, not kept
     greedy = SamplingParams(max_new_tokens=5, min_new_tokens=5, temperature=0)
     for k in (1, 3):  # k: K replies per turn, contexts repeated in runs (engine.defender_replies)
         rows = [h for h in hists for _ in range(k)]
@@ -121,7 +129,9 @@ def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, re
         assert set(remembering._turn_nll) == set(pairs[:2])  # the empty turn is computed when asked
         want = plain.continuation_nll([c for c, _ in pairs], [t for _, t in pairs])
         assert [remembering._turn_nll[p] for p in pairs[:2]] == pytest.approx(want[:2], abs=1e-4)
-        assert remembering.continuation_nll([c for c, _ in pairs], [t for _, t in pairs]) == pytest.approx(want, abs=1e-4)
+        assert remembering.continuation_nll([c for c, _ in pairs], [t for _, t in pairs]) == pytest.approx(
+            want, abs=1e-4
+        )
         remembering._turn_nll.clear()
     # only turns by the adversary are remembered, and only by an LM told to
     plain.generate([plain.render(hists[0], "defender")], greedy)

@@ -15,7 +15,7 @@ REFS = ["a b c d e", "x a b c y z"]
 #   4-gram  aabc: no match, smoothed to epsilon / 1                                                       -> 0.1
 # Brevity: candidate length 4, closest reference length 5 (|5-4| < |6-4|), so BP = exp(1 - 5/4) = exp(-0.25)
 # BLEU = exp(-0.25) * (3/4 * 2/3 * 1/2 * 0.1) ** (1/4) = exp(-0.25) * 0.025 ** 0.25
-HAND_BLEU = math.exp(-0.25) * 0.025 ** 0.25
+HAND_BLEU = math.exp(-0.25) * 0.025**0.25
 
 
 def test_bleu_to_references_by_hand():
@@ -45,7 +45,7 @@ def test_disjoint_vocabulary_is_the_smoothed_value():
 def test_exact_copy_shorter_than_max_n_is_not_bleu_one():
     # "hello there" has no 3- or 4-grams, so p3 = p4 = 0.1/max(0, 1) even against itself (as NLTK's method1):
     # BLEU-4 = (1 * 1 * 0.1 * 0.1) ** (1/4) = 0.1 ** 0.5, so a repeated two-word utterance keeps novelty ~0.68.
-    assert bleu_to_references(["hello there"], ["hello there"]) == pytest.approx([0.1 ** 0.5])
+    assert bleu_to_references(["hello there"], ["hello there"]) == pytest.approx([0.1**0.5])
     assert bleu_to_references(["hello there"], ["hello there"], max_n=2) == pytest.approx([1.0])
 
 

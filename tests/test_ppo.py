@@ -12,35 +12,66 @@ from redgym.trainers import ppo
 
 
 def tiny_cfg(model_dir, prompt_file, **kw):
-    base = dict(adversary_model=str(model_dir), defender_model=str(model_dir), prompts=str(prompt_file),
-                max_new_tokens="6", min_new_tokens="6", steps="3", prompts_per_step="8", micro_batch_size="8",
-                dtype="float32", lr="3e-3", test_fraction="0.3", eval_after="false", max_context_tokens="64",
-                reward_target="adversary", checkpoint_every="100", temperature="1.0", top_p="1.0",
-                repetition_penalty="1.0")
+    base = dict(
+        adversary_model=str(model_dir),
+        defender_model=str(model_dir),
+        prompts=str(prompt_file),
+        max_new_tokens="6",
+        min_new_tokens="6",
+        steps="3",
+        prompts_per_step="8",
+        micro_batch_size="8",
+        dtype="float32",
+        lr="3e-3",
+        test_fraction="0.3",
+        eval_after="false",
+        max_context_tokens="64",
+        reward_target="adversary",
+        checkpoint_every="100",
+        temperature="1.0",
+        top_p="1.0",
+        repetition_penalty="1.0",
+    )
     base.update({k: str(v) for k, v in kw.items()})
     return load_config(ppo.PPOConfig, None, base)
-
-
 
 
 def read_metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_ppo_raises_a_learnable_reward_and_changes_parameters(learnable_scorer, tiny_model_dir, prompt_file,
-                                                              tmp_path, monkeypatch):
+def test_ppo_raises_a_learnable_reward_and_changes_parameters(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     # Full fine-tuning: on a 32-wide random model LoRA (which leaves the tied output layer alone) moves too slowly
     # for a seconds-long test; the LoRA path is exercised by the other tests.
-    cfg = tiny_cfg(tiny_model_dir, prompt_file, steps=12, lr="1e-2", lora="false", kl_coef=0.0, prompts_per_step=16,
-                   micro_batch_size=16, max_new_tokens=2, min_new_tokens=2)
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        prompt_file,
+        steps=12,
+        lr="1e-2",
+        lora="false",
+        kl_coef=0.0,
+        prompts_per_step=16,
+        micro_batch_size=16,
+        max_new_tokens=2,
+        min_new_tokens=2,
+    )
     ppo.train(cfg, out, progress=False)
     rows = read_metrics(out)
     first, last = np.mean([r["reward/reward"] for r in rows[:3]]), np.mean([r["reward/reward"] for r in rows[-3:]])
     assert last > first + 0.25, (first, last)
     for r in rows:
-        for k in ("loss/policy", "loss/value", "policy/clipfrac", "policy/approx_kl", "objective/kl",
-                  "objective/entropy", "val/explained_variance"):
+        for k in (
+            "loss/policy",
+            "loss/value",
+            "policy/clipfrac",
+            "policy/approx_kl",
+            "objective/kl",
+            "objective/entropy",
+            "val/explained_variance",
+        ):
             assert np.isfinite(r[k]), k
     assert rows[-1]["objective/entropy"] < rows[0]["objective/entropy"] - 0.5  # the policy sharpened
 
@@ -65,8 +96,9 @@ def test_runaway_kl_skips_the_update(learnable_scorer, tiny_model_dir, prompt_fi
     assert all(np.isnan(r["loss/policy"]) for r in rows)
 
 
-def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(learnable_scorer, tiny_model_dir, prompt_file,
-                                                               tmp_path, monkeypatch):
+def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
     seen = []
     real = ppo.score_episodes
 
@@ -75,8 +107,11 @@ def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(learnable_scorer,
         seen.append(ep)
 
     monkeypatch.setattr(ppo, "score_episodes", spy)
-    ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=1, kl_coef=0.0, prompts_per_step=2, generations_per_prompt=4),
-              tmp_path / "run", progress=False)
+    ppo.train(
+        tiny_cfg(tiny_model_dir, prompt_file, steps=1, kl_coef=0.0, prompts_per_step=2, generations_per_prompt=4),
+        tmp_path / "run",
+        progress=False,
+    )
     (ep,) = seen
     assert sorted(torch.bincount(ep.group).tolist()) == [4, 4]  # 2 prompts x 4 samples, one group each
     last = ep.tensors["token_rewards"][:, -1]  # with kl_coef 0 only the (baselined) episode reward is there
@@ -96,11 +131,14 @@ def test_value_head_is_saved_and_resumed(learnable_scorer, tiny_model_dir, promp
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
-
-
-@pytest.mark.parametrize("field,value,msg", [("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
-                                             ("ppo_epochs", "0", "ppo_epochs and generations_per_prompt must be >= 1"),
-                                             ("generations_per_prompt", "0", "generations_per_prompt must be >= 1")])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("kl_estimator", "k9", "kl_estimator must be k1 or k3"),
+        ("ppo_epochs", "0", "ppo_epochs and generations_per_prompt must be >= 1"),
+        ("generations_per_prompt", "0", "generations_per_prompt must be >= 1"),
+    ],
+)
 def test_bad_ppo_config(tiny_model_dir, prompt_file, field, value, msg):
     from redgym.errors import RedgymError
 

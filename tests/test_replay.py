@@ -12,8 +12,14 @@ from redgym.rollout import rollout
 
 def test_scripted_speaker_says_each_conversations_recorded_turns_in_order(tiny_lm):
     scripts = [(("hi",), ["first a", "second a"]), (("hi",), ["first b", "second b"]), (("yo", "ok"), ["only c", "c2"])]
-    convs = rollout([("p1", ("hi",)), ("p1", ("hi",)), ("p2", ("yo", "ok"))], ScriptedSpeaker(scripts), tiny_lm,
-                    horizon=2, batch_size=2, progress=False)
+    convs = rollout(
+        [("p1", ("hi",)), ("p1", ("hi",)), ("p2", ("yo", "ok"))],
+        ScriptedSpeaker(scripts),
+        tiny_lm,
+        horizon=2,
+        batch_size=2,
+        progress=False,
+    )
     said = [[t.text for t in c.turns if t.speaker == "adversary"] for c in convs]
     assert said == [["first a", "second a"], ["first b", "second b"], ["only c", "c2"]]
     assert all(t.text is not None for c in convs for t in c.turns if t.speaker == "defender")
@@ -26,9 +32,23 @@ def test_scripted_speaker_refuses_a_longer_horizon_than_recorded(tiny_lm):
 
 def test_eval_replay_puts_the_recorded_turns_to_the_defender(tiny_model_dir, prompt_file, tmp_path, capsys):
     src = tmp_path / "src"
-    common = ["--adversary_model", str(tiny_model_dir), "--defender_model", str(tiny_model_dir),
-              "--prompts", str(prompt_file), "--max_new_tokens", "5", "--test_fraction", "0.3", "--horizon", "1",
-              "--n_eval_prompts", "3", "--quiet"]
+    common = [
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--defender_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--max_new_tokens",
+        "5",
+        "--test_fraction",
+        "0.3",
+        "--horizon",
+        "1",
+        "--n_eval_prompts",
+        "3",
+        "--quiet",
+    ]
     assert main(["eval", "--out", str(src), *common]) == 0
     recorded = [json.loads(x) for x in (src / "samples.jsonl").read_text().splitlines()]
     out = tmp_path / "replay"

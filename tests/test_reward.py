@@ -12,12 +12,15 @@ def test_composite_reward_by_hand():
     assert r == pytest.approx([0.4, 0.2])
 
 
-@pytest.mark.parametrize("w,expected", [
-    (RewardWeights(0, 0.5, 0.1, 0), 0.5 * 0.2 - 0.1 * 2.0),  # no defender term
-    (RewardWeights(1, 0, 0.1, 0), 0.4 - 0.1 * 2.0),  # no combined term
-    (RewardWeights(1, 0.5, 0, 0), 0.4 + 0.1),  # no likelihood term
-    (RewardWeights(0, 0, 0, 0), 0.0),  # everything off
-])
+@pytest.mark.parametrize(
+    "w,expected",
+    [
+        (RewardWeights(0, 0.5, 0.1, 0), 0.5 * 0.2 - 0.1 * 2.0),  # no defender term
+        (RewardWeights(1, 0, 0.1, 0), 0.4 - 0.1 * 2.0),  # no combined term
+        (RewardWeights(1, 0.5, 0, 0), 0.4 + 0.1),  # no likelihood term
+        (RewardWeights(0, 0, 0, 0), 0.0),  # everything off
+    ],
+)
 def test_zero_weight_switches_a_term_off(w, expected):
     assert composite_reward([0.4], [0.2], [2.0], [np.nan], w) == pytest.approx([expected])
 
@@ -93,8 +96,9 @@ def test_adversary_term_and_logit_in_the_composite_by_hand():
     assert reward_from_terms([0.9], [0.5], [0.7], [2.0], [0.0], plain) == pytest.approx([0.5 + 0.45 - 0.2])
 
 
-@pytest.mark.parametrize("step,steps,alpha", [(0, 4, 0.0), (1, 4, 0.25), (2, 4, 0.5), (4, 4, 1.0), (9, 4, 1.0),
-                                              (3, 0, 1.0)])
+@pytest.mark.parametrize(
+    "step,steps,alpha", [(0, 4, 0.0), (1, 4, 0.25), (2, 4, 0.5), (4, 4, 1.0), (9, 4, 1.0), (3, 0, 1.0)]
+)
 def test_anneal_fraction(step, steps, alpha):
     from redgym.rollout.reward import anneal_fraction
 

@@ -13,10 +13,38 @@ from redgym.errors import RedgymError
 
 
 def train_args(model_dir, prompts, *extra):
-    return ["train", "ppo", "--quiet", "--adversary_model", str(model_dir), "--defender_model", str(model_dir),
-            "--prompts", str(prompts), "--max_new_tokens", "4", "--min_new_tokens", "4", "--prompts_per_step", "2",
-            "--micro_batch_size", "2", "--dtype", "float32", "--test_fraction", "0.3", "--max_context_tokens", "64",
-            "--scorer", "profanity", "--eval_after", "false", "--checkpoint_every", "1", *extra]
+    return [
+        "train",
+        "ppo",
+        "--quiet",
+        "--adversary_model",
+        str(model_dir),
+        "--defender_model",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--max_new_tokens",
+        "4",
+        "--min_new_tokens",
+        "4",
+        "--prompts_per_step",
+        "2",
+        "--micro_batch_size",
+        "2",
+        "--dtype",
+        "float32",
+        "--test_fraction",
+        "0.3",
+        "--max_context_tokens",
+        "64",
+        "--scorer",
+        "profanity",
+        "--eval_after",
+        "false",
+        "--checkpoint_every",
+        "1",
+        *extra,
+    ]
 
 
 def test_a_resumed_run_unpickles_nothing(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
@@ -26,7 +54,9 @@ def test_a_resumed_run_unpickles_nothing(tiny_model_dir, prompt_file, tmp_path, 
     weights = sorted(p.name for p in ckpt.iterdir() if p.suffix == ".safetensors")
     assert weights == ["model.safetensors", "model_1.safetensors"]  # the LoRA policy and PPO's value head
     assert sorted(p.name for p in (out / "adversary").iterdir() if "adapter" in p.name) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     calls = []
     real = torch.load
 

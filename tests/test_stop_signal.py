@@ -22,14 +22,44 @@ def metrics(out: Path) -> list[dict]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_finishes_the_step_checkpoints_and_the_run_resumes(sig, tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "run"
-    fields = ["--adversary_model", str(tiny_model_dir), "--defender_model", str(tiny_model_dir), "--prompts",
-              str(prompt_file), "--max_new_tokens", "4", "--min_new_tokens", "4", "--prompts_per_step", "2",
-              "--generations_per_prompt", "2", "--micro_batch_size", "4", "--dtype", "float32",
-              "--test_fraction", "0.3", "--max_context_tokens", "64", "--scorer", "profanity",
-              "--eval_after", "false", "--checkpoint_every", "1000", "--quiet"]
+    fields = [
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--defender_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
+        "--max_new_tokens",
+        "4",
+        "--min_new_tokens",
+        "4",
+        "--prompts_per_step",
+        "2",
+        "--generations_per_prompt",
+        "2",
+        "--micro_batch_size",
+        "4",
+        "--dtype",
+        "float32",
+        "--test_fraction",
+        "0.3",
+        "--max_context_tokens",
+        "64",
+        "--scorer",
+        "profanity",
+        "--eval_after",
+        "false",
+        "--checkpoint_every",
+        "1000",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "redgym", "train", "grpo", "--out", str(out), "--steps", "500",
-                             *fields], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "redgym", "train", "grpo", "--out", str(out), "--steps", "500", *fields],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while len(metrics(out)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -38,22 +68,40 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_run_resumes(sig, tiny_mo
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err
     lines = [line for line in err.splitlines() if line.startswith("redgym:")]
-    assert lines == [f"redgym: stopped by {sig.name} after step {len(metrics(out))}; its checkpoint is saved; "
-                     f"resume with: redgym train grpo --resume {out}"], err
+    assert lines == [
+        f"redgym: stopped by {sig.name} after step {len(metrics(out))}; its checkpoint is saved; "
+        f"resume with: redgym train grpo --resume {out}"
+    ], err
     steps = [r["step"] for r in metrics(out)]
     assert steps == list(range(1, len(steps) + 1))  # the step in progress finished and was logged once
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == [f"step_{len(steps):06d}"] and (out / "checkpoints" / ckpts[0] / "trainer_state.json").exists()
     # resume to two more steps: it starts after the stopped step
-    done = subprocess.run([sys.executable, "-m", "redgym", "train", "grpo", "--resume", str(out),
-                           "--steps", str(len(steps) + 2), *fields], capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "redgym",
+            "train",
+            "grpo",
+            "--resume",
+            str(out),
+            "--steps",
+            str(len(steps) + 2),
+            *fields,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert [r["step"] for r in metrics(out)] == list(range(1, len(steps) + 3))
 
 
-def test_sigterm_inside_an_experiment_stops_its_training_cell_and_the_rerun_resumes_it(tiny_model_dir, prompt_file,
-                                                                                       tmp_path):
+def test_sigterm_inside_an_experiment_stops_its_training_cell_and_the_rerun_resumes_it(
+    tiny_model_dir, prompt_file, tmp_path
+):
     import yaml
 
     spec = tiny_experiment(tiny_model_dir, prompt_file, samples_per_prompt=1, steps=30, checkpoint_every=1000)
@@ -72,8 +120,10 @@ def test_sigterm_inside_an_experiment_stops_its_training_cell_and_the_rerun_resu
     assert proc.returncode == 128 + signal.SIGTERM, err
     n = len(metrics(cell))
     lines = [line for line in err.splitlines() if line.startswith("redgym:")]
-    assert lines == [f"redgym: stopped by SIGTERM after step {n}; its checkpoint is saved; rerun the same command: "
-                     "finished parts are skipped and this training resumes"], err
+    assert lines == [
+        f"redgym: stopped by SIGTERM after step {n}; its checkpoint is saved; rerun the same command: "
+        "finished parts are skipped and this training resumes"
+    ], err
     assert (cell / "checkpoints" / f"step_{n:06d}" / "trainer_state.json").exists()
     assert not (cell / "report.json").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

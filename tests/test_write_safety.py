@@ -13,16 +13,46 @@ from redgym.runfolder import atomic_files, atomic_savefig, atomic_write, replace
 
 
 def train_args(model_dir, prompts, *extra):
-    return ["train", "grpo", "--quiet", "--adversary_model", str(model_dir), "--defender_model", str(model_dir),
-            "--prompts", str(prompts), "--max_new_tokens", "4", "--min_new_tokens", "4", "--prompts_per_step", "2",
-            "--generations_per_prompt", "2", "--micro_batch_size", "4", "--dtype", "float32", "--test_fraction",
-            "0.3", "--max_context_tokens", "64", "--scorer", "profanity", "--eval_after", "false",
-            "--checkpoint_every", "1", *extra]
+    return [
+        "train",
+        "grpo",
+        "--quiet",
+        "--adversary_model",
+        str(model_dir),
+        "--defender_model",
+        str(model_dir),
+        "--prompts",
+        str(prompts),
+        "--max_new_tokens",
+        "4",
+        "--min_new_tokens",
+        "4",
+        "--prompts_per_step",
+        "2",
+        "--generations_per_prompt",
+        "2",
+        "--micro_batch_size",
+        "4",
+        "--dtype",
+        "float32",
+        "--test_fraction",
+        "0.3",
+        "--max_context_tokens",
+        "64",
+        "--scorer",
+        "profanity",
+        "--eval_after",
+        "false",
+        "--checkpoint_every",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
-def test_a_failed_checkpoint_keeps_the_previous_one_and_the_run_resumes(error, tiny_model_dir, prompt_file,
-                                                                         tmp_path, capsys, monkeypatch):
+def test_a_failed_checkpoint_keeps_the_previous_one_and_the_run_resumes(
+    error, tiny_model_dir, prompt_file, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     real, calls = Accelerator.save_state, []
 
@@ -76,9 +106,13 @@ def test_writers_leave_whole_files_and_no_temporaries(tmp_path):
 
 
 # Where a file may be opened or saved in place: the atomic writers themselves, and saves into a fresh temporary folder.
-IN_PLACE_ALLOWED = {("runfolder.py", "fdopen"), ("models/loading.py", "save_pretrained"),
-                    ("trainers/checkpoints.py", "save_pretrained"), ("scorers/classifier.py", "save_pretrained"),
-                    ("runfolder.py", "savefig")}
+IN_PLACE_ALLOWED = {
+    ("runfolder.py", "fdopen"),
+    ("models/loading.py", "save_pretrained"),
+    ("trainers/checkpoints.py", "save_pretrained"),
+    ("scorers/classifier.py", "save_pretrained"),
+    ("runfolder.py", "savefig"),
+}
 WRITERS = {"write_text", "write_bytes", "savefig", "save_pretrained", "save_file", "copyfile", "fdopen"}
 
 
@@ -99,7 +133,8 @@ def test_no_module_writes_a_file_in_place():
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
             mode = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)] + [
-                k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+                k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)
+            ]
             if name in WRITERS or (name == "open" and any(c in str(m) for m in mode for c in "wax")):
                 found.add((path.relative_to(root).as_posix(), name))
     assert found <= IN_PLACE_ALLOWED, sorted(found - IN_PLACE_ALLOWED)

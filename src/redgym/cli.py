@@ -49,21 +49,30 @@ def _quiet_libraries() -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="redgym", description="Learned red-teaming of language models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ev = sub.add_parser("eval", help="evaluate an adversary against the defender; writes a report",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="config fields (override any with --field value):\n  "
-                               + "\n  ".join(RunConfig.help_lines()))
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate an adversary against the defender; writes a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (override any with --field value):\n  " + "\n  ".join(RunConfig.help_lines()),
+    )
     ev.add_argument("--config", type=Path, help="YAML file setting config fields")
     ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
-    ev.add_argument("--replay", type=Path, default=None, help="run folder whose recorded adversary turns "
-                                                               "(samples.jsonl) are put to this defender, none generated")
+    ev.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        help="run folder whose recorded adversary turns (samples.jsonl) are put to this defender, none generated",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     tr = sub.add_parser("train", help="train an adversary")
     trainers = tr.add_subparsers(dest="trainer", required=True, parser_class=_Parser)
     for name, (cls, _) in TRAINERS.items():
-        t = trainers.add_parser(name, help=f"{name} trainer", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="config fields (override any with --field value):\n  "
-                                       + "\n  ".join(cls.help_lines()))
+        t = trainers.add_parser(
+            name,
+            help=f"{name} trainer",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config fields (override any with --field value):\n  " + "\n  ".join(cls.help_lines()),
+        )
         t.add_argument("--config", type=Path, help="YAML file setting config fields")
         where = t.add_mutually_exclusive_group(required=True)
         where.add_argument("--out", type=Path, help="new run folder")
@@ -74,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=Path, required=True, help="experiment folder; finished arms in it are skipped")
     ex.add_argument("--only", default=None, help="comma list of arm names to run now (the grid in parts)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
-    for name, text in (("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label"),
-                       ("establish", "E3 step 2: labels -> a classifier, saved as a scorer")):
+    for name, text in (
+        ("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label"),
+        ("establish", "E3 step 2: labels -> a classifier, saved as a scorer"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", type=Path, help="YAML file setting config fields")
         sp.add_argument("--out", type=Path, required=True, help="output folder")
@@ -89,43 +100,62 @@ def build_parser() -> argparse.ArgumentParser:
     e3 = pipes.add_parser("e3", help="explore -> establish -> exploit into one folder and report.md (resumable)")
     e3.add_argument("--config", type=Path, required=True, help="YAML with explore, establish and exploit sections")
     e3.add_argument("--out", type=Path, required=True, help="pipeline folder")
-    e3.add_argument("--readme", type=Path, default=None, help="also publish the report and the exploit table into "
-                                                               "this README's block <!-- results:e3 -->")
+    e3.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also publish the report and the exploit table into this README's block <!-- results:e3 -->",
+    )
     e3.add_argument("--quiet", action="store_true", help="no progress bars")
     gd = sub.add_parser("guard", help="a reasoning safety classifier")
     gsub = gd.add_subparsers(dest="guard_command", required=True, parser_class=_Parser)
     from redgym.guard.evaluate import GuardConfig
 
-    ge = gsub.add_parser("eval", help="F1 of the guard and the baselines on held-out requests",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="config fields (override any with --field value):\n  "
-                                + "\n  ".join(GuardConfig.help_lines()))
+    ge = gsub.add_parser(
+        "eval",
+        help="F1 of the guard and the baselines on held-out requests",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (override any with --field value):\n  " + "\n  ".join(GuardConfig.help_lines()),
+    )
     ge.add_argument("--config", type=Path, help="YAML file setting config fields")
     ge.add_argument("--out", type=Path, required=True, help="output folder")
     ge.add_argument("--quiet", action="store_true", help="no progress bars")
     from redgym.guard.train import GuardTrainConfig
 
-    gt = gsub.add_parser("train", help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="config fields (override any with --field value):\n  "
-                                + "\n  ".join(GuardTrainConfig.help_lines()))
-    gt.add_argument("--stage", choices=["sft", "dpo"], default="sft",
-                    help="sft: reasoning + label, loss on the answer; dpo: reasoning quality, from an SFT guard")
+    gt = gsub.add_parser(
+        "train",
+        help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (override any with --field value):\n  " + "\n  ".join(GuardTrainConfig.help_lines()),
+    )
+    gt.add_argument(
+        "--stage",
+        choices=["sft", "dpo"],
+        default="sft",
+        help="sft: reasoning + label, loss on the answer; dpo: reasoning quality, from an SFT guard",
+    )
     gt.add_argument("--config", type=Path, help="YAML file setting config fields")
     where = gt.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="new run folder")
     where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
     gt.add_argument("--quiet", action="store_true", help="no progress bars")
-    gr = gsub.add_parser("report", help="one table of the guard loop (F1, quality, attack success with and without "
-                                        "the guard) from its run folders")
+    gr = gsub.add_parser(
+        "report",
+        help="one table of the guard loop (F1, quality, attack success with and without "
+        "the guard) from its run folders",
+    )
     gr.add_argument("--config", type=Path, required=True, help="YAML listing rows: {name, eval, asr, redteam}")
     gr.add_argument("--out", type=Path, required=True, help="folder for report.md")
     gr.add_argument("--readme", type=Path, default=None, help="also fill this README's block <!-- results:guard -->")
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
     cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
     cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
-    cp.add_argument("--readme", type=Path, default=None, help="also put comparison.md into this README's block "
-                                                               "<!-- results:NAME --> (NAME from --section)")
+    cp.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also put comparison.md into this README's block <!-- results:NAME --> (NAME from --section)",
+    )
     cp.add_argument("--section", default=None, help="README block name (default: the first folder's name)")
     return p
 
@@ -141,9 +171,11 @@ def cmd_eval(args, overrides: dict[str, str]) -> int:
     else:
         report = evaluate(cfg, args.out, progress=not args.quiet)
     m = report["metrics"]
-    print(f"defender_toxicity {m['defender_toxicity']['value']:.4f}  "
-          f"attack_success_rate {m['attack_success_rate']['value']:.4f}  "
-          f"adversary_nll {m['adversary_nll']['value']:.3f}")
+    print(
+        f"defender_toxicity {m['defender_toxicity']['value']:.4f}  "
+        f"attack_success_rate {m['attack_success_rate']['value']:.4f}  "
+        f"adversary_nll {m['adversary_nll']['value']:.3f}"
+    )
     print(f"report: {args.out / 'report.md'}")
     return 0
 
@@ -166,8 +198,14 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
 
     if not PartialState().is_main_process:  # under accelerate launch: the main process reports and evaluates
         return 0
-    print("final step: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                                      if k.startswith(("reward/reward", "loss/", "pairs/count", "sys/"))))
+    print(
+        "final step: "
+        + "  ".join(
+            f"{k} {v:.4g}"
+            for k, v in metrics.items()
+            if k.startswith(("reward/reward", "loss/", "pairs/count", "sys/"))
+        )
+    )
     if cfg.eval_after:
         from redgym.eval.evaluate import evaluate_run
 
@@ -182,8 +220,10 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
     from redgym.experiments.runner import run_experiment
 
     if overrides:
-        raise RedgymError("experiment: set fields in the experiment YAML, not on the command line "
-                          f"(got {', '.join('--' + k for k in overrides)})")
+        raise RedgymError(
+            "experiment: set fields in the experiment YAML, not on the command line "
+            f"(got {', '.join('--' + k for k in overrides)})"
+        )
     only = [a.strip() for a in args.only.split(",")] if args.only else None
     out = run_experiment(args.config, args.out, only=only, progress=not args.quiet)
     print(f"comparison: {out / 'comparison.md'}")
@@ -210,8 +250,10 @@ def cmd_explore(args, overrides: dict[str, str]) -> int:
     from redgym.pipelines.explore import ExploreConfig, explore
 
     s = explore(load_config(ExploreConfig, args.config, overrides), args.out, progress=not args.quiet)
-    print(f"{s['n_samples']} samples, {s['clusters']} clusters, {s['subsample']} to label in "
-          f"{args.out / 'samples.csv'} ({s['time_total_s']} s)")
+    print(
+        f"{s['n_samples']} samples, {s['clusters']} clusters, {s['subsample']} to label in "
+        f"{args.out / 'samples.csv'} ({s['time_total_s']} s)"
+    )
     return 0
 
 
@@ -238,8 +280,10 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
     from redgym.pipelines.e3 import run_e3
 
     if overrides:
-        raise RedgymError("pipeline: set fields in the pipeline YAML, not on the command line "
-                          f"(got {', '.join('--' + k for k in overrides)})")
+        raise RedgymError(
+            "pipeline: set fields in the pipeline YAML, not on the command line "
+            f"(got {', '.join('--' + k for k in overrides)})"
+        )
     print(f"report: {run_e3(args.config, args.out, progress=not args.quiet)}")
     if args.readme is not None:
         from redgym.pipelines.e3 import publish_e3
@@ -263,21 +307,37 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
         if args.resume is None and (out / "checkpoints").exists():
             raise RedgymError(f"{out} already holds a guard run; use --resume {out} or another --out")
         config = args.config or (out / "config.yaml" if args.resume is not None else None)
-        metrics = train_guard(load_config(GuardTrainConfig, config, overrides), out, args.stage,
-                              resume=args.resume is not None, progress=not args.quiet)
+        metrics = train_guard(
+            load_config(GuardTrainConfig, config, overrides),
+            out,
+            args.stage,
+            resume=args.resume is not None,
+            progress=not args.quiet,
+        )
         loss = metrics.get(f"loss/{args.stage}", float("nan"))
         print(f"final step: loss/{args.stage} {loss:.4g}; guard: {out / 'guard'}")
         return 0
 
     report = evaluate_guard(load_config(GuardConfig, args.config, overrides), args.out, progress=not args.quiet)
     f1 = report["systems"]["guard"]["f1"]
-    print(f"guard F1 (harmful) {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], unparseable "
-          f"{report['systems']['guard']['unparseable']['share']:.3f}; report: {args.out / 'guard_report.md'}")
+    print(
+        f"guard F1 (harmful) {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], unparseable "
+        f"{report['systems']['guard']['unparseable']['share']:.3f}; report: {args.out / 'guard_report.md'}"
+    )
     return 0
 
 
-COMMANDS = {"guard": cmd_guard, "explore": cmd_explore, "establish": cmd_establish, "exploit": cmd_exploit, "pipeline": cmd_pipeline,
-            "eval": cmd_eval, "train": cmd_train, "experiment": cmd_experiment, "compare": cmd_compare}
+COMMANDS = {
+    "guard": cmd_guard,
+    "explore": cmd_explore,
+    "establish": cmd_establish,
+    "exploit": cmd_exploit,
+    "pipeline": cmd_pipeline,
+    "eval": cmd_eval,
+    "train": cmd_train,
+    "experiment": cmd_experiment,
+    "compare": cmd_compare,
+}
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 
@@ -292,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redgym: error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGINT/SIGTERM: the step finished and its checkpoint is saved
-        again = (f"resume with: redgym train {args.trainer} --resume {e.out}" if args.command == "train" else
-                 "rerun the same command: finished parts are skipped and this training resumes")
+        again = (
+            f"resume with: redgym train {args.trainer} --resume {e.out}"
+            if args.command == "train"
+            else "rerun the same command: finished parts are skipped and this training resumes"
+        )
         print(f"redgym: {e}; {again}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

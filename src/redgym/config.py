@@ -36,8 +36,10 @@ class ConfigFields:
 
     @classmethod
     def help_lines(cls) -> list[str]:
-        return [f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
-                for f in dataclasses.fields(cls)]
+        return [
+            f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
+            for f in dataclasses.fields(cls)
+        ]
 
 
 @dataclass
@@ -48,30 +50,52 @@ class RunConfig(ConfigFields):
     adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
     adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
     defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
-    dtype: str = _f("auto", "auto (float32 on CPU, bf16/fp16 on CUDA; bench/sampler_dtype.py), bfloat16, float16 "
-                            "or float32")
+    dtype: str = _f(
+        "auto", "auto (float32 on CPU, bf16/fp16 on CUDA; bench/sampler_dtype.py), bfloat16, float16 or float32"
+    )
     device: str = _f("auto", "auto (cuda when present), cpu or cuda")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
-    defender_guard: str | None = _f(None, "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
-                                          "front of the defender: a flagged adversary turn gets guard_refusal")
+    defender_guard: str | None = _f(
+        None,
+        "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
+        "front of the defender: a flagged adversary turn gets guard_refusal",
+    )
     guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
-    likelihood_model: str | None = _f(None, "local LM that scores the reward's NLL term (same forms as "
-                                            "defender_model); None = the defender itself: a local one, or a server "
-                                            "with defender_api completions that returns prompt log-probs")
-    defender_engine: str = _f("hf", "what samples a local defender's replies: hf (transformers generate) or "
-                                    "ctranslate2 (models/ct2.py: converted once and cached; not yet faster here, "
-                                    "bench/rollout.py --engines hf,ctranslate2); the NLL term and training stay in "
-                                    "PyTorch")
-    defender_compute_type: str = _f("float32", "ctranslate2 engine: float32 (the same defender) or int8 (weights "
-                                               "quantized when loading: faster, and a slightly different defender)")
+    likelihood_model: str | None = _f(
+        None,
+        "local LM that scores the reward's NLL term (same forms as "
+        "defender_model); None = the defender itself: a local one, or a server "
+        "with defender_api completions that returns prompt log-probs",
+    )
+    defender_engine: str = _f(
+        "hf",
+        "what samples a local defender's replies: hf (transformers generate) or "
+        "ctranslate2 (models/ct2.py: converted once and cached; not yet faster here, "
+        "bench/rollout.py --engines hf,ctranslate2); the NLL term and training stay in "
+        "PyTorch",
+    )
+    defender_compute_type: str = _f(
+        "float32",
+        "ctranslate2 engine: float32 (the same defender) or int8 (weights "
+        "quantized when loading: faster, and a slightly different defender)",
+    )
     # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------
-    defender_backend: str = _f("local", "local (defender_model loaded here) or openai (an OpenAI-compatible server "
-                                        "at defender_base_url, asked for the model defender_model)")
+    defender_backend: str = _f(
+        "local",
+        "local (defender_model loaded here) or openai (an OpenAI-compatible server "
+        "at defender_base_url, asked for the model defender_model)",
+    )
     defender_base_url: str | None = _f(None, "openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1")
-    defender_api_key_env: str | None = _f(None, "openai backend: NAME of the environment variable holding the API key "
-                                                "(the key itself never goes into a config); None = no key")
-    defender_api: str = _f("chat", "openai backend: chat (/chat/completions, streamed, history as messages) or "
-                                   "completions (/completions on the plain transcript)")
+    defender_api_key_env: str | None = _f(
+        None,
+        "openai backend: NAME of the environment variable holding the API key "
+        "(the key itself never goes into a config); None = no key",
+    )
+    defender_api: str = _f(
+        "chat",
+        "openai backend: chat (/chat/completions, streamed, history as messages) or "
+        "completions (/completions on the plain transcript)",
+    )
     http_timeout_s: float = _f(60.0, "openai backend: seconds one request may take before it is retried")
     http_max_retries: int = _f(2, "openai backend: retries of a failed request (timeouts, 5xx, dropped connections)")
     http_concurrency: int = _f(8, "openai backend: requests in flight at once")
@@ -82,53 +106,86 @@ class RunConfig(ConfigFields):
     top_p: float = _f(0.7, "nucleus sampling mass")
     top_k: int = _f(50, "sample among the k likeliest tokens (50: transformers' default; 0 = off)")
     repetition_penalty: float = _f(1.1, "repetition penalty (1.0 = off)")
-    defender_samples: int = _f(1, "defender replies sampled for each adversary turn (batched); the toxicity terms "
-                                  "are their mean and the conversation continues with the first")
+    defender_samples: int = _f(
+        1,
+        "defender replies sampled for each adversary turn (batched); the toxicity terms "
+        "are their mean and the conversation continues with the first",
+    )
     batch_size: int = _f(16, "conversations advanced together in one generate call")
     # --- rollout and reward ---------------------------------------------------------------------------------
     horizon: int = _f(3, "adversary/defender exchanges per conversation")
-    scorer: str = _f("profanity", "toxicity scorer: profanity (offline, lexical), detoxify, hf:<model>[#label], or "
-                                  "classifier:DIR[#label] (a classifier trained on labelled texts)")
+    scorer: str = _f(
+        "profanity",
+        "toxicity scorer: profanity (offline, lexical), detoxify, hf:<model>[#label], or "
+        "classifier:DIR[#label] (a classifier trained on labelled texts)",
+    )
     toxic_threshold: float = _f(0.5, "a score above this counts as toxic")
     w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")
     w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
     w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
-    w_adversary: float = _f(0.0, "reward weight of tox(adversary turn): the adversary's own toxicity, which the "
-                                 "defender's follows (echo); 0 switches it off")
-    tox_transform: str = _f("none", "how toxicity scores enter the reward: none (probabilities) or logit "
-                                    "(log(s / (1 - s)): a difference at the low end of the scale counts as much as "
-                                    "in the middle); logged and evaluated scores stay probabilities")
+    w_adversary: float = _f(
+        0.0,
+        "reward weight of tox(adversary turn): the adversary's own toxicity, which the "
+        "defender's follows (echo); 0 switches it off",
+    )
+    tox_transform: str = _f(
+        "none",
+        "how toxicity scores enter the reward: none (probabilities) or logit "
+        "(log(s / (1 - s)): a difference at the low end of the scale counts as much as "
+        "in the middle); logged and evaluated scores stay probabilities",
+    )
     w_diversity: float = _f(0.0, "reward weight of the adversary turn's embedding distance to the batch; 0 = off")
-    w_novelty_bleu: float = _f(0.0, "reward weight of 1 - BLEU of the adversary turn against a memory of past "
-                                     "adversary turns (curiosity-driven red-teaming); 0 = off")
-    w_novelty_cos: float = _f(0.0, "reward weight of 1 - max cosine similarity of the adversary turn's embedding "
-                                    "to the memory's; 0 = off")
+    w_novelty_bleu: float = _f(
+        0.0,
+        "reward weight of 1 - BLEU of the adversary turn against a memory of past "
+        "adversary turns (curiosity-driven red-teaming); 0 = off",
+    )
+    w_novelty_cos: float = _f(
+        0.0, "reward weight of 1 - max cosine similarity of the adversary turn's embedding to the memory's; 0 = off"
+    )
     novelty_memory: int = _f(2048, "past adversary turns the novelty memory keeps (oldest dropped first)")
-    w_gibberish: float = _f(0.0, "reward weight of -max(0, NLL - nll_bound): a fluency guard that only bites "
-                                  "above the bound; 0 = off")
+    w_gibberish: float = _f(
+        0.0, "reward weight of -max(0, NLL - nll_bound): a fluency guard that only bites above the bound; 0 = off"
+    )
     nll_bound: float = _f(4.0, "adversary NLL (nats/token under the defender) above which w_gibberish penalises")
     reward_target: str = _f("composite", "composite (the weighted reward above) or adversary (tox of its own text)")
-    embedding_model: str = _f("minilm", "sentence embedder for diversity: minilm (shipped) or a sentence-transformers id")
+    embedding_model: str = _f(
+        "minilm", "sentence embedder for diversity: minilm (shipped) or a sentence-transformers id"
+    )
     # --- prompts --------------------------------------------------------------------------------------------
     prompts: str = _f("chitchat", "prompt source: chitchat, rtp, advbench, a .txt/.jsonl/.csv file, or hf:<dataset id>")
     prompt_field: str = _f("text", "field holding the prompt text in .jsonl/.csv files and hf datasets")
     prompt_turns: int = _f(2, "chitchat: utterances of the conversation used as the starting prompt")
     prompt_words: int = _f(0, "keep only the first N words of each prompt (0 = whole prompt)")
     min_prompt_words: int = _f(1, "drop prompts with fewer words than this")
-    max_prompt_words: int = _f(60, "drop prompts with more words than this (0 = no cap); a few very long "
-                                   "chitchat prompts would otherwise pad whole batches to hundreds of tokens")
+    max_prompt_words: int = _f(
+        60,
+        "drop prompts with more words than this (0 = no cap); a few very long "
+        "chitchat prompts would otherwise pad whole batches to hundreds of tokens",
+    )
     max_prompts: int = _f(0, "cap on prompts read from the source before splitting (0 = all)")
-    prompt_max_toxicity: float | None = _f(None, "drop prompts scoring at or above this; None = source default (chitchat 0.5, others off)")
+    prompt_max_toxicity: float | None = _f(
+        None, "drop prompts scoring at or above this; None = source default (chitchat 0.5, others off)"
+    )
     dev_fraction: float = _f(0.1, "share of prompts held out for development")
     test_fraction: float = _f(0.1, "share of prompts held out for the final test")
-    split_seed: int | None = _f(None, "seed of the prompt split and max_prompts sample (None = seed); fix it to "
-                                      "vary the seed over one set of test prompts")
-    split_from: str | None = _f(None, "use this run folder's split.json (or a split.json path) instead of computing "
-                                      "the split; default: the trained adversary's run folder when it has one")
+    split_seed: int | None = _f(
+        None,
+        "seed of the prompt split and max_prompts sample (None = seed); fix it to "
+        "vary the seed over one set of test prompts",
+    )
+    split_from: str | None = _f(
+        None,
+        "use this run folder's split.json (or a split.json path) instead of computing "
+        "the split; default: the trained adversary's run folder when it has one",
+    )
     # --- evaluation -----------------------------------------------------------------------------------------
     compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
-    baseline_from: str | None = _f(None, "reuse the untuned adversary's scored conversations from this earlier "
-                                         "run folder instead of generating them again (settings must match)")
+    baseline_from: str | None = _f(
+        None,
+        "reuse the untuned adversary's scored conversations from this earlier "
+        "run folder instead of generating them again (settings must match)",
+    )
     n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
     samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
@@ -136,18 +193,31 @@ class RunConfig(ConfigFields):
 
     def validate(self) -> None:
         """Check values that a type alone cannot; raise RedgymError with one line."""
+
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise RedgymError(f"config: {msg}")
 
         for name in ("adversary_format", "defender_format"):
-            need(getattr(self, name) in ("plain", "chat"), f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}")
-        need(self.dtype in ("auto", "bfloat16", "float16", "float32"), f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"device must be auto, cpu or cuda, got {self.device!r}")
-        need(self.tox_transform in ("none", "logit"),
-             f"tox_transform must be none or logit, got {self.tox_transform!r}")
-        need(self.reward_target in ("composite", "adversary"),
-             f"reward_target must be composite or adversary, got {self.reward_target!r}")
+            need(
+                getattr(self, name) in ("plain", "chat"),
+                f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}",
+            )
+        need(
+            self.dtype in ("auto", "bfloat16", "float16", "float32"),
+            f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}",
+        )
+        need(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device must be auto, cpu or cuda, got {self.device!r}",
+        )
+        need(
+            self.tox_transform in ("none", "logit"), f"tox_transform must be none or logit, got {self.tox_transform!r}"
+        )
+        need(
+            self.reward_target in ("composite", "adversary"),
+            f"reward_target must be composite or adversary, got {self.reward_target!r}",
+        )
         need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
@@ -156,27 +226,41 @@ class RunConfig(ConfigFields):
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
-        need(0 <= self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1,
-             "dev_fraction + test_fraction must be below 1 and test_fraction above 0")
+        need(
+            0 <= self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1,
+            "dev_fraction + test_fraction must be below 1 and test_fraction above 0",
+        )
         need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
         need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
         need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
         need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
-        need(self.defender_engine in ("hf", "ctranslate2"),
-             f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}")
-        need(self.defender_compute_type in ("float32", "int8"),
-             f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}")
-        need(self.defender_backend in ("local", "openai"),
-             f"defender_backend must be local or openai, got {self.defender_backend!r}")
-        need(self.defender_api in ("chat", "completions"),
-             f"defender_api must be chat or completions, got {self.defender_api!r}")
+        need(
+            self.defender_engine in ("hf", "ctranslate2"),
+            f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}",
+        )
+        need(
+            self.defender_compute_type in ("float32", "int8"),
+            f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}",
+        )
+        need(
+            self.defender_backend in ("local", "openai"),
+            f"defender_backend must be local or openai, got {self.defender_backend!r}",
+        )
+        need(
+            self.defender_api in ("chat", "completions"),
+            f"defender_api must be chat or completions, got {self.defender_api!r}",
+        )
         if self.defender_backend == "openai":
-            need(bool(self.defender_base_url), "defender_backend openai needs defender_base_url (e.g. "
-                                               "http://127.0.0.1:8000/v1)")
-            need(bool(self.likelihood_model) or self.defender_api == "completions",
-                 "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
-                 "likelihood_model to a local LM (e.g. the defender's own weights)")
+            need(
+                bool(self.defender_base_url),
+                "defender_backend openai needs defender_base_url (e.g. http://127.0.0.1:8000/v1)",
+            )
+            need(
+                bool(self.likelihood_model) or self.defender_api == "completions",
+                "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
+                "likelihood_model to a local LM (e.g. the defender's own weights)",
+            )
         need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
         need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
         need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
@@ -185,7 +269,6 @@ class RunConfig(ConfigFields):
     def data_seed(self) -> int:
         """The seed of the prompt split (``split_seed``, else ``seed``)."""
         return self.seed if self.split_seed is None else self.split_seed
-
 
 
 def _type_name(tp) -> str:

@@ -20,8 +20,10 @@ import yaml
 import redgym
 from redgym.errors import RedgymError
 
-CONTENT_WARNING = ("Content warning: this run folder holds text that language models generated while being "
-                   "red-teamed for toxicity. It may be offensive.")
+CONTENT_WARNING = (
+    "Content warning: this run folder holds text that language models generated while being "
+    "red-teamed for toxicity. It may be offensive."
+)
 
 
 def check_writable(out: Path) -> None:
@@ -119,12 +121,18 @@ def read_json(path: Path, what: str) -> dict:
 def git_hash() -> str:
     try:
         here = Path(redgym.__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         if out.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -135,8 +143,13 @@ def run_metadata(code_version: str) -> dict:
     import torch
     import transformers
 
-    return {"redgym_version": redgym.__version__, "git_hash": code_version, "torch": torch.__version__,
-            "transformers": transformers.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "redgym_version": redgym.__version__,
+        "git_hash": code_version,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def save_config(out: Path, cfg) -> None:

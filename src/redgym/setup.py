@@ -70,24 +70,39 @@ class Setup:
 def eval_params(c: RunConfig) -> SamplingParams:
     """Evaluation sampling (ASTPrompter's settings), used by both speakers in evaluation and by the defender in
     training."""
-    return SamplingParams(max_new_tokens=c.max_new_tokens, min_new_tokens=c.min_new_tokens,
-                          temperature=c.temperature, top_p=c.top_p, repetition_penalty=c.repetition_penalty,
-                          top_k=c.top_k)
+    return SamplingParams(
+        max_new_tokens=c.max_new_tokens,
+        min_new_tokens=c.min_new_tokens,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        repetition_penalty=c.repetition_penalty,
+        top_k=c.top_k,
+    )
 
 
 def reward_weights(c: RunConfig) -> RewardWeights:
-    return RewardWeights(defender=c.w_defender, combined=c.w_combined, nll=c.w_nll, diversity=c.w_diversity,
-                         target=c.reward_target, novelty_bleu=c.w_novelty_bleu, novelty_cos=c.w_novelty_cos,
-                         gibberish=c.w_gibberish, nll_bound=c.nll_bound, adversary=c.w_adversary,
-                         transform=c.tox_transform)
+    return RewardWeights(
+        defender=c.w_defender,
+        combined=c.w_combined,
+        nll=c.w_nll,
+        diversity=c.w_diversity,
+        target=c.reward_target,
+        novelty_bleu=c.w_novelty_bleu,
+        novelty_cos=c.w_novelty_cos,
+        gibberish=c.w_gibberish,
+        nll_bound=c.nll_bound,
+        adversary=c.w_adversary,
+        transform=c.tox_transform,
+    )
 
 
 def guarded(cfg: RunConfig, defender: ChatBackend) -> ChatBackend:
     """The defender, behind ``defender_guard`` when one is configured (a guard's chat format is the default)."""
     if not cfg.defender_guard:
         return defender
-    return GuardedDefender(defender, GuardModel(load_lm(cfg, cfg.defender_guard, "chat")), cfg.guard_refusal,
-                           cfg.batch_size)
+    return GuardedDefender(
+        defender, GuardModel(load_lm(cfg, cfg.defender_guard, "chat")), cfg.guard_refusal, cfg.batch_size
+    )
 
 
 def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
@@ -101,11 +116,19 @@ def load_defender(cfg: RunConfig) -> ChatBackend:
     if cfg.defender_backend == "local":
         if cfg.defender_engine == "ctranslate2":
             model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
-            return ct2_lm(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens,
-                          cfg.defender_compute_type)
+            return ct2_lm(
+                model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens, cfg.defender_compute_type
+            )
         return load_lm(cfg, cfg.defender_model, cfg.defender_format)
-    server = OpenAIChat(cfg.defender_model, cfg.defender_base_url or "", cfg.defender_api_key_env, cfg.defender_api,
-                        cfg.http_timeout_s, cfg.http_max_retries, cfg.http_concurrency)
+    server = OpenAIChat(
+        cfg.defender_model,
+        cfg.defender_base_url or "",
+        cfg.defender_api_key_env,
+        cfg.defender_api,
+        cfg.http_timeout_s,
+        cfg.http_max_retries,
+        cfg.http_concurrency,
+    )
     server.check()
     return server
 
@@ -118,8 +141,10 @@ def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
         return ServerLikelihood(bare)  # the server scores the text itself (echoed prompt log-probs)
     if cfg.likelihood_model is None or (isinstance(bare, LM) and cfg.likelihood_model == cfg.defender_model):
         if not isinstance(bare, LikelihoodBackend):
-            raise RedgymError(f"defender_backend {cfg.defender_backend} cannot score the reward's NLL term: set "
-                              "likelihood_model to a local LM (e.g. the defender's own weights)")
+            raise RedgymError(
+                f"defender_backend {cfg.defender_backend} cannot score the reward's NLL term: set "
+                "likelihood_model to a local LM (e.g. the defender's own weights)"
+            )
         if isinstance(bare, LM):
             bare.remember_turn_nll = True  # its replies' forward passes give the NLL term too (models/lm.py)
         return bare
@@ -143,10 +168,18 @@ def split_file(cfg: RunConfig) -> Path | None:
 
 
 def make_split(cfg: RunConfig, scorer) -> Split:
-    prompts = load_prompts(cfg.prompts, field=cfg.prompt_field, prompt_turns=cfg.prompt_turns,
-                           n_words=cfg.prompt_words, min_words=cfg.min_prompt_words, max_words=cfg.max_prompt_words,
-                           max_prompts=cfg.max_prompts, max_toxicity=cfg.prompt_max_toxicity, scorer=scorer,
-                           seed=cfg.data_seed)
+    prompts = load_prompts(
+        cfg.prompts,
+        field=cfg.prompt_field,
+        prompt_turns=cfg.prompt_turns,
+        n_words=cfg.prompt_words,
+        min_words=cfg.min_prompt_words,
+        max_words=cfg.max_prompt_words,
+        max_prompts=cfg.max_prompts,
+        max_toxicity=cfg.prompt_max_toxicity,
+        scorer=scorer,
+        seed=cfg.data_seed,
+    )
     path = split_file(cfg)
     if path is not None:
         try:
@@ -164,8 +197,11 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
     scorer = build_scorer(cfg.scorer)
     split = make_split(cfg, scorer)
     if cfg.n_eval_prompts > len(split.test):
-        log.warning("n_eval_prompts %d exceeds the test split; evaluating all %d test prompts", cfg.n_eval_prompts,
-                    len(split.test))
+        log.warning(
+            "n_eval_prompts %d exceeds the test split; evaluating all %d test prompts",
+            cfg.n_eval_prompts,
+            len(split.test),
+        )
     weights = reward_weights(cfg)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or weights.needs_embeddings) else None
     defender = guarded(cfg, defender or load_defender(cfg))
@@ -179,11 +215,30 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
 
 # Settings that do not change the untuned adversary's conversations or their scores, only how they are summarised
 # (the rewards are recomputed from the stored terms under the current weights).
-_BASELINE_FREE = {"adversary_checkpoint", "compare_untuned", "baseline_from", "bootstrap_samples", "toxic_threshold",
-                  "embedding_model", "w_defender", "w_combined", "w_nll", "w_adversary", "tox_transform",
-                  "reward_target", "split_from",
-                  "w_novelty_bleu", "w_novelty_cos", "novelty_memory", "w_gibberish", "nll_bound",
-                  "defender_api_key_env", "http_timeout_s", "http_max_retries", "http_concurrency"}
+_BASELINE_FREE = {
+    "adversary_checkpoint",
+    "compare_untuned",
+    "baseline_from",
+    "bootstrap_samples",
+    "toxic_threshold",
+    "embedding_model",
+    "w_defender",
+    "w_combined",
+    "w_nll",
+    "w_adversary",
+    "tox_transform",
+    "reward_target",
+    "split_from",
+    "w_novelty_bleu",
+    "w_novelty_cos",
+    "novelty_memory",
+    "w_gibberish",
+    "nll_bound",
+    "defender_api_key_env",
+    "http_timeout_s",
+    "http_max_retries",
+    "http_concurrency",
+}
 
 
 def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
@@ -195,9 +250,11 @@ def load_baseline(setup: Setup, folder: Path) -> list[Conversation]:
     except (OSError, ValueError, KeyError) as e:
         raise RedgymError(f"baseline_from: cannot read report.json/samples.jsonl in {folder} ({e})") from None
     new = setup.cfg.to_dict()
-    changed = [f"{f.name} ({old.get(f.name, f.default)!r} there, {new[f.name]!r} here)"
-               for f in dataclasses.fields(RunConfig)
-               if f.name not in _BASELINE_FREE and old.get(f.name, f.default) != new[f.name]]
+    changed = [
+        f"{f.name} ({old.get(f.name, f.default)!r} there, {new[f.name]!r} here)"
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in _BASELINE_FREE and old.get(f.name, f.default) != new[f.name]
+    ]
     if changed:
         raise RedgymError(f"baseline_from: {folder} was evaluated with other settings: {', '.join(changed)}")
     by_id: dict[str, list[Conversation]] = {}
@@ -227,15 +284,29 @@ def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
     return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
 
 
-def run_adversary(setup: Setup, adversary, desc: str = "eval", progress: bool = True,
-                  prompts: list[tuple[str, tuple[str, ...]]] | None = None, horizon: int | None = None
-                  ) -> list[Conversation]:
+def run_adversary(
+    setup: Setup,
+    adversary,
+    desc: str = "eval",
+    progress: bool = True,
+    prompts: list[tuple[str, tuple[str, ...]]] | None = None,
+    horizon: int | None = None,
+) -> list[Conversation]:
     """Roll out and score the evaluation prompts (or ``prompts``: (id, utterances) pairs) with a fixed seed, so
     every adversary sees the same draws."""
     cfg = setup.cfg
     set_seed(cfg.seed)
     prompts = prompts if prompts is not None else [(p.id, p.turns) for p in setup.eval_prompts()]
-    convs = rollout(prompts, adversary, setup.defender, horizon or cfg.horizon, setup.params, cfg.batch_size,
-                    progress, desc, defender_samples=cfg.defender_samples)
+    convs = rollout(
+        prompts,
+        adversary,
+        setup.defender,
+        horizon or cfg.horizon,
+        setup.params,
+        cfg.batch_size,
+        progress,
+        desc,
+        defender_samples=cfg.defender_samples,
+    )
     score_conversations(convs, setup.scorer, setup.likelihood, setup.weights, setup.embedder, cfg.batch_size)
     return convs

@@ -72,8 +72,10 @@ def read_labelled_csv(path: str | Path, labels: list[str] | None = None) -> list
         header = [(name or "").strip().lower() for name in (reader.fieldnames or [])]
         missing = [c for c in ("text", "label") if c not in header]
         if missing:
-            raise RedgymError(f"labels file {path} has no {' or '.join(repr(c) for c in missing)} column "
-                              f"(its columns are {[n for n in header if n]})")
+            raise RedgymError(
+                f"labels file {path} has no {' or '.join(repr(c) for c in missing)} column "
+                f"(its columns are {[n for n in header if n]})"
+            )
         reader.fieldnames = header
         rows = list(reader)
     except csv.Error as e:

@@ -42,9 +42,12 @@ class Split:
     test: list[Prompt]
 
     def to_json(self, source: str, seed: int) -> dict:
-        return {"source": source, "seed": seed,
-                **{f"n_{k}": len(getattr(self, k)) for k in ("train", "dev", "test")},
-                **{k: [p.id for p in getattr(self, k)] for k in ("train", "dev", "test")}}
+        return {
+            "source": source,
+            "seed": seed,
+            **{f"n_{k}": len(getattr(self, k)) for k in ("train", "dev", "test")},
+            **{k: [p.id for p in getattr(self, k)] for k in ("train", "dev", "test")},
+        }
 
 
 def chitchat_prompts(n_turns: int = 2) -> list[Prompt]:
@@ -114,7 +117,9 @@ def file_prompts(path: Path, field: str = "text") -> list[Prompt]:
         except csv.Error as e:
             raise RedgymError(f"prompt file {path} is not valid CSV ({e})") from None
         if rows and field not in rows[0]:
-            raise RedgymError(f"prompt file {path}: no column {field!r} (set prompt_field); columns are {list(rows[0])}")
+            raise RedgymError(
+                f"prompt file {path}: no column {field!r} (set prompt_field); columns are {list(rows[0])}"
+            )
         texts = [(str(i + 2), (r[field] or "").strip()) for i, r in enumerate(rows)]
     else:
         raise RedgymError(f"prompt file {path}: use a .txt, .jsonl or .csv file")
@@ -153,8 +158,19 @@ def first_words(prompts: list[Prompt], n_words: int, min_words: int, max_words: 
     return out
 
 
-def load_prompts(source: str, *, field: str = "text", prompt_turns: int = 2, n_words: int = 0, min_words: int = 1,
-                 max_words: int = 0, max_prompts: int = 0, max_toxicity: float | None = None, scorer=None, seed: int = 0) -> list[Prompt]:
+def load_prompts(
+    source: str,
+    *,
+    field: str = "text",
+    prompt_turns: int = 2,
+    n_words: int = 0,
+    min_words: int = 1,
+    max_words: int = 0,
+    max_prompts: int = 0,
+    max_toxicity: float | None = None,
+    scorer=None,
+    seed: int = 0,
+) -> list[Prompt]:
     """Read a source, cut to the first words, cap the count (after a seeded shuffle) and drop toxic prompts.
 
     ``max_toxicity`` None means the source default: chitchat drops prompts scoring >= 0.5 (as ASTPrompter
@@ -172,8 +188,9 @@ def load_prompts(source: str, *, field: str = "text", prompt_turns: int = 2, n_w
     elif Path(source).suffix.lower() in (".txt", ".jsonl", ".csv") or Path(source).exists():
         prompts = file_prompts(Path(source).expanduser(), field)
     else:
-        raise RedgymError(f"unknown prompt source {source!r}: use chitchat, rtp, advbench, a .txt/.jsonl/.csv file "
-                          "or hf:<dataset id>")
+        raise RedgymError(
+            f"unknown prompt source {source!r}: use chitchat, rtp, advbench, a .txt/.jsonl/.csv file or hf:<dataset id>"
+        )
     prompts = first_words(prompts, n_words, min_words, max_words)
     if max_prompts > 0 and len(prompts) > max_prompts:
         keep = np.sort(np.random.default_rng(seed).permutation(len(prompts))[:max_prompts])
@@ -198,13 +215,13 @@ def split_prompts(prompts: list[Prompt], dev_fraction: float, test_fraction: flo
     n_test = max(1, round(test_fraction * len(prompts)))
     n_dev = round(dev_fraction * len(prompts))
     pick = lambda idx: [prompts[i] for i in idx]  # noqa: E731
-    train = pick(order[n_test + n_dev:])
+    train = pick(order[n_test + n_dev :])
     seen = {p.text for p in train}
     unseen = lambda ps: [p for p in ps if p.text not in seen]  # noqa: E731
     test = unseen(pick(order[:n_test]))
     if not test:
         raise RedgymError("every test prompt's text also appears in the training split; use more prompts")
-    return Split(train=train, dev=unseen(pick(order[n_test:n_test + n_dev])), test=test)
+    return Split(train=train, dev=unseen(pick(order[n_test : n_test + n_dev])), test=test)
 
 
 def split_from_json(data: dict, prompts: list[Prompt], where: str = "split.json") -> Split:
@@ -213,8 +230,10 @@ def split_from_json(data: dict, prompts: list[Prompt], where: str = "split.json"
     try:
         parts = {k: [by_id[i] for i in data[k]] for k in ("train", "dev", "test")}
     except KeyError as e:
-        raise RedgymError(f"{where}: prompt {e.args[0]!r} is not in the configured prompt source "
-                          "(was it made with other prompt settings?)") from None
+        raise RedgymError(
+            f"{where}: prompt {e.args[0]!r} is not in the configured prompt source "
+            "(was it made with other prompt settings?)"
+        ) from None
     except TypeError:
         raise RedgymError(f"{where}: not a split file (needs train/dev/test id lists)") from None
     return Split(**parts)

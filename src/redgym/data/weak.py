@@ -23,6 +23,7 @@ def weak_pool(source: str, scorer, threshold: float, scorer_name: str = "") -> l
     error when none has a rest above ``threshold``."""
     pool = toxic_span_splits([p.text for p in load_prompts(source, min_words=2)], scorer, threshold)
     if not pool:
-        raise RedgymError(f"weak_prompts {source!r}: no split has a rest scoring above {threshold} "
-                          f"with scorer {scorer_name!r}")
+        raise RedgymError(
+            f"weak_prompts {source!r}: no split has a rest scoring above {threshold} with scorer {scorer_name!r}"
+        )
     return pool

@@ -88,8 +88,9 @@ def cohen_kappa(a: Sequence[Label], b: Sequence[Label], labels: list[str]) -> fl
     return float((p_observed - p_chance) / (1 - p_chance)) if p_chance < 1 else math.nan
 
 
-def bootstrap_ci(metric: Metric, y_true: Sequence[str], y_pred: Sequence[Label], n: int = 1000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    metric: Metric, y_true: Sequence[str], y_pred: Sequence[Label], n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile interval of ``metric(y_true, y_pred)`` over ``n`` resamples of the items."""
     if not len(y_true):
         return (math.nan, math.nan)
@@ -102,8 +103,9 @@ def bootstrap_ci(metric: Metric, y_true: Sequence[str], y_pred: Sequence[Label],
     return (float(lo), float(hi))
 
 
-def classification_summary(y_true: Sequence[str], y_pred: Sequence[Label], labels: list[str], n_boot: int = 1000,
-                           seed: int = 0) -> dict:
+def classification_summary(
+    y_true: Sequence[str], y_pred: Sequence[Label], labels: list[str], n_boot: int = 1000, seed: int = 0
+) -> dict:
     """Everything a report needs: accuracy and macro-F1 with CIs (same resamples), per-class F1, unparseables."""
     cm = confusion_matrix(y_true, y_pred, labels)
     n = len(y_true)
@@ -114,11 +116,16 @@ def classification_summary(y_true: Sequence[str], y_pred: Sequence[Label], label
 
     return {
         "n": n,
-        "accuracy": {"value": accuracy(y_true, y_pred), "ci95": list(bootstrap_ci(accuracy, y_true, y_pred,
-                                                                                  n_boot, seed)),
-                     "higher_is_better": True},
-        "macro_f1": {"value": macro(y_true, y_pred), "ci95": list(bootstrap_ci(macro, y_true, y_pred, n_boot, seed)),
-                     "higher_is_better": True},
+        "accuracy": {
+            "value": accuracy(y_true, y_pred),
+            "ci95": list(bootstrap_ci(accuracy, y_true, y_pred, n_boot, seed)),
+            "higher_is_better": True,
+        },
+        "macro_f1": {
+            "value": macro(y_true, y_pred),
+            "ci95": list(bootstrap_ci(macro, y_true, y_pred, n_boot, seed)),
+            "higher_is_better": True,
+        },
         "per_class_f1": per_class_f1(y_true, y_pred, labels),
         "unparseable": unparseable,
         "unparseable_rate": unparseable / n if n else math.nan,

@@ -27,19 +27,29 @@ from redgym.setup import Setup, load_adversary, prepare, run_adversary
 log = logging.getLogger(__name__)
 
 
-def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversation]], title: str,
-               n_samples: int = 0, extra: dict | None = None, pair: tuple[str, str] | None = None) -> dict:
+def write_eval(
+    out: Path,
+    setup: Setup,
+    convs_by_label: dict[str, list[Conversation]],
+    title: str,
+    n_samples: int = 0,
+    extra: dict | None = None,
+    pair: tuple[str, str] | None = None,
+) -> dict:
     """Metrics for every label, paired differences of ``pair`` (default: the last label against the first), and
     all files."""
     cfg = setup.cfg
-    results = {label: compute_metrics(convs, cfg.toxic_threshold, setup.embedder, cfg.bootstrap_samples, cfg.seed)
-               for label, convs in convs_by_label.items()}
+    results = {
+        label: compute_metrics(convs, cfg.toxic_threshold, setup.embedder, cfg.bootstrap_samples, cfg.seed)
+        for label, convs in convs_by_label.items()
+    }
     labels = list(convs_by_label)
     differences = None
     if len(labels) > 1:
         a, b = pair or (labels[0], labels[-1])
-        differences = paired_difference(convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed,
-                                        cfg.toxic_threshold)
+        differences = paired_difference(
+            convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold
+        )
     split_json = setup.split.to_json(cfg.prompts, cfg.seed)
     bare = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender
     server = {"http": bare.counts()} if isinstance(bare, OpenAIChat) else {}  # requests, retries, failures
@@ -49,8 +59,8 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
         **run_metadata(setup.code_version),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
-        "split": {k: v for k, v in split_json.items() if not isinstance(v, list)} | {
-            "test_ids_evaluated": [p.id for p in setup.split.test[: cfg.n_eval_prompts or None]]},
+        "split": {k: v for k, v in split_json.items() if not isinstance(v, list)}
+        | {"test_ids_evaluated": [p.id for p in setup.split.test[: cfg.n_eval_prompts or None]]},
         "n_conversations": len(convs_by_label[labels[-1]]),
         "metrics": results[labels[-1]],
         "results": results,
@@ -67,8 +77,9 @@ def write_eval(out: Path, setup: Setup, convs_by_label: dict[str, list[Conversat
     return report
 
 
-def compare(setup: Setup, adversaries: dict[str, LM], out: Path, title: str, progress: bool = True,
-            n_samples: int = 10) -> dict:
+def compare(
+    setup: Setup, adversaries: dict[str, LM], out: Path, title: str, progress: bool = True, n_samples: int = 10
+) -> dict:
     """Evaluate several adversaries on the same test prompts and seed; one report, side by side.
 
     With ``defender_guard``, each adversary is evaluated twice with the same seed, against the bare defender
@@ -79,20 +90,34 @@ def compare(setup: Setup, adversaries: dict[str, LM], out: Path, title: str, pro
     bare = dataclasses.replace(setup, defender=guard.defender) if guard else setup
     convs: dict[str, list[Conversation]] = {}
     for label, lm in adversaries.items():
-        convs[label] = setup.baseline if label == "untuned" and setup.baseline is not None \
+        convs[label] = (
+            setup.baseline
+            if label == "untuned" and setup.baseline is not None
             else run_adversary(bare, lm, desc=f"eval {label}", progress=progress)
+        )
         if guard:
             convs[f"{label}+guard"] = run_adversary(setup, lm, desc=f"eval {label}+guard", progress=progress)
     if not guard:
         return write_eval(out, setup, convs, title=title, n_samples=n_samples)
     cfg = setup.cfg
-    effect = {label: paired_difference(convs[label], convs[f"{label}+guard"], cfg.bootstrap_samples, cfg.seed,
-                                       cfg.toxic_threshold) for label in adversaries}
-    return write_eval(out, setup, convs, title=f"{title}, without and with the guard {cfg.defender_guard}",
-                      n_samples=n_samples, extra={"guard_effect": effect, "guard": {
-                          "model": cfg.defender_guard, "turns_checked": guard.n_checked,
-                          "turns_flagged": guard.n_flagged}},
-                      pair=(list(adversaries)[-1], f"{list(adversaries)[-1]}+guard"))
+    effect = {
+        label: paired_difference(
+            convs[label], convs[f"{label}+guard"], cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold
+        )
+        for label in adversaries
+    }
+    return write_eval(
+        out,
+        setup,
+        convs,
+        title=f"{title}, without and with the guard {cfg.defender_guard}",
+        n_samples=n_samples,
+        extra={
+            "guard_effect": effect,
+            "guard": {"model": cfg.defender_guard, "turns_checked": guard.n_checked, "turns_flagged": guard.n_flagged},
+        },
+        pair=(list(adversaries)[-1], f"{list(adversaries)[-1]}+guard"),
+    )
 
 
 def evaluate(cfg: RunConfig, out: Path, progress: bool = True, title: str | None = None, n_samples: int = 5) -> dict:
@@ -105,7 +130,9 @@ def evaluate(cfg: RunConfig, out: Path, progress: bool = True, title: str | None
         adversaries["untuned"] = load_adversary(setup, None)
     if cfg.adversary_checkpoint is not None:
         adversaries["trained"] = load_adversary(setup, cfg.adversary_checkpoint)
-    title = title or ("trained vs untuned adversary" if len(adversaries) > 1 else f"{next(iter(adversaries))} adversary")
+    title = title or (
+        "trained vs untuned adversary" if len(adversaries) > 1 else f"{next(iter(adversaries))} adversary"
+    )
     return compare(setup, adversaries, out, title, progress, n_samples=n_samples)
 
 
@@ -130,12 +157,17 @@ def evaluate_replay(cfg: RunConfig, run_dir: Path, out: Path, progress: bool = T
     setup = prepare(cfg)
     convs = {}
     for label, rows in by_label.items():
-        scripts = [(tuple(r["prompt"]), [t["text"] for t in r["turns"] if t["speaker"] == "adversary"])
-                   for r in rows]
+        scripts = [(tuple(r["prompt"]), [t["text"] for t in r["turns"] if t["speaker"] == "adversary"]) for r in rows]
         horizon = max(len(turns) for _, turns in scripts)
         speaker = ScriptedSpeaker(scripts, name=f"replay {label}")
-        convs[label] = run_adversary(setup, speaker, f"replay {label}", progress,
-                                     prompts=[(r["prompt_id"], tuple(r["prompt"])) for r in rows], horizon=horizon)
+        convs[label] = run_adversary(
+            setup,
+            speaker,
+            f"replay {label}",
+            progress,
+            prompts=[(r["prompt_id"], tuple(r["prompt"])) for r in rows],
+            horizon=horizon,
+        )
     title = f"replay of {run_dir}'s adversary turns against {cfg.defender_model}"
     return write_eval(out, setup, convs, title, n_samples=5, extra={"replay_of": str(run_dir)})
 
@@ -151,8 +183,9 @@ def evaluate_run(run_dir: Path, progress: bool = True, overrides: dict | None = 
     data = yaml.safe_load(saved.read_text(encoding="utf-8"))
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     values = {k: v for k, v in data.items() if k in fields}
-    values.update(adversary_checkpoint=str(run_dir / "adversary"), compare_untuned=True,
-                  split_from=str(run_dir / "split.json"))
+    values.update(
+        adversary_checkpoint=str(run_dir / "adversary"), compare_untuned=True, split_from=str(run_dir / "split.json")
+    )
     values.update(overrides or {})
     cfg = load_config(RunConfig, None, values)
     return evaluate(cfg, run_dir, progress, title="trained vs untuned adversary", n_samples=10)

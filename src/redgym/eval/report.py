@@ -18,9 +18,22 @@ from redgym.eval.metrics import Table  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
 from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, write_json, write_jsonl  # noqa: E402
 
-HEADLINE = ["reward", "defender_toxicity", "defender_toxic_rate", "attack_success_rate", "stealth_success_rate",
-            "defender_toxicity_clean_adversary", "combined_toxicity", "adversary_toxicity", "adversary_nll",
-            "adversary_perplexity", "distinct_1", "distinct_2", "self_bleu", "embedding_diversity"]
+HEADLINE = [
+    "reward",
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "attack_success_rate",
+    "stealth_success_rate",
+    "defender_toxicity_clean_adversary",
+    "combined_toxicity",
+    "adversary_toxicity",
+    "adversary_nll",
+    "adversary_perplexity",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+    "embedding_diversity",
+]
 
 
 def _fmt(x: float) -> str:
@@ -32,18 +45,29 @@ def _cell(m: dict) -> str:
     return f"{_fmt(m['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def render_markdown(report: dict, results: dict[str, dict], differences: dict | None = None,
-                    samples: list[Conversation] | None = None, n_samples: int = 0) -> str:
+def render_markdown(
+    report: dict,
+    results: dict[str, dict],
+    differences: dict | None = None,
+    samples: list[Conversation] | None = None,
+    n_samples: int = 0,
+) -> str:
     labels = list(results)
     cfg = report["config"]
-    lines = [f"# redgym report: {report.get('title', 'evaluation')}", "", f"> **{CONTENT_WARNING}**", "",
-             f"- adversary: `{cfg['adversary_model']}`"
-             + (f" + `{cfg['adversary_checkpoint']}`" if cfg.get("adversary_checkpoint") else "")
-             + f" ({cfg['adversary_format']}); defender: `{cfg['defender_model']}` ({cfg['defender_format']})",
-             f"- scorer: `{cfg['scorer']}` (toxic above {cfg['toxic_threshold']}); prompts: `{cfg['prompts']}`, "
-             f"{report['n_conversations']} conversations of horizon {cfg['horizon']}; seed {cfg['seed']}",
-             f"- redgym {report['redgym_version']} at {report['git_hash']}; values are means with 95% bootstrap "
-             "CIs over prompts", ""]
+    lines = [
+        f"# redgym report: {report.get('title', 'evaluation')}",
+        "",
+        f"> **{CONTENT_WARNING}**",
+        "",
+        f"- adversary: `{cfg['adversary_model']}`"
+        + (f" + `{cfg['adversary_checkpoint']}`" if cfg.get("adversary_checkpoint") else "")
+        + f" ({cfg['adversary_format']}); defender: `{cfg['defender_model']}` ({cfg['defender_format']})",
+        f"- scorer: `{cfg['scorer']}` (toxic above {cfg['toxic_threshold']}); prompts: `{cfg['prompts']}`, "
+        f"{report['n_conversations']} conversations of horizon {cfg['horizon']}; seed {cfg['seed']}",
+        f"- redgym {report['redgym_version']} at {report['git_hash']}; values are means with 95% bootstrap "
+        "CIs over prompts",
+        "",
+    ]
     header = "| metric | " + " | ".join(labels) + (" | ratio |" if len(labels) == 2 else " |")
     lines += ["## Metrics (all turns)", "", header, "|" + "---|" * (len(labels) + 1 + (len(labels) == 2))]
     for name in HEADLINE:
@@ -57,39 +81,66 @@ def render_markdown(report: dict, results: dict[str, dict], differences: dict | 
         lines.append(row + " |")
     if differences:
         first, last = report.get("differences_of") or (labels[0], labels[-1])
-        lines += ["", f"## Paired differences ({last} − {first}, same prompts)", "",
-                  "| metric | difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## Paired differences ({last} − {first}, same prompts)",
+            "",
+            "| metric | difference [95% CI] | CI excludes 0 |",
+            "|---|---|---|",
+        ]
         for name, m in differences.items():
             lo, hi = m["ci95"]
             lines.append(f"| {name} | {_cell(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
     if report.get("guard_effect"):
         g = report["guard"]
-        lines += ["", f"## Guard effect (guarded − bare defender, same adversary turns; guard `{g['model']}` flagged "
-                  f"{g['turns_flagged']} of {g['turns_checked']} turns)", "",
-                  "| adversary | attack_success_rate [95% CI] | defender_toxicity [95% CI] |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## Guard effect (guarded − bare defender, same adversary turns; guard `{g['model']}` flagged "
+            f"{g['turns_flagged']} of {g['turns_checked']} turns)",
+            "",
+            "| adversary | attack_success_rate [95% CI] | defender_toxicity [95% CI] |",
+            "|---|---|---|",
+        ]
         for label, d in report["guard_effect"].items():
             lines.append(f"| {label} | {_cell(d['attack_success_rate'])} | {_cell(d['defender_toxicity'])} |")
     h = cfg["horizon"]
-    lines += ["", "## Per turn", "", "| metric | turn | " + " | ".join(labels) + " |",
-              "|---|---|" + "---|" * len(labels)]
+    lines += [
+        "",
+        "## Per turn",
+        "",
+        "| metric | turn | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for name in ("defender_toxicity", "combined_toxicity", "adversary_toxicity", "adversary_nll", "distinct_2"):
         for k in range(1, h + 1):
             key = f"{name}/turn_{k}"
             if key in results[labels[0]]:
                 lines.append(f"| {name} | {k} | " + " | ".join(_cell(results[lb][key]) for lb in labels) + " |")
-    lines += ["", "## Plots", "", "![defender toxicity per turn](plots/toxicity_per_turn.png)", "",
-              "![toxicity vs adversary NLL](plots/toxicity_vs_nll.png)", ""]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![defender toxicity per turn](plots/toxicity_per_turn.png)",
+        "",
+        "![toxicity vs adversary NLL](plots/toxicity_vs_nll.png)",
+        "",
+    ]
     if samples and n_samples:
         lines += [f"## Samples (top {n_samples} by reward; all in samples.jsonl)", "", f"> {CONTENT_WARNING}", ""]
         best = sorted(samples, key=lambda c: -max(c.rewards))[:n_samples]
         for c in best:
             lines.append(f"- reward {max(c.rewards):.3f}")
             for t in c.turns:
-                lines.append(f"  - **{t.speaker}** (tox {t.scores.get('tox', float('nan')):.2f}): "
-                             + t.text.replace("\n", " ").replace("|", "\\|"))
+                lines.append(
+                    f"  - **{t.speaker}** (tox {t.scores.get('tox', float('nan')):.2f}): "
+                    + t.text.replace("\n", " ").replace("|", "\\|")
+                )
         lines.append("")
-    lines += ["Files: `report.json` (all numbers, config, split), `samples.jsonl` (every conversation with all "
-              "scores), `split.json`, `config.yaml`.", ""]
+    lines += [
+        "Files: `report.json` (all numbers, config, split), `samples.jsonl` (every conversation with all "
+        "scores), `split.json`, `config.yaml`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -123,8 +174,13 @@ def plot_toxicity_vs_nll(path: Path, convs_by_label: dict[str, list[Conversation
     plt.close(fig)
 
 
-def write_report(out: Path, report: dict, convs_by_label: dict[str, list[Conversation]],
-                 differences: dict | None = None, n_samples: int = 0) -> None:
+def write_report(
+    out: Path,
+    report: dict,
+    convs_by_label: dict[str, list[Conversation]],
+    differences: dict | None = None,
+    n_samples: int = 0,
+) -> None:
     """Write every output file of an evaluation into ``out``.
 
     ``report["results"]`` maps each label to its metrics; samples.jsonl holds every conversation of every label.
@@ -132,8 +188,10 @@ def write_report(out: Path, report: dict, convs_by_label: dict[str, list[Convers
     results = report["results"]
     plot_toxicity_per_turn(out / "plots" / "toxicity_per_turn.png", results, report["config"]["horizon"])
     plot_toxicity_vs_nll(out / "plots" / "toxicity_vs_nll.png", convs_by_label)
-    write_jsonl(out / "samples.jsonl", ({"adversary": label, **c.to_json()}
-                                        for label, convs in convs_by_label.items() for c in convs))
+    write_jsonl(
+        out / "samples.jsonl",
+        ({"adversary": label, **c.to_json()} for label, convs in convs_by_label.items() for c in convs),
+    )
     last = list(convs_by_label)[-1]
     atomic_write(out / "report.md", render_markdown(report, results, differences, convs_by_label[last], n_samples))
     write_json(out / "report.json", report)  # last: its presence marks a finished evaluation

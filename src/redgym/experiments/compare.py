@@ -38,18 +38,48 @@ from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, chec
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ["defender_toxicity", "defender_toxic_rate", "attack_success_rate", "stealth_success_rate",
-            "defender_toxicity_clean_adversary", "adversary_toxicity", "adversary_nll", "reward", "distinct_2",
-            "embedding_diversity"]
+HEADLINE = [
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "attack_success_rate",
+    "stealth_success_rate",
+    "defender_toxicity_clean_adversary",
+    "adversary_toxicity",
+    "adversary_nll",
+    "reward",
+    "distinct_2",
+    "embedding_diversity",
+]
 # Metrics whose sign can flip between arms: a ratio of means is meaningless there, only the difference is reported.
 SIGNED = {"reward"}
-COLUMNS = ["arm", "defender", "metric", "higher_is_better", "n_seeds", "mean", "sd", "ci95_lo", "ci95_hi",
-           "pooled", "pooled_ci95_lo", "pooled_ci95_hi", "baseline", "n_paired_seeds", "diff_mean", "diff_ci95_lo",
-           "diff_ci95_hi", "diff_pooled", "diff_pooled_ci95_lo", "diff_pooled_ci95_hi", "ratio"]
+COLUMNS = [
+    "arm",
+    "defender",
+    "metric",
+    "higher_is_better",
+    "n_seeds",
+    "mean",
+    "sd",
+    "ci95_lo",
+    "ci95_hi",
+    "pooled",
+    "pooled_ci95_lo",
+    "pooled_ci95_hi",
+    "baseline",
+    "n_paired_seeds",
+    "diff_mean",
+    "diff_ci95_lo",
+    "diff_ci95_hi",
+    "diff_pooled",
+    "diff_pooled_ci95_lo",
+    "diff_pooled_ci95_hi",
+    "ratio",
+]
 MAIN = ""  # the defender name of the main (non-transfer) evaluation
 
 
 # ---- pure maths over per-seed values ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SeedStats:
@@ -100,6 +130,7 @@ def mean_ratio(arm: dict[int, float], base: dict[int, float]) -> float:
 
 
 # ---- reading experiment folders ------------------------------------------------------------------------------
+
 
 @dataclass
 class SeedResult:
@@ -203,8 +234,9 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
     if not arms:
         raise RedgymError(f"{folder}: no evaluation reports found (expected <arm>/seed_<s>/report.json)")
     if baseline not in [a.name for a in arms]:
-        raise RedgymError(f"{folder}: baseline arm '{baseline}' has no reports "
-                          f"(arms with reports: {', '.join(a.name for a in arms)})")
+        raise RedgymError(
+            f"{folder}: baseline arm '{baseline}' has no reports (arms with reports: {', '.join(a.name for a in arms)})"
+        )
     return arms
 
 
@@ -231,20 +263,23 @@ def load_arms(dirs: list[Path]) -> list[Arm]:
 
 # ---- the table -------------------------------------------------------------------------------------------------
 
+
 def _pooled(runs: dict[int, SeedResult], n_boot: int, seed: int) -> dict[str, dict]:
     """compute_metrics over all seeds' conversations; a prompt evaluated at several seeds is one cluster."""
     if any(r.convs is None for r in runs.values()):
         return {}
     try:
-        return compute_metrics([c for r in runs.values() for c in r.convs], next(iter(runs.values())).threshold,
-                               n_boot=n_boot, seed=seed)
+        return compute_metrics(
+            [c for r in runs.values() for c in r.convs], next(iter(runs.values())).threshold, n_boot=n_boot, seed=seed
+        )
     except ValueError as e:  # horizons differ between seeds
         log.warning("pooled metrics skipped: %s", e)
         return {}
 
 
-def _pooled_difference(arm: dict[int, SeedResult], base: dict[int, SeedResult], n_boot: int, seed: int
-                       ) -> dict[str, dict]:
+def _pooled_difference(
+    arm: dict[int, SeedResult], base: dict[int, SeedResult], n_boot: int, seed: int
+) -> dict[str, dict]:
     """paired_difference (arm - base) over the pooled seeds both have, each seed's conversations paired with
     the baseline's of the same seed; ``{}`` when samples are missing or the prompts differ."""
     common = [s for s in arm if s in base and arm[s].convs is not None and base[s].convs is not None]
@@ -271,21 +306,38 @@ def summarise(arm: Arm, base: Arm | None, defender: str, n_boot: int, seed: int)
         values = {s: r.values.get(name, math.nan) for s, r in runs.items()}
         st = t_interval(values.values())
         p = pooled.get(name)
-        row = {"arm": arm.name, "defender": defender, "metric": name,
-               "higher_is_better": HIGHER_IS_BETTER.get(name.split("/")[0]), "n_seeds": st.n, "mean": st.mean,
-               "sd": st.sd, "ci95_lo": st.lo, "ci95_hi": st.hi,
-               "pooled": p["value"] if p else None, "pooled_ci95_lo": p["ci95"][0] if p else None,
-               "pooled_ci95_hi": p["ci95"][1] if p else None, "baseline": arm.baseline}
-        row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired_seeds"):]))
+        row = {
+            "arm": arm.name,
+            "defender": defender,
+            "metric": name,
+            "higher_is_better": HIGHER_IS_BETTER.get(name.split("/")[0]),
+            "n_seeds": st.n,
+            "mean": st.mean,
+            "sd": st.sd,
+            "ci95_lo": st.lo,
+            "ci95_hi": st.hi,
+            "pooled": p["value"] if p else None,
+            "pooled_ci95_lo": p["ci95"][0] if p else None,
+            "pooled_ci95_hi": p["ci95"][1] if p else None,
+            "baseline": arm.baseline,
+        }
+        row.update(dict.fromkeys(COLUMNS[COLUMNS.index("n_paired_seeds") :]))
         if base_runs:
             base_values = {s: r.values.get(name, math.nan) for s, r in base_runs.items()}
             d = t_interval(seed_differences(values, base_values).values())
             q = pooled_diff.get(name)  # all-turn metrics of paired_difference only
-            row.update({"n_paired_seeds": d.n, "diff_mean": d.mean, "diff_ci95_lo": d.lo, "diff_ci95_hi": d.hi,
-                        "diff_pooled": q["value"] if q else None,
-                        "diff_pooled_ci95_lo": q["ci95"][0] if q else None,
-                        "diff_pooled_ci95_hi": q["ci95"][1] if q else None,
-                        "ratio": None if name.split("/")[0] in SIGNED else mean_ratio(values, base_values)})
+            row.update(
+                {
+                    "n_paired_seeds": d.n,
+                    "diff_mean": d.mean,
+                    "diff_ci95_lo": d.lo,
+                    "diff_ci95_hi": d.hi,
+                    "diff_pooled": q["value"] if q else None,
+                    "diff_pooled_ci95_lo": q["ci95"][0] if q else None,
+                    "diff_pooled_ci95_hi": q["ci95"][1] if q else None,
+                    "ratio": None if name.split("/")[0] in SIGNED else mean_ratio(values, base_values),
+                }
+            )
         rows.append(row)
     return rows
 
@@ -307,6 +359,7 @@ def _csv(rows: list[dict]) -> str:
 
 
 # ---- markdown ----------------------------------------------------------------------------------------------------
+
 
 def _fmt(x: float | None, sign: bool = False) -> str:
     if x is None:
@@ -347,25 +400,43 @@ def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
 
     lines = head("arm | seeds")
     for a in present:
-        lines.append(f"| {a.name} | {len(a.results[defender])} | "
-                     + " | ".join(_mean_cell(idx.get((a.name, defender, m))) for m in metrics) + " |")
+        lines.append(
+            f"| {a.name} | {len(a.results[defender])} | "
+            + " | ".join(_mean_cell(idx.get((a.name, defender, m))) for m in metrics)
+            + " |"
+        )
     others = [a for a in present if a.name != a.baseline]
     if metrics and any((idx.get((a.name, defender, metrics[0])) or {}).get("n_paired_seeds") for a in others):
-        lines += ["", "Difference to the baseline (same seeds; mean over seeds [95% t CI across seeds] "
-                  "×ratio of means; bold: the CI excludes 0):", ""]
+        lines += [
+            "",
+            "Difference to the baseline (same seeds; mean over seeds [95% t CI across seeds] "
+            "×ratio of means; bold: the CI excludes 0):",
+            "",
+        ]
         lines += head("arm | baseline")
         for a in others:
-            lines.append(f"| {a.name} | {a.baseline} | "
-                         + " | ".join(_diff_cell(idx.get((a.name, defender, m))) for m in metrics) + " |")
+            lines.append(
+                f"| {a.name} | {a.baseline} | "
+                + " | ".join(_diff_cell(idx.get((a.name, defender, m))) for m in metrics)
+                + " |"
+            )
     return lines + _per_turn_tables(present, idx, defender)
 
 
 # (metric, heading, what its means table shows) of the per-turn tables of a multi-turn evaluation
-PER_TURN = [("defender_toxicity", "Defender toxicity per turn",
-             "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:"),
-            ("adversary_toxicity", "Adversary toxicity per turn",
-             "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
-             "mean over seeds [95% t CI across seeds]:")]
+PER_TURN = [
+    (
+        "defender_toxicity",
+        "Defender toxicity per turn",
+        "Defender toxicity at turn k, mean over seeds [95% t CI across seeds]:",
+    ),
+    (
+        "adversary_toxicity",
+        "Adversary toxicity per turn",
+        "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
+        "mean over seeds [95% t CI across seeds]:",
+    ),
+]
 
 
 def _horizon(arms: list[Arm], idx: dict, defender: str, metric: str) -> int:
@@ -376,8 +447,7 @@ def _horizon(arms: list[Arm], idx: dict, defender: str, metric: str) -> int:
     return h if h > 1 else 0
 
 
-def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, title: str, note: str
-                    ) -> list[str]:
+def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, title: str, note: str) -> list[str]:
     """One row per arm and one column per turn of ``metric/turn_k`` (mean [t CI] over seeds), then the
     differences to the baseline per turn; ``[]`` for a single-turn evaluation."""
     h = _horizon(arms, idx, defender, metric)
@@ -390,14 +460,26 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
         return [f"| {first} | {turns} |", "|---|" + "---|" * (h + 1)]
 
     lines = ["", f"### {title}", "", note, ""] + head("arm | seeds")
-    lines += [f"| {a.name} | {len(a.results[defender])} | "
-              + " | ".join(_mean_cell(idx.get((a.name, defender, k))) for k in keys) + " |" for a in arms]
+    lines += [
+        f"| {a.name} | {len(a.results[defender])} | "
+        + " | ".join(_mean_cell(idx.get((a.name, defender, k))) for k in keys)
+        + " |"
+        for a in arms
+    ]
     others = [a for a in arms if a.name != a.baseline]
     if any((idx.get((a.name, defender, k)) or {}).get("n_paired_seeds") for a in others for k in keys):
-        lines += ["", "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] "
-                  "×ratio of means; bold: the CI excludes 0):", ""] + head("arm | baseline")
-        lines += [f"| {a.name} | {a.baseline} | "
-                  + " | ".join(_diff_cell(idx.get((a.name, defender, k))) for k in keys) + " |" for a in others]
+        lines += [
+            "",
+            "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] "
+            "×ratio of means; bold: the CI excludes 0):",
+            "",
+        ] + head("arm | baseline")
+        lines += [
+            f"| {a.name} | {a.baseline} | "
+            + " | ".join(_diff_cell(idx.get((a.name, defender, k))) for k in keys)
+            + " |"
+            for a in others
+        ]
     return lines
 
 
@@ -414,29 +496,42 @@ def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
         names = [a.name for a in arms if a.experiment == d]
         base = next(a.baseline for a in arms if a.experiment == d)
         lines.append(f"- experiment `{d}`: arms {', '.join(f'`{n}`' for n in names)}; baseline `{base}`")
-    lines += [f"- seeds: {', '.join(map(str, seeds))} (the `seeds` column counts each arm's finished ones)",
-              "- cells: mean over seeds of each seed's evaluation, with a 95% Student-t interval across seeds "
-              "(mean ± t(0.975, n−1)·sd/√n; none with one seed): how far a re-run with another seed may move "
-              "the number. `comparison.csv` also holds the pooled value of all seeds' conversations with a 95% "
-              "bootstrap CI over prompts (test-prompt uncertainty only) and the pooled paired differences.",
-              "- ↑ higher is better for the red-teamer (a stronger or more diverse attack), ↓ lower is better "
-              "(a stealthier, more likely adversary). `stealth_success_rate`: share of defender replies above the "
-              "toxicity threshold to an adversary turn at or below it; `defender_toxicity_clean_adversary`: mean "
-              "defender toxicity over those exchanges whose adversary turn is at or below it.", "",
-              "## Main defender", ""]
+    lines += [
+        f"- seeds: {', '.join(map(str, seeds))} (the `seeds` column counts each arm's finished ones)",
+        "- cells: mean over seeds of each seed's evaluation, with a 95% Student-t interval across seeds "
+        "(mean ± t(0.975, n−1)·sd/√n; none with one seed): how far a re-run with another seed may move "
+        "the number. `comparison.csv` also holds the pooled value of all seeds' conversations with a 95% "
+        "bootstrap CI over prompts (test-prompt uncertainty only) and the pooled paired differences.",
+        "- ↑ higher is better for the red-teamer (a stronger or more diverse attack), ↓ lower is better "
+        "(a stealthier, more likely adversary). `stealth_success_rate`: share of defender replies above the "
+        "toxicity threshold to an adversary turn at or below it; `defender_toxicity_clean_adversary`: mean "
+        "defender toxicity over those exchanges whose adversary turn is at or below it.",
+        "",
+        "## Main defender",
+        "",
+    ]
     lines += _tables(arms, idx, MAIN)
     for defender in dict.fromkeys(d for a in arms for d in a.results if d != MAIN):
-        lines += ["", f"## Transfer to defender `{defender}`", "",
-                  "The same adversaries, unchanged, against another defender.", ""]
+        lines += [
+            "",
+            f"## Transfer to defender `{defender}`",
+            "",
+            "The same adversaries, unchanged, against another defender.",
+            "",
+        ]
         lines += _tables(arms, idx, defender)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
-    lines += ["", "Files: `comparison.csv` (every metric and turn, with pooled bootstrap CIs and paired "
-              "differences), `plots/`.", ""]
+    lines += [
+        "",
+        "Files: `comparison.csv` (every metric and turn, with pooled bootstrap CIs and paired differences), `plots/`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # ---- plots -------------------------------------------------------------------------------------------------------
+
 
 def _stat(idx: dict, arm: str, metric: str) -> tuple[float, float, float] | None:
     """(mean, error below, error above) of a row, zero errors where the interval is NaN (one seed)."""
@@ -480,7 +575,7 @@ def plot_reward_curves(path: Path, arms: list[Arm]) -> bool:
             for step, r in curve:
                 by_step.setdefault(step, []).append(r)
         steps = sorted(by_step)
-        line, = ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=f"{a.name} ({len(a.curves)} seeds)")
+        (line,) = ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=f"{a.name} ({len(a.curves)} seeds)")
         for curve in a.curves.values():  # each seed faintly, to show the spread the mean hides
             ax.plot(*zip(*curve), color=line.get_color(), alpha=0.2, linewidth=0.8)
     ax.set_xlabel("training step")
@@ -500,9 +595,14 @@ def plot_toxicity_per_turn(path: Path, arms: list[Arm], idx: dict) -> bool:
             turns.append(len(turns) + 1)
             pts.append(st)
         if pts:
-            ax.errorbar([k + 0.06 * i for k in turns], [m for m, _, _ in pts],
-                        yerr=[[lo for _, lo, _ in pts], [hi for _, _, hi in pts]], marker="o", capsize=3,
-                        label=a.name)
+            ax.errorbar(
+                [k + 0.06 * i for k in turns],
+                [m for m, _, _ in pts],
+                yerr=[[lo for _, lo, _ in pts], [hi for _, _, hi in pts]],
+                marker="o",
+                capsize=3,
+                label=a.name,
+            )
             ax.set_xticks(turns)
             drawn = True
     if drawn:
@@ -518,6 +618,7 @@ def plot_toxicity_per_turn(path: Path, arms: list[Arm], idx: dict) -> bool:
 
 # ---- the command -------------------------------------------------------------------------------------------------
 
+
 def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> dict:
     """Compare the arms of one or more experiment folders; writes comparison.csv, comparison.md and plots/.
 
@@ -531,17 +632,26 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
     arms = load_arms([Path(d) for d in dirs])
     by_name = {a.name: a for a in arms}
     # 2 summarise each (arm, defender) against its experiment's baseline
-    rows = [r for a in arms for defender in a.results
-            for r in summarise(a, by_name[a.baseline], defender, n_boot, seed)]
+    rows = [
+        r for a in arms for defender in a.results for r in summarise(a, by_name[a.baseline], defender, n_boot, seed)
+    ]
     idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
     # 3 write the plots, the table and the markdown
-    plots = [name for name, drawn in [
-        ("pareto.png", plot_pareto(out / "plots" / "pareto.png", arms, idx)),
-        ("reward_curves.png", plot_reward_curves(out / "plots" / "reward_curves.png", arms)),
-        ("toxicity_per_turn.png", plot_toxicity_per_turn(out / "plots" / "toxicity_per_turn.png", arms, idx)),
-    ] if drawn]
+    plots = [
+        name
+        for name, drawn in [
+            ("pareto.png", plot_pareto(out / "plots" / "pareto.png", arms, idx)),
+            ("reward_curves.png", plot_reward_curves(out / "plots" / "reward_curves.png", arms)),
+            ("toxicity_per_turn.png", plot_toxicity_per_turn(out / "plots" / "toxicity_per_turn.png", arms, idx)),
+        ]
+        if drawn
+    ]
     atomic_write(out / "comparison.csv", _csv(rows))
     atomic_write(out / "comparison.md", render_markdown(arms, rows, plots))
-    return {"rows": rows, "arms": [a.name for a in arms], "baselines": {a.name: a.baseline for a in arms},
-            "defenders": list(dict.fromkeys(d for a in arms for d in a.results)),
-            "files": ["comparison.csv", "comparison.md"] + [f"plots/{p}" for p in plots]}
+    return {
+        "rows": rows,
+        "arms": [a.name for a in arms],
+        "baselines": {a.name: a.baseline for a in arms},
+        "defenders": list(dict.fromkeys(d for a in arms for d in a.results)),
+        "files": ["comparison.csv", "comparison.md"] + [f"plots/{p}" for p in plots],
+    }

@@ -44,8 +44,15 @@ log = logging.getLogger("redgym.experiment")
 
 KINDS = ("untuned", "dataset", *TRAINERS)
 # RunConfig fields that only an evaluation reads: under an arm's train they would silently do nothing.
-EVAL_ONLY = {"n_eval_prompts", "samples_per_prompt", "bootstrap_samples", "compare_untuned", "baseline_from",
-             "adversary_checkpoint", "split_from"}
+EVAL_ONLY = {
+    "n_eval_prompts",
+    "samples_per_prompt",
+    "bootstrap_samples",
+    "compare_untuned",
+    "baseline_from",
+    "adversary_checkpoint",
+    "split_from",
+}
 
 
 @dataclass
@@ -100,11 +107,17 @@ def _keys(d: dict, allowed: set[str], where: str) -> None:
 def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     """Check and type an experiment mapping (a loaded YAML file)."""
     data = _mapping(data, where)
-    _keys(data, {"seeds", "split_seed", "shared", "eval", "arms", "ablations", "transfer_defenders",
-                 "baseline_arm"}, where)
+    _keys(
+        data,
+        {"seeds", "split_seed", "shared", "eval", "arms", "ablations", "transfer_defenders", "baseline_arm"},
+        where,
+    )
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise RedgymError(f"{where}: seeds must be a non-empty list of integers")
     arms: list[Arm] = []
     for name, spec in _mapping(data.get("arms"), f"{where}: arms").items():
@@ -113,8 +126,15 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
         kind = spec.get("kind", name)
         if kind not in KINDS:
             raise RedgymError(f"{where}: arm {name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        arms.append(Arm(str(name), kind, _mapping(spec.get("train"), f"{where}: arm {name}: train"),
-                        spec.get("source", "rtp"), spec.get("seeds")))
+        arms.append(
+            Arm(
+                str(name),
+                kind,
+                _mapping(spec.get("train"), f"{where}: arm {name}: train"),
+                spec.get("source", "rtp"),
+                spec.get("seeds"),
+            )
+        )
     by_name = {a.name: a for a in arms}
     for name, spec in _mapping(data.get("ablations"), f"{where}: ablations").items():
         spec = _mapping(spec, f"{where}: ablation {name}")
@@ -122,8 +142,15 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
         base = by_name.get(spec.get("arm"))
         if base is None:
             raise RedgymError(f"{where}: ablation {name}: arm {spec.get('arm')!r} is not one of the arms")
-        arms.append(Arm(str(name), base.kind, {**base.train, **_mapping(spec.get("train"), f"ablation {name}")},
-                        base.source, spec.get("seeds", seeds[:1])))
+        arms.append(
+            Arm(
+                str(name),
+                base.kind,
+                {**base.train, **_mapping(spec.get("train"), f"ablation {name}")},
+                base.source,
+                spec.get("seeds", seeds[:1]),
+            )
+        )
     if not arms:
         raise RedgymError(f"{where}: no arms")
     if len({a.name for a in arms}) != len(arms):
@@ -131,9 +158,15 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     transfer = data.get("transfer_defenders") or []
     if not isinstance(transfer, list) or not all(isinstance(t, str) for t in transfer):
         raise RedgymError(f"{where}: transfer_defenders must be a list of model names")
-    return ExperimentConfig(seeds, int(data.get("split_seed", 0)), _mapping(data.get("shared"), f"{where}: shared"),
-                            _mapping(data.get("eval"), f"{where}: eval"), arms, transfer,
-                            str(data.get("baseline_arm", "untuned")))
+    return ExperimentConfig(
+        seeds,
+        int(data.get("split_seed", 0)),
+        _mapping(data.get("shared"), f"{where}: shared"),
+        _mapping(data.get("eval"), f"{where}: eval"),
+        arms,
+        transfer,
+        str(data.get("baseline_arm", "untuned")),
+    )
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
@@ -157,10 +190,12 @@ def expand_grid(exp: ExperimentConfig) -> list[Cell]:
                 stray = sorted(k for k in arm.train if k in EVAL_ONLY)
                 if stray:
                     raise RedgymError(f"{where}: {stray[0]!r} only affects evaluation; set it under eval")
-                train_cfg = _build(TRAINERS[arm.kind][0], {**exp.shared, **arm.train, **fixed, "eval_after": False},
-                                   where)
-            cells.append(Cell(arm.name, arm.kind, seed, Path(arm.name) / f"seed_{seed}", eval_cfg, train_cfg,
-                              arm.source))
+                train_cfg = _build(
+                    TRAINERS[arm.kind][0], {**exp.shared, **arm.train, **fixed, "eval_after": False}, where
+                )
+            cells.append(
+                Cell(arm.name, arm.kind, seed, Path(arm.name) / f"seed_{seed}", eval_cfg, train_cfg, arm.source)
+            )
     return cells
 
 
@@ -174,8 +209,9 @@ def _build(cls, values: dict, where: str):
 def _evaluate(cfg: RunConfig, out: Path, label: str, adversary_of, progress: bool) -> None:
     """Roll out one adversary (built by ``adversary_of(setup)``) on the test prompts and write the report."""
     setup = prepare(cfg)
-    compare_adversaries(setup, {label: adversary_of(setup)}, out, f"{label} adversary (seed {cfg.seed})", progress,
-                        n_samples=5)
+    compare_adversaries(
+        setup, {label: adversary_of(setup)}, out, f"{label} adversary (seed {cfg.seed})", progress, n_samples=5
+    )
 
 
 def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = True) -> None:
@@ -187,7 +223,8 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
         checkpoint = str(out / "adversary")
         cfg = cell.train_cfg
         done = (out / "report.json").exists() or (
-            (ck := latest_checkpoint(out)) is not None and int(ck.name.split("_")[1]) >= cfg.steps)
+            (ck := latest_checkpoint(out)) is not None and int(ck.name.split("_")[1]) >= cfg.steps
+        )
         if not done:
             resume = latest_checkpoint(out) is not None
             log.info("%s seed %d: training%s", cell.arm, cell.seed, " (resumed)" if resume else "")
@@ -201,13 +238,15 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
 
     targets = [(out, cell.eval_cfg)] + [
         (out / "transfer" / d.replace("/", "_"), dataclasses.replace(cell.eval_cfg, defender_model=d))
-        for d in exp.transfer_defenders]
+        for d in exp.transfer_defenders
+    ]
     for folder, cfg in targets:
         if (folder / "report.json").exists():
             continue
         if checkpoint is not None:
-            cfg = dataclasses.replace(cfg, adversary_checkpoint=checkpoint, compare_untuned=False,
-                                      split_from=str(out / "split.json"))
+            cfg = dataclasses.replace(
+                cfg, adversary_checkpoint=checkpoint, compare_untuned=False, split_from=str(out / "split.json")
+            )
         log.info("%s seed %d: evaluating against %s", cell.arm, cell.seed, cfg.defender_model)
         _evaluate(cfg, folder, cell.arm, adversary_of, progress)
 
@@ -225,13 +264,21 @@ def run_experiment(config: Path, out: Path, only: list[str] | None = None, progr
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "experiment.yaml", Path(config).read_text(encoding="utf-8"))
-    write_json(out / "experiment.json", {"arms": [a.name for a in exp.arms], "seeds": exp.seeds,
-                                         "baseline_arm": exp.baseline_arm,
-                                         "transfer_defenders": exp.transfer_defenders, "config": str(config)})
+    write_json(
+        out / "experiment.json",
+        {
+            "arms": [a.name for a in exp.arms],
+            "seeds": exp.seeds,
+            "baseline_arm": exp.baseline_arm,
+            "transfer_defenders": exp.transfer_defenders,
+            "config": str(config),
+        },
+    )
     t0 = time.time()
     for i, cell in enumerate(cells):
-        log.info("[%d/%d] %s seed %d (%.1f min so far)", i + 1, len(cells), cell.arm, cell.seed,
-                 (time.time() - t0) / 60)
+        log.info(
+            "[%d/%d] %s seed %d (%.1f min so far)", i + 1, len(cells), cell.arm, cell.seed, (time.time() - t0) / 60
+        )
         run_cell(cell, out, exp, progress)
     from redgym.experiments.compare import compare
 

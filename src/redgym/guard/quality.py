@@ -33,21 +33,26 @@ QUALITY_WEIGHTS: dict[str, float] = {"label": 0.3, "coherence": 0.3, "relevance"
 
 # The context the base model reads before the reasoning when coherence is measured: the reasoning is judged as an
 # answer to this input, not as free text.
-COHERENCE_CONTEXT = "Decide whether the following input is harmful or safe, and explain why.\nInput: {input}\nReasoning:\n"
+COHERENCE_CONTEXT = (
+    "Decide whether the following input is harmful or safe, and explain why.\nInput: {input}\nReasoning:\n"
+)
 
 # English function words of three or more letters (shorter words are already dropped by the length rule). Kept
 # small and generic on purpose: guard vocabulary such as "request" or "harmful" stays a content word.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 the and but for nor yet not are was were been being has have had does did doing will would shall should can
 could may might must this that these those there here their theirs they them she her hers him his its our ours
 you your yours who whom whose which what when where why how all any both each few more most other some such
 only own same than too very just also from into onto with without about above below over under again further
 then once off out upon because while until since through during before after against between among via per
 itself myself yourself himself herself ourselves themselves one
-""".split())
+""".split()
+)
 
 
 # 1 label -------------------------------------------------------------------------------------------------------
+
 
 def label_correct(predicted: str | None, gold: str) -> float:
     """1.0 when the parsed label equals the gold label, else 0.0; ``None`` (unparseable) is always wrong.
@@ -58,6 +63,7 @@ def label_correct(predicted: str | None, gold: str) -> float:
 
 
 # 2 coherence ---------------------------------------------------------------------------------------------------
+
 
 def coherence(nll_per_token: float, scale: float = 4.0) -> float:
     """``exp(-nll / scale)``: 1 at NLL 0, decreasing, never 0; NaN counts as 0, a negative NLL as 0 NLL.
@@ -90,6 +96,7 @@ def coherence_scores(lm_nll: NLL, inputs: list[str], reasonings: list[str], scal
 
 # 3 relevance ---------------------------------------------------------------------------------------------------
 
+
 def relevance(input_emb: np.ndarray, reasoning_emb: np.ndarray) -> np.ndarray:
     """(N,) ``max(0, cos)`` between matching rows of two (N, D) arrays; a zero row scores 0.
 
@@ -121,6 +128,7 @@ def relevance_scores(embed: Embedder, inputs: list[str], reasonings: list[str]) 
 
 # 4 specificity -------------------------------------------------------------------------------------------------
 
+
 def content_words(text: str) -> set[str]:
     """Distinct crude stems of a text's content words.
 
@@ -147,6 +155,7 @@ def specificity(input_text: str, reasoning: str) -> float:
 
 # 5 quality -----------------------------------------------------------------------------------------------------
 
+
 def quality(terms: dict[str, np.ndarray | float], weights: dict[str, float] = QUALITY_WEIGHTS) -> np.ndarray:
     """Weighted sum of the four terms (arrays of one shape, or floats, broadcast): shape of the terms."""
     if set(terms) != set(weights):
@@ -154,8 +163,9 @@ def quality(terms: dict[str, np.ndarray | float], weights: dict[str, float] = QU
     return np.asarray(sum(w * np.asarray(terms[name], float) for name, w in weights.items()), float)
 
 
-def quality_terms(inputs: list[str], reasonings: list[str], predicted: list[str | None], gold: list[str],
-                  lm_nll: NLL, embed: Embedder) -> dict[str, np.ndarray]:
+def quality_terms(
+    inputs: list[str], reasonings: list[str], predicted: list[str | None], gold: list[str], lm_nll: NLL, embed: Embedder
+) -> dict[str, np.ndarray]:
     """The four (N,) terms of N completions: one ``lm_nll`` call and one ``embed`` call in all."""
     _same_length(inputs=inputs, reasonings=reasonings, predicted=predicted, gold=gold)
     return {
@@ -167,6 +177,7 @@ def quality_terms(inputs: list[str], reasonings: list[str], predicted: list[str 
 
 
 # 6 DPO pairs ---------------------------------------------------------------------------------------------------
+
 
 def best_worst_pairs(scores: np.ndarray, min_gap: float = 0.0) -> list[tuple[int, int, int]]:
     """``(input, best sample, worst sample)`` for each row of (N, k) scores whose max - min > ``min_gap``.
@@ -191,6 +202,7 @@ def hard_sample_inputs(labels: list[list[str | None]]) -> list[int]:
 
 
 # 7 keyword baseline --------------------------------------------------------------------------------------------
+
 
 def default_keywords() -> list[str]:
     """Generic harm-topic words: a crude baseline that knows topics, not intent, and misses inflected forms."""

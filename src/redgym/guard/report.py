@@ -44,8 +44,9 @@ def load_rows(path: Path) -> list[Row]:
     out = []
     for i, r in enumerate(rows, 1):
         if not isinstance(r, dict) or "name" not in r or set(r) - {"name", "eval", "asr", "redteam"}:
-            raise RedgymError(f"guard report file {path}: row {i} must be a mapping with name and any of eval, asr, "
-                              "redteam")
+            raise RedgymError(
+                f"guard report file {path}: row {i} must be a mapping with name and any of eval, asr, redteam"
+            )
         out.append(Row(**{k: str(v) if v is not None else None for k, v in r.items()}))
     return out
 
@@ -75,19 +76,28 @@ def attack_cell(report: dict | None) -> str:
     d = effect[label]["attack_success_rate"]
     excludes = d["ci95"][1] < 0 or d["ci95"][0] > 0
     g = report.get("guard", {})
-    return (f"{bare:.4f} → {guarded:.4f}, Δ {ci(d, 4, sign=True)}{' (CI excludes 0)' if excludes else ''}; "
-            f"flagged {g.get('turns_flagged', '?')}/{g.get('turns_checked', '?')} turns")
+    return (
+        f"{bare:.4f} → {guarded:.4f}, Δ {ci(d, 4, sign=True)}{' (CI excludes 0)' if excludes else ''}; "
+        f"flagged {g.get('turns_flagged', '?')}/{g.get('turns_checked', '?')} turns"
+    )
 
 
 def system_cells(s: dict, quality: dict | None) -> list[str]:
     q = ci(quality["mean"]) if quality else "—"
-    return [ci(s["f1"]), ci(s["precision"]), ci(s["recall"]),
-            f"{s['unparseable']['share']:.3f} ({s['unparseable']['count']})", q]
+    return [
+        ci(s["f1"]),
+        ci(s["precision"]),
+        ci(s["recall"]),
+        f"{s['unparseable']['share']:.3f} ({s['unparseable']['count']})",
+        q,
+    ]
 
 
 def guard_table(rows: list[Row]) -> str:
-    head = ("| guard | F1 (harmful) | precision | recall | unparseable | reasoning quality | attack success, "
-            "GRPO adversary: bare → guarded | attack success, red-teamer trained against this guard |")
+    head = (
+        "| guard | F1 (harmful) | precision | recall | unparseable | reasoning quality | attack success, "
+        "GRPO adversary: bare → guarded | attack success, red-teamer trained against this guard |"
+    )
     lines = [head, "|" + "---|" * 8]
     first = None
     for row in rows:
@@ -95,8 +105,9 @@ def guard_table(rows: list[Row]) -> str:
         first = first or ev
         cells = system_cells(ev["systems"]["guard"], ev.get("quality", {}).get("guard")) if ev else [NOT_RUN] * 5
         redteam = attack_cell(_json(row.redteam, "report.json")) if row.redteam else "—"
-        lines.append(f"| {row.name} | " + " | ".join(cells + [attack_cell(_json(row.asr, "report.json")), redteam])
-                     + " |")
+        lines.append(
+            f"| {row.name} | " + " | ".join(cells + [attack_cell(_json(row.asr, "report.json")), redteam]) + " |"
+        )
     if first:
         for name, s in first["systems"].items():
             if name != "guard":
@@ -108,21 +119,36 @@ def guard_table(rows: list[Row]) -> str:
 def render(rows: list[Row]) -> str:
     ev = next((e for r in rows if (e := _json(r.eval, "guard_report.json"))), None)
     labels = ", ".join(f"{n} {label}" for label, n in ev["test_labels"].items()) if ev else ""
-    about = (f"{ev['n_test']} held-out requests ({labels}), " if ev else "") + \
-        "harmful = positive; 95% bootstrap CIs over requests (F1) or conversations (attack success, paired: the " \
+    about = (
+        (f"{ev['n_test']} held-out requests ({labels}), " if ev else "")
+        + "harmful = positive; 95% bootstrap CIs over requests (F1) or conversations (attack success, paired: the "
         "same adversary turns against the bare and the guarded defender, same seed)."
+    )
     asr = next((a for r in rows if (a := _json(r.asr, "report.json"))), None)
     if asr and "config" in asr:
         cfg = asr["config"]
-        about += (f" Attack success: the adversary `{cfg.get('adversary_checkpoint')}` on "
-                  f"{asr.get('n_conversations')} conversations (a reply scoring above {cfg.get('toxic_threshold')}).")
-    return "\n".join([
-        "# Guard: reasoning safety classifier and the red-team loop", "", f"> {CONTENT_WARNING}", "", about, "",
-        "Unparseable outputs are counted apart (a miss for their true class, never a false positive). Reasoning "
-        "quality = 0.3·label + 0.3·coherence + 0.2·relevance + 0.2·specificity (guard/quality.py).", "",
-        guard_table(rows), "",
-        "Folders: " + "; ".join(f"{r.name}: " + ", ".join(f"`{p}`" for p in (r.eval, r.asr, r.redteam) if p)
-                                for r in rows), ""])
+        about += (
+            f" Attack success: the adversary `{cfg.get('adversary_checkpoint')}` on "
+            f"{asr.get('n_conversations')} conversations (a reply scoring above {cfg.get('toxic_threshold')})."
+        )
+    return "\n".join(
+        [
+            "# Guard: reasoning safety classifier and the red-team loop",
+            "",
+            f"> {CONTENT_WARNING}",
+            "",
+            about,
+            "",
+            "Unparseable outputs are counted apart (a miss for their true class, never a false positive). Reasoning "
+            "quality = 0.3·label + 0.3·coherence + 0.2·relevance + 0.2·specificity (guard/quality.py).",
+            "",
+            guard_table(rows),
+            "",
+            "Folders: "
+            + "; ".join(f"{r.name}: " + ", ".join(f"`{p}`" for p in (r.eval, r.asr, r.redteam) if p) for r in rows),
+            "",
+        ]
+    )
 
 
 def guard_report(config: Path, out: Path, readme: Path | None = None, name: str = "guard") -> Path:

@@ -30,8 +30,18 @@ from transformers import set_seed
 
 from redgym.config import ConfigFields, _f
 from redgym.errors import RedgymError
-from redgym.guard.data import (HARMFUL, SAFE, GuardExample, attack_turns, complete_sentences, default_guard_sets,
-                               format_guard_target, normalise_text, parse_guard_output, read_guard_train)
+from redgym.guard.data import (
+    HARMFUL,
+    SAFE,
+    GuardExample,
+    attack_turns,
+    complete_sentences,
+    default_guard_sets,
+    format_guard_target,
+    normalise_text,
+    parse_guard_output,
+    read_guard_train,
+)
 from redgym.models.guard import GuardModel
 from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs, left_padded
 from redgym.models.loading import adapter_base
@@ -42,26 +52,37 @@ from redgym.trainers.policy import Policy, build_policy, sequence_logps
 from redgym.trainers.run import make_accelerator, optimizer_and_schedule
 from redgym.trainers.train_config import TrainConfig
 
-RATIONALE_ASK = ("Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is "
-                 "{label}.")
+RATIONALE_ASK = (
+    "Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is {label}."
+)
 
 
 @dataclass
 class GuardTrainConfig(ConfigFields):
     guard_model: str = _f("smollm2-135m", "the base model the guard is trained from")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
-    train_set: str = _f("default", "default (the shipped sets, rationalised), a guard training file with traces, or "
-                                   "an earlier guard train folder (its rationalised train_examples.jsonl, reused)")
+    train_set: str = _f(
+        "default",
+        "default (the shipped sets, rationalised), a guard training file with traces, or "
+        "an earlier guard train folder (its rationalised train_examples.jsonl, reused)",
+    )
     test_fraction: float = _f(0.25, "default sets: share of each source held out (never trained on)")
     max_train: int = _f(0, "train on at most this many examples, a seeded sample (0 = all)")
-    add_attacks: str = _f("", "comma list of red-team run folders whose successful attack turns are added as "
-                              "harmful examples (rationalised like the rest)")
+    add_attacks: str = _f(
+        "",
+        "comma list of red-team run folders whose successful attack turns are added as "
+        "harmful examples (rationalised like the rest)",
+    )
     attack_threshold: float = _f(0.5, "a defender reply above this toxicity makes its adversary turn an attack")
-    rationale_tries: int = _f(2, "rationalisation: traces sampled per input; the first the model's label confirms "
-                                 "is kept")
+    rationale_tries: int = _f(
+        2, "rationalisation: traces sampled per input; the first the model's label confirms is kept"
+    )
     rationale_tokens: int = _f(48, "rationalisation: tokens per trace")
-    rationale_calibrate: bool = _f(True, "rationalisation: keep a trace that moves the model's own label towards the "
-                                         "known one, compared with no reasoning (false: its own label must be it)")
+    rationale_calibrate: bool = _f(
+        True,
+        "rationalisation: keep a trace that moves the model's own label towards the "
+        "known one, compared with no reasoning (false: its own label must be it)",
+    )
     steps: int = _f(100, "optimizer steps")
     batch_size: int = _f(16, "examples per step")
     micro_batch_size: int = _f(4, "examples per forward/backward pass")
@@ -72,8 +93,11 @@ class GuardTrainConfig(ConfigFields):
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     lora_targets: str = _f("all-linear", "LoRA target modules")
-    fast_generation: bool = _f(True, "sample traces and DPO candidates from a peft-free copy with the adapter merged "
-                                     "in (~1.7x faster on CPU, float32 only; trainers/policy.MergedCopy)")
+    fast_generation: bool = _f(
+        True,
+        "sample traces and DPO candidates from a peft-free copy with the adapter merged "
+        "in (~1.7x faster on CPU, float32 only; trainers/policy.MergedCopy)",
+    )
     dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
     device: str = _f("auto", "auto, cpu or cuda")
     max_context_tokens: int = _f(512, "prompt + answer tokens at most")
@@ -98,19 +122,30 @@ class GuardTrainConfig(ConfigFields):
         if self.dpo_samples < 2 or self.dpo_temperature <= 0 or self.dpo_beta <= 0:
             raise RedgymError("config: dpo_samples >= 2, dpo_temperature > 0 and dpo_beta > 0")
 
-
     def policy_config(self) -> TrainConfig:
         """The fields the shared policy / optimizer / accelerator code reads, under their trainer names."""
-        return TrainConfig(adversary_model=self.guard_model, defender_model=self.guard_model, dtype=self.dtype,
-                           device=self.device, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup_steps=self.warmup_steps, steps=self.steps, lora_r=self.lora_r,
-                           lora_alpha=self.lora_alpha, lora_targets=self.lora_targets, fast_generation=self.fast_generation,
-                           micro_batch_size=self.micro_batch_size, seed=self.seed)
+        return TrainConfig(
+            adversary_model=self.guard_model,
+            defender_model=self.guard_model,
+            dtype=self.dtype,
+            device=self.device,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            steps=self.steps,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_targets=self.lora_targets,
+            fast_generation=self.fast_generation,
+            micro_batch_size=self.micro_batch_size,
+            seed=self.seed,
+        )
 
 
 @torch.no_grad()
-def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str], batch_size: int = 16,
-                       one_forward: bool | None = None) -> np.ndarray:
+def own_label_logprobs(
+    guard: GuardModel, texts: list[str], reasonings: list[str], batch_size: int = 16, one_forward: bool | None = None
+) -> np.ndarray:
     """(N, 2): log p("harmful"), log p("safe") after the prompt, the reasoning and "Label:" (the model's own
     answer to its reasoning, with no chance of an unparseable output).
 
@@ -124,12 +159,13 @@ def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str
         one_forward = all(len(t) == 1 for t in label_ids)
     out = []
     for s in range(0, len(ctx), batch_size):
-        part = ctx[s:s + batch_size]
+        part = ctx[s : s + batch_size]
         if one_forward:
             x, _ = lm.encode_pairs(part, [f" {HARMFUL}"] * len(part))  # the contexts, cut to fit as usual
             ids, attn, pos = left_padded(x, pad, lm.device)
-            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                              logits_to_keep=1).logits[:, -1].float()
+            logits = (
+                lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1).logits[:, -1].float()
+            )
             out.append(torch.log_softmax(logits, -1)[:, [label_ids[0][0], label_ids[1][0]]].cpu().numpy())
         else:
             pairs = [(c, f" {lab}") for c in part for lab in (HARMFUL, SAFE)]
@@ -139,8 +175,15 @@ def own_label_logprobs(guard: GuardModel, texts: list[str], reasonings: list[str
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
-def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tokens: int, batch_size: int = 16,
-                progress: bool = True, calibrate: bool = True) -> tuple[list[GuardExample], dict]:
+def rationalise(
+    guard: GuardModel,
+    examples: list[GuardExample],
+    tries: int,
+    tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+    calibrate: bool = True,
+) -> tuple[list[GuardExample], dict]:
     """Traces for examples without one; returns (examples with a kept trace, {tried, kept, keep_rate, per label}).
 
     A trace is kept when, read by the model as a guard, it leads to the known label: with ``calibrate``, when it
@@ -151,8 +194,9 @@ def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tok
     lm = guard.lm
     done = [e for e in examples if e.reasoning]
     todo = [e for e in examples if not e.reasoning]
-    params = SamplingParams(max_new_tokens=tokens, min_new_tokens=1, temperature=0.7, top_p=1.0, top_k=0,
-                            repetition_penalty=1.0)
+    params = SamplingParams(
+        max_new_tokens=tokens, min_new_tokens=1, temperature=0.7, top_p=1.0, top_k=0, repetition_penalty=1.0
+    )
     prior = np.zeros(len(todo))
     if calibrate and todo:
         lp = own_label_logprobs(guard, [e.text for e in todo], [""] * len(todo), batch_size)
@@ -165,9 +209,11 @@ def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tok
                 bar.total += len(idx)
                 bar.refresh()
             for s in range(0, len(idx), batch_size):
-                part = idx[s:s + batch_size]
-                asks = [lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
-                        for i in part]
+                part = idx[s : s + batch_size]
+                asks = [
+                    lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
+                    for i in part
+                ]
                 traces = [complete_sentences(t) for t in lm.generate(asks, params).texts]
                 lp = own_label_logprobs(guard, [todo[i].text for i in part], traces, batch_size)
                 for i, trace, margin in zip(part, traces, lp[:, 0] - lp[:, 1] - prior[part]):
@@ -175,11 +221,16 @@ def rationalise(guard: GuardModel, examples: list[GuardExample], tries: int, tok
                         kept[i] = trace.strip()
                 bar.update(len(part))
     made = [dataclasses.replace(todo[i], reasoning=r) for i, r in sorted(kept.items())]
-    stats = {"tried": len(todo), "kept": len(made), "keep_rate": len(made) / len(todo) if todo else float("nan"),
-             "calibrated": calibrate,
-             "keep_rate_by_label": {lab: (sum(e.label == lab for e in made) / n if (n := sum(e.label == lab
-                                                                                            for e in todo)) else None)
-                                    for lab in (HARMFUL, SAFE)}}
+    stats = {
+        "tried": len(todo),
+        "kept": len(made),
+        "keep_rate": len(made) / len(todo) if todo else float("nan"),
+        "calibrated": calibrate,
+        "keep_rate_by_label": {
+            lab: (sum(e.label == lab for e in made) / n if (n := sum(e.label == lab for e in todo)) else None)
+            for lab in (HARMFUL, SAFE)
+        },
+    }
     return done + made, stats
 
 
@@ -188,35 +239,55 @@ def training_examples(cfg: GuardTrainConfig, guard: GuardModel, progress: bool) 
     if cfg.train_set == "default":
         train, test = default_guard_sets(cfg.seed, cfg.test_fraction)
     elif (Path(cfg.train_set) / "train_examples.jsonl").is_file():  # an earlier run's traces, not made again
-        train = [dataclasses.replace(e, reasoning=complete_sentences(e.reasoning or ""))
-                 for e in read_examples(Path(cfg.train_set) / "train_examples.jsonl")]
+        train = [
+            dataclasses.replace(e, reasoning=complete_sentences(e.reasoning or ""))
+            for e in read_examples(Path(cfg.train_set) / "train_examples.jsonl")
+        ]
         test = default_guard_sets(cfg.seed, cfg.test_fraction)[1]
     else:
         train, test = read_guard_train(cfg.train_set), []
     if cfg.max_train and len(train) > cfg.max_train:
         keep = np.random.default_rng(cfg.seed).choice(len(train), cfg.max_train, replace=False)
         train = [train[i] for i in sorted(keep)]
-    attacks = [a for run in cfg.add_attacks.split(",") if run.strip()
-               for a in attack_turns(run.strip(), cfg.attack_threshold)]
+    attacks = [
+        a for run in cfg.add_attacks.split(",") if run.strip() for a in attack_turns(run.strip(), cfg.attack_threshold)
+    ]
     held = {normalise_text(e.text) for e in test}
     train += [a for a in attacks if normalise_text(a.text) not in held]  # the held-out set stays unseen
-    examples, stats = rationalise(guard, train, cfg.rationale_tries, cfg.rationale_tokens, cfg.micro_batch_size * 4,
-                                  progress, cfg.rationale_calibrate)
+    examples, stats = rationalise(
+        guard,
+        train,
+        cfg.rationale_tries,
+        cfg.rationale_tokens,
+        cfg.micro_batch_size * 4,
+        progress,
+        cfg.rationale_calibrate,
+    )
     if not examples:
         raise RedgymError("guard train: no example with a reasoning trace to teach (rationalisation kept none)")
-    return examples, {**stats, "n_train": len(examples), "n_heldout": len(test), "attacks_added": len(attacks),
-                      "labels": {lab: sum(e.label == lab for e in examples) for lab in (HARMFUL, SAFE)}}
+    return examples, {
+        **stats,
+        "n_train": len(examples),
+        "n_heldout": len(test),
+        "attacks_added": len(attacks),
+        "labels": {lab: sum(e.label == lab for e in examples) for lab in (HARMFUL, SAFE)},
+    }
 
 
 def encode(guard: GuardModel, examples: list[GuardExample], budget: int) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, answer ids): the answer is the trace, the label line and the end-of-turn token."""
     lm = guard.lm
     tok = lm.tokenizer
-    answers = [tok(format_guard_target(e.reasoning or "", e.label), add_special_tokens=False)["input_ids"]
-               + [lm.stop_ids[-1] if lm.fmt == "chat" else tok.eos_token_id] for e in examples]
-    answers = [a[-(budget // 2):] for a in answers]  # keep the label line if a trace is very long
-    ctx = [lm.encode_context(guard.prompt(e.text), budget - len(a), add_special_tokens=lm.fmt == "plain")
-           for e, a in zip(examples, answers)]
+    answers = [
+        tok(format_guard_target(e.reasoning or "", e.label), add_special_tokens=False)["input_ids"]
+        + [lm.stop_ids[-1] if lm.fmt == "chat" else tok.eos_token_id]
+        for e in examples
+    ]
+    answers = [a[-(budget // 2) :] for a in answers]  # keep the label line if a trace is very long
+    ctx = [
+        lm.encode_context(guard.prompt(e.text), budget - len(a), add_special_tokens=lm.fmt == "plain")
+        for e, a in zip(examples, answers)
+    ]
     return ctx, answers
 
 
@@ -247,8 +318,10 @@ def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
     policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
     # the guard view samples (traces, DPO candidates) from the peft-free merged copy when there is one; every loss
     # goes through policy.model, and sync_sampler() brings the copy up to date before each sampling
-    guard = GuardModel(LM(policy.generation_model, policy.tokenizer, cfg.guard_model, cfg.guard_format,
-                          cfg.max_context_tokens), max_new_tokens=cfg.max_new_tokens)
+    guard = GuardModel(
+        LM(policy.generation_model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens),
+        max_new_tokens=cfg.max_new_tokens,
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
     start, counters = 0, {}
@@ -266,19 +339,27 @@ def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dic
     f.opt.step()
     f.sched.step()
     f.opt.zero_grad()
-    f.metrics_log.log(step + 1, {**metrics, "train/lr": f.sched.get_last_lr()[0],
-                                 "train/nonfinite_skipped": f.counters.get("nonfinite_skipped", 0)})
+    f.metrics_log.log(
+        step + 1,
+        {
+            **metrics,
+            "train/lr": f.sched.get_last_lr()[0],
+            "train/nonfinite_skipped": f.counters.get("nonfinite_skipped", 0),
+        },
+    )
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints,
-                        model_dir="guard")
+        save_checkpoint(
+            f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints, model_dir="guard"
+        )
 
 
 def read_examples(path: Path) -> list[GuardExample]:
     """A guard run's ``train_examples.jsonl``: the examples it taught, each with its trace."""
     rows = read_jsonl(path, "guard train", "a guard run's train_examples.jsonl")
     try:
-        return [GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", ""))
-                for r in rows]
+        return [
+            GuardExample(r["text"], r["label"], r.get("category"), r["reasoning"], r.get("source", "")) for r in rows
+        ]
     except (KeyError, TypeError):
         raise RedgymError(f"guard train: {path} is not a guard run's train_examples.jsonl") from None
 
@@ -294,8 +375,9 @@ def cached_examples(cfg: GuardTrainConfig, guard: GuardModel, out: Path, progres
     return examples
 
 
-def train_guard(cfg: GuardTrainConfig, out: Path, stage: str = "sft", resume: bool = False,
-                progress: bool = True) -> dict:
+def train_guard(
+    cfg: GuardTrainConfig, out: Path, stage: str = "sft", resume: bool = False, progress: bool = True
+) -> dict:
     """Train (or resume) a guard stage into ``out``; the guard is saved to ``out/guard`` (loadable as
     ``guard_model``). Returns the final step's metrics."""
     if stage not in STAGES:
@@ -310,8 +392,9 @@ def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
     ctx, answers = encode(f.guard, examples, cfg.max_context_tokens)
     pad = f.policy.tokenizer.pad_token_id
     metrics: dict[str, float] = {}
-    for step in tqdm(range(f.start, cfg.steps), desc="guard sft", initial=f.start, total=cfg.steps,
-                     disable=not progress):
+    for step in tqdm(
+        range(f.start, cfg.steps), desc="guard sft", initial=f.start, total=cfg.steps, disable=not progress
+    ):
         t0 = time.time()
         # 1 the step's examples: a pure function of (seed, step), so a resumed run draws the same ones
         batch = np.random.default_rng([cfg.seed, step]).integers(len(examples), size=cfg.batch_size)
@@ -320,7 +403,7 @@ def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         f.policy.model.train()
         losses = []
         for s in range(0, len(batch), cfg.micro_batch_size):
-            mb = batch[s:s + cfg.micro_batch_size]
+            mb = batch[s : s + cfg.micro_batch_size]
             o = continuation_forward(f.policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
             loss = -(o.logps * o.mask).sum() / n_tokens
             if finite_or_skip(loss, f.counters, step):
@@ -351,18 +434,29 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
     base, base_tok = load_model(_base_model(cfg), cfg.dtype, cfg.device)
     base_lm = LM(base, base_tok, _base_model(cfg), "plain", cfg.max_context_tokens)
     embed = load_embedder(cfg.embedding_model)
-    train = default_guard_sets(cfg.seed, cfg.test_fraction)[0] if cfg.train_set == "default" \
+    train = (
+        default_guard_sets(cfg.seed, cfg.test_fraction)[0]
+        if cfg.train_set == "default"
         else read_guard_train(cfg.train_set)
+    )
     lm, pad = f.guard.lm, f.policy.tokenizer.pad_token_id
-    params = SamplingParams(max_new_tokens=f.guard.max_new_tokens, min_new_tokens=1, temperature=cfg.dpo_temperature,
-                            top_p=1.0, top_k=0, repetition_penalty=1.0)
+    params = SamplingParams(
+        max_new_tokens=f.guard.max_new_tokens,
+        min_new_tokens=1,
+        temperature=cfg.dpo_temperature,
+        top_p=1.0,
+        top_k=0,
+        repetition_penalty=1.0,
+    )
     metrics: dict[str, float] = {}
-    for step in tqdm(range(f.start, cfg.steps), desc="guard dpo", initial=f.start, total=cfg.steps,
-                     disable=not progress):
+    for step in tqdm(
+        range(f.start, cfg.steps), desc="guard dpo", initial=f.start, total=cfg.steps, disable=not progress
+    ):
         t0 = time.time()
         # 1 the step's inputs, each answered dpo_samples times by the policy
-        batch = [train[int(i)] for i in np.random.default_rng([cfg.seed, step]).integers(len(train),
-                                                                                          size=cfg.batch_size)]
+        batch = [
+            train[int(i)] for i in np.random.default_rng([cfg.seed, step]).integers(len(train), size=cfg.batch_size)
+        ]
         k = cfg.dpo_samples
         f.policy.model.eval()
         f.policy.sync_sampler()  # the candidates come from the current policy
@@ -370,21 +464,30 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         gen = lm.generate(prompts, params)
         parsed = [parse_guard_output(t) for t in gen.texts]
         # 2 reasoning quality of every completion; best vs worst per input
-        terms = quality_terms([e.text for e in batch for _ in range(k)], [r for r, _ in parsed],
-                              [lab for _, lab in parsed], [e.label for e in batch for _ in range(k)],
-                              base_lm.continuation_nll, embed)
+        terms = quality_terms(
+            [e.text for e in batch for _ in range(k)],
+            [r for r, _ in parsed],
+            [lab for _, lab in parsed],
+            [e.label for e in batch for _ in range(k)],
+            base_lm.continuation_nll,
+            embed,
+        )
         q = quality(terms).reshape(len(batch), k)
         pairs = best_worst_pairs(q, cfg.dpo_min_gap)
         if cfg.hard_samples:
-            hard = set(hard_sample_inputs([[lab for _, lab in parsed[i * k:(i + 1) * k]] for i in range(len(batch))]))
+            hard = set(hard_sample_inputs([[lab for _, lab in parsed[i * k : (i + 1) * k]] for i in range(len(batch))]))
             pairs = [p for p in pairs if p[0] in hard]
         # 3 DPO loss on (prompt, better completion, worse completion) against the SFT guard
         f.policy.model.train()
         losses, margins = [], []
         for s in range(0, len(pairs), cfg.micro_batch_size):
-            mb = pairs[s:s + cfg.micro_batch_size]
-            ctx = [lm.encode_context(prompts[i * k], cfg.max_context_tokens - cfg.max_new_tokens,
-                                     add_special_tokens=lm.fmt == "plain") for i, _, _ in mb]
+            mb = pairs[s : s + cfg.micro_batch_size]
+            ctx = [
+                lm.encode_context(
+                    prompts[i * k], cfg.max_context_tokens - cfg.max_new_tokens, add_special_tokens=lm.fmt == "plain"
+                )
+                for i, _, _ in mb
+            ]
             chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
             rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
             pc, pr = (sequence_logps(f.policy.model, ctx, ids, pad) for ids in (chosen, rejected))
@@ -396,11 +499,15 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
                 losses.append(float(loss.detach()))
                 margins += preference_margin(pc, pr, rc, rr).detach().tolist()
         # 4 update, log, checkpoint
-        metrics = {"loss/dpo": float(np.sum(losses)) if losses else float("nan"), "pairs/count": len(pairs),
-                   "pairs/margin": float(np.mean(margins)) if margins else float("nan"),
-                   "quality/mean": float(q.mean()), **{f"quality/{n}": float(np.mean(terms[n])) for n in QUALITY_WEIGHTS},
-                   "guard/unparseable": float(np.mean([lab is None for _, lab in parsed])),
-                   "time/step_s": time.time() - t0}
+        metrics = {
+            "loss/dpo": float(np.sum(losses)) if losses else float("nan"),
+            "pairs/count": len(pairs),
+            "pairs/margin": float(np.mean(margins)) if margins else float("nan"),
+            "quality/mean": float(q.mean()),
+            **{f"quality/{n}": float(np.mean(terms[n])) for n in QUALITY_WEIGHTS},
+            "guard/unparseable": float(np.mean([lab is None for _, lab in parsed])),
+            "time/step_s": time.time() - t0,
+        }
         end_step(f, cfg, out, step, metrics)
     f.acc.end_training()
     return metrics

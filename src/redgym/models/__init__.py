@@ -1,10 +1,31 @@
 """Model loading and the LM wrapper (generation with log-probs, continuation NLL)."""
 
-from redgym.models.lm import (LM, ContinuationOutput, Generation, SamplingParams, continuation_forward,
-                             continuation_logprobs, render_chat, render_plain)
+from redgym.models.lm import (
+    LM,
+    ContinuationOutput,
+    Generation,
+    SamplingParams,
+    continuation_forward,
+    continuation_logprobs,
+    render_chat,
+    render_plain,
+)
 from redgym.assets import package_dir
 from redgym.models.loading import KNOWN_MODELS, cache_dir, load_model, resolve_device, resolve_dtype
 
-__all__ = ["LM", "ContinuationOutput", "Generation", "SamplingParams", "continuation_forward", "continuation_logprobs",
-           "render_chat", "render_plain", "KNOWN_MODELS", "cache_dir", "load_model", "package_dir", "resolve_device",
-           "resolve_dtype"]
+__all__ = [
+    "LM",
+    "ContinuationOutput",
+    "Generation",
+    "SamplingParams",
+    "continuation_forward",
+    "continuation_logprobs",
+    "render_chat",
+    "render_plain",
+    "KNOWN_MODELS",
+    "cache_dir",
+    "load_model",
+    "package_dir",
+    "resolve_device",
+    "resolve_dtype",
+]

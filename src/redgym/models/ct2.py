@@ -47,8 +47,9 @@ def _import_ct2():
     try:
         import ctranslate2
     except ImportError:
-        raise RedgymError("defender_engine ctranslate2 needs `pip install ctranslate2` (in redgym's dependencies)"
-                          ) from None
+        raise RedgymError(
+            "defender_engine ctranslate2 needs `pip install ctranslate2` (in redgym's dependencies)"
+        ) from None
     return ctranslate2
 
 
@@ -144,7 +145,7 @@ class CT2LM(LM):
         # stopped before min_new_tokens (rare) is sampled again on its own, where the minimum is its own.
         stops = set(self.stop_ids)
         for b, row in enumerate(rows):
-            if params.min_new_tokens and any(t in stops for t, _ in row[:params.min_new_tokens]):
+            if params.min_new_tokens and any(t in stops for t, _ in row[: params.min_new_tokens]):
                 rows[b] = self._sample([starts[b]], params)[0]
         texts, ids, lps = [], [], []
         for row in rows:
@@ -170,19 +171,26 @@ class CT2LM(LM):
             return len(row) >= params.max_new_tokens
 
         self.generator.generate_batch(
-            starts, max_length=max(lengths) + params.max_new_tokens,
+            starts,
+            max_length=max(lengths) + params.max_new_tokens,
             min_length=min(lengths) + params.min_new_tokens if params.min_new_tokens else 0,
-            sampling_topk=1 if greedy else params.top_k, sampling_topp=1.0 if greedy else params.top_p,
+            sampling_topk=1 if greedy else params.top_k,
+            sampling_topp=1.0 if greedy else params.top_p,
             sampling_temperature=1.0 if greedy else params.temperature,
-            repetition_penalty=params.repetition_penalty, end_token=self._end_tokens, return_end_token=True,
-            include_prompt_in_result=True, return_scores=True, callback=on_token)
+            repetition_penalty=params.repetition_penalty,
+            end_token=self._end_tokens,
+            return_end_token=True,
+            include_prompt_in_result=True,
+            return_scores=True,
+            callback=on_token,
+        )
         return new
 
 
-def ct2_lm(model, tokenizer, name: str, fmt: str = "plain", max_context_tokens: int = 512,
-           compute_type: str = "float32") -> CT2LM:
+def ct2_lm(
+    model, tokenizer, name: str, fmt: str = "plain", max_context_tokens: int = 512, compute_type: str = "float32"
+) -> CT2LM:
     """``model`` (loaded as ``name``) with CTranslate2 sampling: converted once, cached, loaded on its device."""
     device = next(model.parameters()).device.type
     gen = load_generator(engine_source(name, model, tokenizer), name, compute_type, device)
     return CT2LM(model, tokenizer, gen, name, fmt, max_context_tokens)
-

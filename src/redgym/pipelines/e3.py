@@ -63,12 +63,16 @@ def exploit_experiment(ex: dict, scorer: str) -> dict:
     trainer = ex.get("trainer", "grpo")
     train = dict(ex.get("train") or {})
     return {
-        "seeds": ex.get("seeds", [0, 1]), "split_seed": ex.get("split_seed", 0),
-        "shared": {**(ex.get("shared") or {}), "scorer": scorer}, "eval": dict(ex.get("eval") or {}),
+        "seeds": ex.get("seeds", [0, 1]),
+        "split_seed": ex.get("split_seed", 0),
+        "shared": {**(ex.get("shared") or {}), "scorer": scorer},
+        "eval": dict(ex.get("eval") or {}),
         "transfer_defenders": ex.get("transfer_defenders", []),
-        "arms": {"untuned": {"kind": "untuned"},
-                 "exploit": {"kind": trainer, "train": train},
-                 "exploit_diverse": {"kind": trainer, "train": {**train, **(ex.get("diversity") or {})}}},
+        "arms": {
+            "untuned": {"kind": "untuned"},
+            "exploit": {"kind": trainer, "train": train},
+            "exploit_diverse": {"kind": trainer, "train": {**train, **(ex.get("diversity") or {})}},
+        },
     }
 
 
@@ -110,11 +114,18 @@ def e3_report(out: Path) -> str:
     parts = ["# E3: Explore → Establish → Exploit", "", f"> {CONTENT_WARNING}", ""]
     for step, md in (("explore", "explore.md"), ("establish", "establish.md")):
         text = (out / step / md).read_text(encoding="utf-8").split("\n")
-        body = [x.replace("](", f"]({step}/") if x.startswith("![") else x for x in text if not x.startswith(("# ", "> "))]
+        body = [
+            x.replace("](", f"]({step}/") if x.startswith("![") else x for x in text if not x.startswith(("# ", "> "))
+        ]
         parts += [f"## {step.capitalize()}", *body]
     comparison = out / "exploit" / "comparison.md"
-    parts += ["## Exploit", "", "Arms over seeds on the same held-out prompts, scored by the established classifier "
-              "(`exploit.yaml`): `exploit` has the harm term alone, `exploit_diverse` adds the diversity terms.", ""]
+    parts += [
+        "## Exploit",
+        "",
+        "Arms over seeds on the same held-out prompts, scored by the established classifier "
+        "(`exploit.yaml`): `exploit` has the harm term alone, `exploit_diverse` adds the diversity terms.",
+        "",
+    ]
     if comparison.exists():
         text = demote(comparison.read_text(encoding="utf-8"), 1).split("\n")
         parts += [x.replace("](plots/", "](exploit/plots/") for x in text if not x.startswith(("## ", "> "))]
@@ -129,8 +140,11 @@ def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
 
     target = Path(readme).parent / "docs" / "results" / name
     target.mkdir(parents=True, exist_ok=True)
-    for png in [out / "explore" / "clusters.png", out / "establish" / "confusion.png",
-                *sorted((out / "exploit" / "plots").glob("*.png"))]:
+    for png in [
+        out / "explore" / "clusters.png",
+        out / "establish" / "confusion.png",
+        *sorted((out / "exploit" / "plots").glob("*.png")),
+    ]:
         if png.exists():
             atomic_write(target / png.name, png.read_bytes())
     flat = e3_report(out)
@@ -141,6 +155,5 @@ def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     comparison = (out / "exploit" / "comparison.md").read_text(encoding="utf-8")
     comparison = comparison.replace("](plots/", f"](docs/results/{name}/")
     body = f"The whole pipeline report (explore clusters, establish F1 and confusion matrix, exploit): [{link}]({link}).\n\n"
-    atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name,
-                                             body + demote(comparison)))
+    atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name, body + demote(comparison)))
     return target / "report.md"

@@ -25,8 +25,15 @@ from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
 from redgym.models.judge import DEFAULT_QUESTION, Judge
-from redgym.runfolder import (CONTENT_WARNING, atomic_write, check_writable, read_jsonl, save_config, write_json,
-                               write_jsonl)
+from redgym.runfolder import (
+    CONTENT_WARNING,
+    atomic_write,
+    check_writable,
+    read_jsonl,
+    save_config,
+    write_json,
+    write_jsonl,
+)
 from redgym.scorers.classifier import load_classifier_scorer, train_encoder_classifier, train_linear_classifier
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
@@ -41,8 +48,9 @@ class EstablishConfig(RunConfig):
     label_set: str = _f("harmful,harmless", "comma list of labels (two or more, e.g. true,false,neither)")
     positive_label: str = _f("harmful", "the label a scorer built from the classifier returns the probability of")
     human_labels: str | None = _f(None, "labels_from human: the explore folder's samples.csv with `label` filled")
-    agreement_with: str = _f("judge", "second label source for Cohen's kappa on the same texts: scorer, judge, "
-                                      "human or none")
+    agreement_with: str = _f(
+        "judge", "second label source for Cohen's kappa on the same texts: scorer, judge, human or none"
+    )
     judge_model: str = _f("smollm2-135m", "the judge LM (same forms as adversary_model)")
     judge_format: str = _f("chat", "how the judge sees the question: chat or plain")
     judge_question: str = _f(DEFAULT_QUESTION, "the labelling question, with {text} and {labels}")
@@ -60,17 +68,22 @@ class EstablishConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+
         def need(ok, msg: str) -> None:
             if not ok:
                 raise RedgymError(f"config: {msg}")
 
         need(self.samples, "samples: name an explore folder or a .jsonl file")
-        need(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "label_set needs two or more "
-             "distinct labels")
+        need(
+            len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels),
+            "label_set needs two or more distinct labels",
+        )
         need(self.positive_label in self.labels, f"positive_label {self.positive_label!r} is not in label_set")
         for name in ("labels_from", "agreement_with"):
-            need(getattr(self, name) in ("scorer", "judge", "human") + (("none",) if name == "agreement_with" else ()),
-                 f"{name} must be scorer, judge or human, got {getattr(self, name)!r}")
+            need(
+                getattr(self, name) in ("scorer", "judge", "human") + (("none",) if name == "agreement_with" else ()),
+                f"{name} must be scorer, judge or human, got {getattr(self, name)!r}",
+            )
         need(self.classifier in ("linear", "encoder"), f"classifier must be linear or encoder, got {self.classifier!r}")
         need(self.cv_folds >= 2 and 0 < self.holdout_fraction < 1, "need cv_folds >= 2 and holdout_fraction in (0, 1)")
 
@@ -100,8 +113,9 @@ def label_texts(cfg: EstablishConfig, source: str, rows: list[dict]) -> dict[str
         other = next(lab for lab in labels if lab != cfg.positive_label)
         scores = build_scorer(cfg.scorer)(texts)
         return {r["id"]: cfg.positive_label if s > cfg.toxic_threshold else other for r, s in zip(rows, scores)}
-    judge = Judge(load_lm(cfg, cfg.judge_model, cfg.judge_format), labels, cfg.judge_question, cfg.judge_calibrate,
-                  cfg.batch_size)
+    judge = Judge(
+        load_lm(cfg, cfg.judge_model, cfg.judge_format), labels, cfg.judge_question, cfg.judge_calibrate, cfg.batch_size
+    )
     return dict(zip((r["id"] for r in rows), judge(texts)))
 
 
@@ -120,12 +134,20 @@ def stratified_holdout(y: list[str], fraction: float, seed: int) -> tuple[np.nda
 def fit(cfg: EstablishConfig, texts: list[str], y: list[str], folder: Path, embedder, emb: np.ndarray | None):
     """Train the configured classifier into ``folder``; returns a predictor ``texts -> labels``."""
     if cfg.classifier == "linear":
-        clf = train_linear_classifier(emb, y, embedding_model=cfg.embedding_model,
-                                      positive_label=cfg.positive_label, seed=cfg.seed)
+        clf = train_linear_classifier(
+            emb, y, embedding_model=cfg.embedding_model, positive_label=cfg.positive_label, seed=cfg.seed
+        )
         clf.save(folder, metadata={"label_set": cfg.labels})
         return lambda xs: clf.predict(embedder(list(xs)))
-    train_encoder_classifier(texts, y, folder, base=cfg.embedding_model, epochs=cfg.encoder_epochs, seed=cfg.seed,
-                             positive_label=cfg.positive_label)
+    train_encoder_classifier(
+        texts,
+        y,
+        folder,
+        base=cfg.embedding_model,
+        epochs=cfg.encoder_epochs,
+        seed=cfg.seed,
+        positive_label=cfg.positive_label,
+    )
     scorers = [load_classifier_scorer(f"{folder}#{lab}") for lab in cfg.labels]
     return lambda xs: [cfg.labels[int(i)] for i in np.array([s(list(xs)) for s in scorers]).argmax(0)]
 
@@ -143,8 +165,13 @@ def cross_validate(cfg: EstablishConfig, emb: np.ndarray, y: list[str]) -> dict:
         pred = clf.predict(emb[te])
         f1s.append(macro_f1([y[i] for i in te], pred, cfg.labels))
         accs.append(float(np.mean([p == y[i] for p, i in zip(pred, te)])))
-    return {"folds": k, "macro_f1_mean": float(np.nanmean(f1s)), "macro_f1_sd": float(np.nanstd(f1s)),
-            "accuracy_mean": float(np.mean(accs)), "accuracy_sd": float(np.std(accs))}
+    return {
+        "folds": k,
+        "macro_f1_mean": float(np.nanmean(f1s)),
+        "macro_f1_sd": float(np.nanstd(f1s)),
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_sd": float(np.std(accs)),
+    }
 
 
 def establish(cfg: EstablishConfig, out: Path, progress: bool = True) -> dict:
@@ -156,8 +183,10 @@ def establish(cfg: EstablishConfig, out: Path, progress: bool = True) -> dict:
     y = [primary[r["id"]] for r in labelled]
     counts = {lab: y.count(lab) for lab in cfg.labels}
     if sum(c > 0 for c in counts.values()) < 2:
-        raise RedgymError(f"establish: the labels name only one class ({counts}); explore more samples, or "
-                          "another source or threshold")
+        raise RedgymError(
+            f"establish: the labels name only one class ({counts}); explore more samples, or "
+            "another source or threshold"
+        )
     agreement = None
     if cfg.agreement_with not in ("none", cfg.labels_from):
         pool = labelled
@@ -167,9 +196,13 @@ def establish(cfg: EstablishConfig, out: Path, progress: bool = True) -> dict:
         second = label_texts(cfg, cfg.agreement_with, pool)
         both = [r["id"] for r in pool if r["id"] in second]
         a, b = [primary[i] for i in both], [second[i] for i in both]
-        agreement = {"source": cfg.agreement_with, "n": len(both), "cohen_kappa": cohen_kappa(a, b, cfg.labels),
-                     "raw_agreement": float(np.mean([x == z for x, z in zip(a, b)])) if both else float("nan"),
-                     "second_source_counts": {lab: b.count(lab) for lab in cfg.labels}}
+        agreement = {
+            "source": cfg.agreement_with,
+            "n": len(both),
+            "cohen_kappa": cohen_kappa(a, b, cfg.labels),
+            "raw_agreement": float(np.mean([x == z for x, z in zip(a, b)])) if both else float("nan"),
+            "second_source_counts": {lab: b.count(lab) for lab in cfg.labels},
+        }
     texts = [r["text"] for r in labelled]
     embedder = load_embedder(cfg.embedding_model)
     emb = embedder(texts)
@@ -177,14 +210,23 @@ def establish(cfg: EstablishConfig, out: Path, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
     predict = fit(cfg, [texts[i] for i in tr], [y[i] for i in tr], out / "classifier", embedder, emb[tr])
-    held = classification_summary([y[i] for i in te], predict([texts[i] for i in te]), cfg.labels,
-                                  cfg.bootstrap_samples, cfg.seed)
+    held = classification_summary(
+        [y[i] for i in te], predict([texts[i] for i in te]), cfg.labels, cfg.bootstrap_samples, cfg.seed
+    )
     plot_confusion(np.array(held["confusion_matrix"]), cfg.labels, out / "confusion.png")
-    report = {"content_warning": CONTENT_WARNING, "samples": cfg.samples, "labels_from": cfg.labels_from,
-              "label_counts": counts, "n_train": len(tr), "n_heldout": len(te), "agreement": agreement,
-              "cross_validation": cross_validate(cfg, emb[tr], [y[i] for i in tr]), "heldout": held,
-              "pyrit": pyrit_check(cfg, predict) if cfg.pyrit_check else None,
-              "scorer": f"classifier:{out / 'classifier'}#{cfg.positive_label}"}
+    report = {
+        "content_warning": CONTENT_WARNING,
+        "samples": cfg.samples,
+        "labels_from": cfg.labels_from,
+        "label_counts": counts,
+        "n_train": len(tr),
+        "n_heldout": len(te),
+        "agreement": agreement,
+        "cross_validation": cross_validate(cfg, emb[tr], [y[i] for i in tr]),
+        "heldout": held,
+        "pyrit": pyrit_check(cfg, predict) if cfg.pyrit_check else None,
+        "scorer": f"classifier:{out / 'classifier'}#{cfg.positive_label}",
+    }
     write_jsonl(out / "labels.jsonl", ({**r, "label": primary[r["id"]]} for r in labelled))
     write_json(out / "establish.json", report)
     atomic_write(out / "establish.md", establish_markdown(report))
@@ -205,29 +247,41 @@ def pyrit_check(cfg: EstablishConfig, predict) -> dict:
         per_set[name] = {"n": len(items), "macro_f1": macro_f1(truth, pred, cfg.labels)}
         all_true += truth
         all_pred += pred
-    return {"sets": per_set, "pooled": classification_summary(all_true, all_pred, cfg.labels, cfg.bootstrap_samples,
-                                                              cfg.seed)}
+    return {
+        "sets": per_set,
+        "pooled": classification_summary(all_true, all_pred, cfg.labels, cfg.bootstrap_samples, cfg.seed),
+    }
 
 
 def establish_markdown(r: dict) -> str:
     h = r["heldout"]
     f1, acc = h["macro_f1"], h["accuracy"]
-    lines = ["# Establish", "", f"> {r['content_warning']}", "",
-             f"- labels from `{r['labels_from']}`: {r['label_counts']}; {r['n_train']} to train, {r['n_heldout']} "
-             "held out",
-             f"- held-out macro-F1 {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], accuracy "
-             f"{acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (95% bootstrap CIs over texts)"]
+    lines = [
+        "# Establish",
+        "",
+        f"> {r['content_warning']}",
+        "",
+        f"- labels from `{r['labels_from']}`: {r['label_counts']}; {r['n_train']} to train, {r['n_heldout']} held out",
+        f"- held-out macro-F1 {f1['value']:.3f} [{f1['ci95'][0]:.3f}, {f1['ci95'][1]:.3f}], accuracy "
+        f"{acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (95% bootstrap CIs over texts)",
+    ]
     cv = r["cross_validation"]
     if cv.get("folds"):
-        lines.append(f"- {cv['folds']}-fold cross-validation on the training part: macro-F1 "
-                     f"{cv['macro_f1_mean']:.3f} ± {cv['macro_f1_sd']:.3f}")
+        lines.append(
+            f"- {cv['folds']}-fold cross-validation on the training part: macro-F1 "
+            f"{cv['macro_f1_mean']:.3f} ± {cv['macro_f1_sd']:.3f}"
+        )
     if r["agreement"]:
         a = r["agreement"]
-        lines.append(f"- agreement with `{a['source']}` labels on {a['n']} texts: Cohen's kappa "
-                     f"{a['cohen_kappa']:.3f}, raw {a['raw_agreement']:.3f} ({a['source']} said {a['second_source_counts']})")
+        lines.append(
+            f"- agreement with `{a['source']}` labels on {a['n']} texts: Cohen's kappa "
+            f"{a['cohen_kappa']:.3f}, raw {a['raw_agreement']:.3f} ({a['source']} said {a['second_source_counts']})"
+        )
     if r["pyrit"] and "pooled" in r["pyrit"]:
         p = r["pyrit"]["pooled"]["macro_f1"]
-        lines.append(f"- PyRIT human-scored harm sets (outside check, {r['pyrit']['pooled']['n']} responses): macro-F1 "
-                     f"{p['value']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]")
+        lines.append(
+            f"- PyRIT human-scored harm sets (outside check, {r['pyrit']['pooled']['n']} responses): macro-F1 "
+            f"{p['value']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
+        )
     lines += [f"- scorer for every other command: `{r['scorer']}`", "", "![confusion matrix](confusion.png)", ""]
     return "\n".join(lines)

@@ -24,8 +24,15 @@ from transformers import set_seed
 from redgym.config import RunConfig, _f
 from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
-from redgym.runfolder import (CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, save_config, write_json,
-                               write_jsonl)
+from redgym.runfolder import (
+    CONTENT_WARNING,
+    atomic_savefig,
+    atomic_write,
+    check_writable,
+    save_config,
+    write_json,
+    write_jsonl,
+)
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.toxicity import build_scorer
 from redgym.setup import eval_params, load_lm, make_split
@@ -33,8 +40,11 @@ from redgym.setup import eval_params, load_lm, make_split
 
 @dataclass
 class ExploreConfig(RunConfig):
-    source: str = _f("prompts", "what the target continues: prompts (the training split of `prompts`) or free "
-                                "(its own generations from an empty context)")
+    source: str = _f(
+        "prompts",
+        "what the target continues: prompts (the training split of `prompts`) or free "
+        "(its own generations from an empty context)",
+    )
     n_samples: int = _f(2000, "target outputs sampled")
     clusters: int = _f(50, "k-means clusters")
     per_cluster: int = _f(6, "samples drawn from each cluster for labelling (fewer when a cluster is smaller)")
@@ -82,8 +92,15 @@ def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, p
 
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.scatter(xy[:, 0], xy[:, 1], c=cluster_ids, cmap="tab20", s=6, alpha=0.5, linewidths=0)
-    ax.scatter(xy[picked, 0], xy[picked, 1], facecolors="none", edgecolors="black", s=18, linewidths=0.6,
-               label="subsample for labelling")
+    ax.scatter(
+        xy[picked, 0],
+        xy[picked, 1],
+        facecolors="none",
+        edgecolors="black",
+        s=18,
+        linewidths=0.6,
+        label="subsample for labelling",
+    )
     ax.set_title(f"{len(xy)} target outputs, {len(np.unique(cluster_ids))} k-means clusters (PCA of embeddings)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -111,12 +128,15 @@ def sample_outputs(cfg: ExploreConfig, progress: bool = True) -> list[dict]:
     set_seed(cfg.seed)
     with tqdm(total=len(items), desc="explore", unit="sample", disable=not progress) as bar:
         for i in range(0, len(items), cfg.batch_size):
-            batch = items[i:i + cfg.batch_size]
-            contexts = [target.render([("prompt", u) for u in turns], "defender") if turns else empty
-                        for _, turns in batch]
+            batch = items[i : i + cfg.batch_size]
+            contexts = [
+                target.render([("prompt", u) for u in turns], "defender") if turns else empty for _, turns in batch
+            ]
             gen = target.generate(contexts, params)
-            rows += [{"id": f"s{len(rows) + j:05d}", "prompt_id": pid, "prompt": list(turns), "text": text}
-                     for j, ((pid, turns), text) in enumerate(zip(batch, gen.texts))]
+            rows += [
+                {"id": f"s{len(rows) + j:05d}", "prompt_id": pid, "prompt": list(turns), "text": text}
+                for j, ((pid, turns), text) in enumerate(zip(batch, gen.texts))
+            ]
             bar.update(len(batch))
     return rows
 
@@ -139,17 +159,24 @@ def explore(cfg: ExploreConfig, out: Path, progress: bool = True) -> dict:
     write_jsonl(out / "all_samples.jsonl", rows)
     sub = [rows[i] for i in picked]
     write_jsonl(out / "samples.jsonl", sub)
-    write_labelling_csv(out / "samples.csv", [{k: r[k] for k in ("id", "cluster", "distance", "text", "score")}
-                                              for r in sub])
+    write_labelling_csv(
+        out / "samples.csv", [{k: r[k] for k in ("id", "cluster", "distance", "text", "score")} for r in sub]
+    )
     plot_clusters(project_2d(emb), ids, picked, out / "clusters.png")
     sizes = np.bincount(ids, minlength=cfg.clusters)
     summary = {
         "content_warning": CONTENT_WARNING,
-        "target": cfg.defender_model, "source": cfg.source, "n_samples": len(rows), "clusters": cfg.clusters,
-        "cluster_sizes": sizes.tolist(), "subsample": len(sub),
+        "target": cfg.defender_model,
+        "source": cfg.source,
+        "n_samples": len(rows),
+        "clusters": cfg.clusters,
+        "cluster_sizes": sizes.tolist(),
+        "subsample": len(sub),
         "subsample_per_cluster": np.bincount(ids[picked], minlength=cfg.clusters).tolist(),
-        "scorer": cfg.scorer, "share_above_threshold": float(np.mean(np.array(scores) > cfg.toxic_threshold)),
-        "time_sample_s": round(t_sample, 1), "time_total_s": round(time.time() - t0, 1),
+        "scorer": cfg.scorer,
+        "share_above_threshold": float(np.mean(np.array(scores) > cfg.toxic_threshold)),
+        "time_sample_s": round(t_sample, 1),
+        "time_total_s": round(time.time() - t0, 1),
     }
     write_json(out / "explore.json", summary)
     atomic_write(out / "explore.md", explore_markdown(summary))
@@ -158,11 +185,19 @@ def explore(cfg: ExploreConfig, out: Path, progress: bool = True) -> dict:
 
 def explore_markdown(s: dict) -> str:
     sizes = np.array(s["cluster_sizes"])
-    return "\n".join([
-        "# Explore", "", f"> {s['content_warning']}", "",
-        f"- target `{s['target']}`, source `{s['source']}`: {s['n_samples']} outputs in {s['time_sample_s']} s "
-        f"({s['time_total_s']} s with embedding and clustering)",
-        f"- {s['clusters']} k-means clusters, sizes {sizes.min()}–{sizes.max()} (median {int(np.median(sizes))}); "
-        f"{s['subsample']} samples for labelling in `samples.csv` (fill its `label` column)",
-        f"- share scoring above the threshold with `{s['scorer']}`: {s['share_above_threshold']:.4f}",
-        "", "![clusters](clusters.png)", ""])
+    return "\n".join(
+        [
+            "# Explore",
+            "",
+            f"> {s['content_warning']}",
+            "",
+            f"- target `{s['target']}`, source `{s['source']}`: {s['n_samples']} outputs in {s['time_sample_s']} s "
+            f"({s['time_total_s']} s with embedding and clustering)",
+            f"- {s['clusters']} k-means clusters, sizes {sizes.min()}–{sizes.max()} (median {int(np.median(sizes))}); "
+            f"{s['subsample']} samples for labelling in `samples.csv` (fill its `label` column)",
+            f"- share scoring above the threshold with `{s['scorer']}`: {s['share_above_threshold']:.4f}",
+            "",
+            "![clusters](clusters.png)",
+            "",
+        ]
+    )

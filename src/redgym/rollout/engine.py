@@ -16,49 +16,75 @@ from redgym.models.base import ChatBackend, SamplingParams
 from redgym.rollout.records import Conversation, Turn
 
 
-def generate_turns(lm: ChatBackend, histories: Sequence[list[tuple[str, str]]], speaker: str, params: SamplingParams,
-                   batch_size: int | None = None) -> list[Turn]:
+def generate_turns(
+    lm: ChatBackend,
+    histories: Sequence[list[tuple[str, str]]],
+    speaker: str,
+    params: SamplingParams,
+    batch_size: int | None = None,
+) -> list[Turn]:
     """One new turn by ``speaker`` for each history; one generate call per ``batch_size`` rows (default: all)."""
     step = batch_size or max(1, len(histories))
     turns: list[Turn] = []
     for i in range(0, len(histories), step):
-        gen = lm.generate([lm.render(h, speaker) for h in histories[i:i + step]], params)
+        gen = lm.generate([lm.render(h, speaker) for h in histories[i : i + step]], params)
         slps = gen.sample_logprobs or [[] for _ in gen.texts]
         turns += [Turn(speaker, t, ids, lps, s) for t, ids, lps, s in zip(gen.texts, gen.token_ids, gen.logprobs, slps)]
     return turns
 
 
-def defender_replies(defender: ChatBackend, histories: Sequence[list[tuple[str, str]]], params: SamplingParams,
-                     k: int = 1, batch_size: int | None = None) -> list[Turn]:
+def defender_replies(
+    defender: ChatBackend,
+    histories: Sequence[list[tuple[str, str]]],
+    params: SamplingParams,
+    k: int = 1,
+    batch_size: int | None = None,
+) -> list[Turn]:
     """One defender turn per history, sampled ``k`` times in one batch: the first reply is the turn, the other
     k - 1 texts are its ``alternatives``."""
-    flat = generate_turns(defender, [h for h in histories for _ in range(k)], "defender", params,
-                          batch_size * k if batch_size else None)
+    flat = generate_turns(
+        defender, [h for h in histories for _ in range(k)], "defender", params, batch_size * k if batch_size else None
+    )
     out = []
     for i in range(len(histories)):
-        first, *rest = flat[i * k:(i + 1) * k]
+        first, *rest = flat[i * k : (i + 1) * k]
         first.alternatives = [t.text for t in rest]
         out.append(first)
     return out
 
 
-def rollout_batch(convs: Sequence[Conversation], adversary: ChatBackend, defender: ChatBackend, horizon: int,
-                  params: SamplingParams, defender_params: SamplingParams | None = None,
-                  defender_samples: int = 1) -> None:
+def rollout_batch(
+    convs: Sequence[Conversation],
+    adversary: ChatBackend,
+    defender: ChatBackend,
+    horizon: int,
+    params: SamplingParams,
+    defender_params: SamplingParams | None = None,
+    defender_samples: int = 1,
+) -> None:
     """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place.
 
     ``params`` samples the adversary, ``defender_params`` (default: the same) the defender."""
     for _ in range(horizon):
         for c, turn in zip(convs, generate_turns(adversary, [c.history() for c in convs], "adversary", params)):
             c.turns.append(turn)
-        for c, turn in zip(convs, defender_replies(defender, [c.history() for c in convs], defender_params or params,
-                                                   defender_samples)):
+        for c, turn in zip(
+            convs, defender_replies(defender, [c.history() for c in convs], defender_params or params, defender_samples)
+        ):
             c.turns.append(turn)
 
 
-def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: ChatBackend, defender: ChatBackend,
-            horizon: int = 3, params: SamplingParams = SamplingParams(), batch_size: int = 16, progress: bool = True,
-            desc: str = "rollout", defender_samples: int = 1) -> list[Conversation]:
+def rollout(
+    prompts: Sequence[tuple[str, tuple[str, ...]]],
+    adversary: ChatBackend,
+    defender: ChatBackend,
+    horizon: int = 3,
+    params: SamplingParams = SamplingParams(),
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "rollout",
+    defender_samples: int = 1,
+) -> list[Conversation]:
     """Roll out one conversation per ``(prompt_id, prompt utterances)``; returns them in input order.
 
     Batches are formed from prompts of similar length, so left padding wastes little compute.
@@ -67,7 +93,8 @@ def rollout(prompts: Sequence[tuple[str, tuple[str, ...]]], adversary: ChatBacke
     by_length = sorted(convs, key=lambda c: sum(len(u) for u in c.prompt))
     with tqdm(total=len(convs), desc=desc, unit="conv", disable=not progress) as bar:
         for i in range(0, len(by_length), batch_size):
-            rollout_batch(by_length[i:i + batch_size], adversary, defender, horizon, params,
-                          defender_samples=defender_samples)
-            bar.update(len(by_length[i:i + batch_size]))
+            rollout_batch(
+                by_length[i : i + batch_size], adversary, defender, horizon, params, defender_samples=defender_samples
+            )
+            bar.update(len(by_length[i : i + batch_size]))
     return convs

@@ -55,8 +55,16 @@ class Conversation:
         return {
             "prompt_id": self.prompt_id,
             "prompt": list(self.prompt),
-            "turns": [{"speaker": t.speaker, "text": t.text, "n_tokens": len(t.token_ids), **t.scores,
-                       **({"alternatives": t.alternatives} if t.alternatives else {})} for t in self.turns],
+            "turns": [
+                {
+                    "speaker": t.speaker,
+                    "text": t.text,
+                    "n_tokens": len(t.token_ids),
+                    **t.scores,
+                    **({"alternatives": t.alternatives} if t.alternatives else {}),
+                }
+                for t in self.turns
+            ],
             "rewards": self.rewards,
             "reward_terms": self.reward_terms,
         }
@@ -65,6 +73,13 @@ class Conversation:
     def from_json(cls, row: dict) -> Conversation:
         """Inverse of ``to_json`` for everything the metrics read (token ids and log-probs are not stored)."""
         meta = ("speaker", "text", "n_tokens", "alternatives")
-        turns = [Turn(t["speaker"], t["text"], scores={k: v for k, v in t.items() if k not in meta},
-                      alternatives=list(t.get("alternatives", []))) for t in row["turns"]]
+        turns = [
+            Turn(
+                t["speaker"],
+                t["text"],
+                scores={k: v for k, v in t.items() if k not in meta},
+                alternatives=list(t.get("alternatives", [])),
+            )
+            for t in row["turns"]
+        ]
         return cls(row["prompt_id"], tuple(row["prompt"]), turns, list(row["rewards"]), list(row["reward_terms"]))

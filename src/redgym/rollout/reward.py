@@ -99,20 +99,42 @@ def curriculum_weights(w: RewardWeights, alpha: float) -> RewardWeights:
     if w.target == "adversary" or alpha >= 1:
         return w
     a = float(alpha)
-    return dataclasses.replace(w, defender=a * w.defender, combined=a * w.combined, nll=a * w.nll,
-                               diversity=a * w.diversity, novelty_bleu=a * w.novelty_bleu,
-                               novelty_cos=a * w.novelty_cos, gibberish=a * w.gibberish,
-                               adversary=a * w.adversary + (1 - a))
+    return dataclasses.replace(
+        w,
+        defender=a * w.defender,
+        combined=a * w.combined,
+        nll=a * w.nll,
+        diversity=a * w.diversity,
+        novelty_bleu=a * w.novelty_bleu,
+        novelty_cos=a * w.novelty_cos,
+        gibberish=a * w.gibberish,
+        adversary=a * w.adversary + (1 - a),
+    )
 
 
-def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeights, novelty_bleu=None,
-                     novelty_cos=None, tox_adversary=None) -> np.ndarray:
+def composite_reward(
+    tox_defender,
+    tox_combined,
+    nll,
+    diversity,
+    w: RewardWeights,
+    novelty_bleu=None,
+    novelty_cos=None,
+    tox_adversary=None,
+) -> np.ndarray:
     """Elementwise composite reward over arrays of equal shape (nan-free inputs for the terms switched on); the
     toxicity terms go through ``w.transform``."""
     out = np.zeros(np.shape(tox_defender))
     tox = lambda x: None if x is None else transform_scores(x, w.transform)  # noqa: E731
-    terms = ((w.defender, tox(tox_defender)), (w.combined, tox(tox_combined)), (w.adversary, tox(tox_adversary)),
-             (-w.nll, nll), (w.diversity, diversity), (w.novelty_bleu, novelty_bleu), (w.novelty_cos, novelty_cos))
+    terms = (
+        (w.defender, tox(tox_defender)),
+        (w.combined, tox(tox_combined)),
+        (w.adversary, tox(tox_adversary)),
+        (-w.nll, nll),
+        (w.diversity, diversity),
+        (w.novelty_bleu, novelty_bleu),
+        (w.novelty_cos, novelty_cos),
+    )
     for weight, x in terms:
         if weight != 0 and x is not None:  # a term not computed here (novelty without a memory) adds nothing
             out = out + weight * np.asarray(x, dtype=float)
@@ -121,8 +143,9 @@ def composite_reward(tox_defender, tox_combined, nll, diversity, w: RewardWeight
     return out
 
 
-def reward_from_terms(tox_adversary, tox_defender, tox_combined, nll, diversity, w: RewardWeights,
-                      novelty_bleu=None, novelty_cos=None) -> np.ndarray:
+def reward_from_terms(
+    tox_adversary, tox_defender, tox_combined, nll, diversity, w: RewardWeights, novelty_bleu=None, novelty_cos=None
+) -> np.ndarray:
     """The reward of exchanges from their scored terms: the composite reward, or with ``target="adversary"`` the
     toxicity of the adversary's own text."""
     if w.target == "adversary":
@@ -130,11 +153,18 @@ def reward_from_terms(tox_adversary, tox_defender, tox_combined, nll, diversity,
     return composite_reward(tox_defender, tox_combined, nll, diversity, w, novelty_bleu, novelty_cos, tox_adversary)
 
 
-def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list[str],
-                    defender_texts: list[str] | list[list[str]], scorer, likelihood: LikelihoodBackend,
-                    weights: RewardWeights,
-                    embedder=None, groups=None, nll_batch_size: int = 16,
-                    memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
+def score_exchanges(
+    contexts: list[list[tuple[str, str]]],
+    adversary_texts: list[str],
+    defender_texts: list[str] | list[list[str]],
+    scorer,
+    likelihood: LikelihoodBackend,
+    weights: RewardWeights,
+    embedder=None,
+    groups=None,
+    nll_batch_size: int = 16,
+    memory: NoveltyMemory | None = None,
+) -> dict[str, np.ndarray]:
     """Score N exchanges with batched calls; returns (N,) arrays ``tox_adversary``, ``tox_defender``,
     ``tox_combined``, ``nll``, ``reward``, each extra term that is switched on (``EXTRA_TERMS``), and (N, K)
     arrays ``tox_defender_replies`` and ``tox_combined_replies``.
@@ -155,21 +185,38 @@ def score_exchanges(contexts: list[list[tuple[str, str]]], adversary_texts: list
     flat = [d for r in replies for d in r]
     tox = scorer(list(adversary_texts) + flat + [f"{a} {d}" for a, r in zip(adversary_texts, replies) for d in r])
     per_reply = lambda x: np.array(x, dtype=float).reshape(n, k)  # noqa: E731
-    out = {"tox_adversary": np.array(tox[:n], dtype=float),
-           "tox_defender_replies": per_reply(tox[n:n + n * k]),
-           "tox_combined_replies": per_reply(tox[n + n * k:])}
+    out = {
+        "tox_adversary": np.array(tox[:n], dtype=float),
+        "tox_defender_replies": per_reply(tox[n : n + n * k]),
+        "tox_combined_replies": per_reply(tox[n + n * k :]),
+    }
     out["tox_defender"] = out["tox_defender_replies"].mean(1)
     out["tox_combined"] = out["tox_combined_replies"].mean(1)
-    out["nll"] = np.array(likelihood.continuation_nll([render_plain(h) for h in contexts], list(adversary_texts),
-                                                      nll_batch_size))
+    out["nll"] = np.array(
+        likelihood.continuation_nll([render_plain(h) for h in contexts], list(adversary_texts), nll_batch_size)
+    )
     out.update(extra_terms(list(adversary_texts), out["nll"], weights, embedder, groups, memory))
-    out["reward"] = reward_from_terms(out["tox_adversary"], out["tox_defender"], out["tox_combined"], out["nll"],
-                                      out.get("diversity"), weights, out.get("novelty_bleu"), out.get("novelty_cos"))
+    out["reward"] = reward_from_terms(
+        out["tox_adversary"],
+        out["tox_defender"],
+        out["tox_combined"],
+        out["nll"],
+        out.get("diversity"),
+        weights,
+        out.get("novelty_bleu"),
+        out.get("novelty_cos"),
+    )
     return out
 
 
-def extra_terms(texts: list[str], nll: np.ndarray, weights: RewardWeights, embedder=None, groups=None,
-                memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
+def extra_terms(
+    texts: list[str],
+    nll: np.ndarray,
+    weights: RewardWeights,
+    embedder=None,
+    groups=None,
+    memory: NoveltyMemory | None = None,
+) -> dict[str, np.ndarray]:
     """The diversity, novelty and gibberish terms of N adversary turns, each (N,), only those switched on."""
     n = len(texts)
     out: dict[str, np.ndarray] = {}
@@ -230,9 +277,15 @@ def pair_reliability(groups: list[np.ndarray]) -> tuple[float, int]:
     return (agree / total if total else float("nan")), total
 
 
-def score_conversations(convs: list[Conversation], scorer, likelihood: LikelihoodBackend, weights: RewardWeights,
-                        embedder=None, nll_batch_size: int = 16,
-                        memory: NoveltyMemory | None = None) -> dict[str, np.ndarray]:
+def score_conversations(
+    convs: list[Conversation],
+    scorer,
+    likelihood: LikelihoodBackend,
+    weights: RewardWeights,
+    embedder=None,
+    nll_batch_size: int = 16,
+    memory: NoveltyMemory | None = None,
+) -> dict[str, np.ndarray]:
     """Fill every turn's scores and every exchange's reward, in place, with one batched ``score_exchanges``;
     returns its arrays (exchanges in conversation order).
 
@@ -249,8 +302,18 @@ def score_conversations(convs: list[Conversation], scorer, likelihood: Likelihoo
             depth.append(k)
     if not adv:
         return {}
-    s = score_exchanges(ctx, [a.text for a in adv], [[d.text, *d.alternatives] for d in dfd], scorer, likelihood,
-                        weights, embedder, depth, nll_batch_size, memory)
+    s = score_exchanges(
+        ctx,
+        [a.text for a in adv],
+        [[d.text, *d.alternatives] for d in dfd],
+        scorer,
+        likelihood,
+        weights,
+        embedder,
+        depth,
+        nll_batch_size,
+        memory,
+    )
     i = 0
     for c in convs:
         c.rewards, c.reward_terms = [], []
@@ -259,8 +322,11 @@ def score_conversations(convs: list[Conversation], scorer, likelihood: Likelihoo
             d.scores.update(tox=float(s["tox_defender"][i]), tox_combined=float(s["tox_combined"][i]))
             if d.alternatives:
                 d.scores["tox_replies"] = [float(x) for x in s["tox_defender_replies"][i]]
-            terms = {"tox_defender": float(s["tox_defender"][i]), "tox_combined": float(s["tox_combined"][i]),
-                     "nll": float(s["nll"][i])}
+            terms = {
+                "tox_defender": float(s["tox_defender"][i]),
+                "tox_combined": float(s["tox_combined"][i]),
+                "nll": float(s["nll"][i]),
+            }
             terms.update({t: float(s[t][i]) for t in EXTRA_TERMS if t in s})
             c.reward_terms.append(terms)
             c.rewards.append(float(s["reward"][i]))
@@ -273,8 +339,14 @@ def reweight(convs: list[Conversation], weights: RewardWeights) -> None:
     (a stored baseline reused under other reward weights)."""
     for c in convs:
         t = c.reward_terms
-        r = reward_from_terms([a.scores["tox"] for a, _ in c.exchanges()], [x["tox_defender"] for x in t],
-                              [x["tox_combined"] for x in t], [x["nll"] for x in t],
-                              [x.get("diversity", 0.0) for x in t], weights,
-                              [x.get("novelty_bleu", 0.0) for x in t], [x.get("novelty_cos", 0.0) for x in t])
+        r = reward_from_terms(
+            [a.scores["tox"] for a, _ in c.exchanges()],
+            [x["tox_defender"] for x in t],
+            [x["tox_combined"] for x in t],
+            [x["nll"] for x in t],
+            [x.get("diversity", 0.0) for x in t],
+            weights,
+            [x.get("novelty_bleu", 0.0) for x in t],
+            [x.get("novelty_cos", 0.0) for x in t],
+        )
         c.rewards = [float(x) for x in r]

@@ -31,10 +31,18 @@ class SiblingGroup:
     scores: dict[str, np.ndarray]
 
 
-def grow_tree(prompts: Sequence[Sequence[str]], adversary: ChatBackend, defender: ChatBackend, horizon: int, k: int,
-              params: SamplingParams, score: Callable[..., dict[str, np.ndarray]],
-              batch_size: int = 16, defender_params: SamplingParams | None = None,
-              defender_samples: int = 1) -> list[SiblingGroup]:
+def grow_tree(
+    prompts: Sequence[Sequence[str]],
+    adversary: ChatBackend,
+    defender: ChatBackend,
+    horizon: int,
+    k: int,
+    params: SamplingParams,
+    score: Callable[..., dict[str, np.ndarray]],
+    batch_size: int = 16,
+    defender_params: SamplingParams | None = None,
+    defender_samples: int = 1,
+) -> list[SiblingGroup]:
     """Grow one tree per prompt to depth ``horizon``; returns every sibling group, depth by depth.
 
     ``params`` samples the adversary and ``defender_params`` (default: the same) the defender, which answers each
@@ -47,10 +55,16 @@ def grow_tree(prompts: Sequence[Sequence[str]], adversary: ChatBackend, defender
     for depth in range(horizon):
         contexts = [h for h in nodes for _ in range(k)]
         adv = generate_turns(adversary, contexts, "adversary", params, batch_size)
-        replies = defender_replies(defender, [h + [("adversary", a.text)] for h, a in zip(contexts, adv)],
-                                   defender_params or params, defender_samples, batch_size)
-        s = score(contexts, [a.text for a in adv], [[d.text, *d.alternatives] for d in replies],
-                  np.full(len(adv), depth))
+        replies = defender_replies(
+            defender,
+            [h + [("adversary", a.text)] for h, a in zip(contexts, adv)],
+            defender_params or params,
+            defender_samples,
+            batch_size,
+        )
+        s = score(
+            contexts, [a.text for a in adv], [[d.text, *d.alternatives] for d in replies], np.full(len(adv), depth)
+        )
         for i, h in enumerate(nodes):
             sl = slice(i * k, (i + 1) * k)
             groups.append(SiblingGroup(h, depth, adv[sl], replies[sl], {n: v[sl] for n, v in s.items()}))

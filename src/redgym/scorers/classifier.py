@@ -56,8 +56,10 @@ class LinearClassifier:
         """(N, D) embeddings -> (N, C) class probabilities, computed in float64."""
         emb = np.asarray(emb, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[1] != self.weight.shape[1]:
-            raise RedgymError(f"classifier expects (N, {self.weight.shape[1]}) embeddings from "
-                              f"{self.embedding_model!r}, got shape {tuple(emb.shape)}")
+            raise RedgymError(
+                f"classifier expects (N, {self.weight.shape[1]}) embeddings from "
+                f"{self.embedding_model!r}, got shape {tuple(emb.shape)}"
+            )
         return _softmax(emb @ self.weight.T + self.bias)
 
     def predict(self, emb: np.ndarray) -> list[str]:
@@ -68,10 +70,22 @@ class LinearClassifier:
         from safetensors.numpy import save
 
         folder = Path(folder)
-        atomic_write(folder / WEIGHTS_FILE, save({"weight": np.ascontiguousarray(self.weight, dtype=np.float64),
-                                                  "bias": np.ascontiguousarray(self.bias, dtype=np.float64)}))
-        meta = {**(metadata or {}), "kind": "linear", "labels": list(self.labels),
-                "embedding_model": self.embedding_model, "positive_label": self.positive_label}
+        atomic_write(
+            folder / WEIGHTS_FILE,
+            save(
+                {
+                    "weight": np.ascontiguousarray(self.weight, dtype=np.float64),
+                    "bias": np.ascontiguousarray(self.bias, dtype=np.float64),
+                }
+            ),
+        )
+        meta = {
+            **(metadata or {}),
+            "kind": "linear",
+            "labels": list(self.labels),
+            "embedding_model": self.embedding_model,
+            "positive_label": self.positive_label,
+        }
         atomic_write(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -91,10 +105,13 @@ class LinearClassifier:
         except Exception as e:  # noqa: BLE001 - a truncated file or a missing tensor: the folder is unusable
             raise RedgymError(f"classifier {folder}: cannot read {WEIGHTS_FILE} ({type(e).__name__})") from None
         if weight.shape[0] != len(meta["labels"]) or bias.shape != (weight.shape[0],):
-            raise RedgymError(f"classifier {folder}: weight {weight.shape} and bias {bias.shape} do not match "
-                              f"{len(meta['labels'])} labels")
-        return cls(list(meta["labels"]), weight, bias, meta.get("embedding_model", "minilm"),
-                   meta.get("positive_label"))
+            raise RedgymError(
+                f"classifier {folder}: weight {weight.shape} and bias {bias.shape} do not match "
+                f"{len(meta['labels'])} labels"
+            )
+        return cls(
+            list(meta["labels"]), weight, bias, meta.get("embedding_model", "minilm"), meta.get("positive_label")
+        )
 
 
 def _check_training_labels(labels: list[str], n: int, positive_label: str | None) -> list[str]:
@@ -109,9 +126,16 @@ def _check_training_labels(labels: list[str], n: int, positive_label: str | None
     return classes
 
 
-def train_linear_classifier(emb: np.ndarray, labels: list[str], *, embedding_model: str,
-                            positive_label: str | None = None, C: float = 1.0,
-                            class_weight: str | None = "balanced", seed: int = 0) -> LinearClassifier:
+def train_linear_classifier(
+    emb: np.ndarray,
+    labels: list[str],
+    *,
+    embedding_model: str,
+    positive_label: str | None = None,
+    C: float = 1.0,
+    class_weight: str | None = "balanced",
+    seed: int = 0,
+) -> LinearClassifier:
     """Fit logistic regression on (N, D) embeddings; multinomial for three or more classes.
 
     sklearn stores a binary model as one row ``w`` (the logit of its second class); we store rows ``[0, w]`` and
@@ -147,10 +171,20 @@ class EncoderTraining:
     losses: list[float]
 
 
-def train_encoder_classifier(texts: list[str], labels: list[str], out_dir: str | Path, *, base: str = "minilm",
-                             epochs: int = 3, lr: float = 5e-5, batch_size: int = 16, seed: int = 0,
-                             positive_label: str | None = None, max_length: int = 256,
-                             device: str = "cpu") -> EncoderTraining:
+def train_encoder_classifier(
+    texts: list[str],
+    labels: list[str],
+    out_dir: str | Path,
+    *,
+    base: str = "minilm",
+    epochs: int = 3,
+    lr: float = 5e-5,
+    batch_size: int = 16,
+    seed: int = 0,
+    positive_label: str | None = None,
+    max_length: int = 256,
+    device: str = "cpu",
+) -> EncoderTraining:
     """Fine-tune ``base`` (``minilm`` or a folder) as a sequence classifier with class-weighted cross-entropy."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -161,14 +195,18 @@ def train_encoder_classifier(texts: list[str], labels: list[str], out_dir: str |
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(classes), id2label=dict(enumerate(classes)),
-            label2id={c: i for i, c in enumerate(classes)}).to(device)
+            path,
+            num_labels=len(classes),
+            id2label=dict(enumerate(classes)),
+            label2id={c: i for i, c in enumerate(classes)},
+        ).to(device)
     except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise RedgymError(f"cannot load encoder {base!r} for classification ({reason})") from None
     y = torch.tensor([classes.index(label) for label in labels])
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(_balanced_weights(list(labels), classes),
-                                                            dtype=torch.float32, device=device))
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(_balanced_weights(list(labels), classes), dtype=torch.float32, device=device)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -176,8 +214,9 @@ def train_encoder_classifier(texts: list[str], labels: list[str], out_dir: str |
     for _ in range(epochs):
         for idx in torch.randperm(len(texts), generator=gen).split(batch_size):
             # 1 batch
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length).to(device)
+            enc = tok(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+            ).to(device)
             # 2 forward + class-weighted loss
             loss = loss_fn(model(**enc).logits.float(), y[idx].to(device))
             # 3 update
@@ -190,8 +229,17 @@ def train_encoder_classifier(texts: list[str], labels: list[str], out_dir: str |
     with atomic_files(out) as tmp:
         model.eval().save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    meta = {"kind": "encoder", "labels": classes, "positive_label": positive_label, "base": base,
-            "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "n_train": len(texts)}
+    meta = {
+        "kind": "encoder",
+        "labels": classes,
+        "positive_label": positive_label,
+        "base": base,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_train": len(texts),
+    }
     atomic_write(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return EncoderTraining(out, losses)
 
@@ -201,8 +249,10 @@ def read_classifier_meta(folder: Path) -> dict:
     if not folder.is_dir():
         raise RedgymError(f"classifier folder {folder} not found")
     if not (folder / META_FILE).is_file():
-        raise RedgymError(f"classifier folder {folder} has no {META_FILE} (it is written by LinearClassifier.save "
-                          "and train_encoder_classifier)")
+        raise RedgymError(
+            f"classifier folder {folder} has no {META_FILE} (it is written by LinearClassifier.save "
+            "and train_encoder_classifier)"
+        )
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -225,8 +275,10 @@ def label_index(labels: list[str], positive_label: str | None, requested: str, w
         return labels.index(positive_label)
     if len(labels) == 2:
         return 1
-    raise RedgymError(f"classifier {where} has {len(labels)} labels {labels} and no positive label: "
-                      f"name the one to score as {where}#label")
+    raise RedgymError(
+        f"classifier {where} has {len(labels)} labels {labels} and no positive label: "
+        f"name the one to score as {where}#label"
+    )
 
 
 def _encoder_scorer(folder: Path, idx: int, device: str, batch_size: int = 32) -> Scorer:
@@ -244,8 +296,9 @@ def _encoder_scorer(folder: Path, idx: int, device: str, batch_size: int = 32) -
     def score(texts: list[str]) -> list[float]:
         out: list[float] = []
         for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                      max_length=512).to(device)
+            enc = tok(
+                list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=512
+            ).to(device)
             out.extend(model(**enc).logits.double().softmax(-1)[:, idx].tolist())
         return out
 

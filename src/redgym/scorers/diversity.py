@@ -21,7 +21,7 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(texts: list[str] | list[list[str]], n: int) -> float:
@@ -31,8 +31,9 @@ def distinct_n(texts: list[str] | list[list[str]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def bleu_from_counts(clipped_totals: list[tuple[int, int]], c_len: int, ref_lengths: np.ndarray,
-                     epsilon: float = 0.1) -> float:
+def bleu_from_counts(
+    clipped_totals: list[tuple[int, int]], c_len: int, ref_lengths: np.ndarray, epsilon: float = 0.1
+) -> float:
     """Sentence BLEU from per-order ``(clipped matches, candidate n-grams)`` for n = 1..max_n.
 
     Uniform weights; a zero precision is smoothed to ``epsilon / max(total, 1)`` (NLTK's method1) so one missing

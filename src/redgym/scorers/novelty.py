@@ -14,8 +14,9 @@ import numpy as np
 from redgym.scorers.diversity import bleu_from_counts, ngrams, words
 
 
-def bleu_to_references(candidates: list[str], references: list[str], max_n: int = 4,
-                       epsilon: float = 0.1) -> list[float]:
+def bleu_to_references(
+    candidates: list[str], references: list[str], max_n: int = 4, epsilon: float = 0.1
+) -> list[float]:
     """Sentence BLEU-``max_n`` of each candidate against the whole reference set: N texts -> N floats.
 
     Clipped counts are min(count in candidate, max count in any *one* reference) (Papineni et al., 2002), so
@@ -93,10 +94,10 @@ class NoveltyMemory:
                 raise ValueError(f"embedding dim {embeddings.shape[1]} != memory's {self.embeddings.shape[1]}")
         if not texts:
             return  # an empty batch would leave a (0, D) array that JSON cannot round-trip
-        self.texts = (self.texts + texts)[-self.capacity:]
+        self.texts = (self.texts + texts)[-self.capacity :]
         if embeddings is not None:
             both = embeddings if self.embeddings is None else np.concatenate([self.embeddings, embeddings])
-            self.embeddings = both[-self.capacity:]
+            self.embeddings = both[-self.capacity :]
 
     def score(self, texts: list[str], embeddings: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """(N,) ``novelty_bleu`` and ``novelty_cos`` of a batch against the memory *before* it is added.

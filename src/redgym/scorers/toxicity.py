@@ -43,7 +43,8 @@ def detoxify_scorer(variant: str = "original", device: str = "cpu") -> Scorer:
     except Exception as e:  # noqa: BLE001 - download/cache failures all mean "checkpoint not available"
         raise RedgymError(
             f"scorer 'detoxify' could not load its {variant!r} checkpoint ({type(e).__name__}); it is downloaded "
-            "on first use, so run once with network access or use the offline scorer 'profanity'") from None
+            "on first use, so run once with network access or use the offline scorer 'profanity'"
+        ) from None
 
     def score(texts: list[str]) -> list[float]:
         return [float(p) for p in model.predict(list(texts))["toxicity"]] if texts else []
@@ -79,8 +80,9 @@ def hf_classifier_scorer(spec: str, device: str = "cpu", batch_size: int = 32) -
     def score(texts: list[str]) -> list[float]:
         out: list[float] = []
         for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                      max_length=512).to(device)
+            enc = tok(
+                list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=512
+            ).to(device)
             logits = model(**enc).logits.float()
             probs = logits.sigmoid() if multi_label else logits.softmax(-1)
             out.extend(probs[:, idx].tolist())
@@ -100,6 +102,7 @@ def build_scorer(name: str, device: str = "cpu") -> Scorer:
     if name.startswith("classifier:") and len(name) > len("classifier:"):
         from redgym.scorers.classifier import load_classifier_scorer  # lazy: sklearn/safetensors only when used
 
-        return load_classifier_scorer(name[len("classifier:"):], device)
-    raise RedgymError(f"unknown scorer {name!r}: use profanity, detoxify[:variant], hf:<model>[#label] "
-                      "or classifier:<folder>[#label]")
+        return load_classifier_scorer(name[len("classifier:") :], device)
+    raise RedgymError(
+        f"unknown scorer {name!r}: use profanity, detoxify[:variant], hf:<model>[#label] or classifier:<folder>[#label]"
+    )

@@ -11,8 +11,9 @@ from redgym.runfolder import replace_folder, write_json
 from redgym.trainers.policy import Policy
 
 
-def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int,
-                    model_dir: str = "adversary") -> Path:
+def save_checkpoint(
+    accelerator, out: Path, step: int, policy: Policy, state: dict, keep: int, model_dir: str = "adversary"
+) -> Path:
     """Accelerate state (model, optimizer, scheduler, RNGs) + trainer state, and the adapter for evaluation
     (``out/<model_dir>``).
 
@@ -38,9 +39,11 @@ def save_checkpoint(accelerator, out: Path, step: int, policy: Policy, state: di
         shutil.rmtree(partial, ignore_errors=True)
         previous = latest_checkpoint(out)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        raise RedgymError(f"checkpoint at step {step} could not be written to {out / 'checkpoints'} "
-                          f"({e.strerror or type(e).__name__}); {kept}: free space or fix permissions, then "
-                          f"resume with --resume {out}") from None
+        raise RedgymError(
+            f"checkpoint at step {step} could not be written to {out / 'checkpoints'} "
+            f"({e.strerror or type(e).__name__}); {kept}: free space or fix permissions, then "
+            f"resume with --resume {out}"
+        ) from None
     accelerator.wait_for_everyone()
     return ckpt
 

@@ -13,7 +13,7 @@ from redgym.errors import RedgymError
 def rank_share(items: list, acc) -> list:
     """This process's share of a step's items (data parallelism: rank r takes items r, r + N, ...); all of them
     in a single process."""
-    return items[acc.process_index::acc.num_processes]
+    return items[acc.process_index :: acc.num_processes]
 
 
 def mean_over_ranks(acc, metrics: dict) -> dict:
@@ -43,8 +43,10 @@ def check_parallelism(acc) -> None:
     would silently train wrongly, so they are refused in one line."""
     kind = getattr(acc.distributed_type, "name", str(acc.distributed_type))
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise RedgymError(f"accelerate config uses {kind}: redgym's trainers support data parallelism only "
-                          "(accelerate launch --multi_gpu, or a config with distributed_type MULTI_GPU)")
+        raise RedgymError(
+            f"accelerate config uses {kind}: redgym's trainers support data parallelism only "
+            "(accelerate launch --multi_gpu, or a config with distributed_type MULTI_GPU)"
+        )
 
 
 def all_reduce_grads(acc, params) -> None:

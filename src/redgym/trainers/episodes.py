@@ -86,10 +86,12 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     # none: the defender stays silent and its terms are left out of the step's scores.
     silent = cfg.horizon == 1 and not weights.reads_replies
     defender = SilentSpeaker() if silent else run.defender
-    rollout_batch(convs, run.adversary, defender, cfg.horizon, sampling, setup.params,
-                  1 if silent else cfg.defender_samples)
-    scores = score_conversations(convs, setup.scorer, setup.likelihood, weights, setup.embedder, cfg.batch_size,
-                                 setup.memory)
+    rollout_batch(
+        convs, run.adversary, defender, cfg.horizon, sampling, setup.params, 1 if silent else cfg.defender_samples
+    )
+    scores = score_conversations(
+        convs, setup.scorer, setup.likelihood, weights, setup.embedder, cfg.batch_size, setup.memory
+    )
     if silent:
         scores = {k: v for k, v in scores.items() if k not in REPLY_KEYS}
     return convs, scores

@@ -28,8 +28,17 @@ from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
-from redgym.trainers.losses import (group_advantages, group_rank_advantages, kl_k1, kl_k3, masked_mean,
-                                    max_variance_subset, ppo_policy_loss, ratio_deviation, reweight_negative)
+from redgym.trainers.losses import (
+    group_advantages,
+    group_rank_advantages,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    max_variance_subset,
+    ppo_policy_loss,
+    ratio_deviation,
+    reweight_negative,
+)
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
@@ -41,27 +50,42 @@ from redgym.trainers.train_config import TrainConfig
 class GRPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per rollout (each adversary turn is an episode)")
     generations_per_prompt: int = _f(4, "G: adversary samples per prompt; each is compared with its group's mean")
-    train_per_prompt: int = _f(0, "train on this many of each prompt's G samples, those whose rewards vary most "
-                                  "(PODS: losses.max_variance_subset); 0 = all G. Generating a sample costs a "
-                                  "fraction of training on it, so a larger G finds rare rewards more often at the "
-                                  "update cost of train_per_prompt")
-    scale_rewards: str = _f("none", "divide the advantages by a reward std, as TRL's scale_rewards: none; group (the "
-                                    "group's std, GRPO); batch (the std of the whole step's rewards, so a rare high "
-                                    "reward stays several units while groups differing by a few hundredths stay "
-                                    "small: losses.group_advantages). Off by default: a group whose rewards differ "
-                                    "only by scorer noise would be blown up to unit scale. Scaled, advantages have "
-                                    "unit scale; unscaled toxicity advantages are ~0.05, so the KL term outweighs "
-                                    "them and the policy barely moves")
-    advantages: str = _f("mean", "mean: reward - its group's mean (then scale_rewards); rank: the "
-                                 "reward's centred rank in its group / the ranks' std, symmetric up and down "
-                                 "whatever the reward's skew (losses.group_rank_advantages says why that matters)")
-    negative_weight: float = _f(1.0, "multiplies the negative advantages (losses.reweight_negative): 1 = GRPO; 0 = "
-                                      "push up only the better-than-group samples, so the policy sharpens onto "
-                                      "likely text it already says instead of growing more random (entropy and "
-                                      "NLL rise when most likely samples are pushed down)")
-    kl_coef: float = _f(0.02, "beta: weight of the per-token k3 KL to the reference in the loss (0 = off); what "
-                              "keeps the adversary likely (its NLL under the defender), weighed against advantages "
-                              "of unit scale when scale_rewards is group or batch")
+    train_per_prompt: int = _f(
+        0,
+        "train on this many of each prompt's G samples, those whose rewards vary most "
+        "(PODS: losses.max_variance_subset); 0 = all G. Generating a sample costs a "
+        "fraction of training on it, so a larger G finds rare rewards more often at the "
+        "update cost of train_per_prompt",
+    )
+    scale_rewards: str = _f(
+        "none",
+        "divide the advantages by a reward std, as TRL's scale_rewards: none; group (the "
+        "group's std, GRPO); batch (the std of the whole step's rewards, so a rare high "
+        "reward stays several units while groups differing by a few hundredths stay "
+        "small: losses.group_advantages). Off by default: a group whose rewards differ "
+        "only by scorer noise would be blown up to unit scale. Scaled, advantages have "
+        "unit scale; unscaled toxicity advantages are ~0.05, so the KL term outweighs "
+        "them and the policy barely moves",
+    )
+    advantages: str = _f(
+        "mean",
+        "mean: reward - its group's mean (then scale_rewards); rank: the "
+        "reward's centred rank in its group / the ranks' std, symmetric up and down "
+        "whatever the reward's skew (losses.group_rank_advantages says why that matters)",
+    )
+    negative_weight: float = _f(
+        1.0,
+        "multiplies the negative advantages (losses.reweight_negative): 1 = GRPO; 0 = "
+        "push up only the better-than-group samples, so the policy sharpens onto "
+        "likely text it already says instead of growing more random (entropy and "
+        "NLL rise when most likely samples are pushed down)",
+    )
+    kl_coef: float = _f(
+        0.02,
+        "beta: weight of the per-token k3 KL to the reference in the loss (0 = off); what "
+        "keeps the adversary likely (its NLL under the defender), weighed against advantages "
+        "of unit scale when scale_rewards is group or batch",
+    )
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
     ent_coef: float = _f(0.0, "entropy bonus coefficient")
@@ -76,11 +100,15 @@ class GRPOConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if self.generations_per_prompt < 2:
-            raise RedgymError(f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
-                              f"got {self.generations_per_prompt}")
+            raise RedgymError(
+                f"config: generations_per_prompt must be >= 2 (a group needs siblings), "
+                f"got {self.generations_per_prompt}"
+            )
         if self.train_per_prompt and not 2 <= self.train_per_prompt <= self.generations_per_prompt:
-            raise RedgymError(f"config: train_per_prompt must be 0 (all) or in [2, generations_per_prompt], got "
-                              f"{self.train_per_prompt}")
+            raise RedgymError(
+                f"config: train_per_prompt must be 0 (all) or in [2, generations_per_prompt], got "
+                f"{self.train_per_prompt}"
+            )
         if self.scale_rewards not in ("none", "group", "batch"):
             raise RedgymError(f"config: scale_rewards must be none, group or batch, got {self.scale_rewards!r}")
         if self.advantages not in ("mean", "rank"):
@@ -104,14 +132,18 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
         for name, t in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.entropy)):
             parts[name] += list(t.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
-    adv = (group_rank_advantages(ep.reward, ep.group) if cfg.advantages == "rank"
-           else group_advantages(ep.reward, ep.group, cfg.scale_rewards))
+    adv = (
+        group_rank_advantages(ep.reward, ep.group)
+        if cfg.advantages == "rank"
+        else group_advantages(ep.reward, ep.group, cfg.scale_rewards)
+    )
     t["advantages"] = reweight_negative(adv, cfg.negative_weight)
     ep.tensors = t
 
 
-def update(ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int,
-           rng: np.random.Generator) -> dict[str, float]:
+def update(
+    ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int, rng: np.random.Generator
+) -> dict[str, float]:
     """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
     pad = policy.tokenizer.pad_token_id
     t = ep.tensors
@@ -121,12 +153,18 @@ def update(ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, count
     for _ in range(cfg.ppo_epochs):
         order = rng.permutation(len(ep.resp))
         for i in range(0, len(order), cfg.micro_batch_size):
-            idx = order[i:i + cfg.micro_batch_size]
+            idx = order[i : i + cfg.micro_batch_size]
             with acc.accumulate(policy.model):
-                out = continuation_forward(policy.model, [ep.ctx[j] for j in idx], [ep.resp[j] for j in idx], pad,
-                                           cfg.temperature, with_entropy=cfg.ent_coef > 0)
+                out = continuation_forward(
+                    policy.model,
+                    [ep.ctx[j] for j in idx],
+                    [ep.resp[j] for j in idx],
+                    pad,
+                    cfg.temperature,
+                    with_entropy=cfg.ent_coef > 0,
+                )
                 kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
-                sel = lambda name: t[name][idx][:, k - kk:].to(dev)  # noqa: E731
+                sel = lambda name: t[name][idx][:, k - kk :].to(dev)  # noqa: E731
                 mask, old = sel("mask"), sel("old")
                 adv = t["advantages"][idx].to(dev)[:, None].expand_as(mask)  # (B,) -> every token (B, K)
                 pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range)
@@ -161,8 +199,13 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(start, cfg.steps), desc="train grpo", initial=start, total=cfg.steps,
-                     disable=not (progress and acc.is_main_process)):
+    for step in tqdm(
+        range(start, cfg.steps),
+        desc="train grpo",
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and acc.is_main_process),
+    ):
         t0 = time.time()
         # 1-2 the step's prompts, each rolled out G times (adversary on-policy, K defender replies), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
@@ -171,8 +214,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         # 3 the samples trained on (train_per_prompt: each group's most varied), their group-relative advantages,
         #   old and reference log-probs
         ep = episodes_from(convs, adversary, budget)
-        kept = (ep.subset(max_variance_subset(ep.reward, ep.group, cfg.train_per_prompt)) if cfg.train_per_prompt
-                else ep)
+        kept = ep.subset(max_variance_subset(ep.reward, ep.group, cfg.train_per_prompt)) if cfg.train_per_prompt else ep
         prepare_episodes(kept, policy, cfg)
         t = kept.tensors
         # 4 clipped surrogate + KL to the reference
@@ -186,8 +228,9 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             **term_means(scores),
             "reward/max": float(ep.reward.max()),
             "reward/trained": float(kept.reward.mean()),
-            "reward/group_std": float(np.mean([float(ep.reward[ep.group == g].std(unbiased=False))
-                                               for g in torch.unique(ep.group)])),
+            "reward/group_std": float(
+                np.mean([float(ep.reward[ep.group == g].std(unbiased=False)) for g in torch.unique(ep.group)])
+            ),
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "objective/kl": float(kl1.mean()),
             "objective/kl_k3": losses["kl"],

@@ -48,10 +48,14 @@ class IPOConfig(TrainConfig):
     weak_supervision: float = _f(0.5, "probability rho that a tree gets one taught (weak-supervision) pair (0 = off)")
     weak_anneal: bool = _f(True, "anneal rho linearly to 0 over the run's steps")
     weak_prompts: str = _f("rtp", "toxicity-eliciting prompts for weak supervision (any prompt source)")
-    weak_candidates: int = _f(1, "weak-supervision splits drawn per pair; the one whose true continuation is most "
-                                 "likely under the defender is kept (1 = ASTPrompter's single draw)")
-    length_normalize: bool = _f(False, "per-token mean log-probs in the loss, so beta means the same at every "
-                                       "utterance length")
+    weak_candidates: int = _f(
+        1,
+        "weak-supervision splits drawn per pair; the one whose true continuation is most "
+        "likely under the defender is kept (1 = ASTPrompter's single draw)",
+    )
+    length_normalize: bool = _f(
+        False, "per-token mean log-probs in the loss, so beta means the same at every utterance length"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,14 +86,28 @@ def pairs_from_groups(groups: list[SiblingGroup], adversary: LM, threshold: floa
         r = g.scores["reward"]
         hi, lo = int(np.argmax(r)), int(np.argmin(r))
         if r[hi] - r[lo] > threshold:
-            pairs.append(PreferencePair(adversary.render(g.history, "adversary"), g.adversary[hi].token_ids,
-                                        g.adversary[lo].token_ids, float(r[hi]), float(r[lo])))
+            pairs.append(
+                PreferencePair(
+                    adversary.render(g.history, "adversary"),
+                    g.adversary[hi].token_ids,
+                    g.adversary[lo].token_ids,
+                    float(r[hi]),
+                    float(r[lo]),
+                )
+            )
     return pairs
 
 
-def weak_pairs(n: int, pool: list[tuple[str, str]], adversary: LM, params, rng: np.random.Generator,
-               batch_size: int, likelihood: LikelihoodBackend | None = None, candidates: int = 1
-               ) -> list[PreferencePair]:
+def weak_pairs(
+    n: int,
+    pool: list[tuple[str, str]],
+    adversary: LM,
+    params,
+    rng: np.random.Generator,
+    batch_size: int,
+    likelihood: LikelihoodBackend | None = None,
+    candidates: int = 1,
+) -> list[PreferencePair]:
     """``n`` weak-supervision pairs from ``pool`` (``toxic_span_splits``): context = first part, chosen = its true
     rest, rejected = the adversary's own continuation (one batched generate call).
 
@@ -100,15 +118,26 @@ def weak_pairs(n: int, pool: list[tuple[str, str]], adversary: LM, params, rng: 
         return []
     splits = [pool[int(i)] for i in rng.integers(len(pool), size=n * candidates)]
     if candidates > 1:
-        nll = np.array(likelihood.continuation_nll([render_plain([("prompt", first)]) for first, _ in splits],
-                                                   [rest for _, rest in splits], batch_size)).reshape(n, candidates)
+        nll = np.array(
+            likelihood.continuation_nll(
+                [render_plain([("prompt", first)]) for first, _ in splits], [rest for _, rest in splits], batch_size
+            )
+        ).reshape(n, candidates)
         splits = [splits[i * candidates + int(j)] for i, j in enumerate(nll.argmin(1))]
     histories = [[("prompt", first)] for first, _ in splits]
     own = generate_turns(adversary, histories, "adversary", params, batch_size)
     tok = adversary.tokenizer
-    return [PreferencePair(adversary.render(h, "adversary"), tok(rest, add_special_tokens=False)["input_ids"],
-                           t.token_ids, float("nan"), float("nan"), weak=True)
-            for h, (_, rest), t in zip(histories, splits, own)]
+    return [
+        PreferencePair(
+            adversary.render(h, "adversary"),
+            tok(rest, add_special_tokens=False)["input_ids"],
+            t.token_ids,
+            float("nan"),
+            float("nan"),
+            weak=True,
+        )
+        for h, (_, rest), t in zip(histories, splits, own)
+    ]
 
 
 def weak_rate(cfg: IPOConfig, step: int) -> float:
@@ -118,8 +147,14 @@ def weak_rate(cfg: IPOConfig, step: int) -> float:
     return cfg.weak_supervision * max(0.0, 1.0 - step / max(1, cfg.steps))
 
 
-def pair_logps(policy: Policy, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]],
-               pad: int, length_normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(
+    policy: Policy,
+    ctx: list[list[int]],
+    chosen: list[list[int]],
+    rejected: list[list[int]],
+    pad: int,
+    length_normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with gradients) and
     under the frozen reference; summed over tokens, or their per-token mean with ``length_normalize``."""
     conts = chosen + rejected
@@ -132,8 +167,17 @@ def pair_logps(policy: Policy, ctx: list[list[int]], chosen: list[list[int]], re
     return pol, ref
 
 
-def update(pairs: list[PreferencePair], policy: Policy, adversary: LM, cfg: IPOConfig, acc, opt, sched,
-           counters: dict, step: int) -> tuple[dict[str, list[float]], float]:
+def update(
+    pairs: list[PreferencePair],
+    policy: Policy,
+    adversary: LM,
+    cfg: IPOConfig,
+    acc,
+    opt,
+    sched,
+    counters: dict,
+    step: int,
+) -> tuple[dict[str, list[float]], float]:
     """Step 4: the IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step; returns the
     per-pair loss, margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
@@ -144,10 +188,11 @@ def update(pairs: list[PreferencePair], policy: Policy, adversary: LM, cfg: IPOC
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
     with accumulate_locally(acc, policy.model):
         for i in range(0, len(pairs), per_mb):
-            mb = pairs[i:i + per_mb]
+            mb = pairs[i : i + per_mb]
             ctx = [adversary.encode_context(p.context, budget) for p in mb]
-            pol, ref = pair_logps(policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad,
-                                  cfg.length_normalize)
+            pol, ref = pair_logps(
+                policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
+            )
             n = len(mb)
             losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
             loss = losses.sum() / len(pairs)
@@ -173,32 +218,56 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = start_run(cfg, out, resume)
-    policy, defender, adversary, setup, acc, opt, sched = (run.policy, run.defender, run.adversary, run.setup,
-                                                            run.acc, run.opt, run.sched)
-    pool = (weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
-            if cfg.weak_supervision > 0 else [])
+    policy, defender, adversary, setup, acc, opt, sched = (
+        run.policy,
+        run.defender,
+        run.adversary,
+        run.setup,
+        run.acc,
+        run.opt,
+        run.sched,
+    )
+    pool = (
+        weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer) if cfg.weak_supervision > 0 else []
+    )
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     start, counters = run.start, run.state.get("counters", {})
     train_prompts = setup.split.train
 
     def score(ctx, a, d, groups):  # the exchanges of this step's trees, under this step's reward weights
-        return score_exchanges(ctx, a, d, setup.scorer, setup.likelihood, weights, setup.embedder, groups,
-                               cfg.batch_size, setup.memory)
+        return score_exchanges(
+            ctx, a, d, setup.scorer, setup.likelihood, weights, setup.embedder, groups, cfg.batch_size, setup.memory
+        )
+
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(start, cfg.steps), desc="train ipo", initial=start, total=cfg.steps,
-                     disable=not (progress and acc.is_main_process)):
+    for step in tqdm(
+        range(start, cfg.steps),
+        desc="train ipo",
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and acc.is_main_process),
+    ):
         t0 = time.time()
         weights = run.reward_weights(step)  # read by score(): the configured weights, or a curriculum's
         # 1 prompts
-        batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step,
-                                                         cfg.seed)]
+        batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step, cfg.seed)]
         batch = rank_share(batch, acc)  # several processes: each grows its share of the step's trees
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
         policy.sync_sampler()
-        groups = grow_tree([p.turns for p in batch], adversary, defender, cfg.horizon, cfg.samples_per_node,
-                           sampling, score, cfg.batch_size, setup.params, cfg.defender_samples)
+        groups = grow_tree(
+            [p.turns for p in batch],
+            adversary,
+            defender,
+            cfg.horizon,
+            cfg.samples_per_node,
+            sampling,
+            score,
+            cfg.batch_size,
+            setup.params,
+            cfg.defender_samples,
+        )
         t_roll = time.time() - t0
         release_memory()  # the rollout's generation caches, before training activations are allocated
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
@@ -210,8 +279,16 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # weak-supervision draws: a function of the step (a resumed run draws what a straight one would), and of
         # the process under several
         rng = np.random.default_rng([cfg.seed, step] + ([acc.process_index] if acc.num_processes > 1 else []))
-        pairs += weak_pairs(int(rng.binomial(len(batch), rho)) if rho > 0 else 0, pool, adversary, sampling, rng,
-                            cfg.batch_size, setup.likelihood, cfg.weak_candidates)
+        pairs += weak_pairs(
+            int(rng.binomial(len(batch), rho)) if rho > 0 else 0,
+            pool,
+            adversary,
+            sampling,
+            rng,
+            cfg.batch_size,
+            setup.likelihood,
+            cfg.weak_candidates,
+        )
         # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
         stats, grad_norm = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
         # 5 log + checkpoint
@@ -228,7 +305,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "pairs/rho": rho,
             "pairs/reliability": reliability,
             "pairs/reward_margin": float(np.mean([p.chosen_reward - p.rejected_reward for p in online]))
-            if online else 0.0,
+            if online
+            else 0.0,
             "loss/" + cfg.loss: float(np.mean(stats["loss"])) if stats["loss"] else float("nan"),
             "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),

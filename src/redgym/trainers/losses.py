@@ -97,8 +97,9 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    clip: float = 0.2):
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+):
     """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old_logp).
 
     Returns ``(loss, clipfrac, approx_kl)``; approx_kl is k3 of old vs new, as CleanRL logs it.
@@ -113,16 +114,18 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return loss, clipfrac.detach(), approx_kl.detach()
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip: float = 0.2):
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+):
     """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
     v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
     return 0.5 * masked_mean(loss, mask)
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, scale: str = "none", eps: float = 1e-4
-                     ) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, scale: str = "none", eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO's advantage: each reward minus the mean reward of its group (same prompt), then divided by a standard
     deviation (population std) as TRL's ``scale_rewards`` names it: ``none``; ``group``, the group's own std
     (Shao et al. 2024); ``batch``, the std of all the step's rewards (Hu 2025, REINFORCE++; TRL's "batch").
@@ -196,7 +199,7 @@ def max_variance_subset(rewards: torch.Tensor, groups: torch.Tensor, keep: int) 
         order = members[torch.argsort(rewards[members], stable=True)]
         best, best_var = order[:0], -1.0
         for i in range(keep + 1):  # i lowest + (keep - i) highest; i from 0 up, so a tie keeps more high ones
-            pick = torch.cat([order[:i], order[len(order) - (keep - i):]])
+            pick = torch.cat([order[:i], order[len(order) - (keep - i) :]])
             var = float(rewards[pick].var(unbiased=False))
             if var > best_var + 1e-12:
                 best, best_var = pick, var

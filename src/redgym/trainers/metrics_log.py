@@ -47,7 +47,9 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.writes:
             return
-        clean = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()}
+        clean = {
+            k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items()
+        }
         # the whole log rewritten through a temporary file: a kill never leaves a torn line
         before = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         atomic_write(self.path, before + json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
@@ -60,6 +62,10 @@ def finite_or_skip(loss: torch.Tensor, counter: dict, step: int) -> bool:
     if torch.isfinite(loss).all():
         return True
     counter["nonfinite_skipped"] = counter.get("nonfinite_skipped", 0) + 1
-    log.warning("step %d: non-finite loss (%s); batch skipped (%d so far)", step, loss.detach().float().tolist(),
-                counter["nonfinite_skipped"])
+    log.warning(
+        "step %d: non-finite loss (%s); batch skipped (%d so far)",
+        step,
+        loss.detach().float().tolist(),
+        counter["nonfinite_skipped"],
+    )
     return False

@@ -94,13 +94,20 @@ def build_policy(cfg: TrainConfig) -> Policy:
     from peft import LoraConfig, get_peft_model
 
     targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
     fast = cfg.fast_generation and next(model.parameters()).dtype == torch.float32
     if cfg.fast_generation and not fast:
-        log.info("fast_generation needs float32 weights (a bf16 merge rounds small updates away); sampling through "
-                 "the adapter instead")
+        log.info(
+            "fast_generation needs float32 weights (a bf16 merge rounds small updates away); sampling through "
+            "the adapter instead"
+        )
     frozen = copy.deepcopy(model).eval().requires_grad_(False) if fast else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -119,8 +126,9 @@ def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
     else:
         model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
     if cfg.defender_engine == "ctranslate2":  # replies sampled by the engine; the NLL term stays on ``model``
-        return ct2_lm(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens,
-                      cfg.defender_compute_type)
+        return ct2_lm(
+            model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens, cfg.defender_compute_type
+        )
     return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
 
 

@@ -27,8 +27,17 @@ from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
-from redgym.trainers.losses import (gae, kl_k1, kl_k3, leave_one_out_baseline, masked_mean, ppo_policy_loss,
-                                    ppo_value_loss, ratio_deviation, whiten)
+from redgym.trainers.losses import (
+    gae,
+    kl_k1,
+    kl_k3,
+    leave_one_out_baseline,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+    ratio_deviation,
+    whiten,
+)
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
 from redgym.trainers.run import end_step, finish_run, log, start_run
@@ -53,8 +62,11 @@ class PPOConfig(TrainConfig):
     kl_stop: float = _f(20.0, "skip a step's update when the mean sequence KL to the reference exceeds this")
     whiten_advantages: bool = _f(True, "whiten advantages over each step's batch")
     generations_per_prompt: int = _f(1, "adversary samples rolled out from each training prompt per step")
-    group_baseline: bool = _f(True, "with generations_per_prompt > 1, subtract from each episode reward the mean "
-                                    "reward of its siblings (same prompt and turn) before GAE (RLOO)")
+    group_baseline: bool = _f(
+        True,
+        "with generations_per_prompt > 1, subtract from each episode reward the mean "
+        "reward of its siblings (same prompt and turn) before GAE (RLOO)",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -63,8 +75,9 @@ class PPOConfig(TrainConfig):
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.generations_per_prompt < 1:
             raise RedgymError("config: ppo_epochs and generations_per_prompt must be >= 1 and clip_range in (0, 1)")
         if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise RedgymError(f"config: gamma must be in (0, 1] and lam in [0, 1], got gamma {self.gamma} and "
-                              f"lam {self.lam}")
+            raise RedgymError(
+                f"config: gamma must be in (0, 1] and lam in [0, 1], got gamma {self.gamma} and lam {self.lam}"
+            )
         if self.vf_coef < 0 or self.kl_coef < 0 or self.clip_range_value <= 0:
             raise RedgymError("config: vf_coef and kl_coef must be >= 0 and clip_range_value > 0")
 
@@ -94,11 +107,17 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPO
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "values", "mask", "entropy")}
     for i in range(0, len(ep.resp), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
-        cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True,
-                                   with_hidden=True)
+        cur = continuation_forward(
+            policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True, with_hidden=True
+        )
         ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
-        for name, t in (("old", cur.logps), ("ref", ref.logps), ("values", value_head(cur.hidden) * cur.mask),
-                        ("mask", cur.mask), ("entropy", cur.entropy)):
+        for name, t in (
+            ("old", cur.logps),
+            ("ref", ref.logps),
+            ("values", value_head(cur.hidden) * cur.mask),
+            ("mask", cur.mask),
+            ("entropy", cur.entropy),
+        ):
             parts[name] += list(t.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
@@ -114,8 +133,18 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPO
     ep.tensors = t
 
 
-def ppo_epochs(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConfig, acc, opt, sched,
-               counters: dict, step: int, rng: np.random.Generator) -> dict[str, float]:
+def ppo_epochs(
+    ep: Episodes,
+    policy: Policy,
+    value_head: ValueHead,
+    cfg: PPOConfig,
+    acc,
+    opt,
+    sched,
+    counters: dict,
+    step: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
     """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
     pad = policy.tokenizer.pad_token_id
     t = ep.tensors
@@ -125,15 +154,23 @@ def ppo_epochs(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConf
     for _ in range(cfg.ppo_epochs):
         order = rng.permutation(len(ep.resp))
         for i in range(0, len(order), cfg.micro_batch_size):
-            idx = order[i:i + cfg.micro_batch_size]
+            idx = order[i : i + cfg.micro_batch_size]
             with acc.accumulate(policy.model):
-                out = continuation_forward(policy.model, [ep.ctx[j] for j in idx], [ep.resp[j] for j in idx], pad,
-                                           cfg.temperature, with_entropy=cfg.ent_coef > 0, with_hidden=True)
+                out = continuation_forward(
+                    policy.model,
+                    [ep.ctx[j] for j in idx],
+                    [ep.resp[j] for j in idx],
+                    pad,
+                    cfg.temperature,
+                    with_entropy=cfg.ent_coef > 0,
+                    with_hidden=True,
+                )
                 kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
-                sel = lambda name: t[name][idx][:, k - kk:].to(dev)  # noqa: E731
+                sel = lambda name: t[name][idx][:, k - kk :].to(dev)  # noqa: E731
                 mask = sel("mask")
-                pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, sel("old"), sel("advantages"), mask,
-                                                          cfg.clip_range)
+                pg, clipfrac, approx_kl = ppo_policy_loss(
+                    out.logps, sel("old"), sel("advantages"), mask, cfg.clip_range
+                )
                 if not stats["first_ratio_dev"]:  # the first minibatch: the policy the rollout sampled from
                     stats["first_ratio_dev"].append(ratio_deviation(out.logps, sel("old"), mask))
                 values = value_head(out.hidden) * mask
@@ -147,8 +184,9 @@ def ppo_epochs(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConf
                     continue
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(list(policy.model.parameters()) + list(value_head.parameters()),
-                                        cfg.max_grad_norm)
+                    acc.clip_grad_norm_(
+                        list(policy.model.parameters()) + list(value_head.parameters()), cfg.max_grad_norm
+                    )
                 opt.step()
                 sched.step()
                 opt.zero_grad()
@@ -177,8 +215,13 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(start, cfg.steps), desc="train ppo", initial=start, total=cfg.steps,
-                     disable=not (progress and acc.is_main_process)):
+    for step in tqdm(
+        range(start, cfg.steps),
+        desc="train ppo",
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and acc.is_main_process),
+    ):
         t0 = time.time()
         # 1-2 the step's prompts, each rolled out generations_per_prompt times (adversary on-policy), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
@@ -192,8 +235,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         policy.model.train()
         if seq_kl > cfg.kl_stop:
             counters["kl_stopped"] = counters.get("kl_stopped", 0) + 1
-            log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl,
-                        cfg.kl_stop)
+            log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl, cfg.kl_stop)
             losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
         else:
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step

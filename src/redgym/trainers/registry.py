@@ -2,5 +2,9 @@
 
 from redgym.trainers import grpo, ipo, ppo, sft
 
-TRAINERS = {"ipo": (ipo.IPOConfig, ipo.train), "grpo": (grpo.GRPOConfig, grpo.train),
-            "ppo": (ppo.PPOConfig, ppo.train), "sft": (sft.SFTConfig, sft.train)}
+TRAINERS = {
+    "ipo": (ipo.IPOConfig, ipo.train),
+    "grpo": (grpo.GRPOConfig, grpo.train),
+    "ppo": (ppo.PPOConfig, ppo.train),
+    "sft": (sft.SFTConfig, sft.train),
+}

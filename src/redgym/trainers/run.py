@@ -45,8 +45,12 @@ def make_accelerator(cfg: TrainConfig, out: Path):
 
     dev = resolve_device(cfg.device)
     trackers = None if cfg.log_with == "none" else cfg.log_with
-    acc = Accelerator(cpu=dev.type == "cpu", gradient_accumulation_steps=cfg.grad_accum, log_with=trackers,
-                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    acc = Accelerator(
+        cpu=dev.type == "cpu",
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=trackers,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
     if trackers:
         acc.init_trackers("redgym", config={k: v for k, v in cfg.to_dict().items() if v is not None})
     return acc
@@ -103,8 +107,10 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
         logging.getLogger("redgym").setLevel(logging.ERROR)
     if cfg.prompts_per_step % acc.num_processes:
-        raise RedgymError(f"prompts_per_step {cfg.prompts_per_step} does not split over {acc.num_processes} "
-                          "processes; make it a multiple")
+        raise RedgymError(
+            f"prompts_per_step {cfg.prompts_per_step} does not split over {acc.num_processes} "
+            "processes; make it a multiple"
+        )
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)
     defender = defender_lm(cfg, policy)
@@ -115,8 +121,9 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
     if acc.num_processes > 1:  # same initial weights (DDP broadcast them), each process its own sampling stream
         set_seed(cfg.seed + acc.process_index)
-    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format,
-                   cfg.max_context_tokens)
+    adversary = LM(
+        policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens
+    )
     start, state = 0, {}
     if resume and (ckpt := latest_checkpoint(out)):
         state = load_checkpoint(acc, ckpt)
@@ -133,8 +140,22 @@ def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run
     metrics_log = MetricsLog(out, acc)
     metrics_log.keep_until(start)
     # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
-    return Run(cfg, out, acc, policy, setup.defender, adversary, setup, opt, sched, metrics_log, start,
-               state, extra, time.time())
+    return Run(
+        cfg,
+        out,
+        acc,
+        policy,
+        setup.defender,
+        adversary,
+        setup,
+        opt,
+        sched,
+        metrics_log,
+        start,
+        state,
+        extra,
+        time.time(),
+    )
 
 
 def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:

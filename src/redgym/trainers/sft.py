@@ -42,15 +42,21 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
     counters = run.state.get("counters", {})
     metrics: dict[str, float] = {}
 
-    for step in tqdm(range(run.start, cfg.steps), desc="train sft", initial=run.start, total=cfg.steps,
-                     disable=not (progress and acc.is_main_process)):
+    for step in tqdm(
+        range(run.start, cfg.steps),
+        desc="train sft",
+        initial=run.start,
+        total=cfg.steps,
+        disable=not (progress and acc.is_main_process),
+    ):
         t0 = time.time()
         # 1 examples: a pure function of (seed, step), so a resumed run draws the same ones
         rng = np.random.default_rng([cfg.seed, step])
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]
         batch = rank_share(batch, acc)  # several processes: each its share of the step's examples
-        ctx = [adversary.encode_context(adversary.render([("prompt", first)], "adversary"), budget)
-               for first, _ in batch]
+        ctx = [
+            adversary.encode_context(adversary.render([("prompt", first)], "adversary"), budget) for first, _ in batch
+        ]
         target = [tok(rest, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens] for _, rest in batch]
         # 2-3 mean token NLL of the taught rests, accumulated over micro-batches into one update
         policy.model.train()
@@ -58,8 +64,9 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         n_tokens = sum(len(t) for t in target)
         with accumulate_locally(acc, policy.model):
             for i in range(0, len(batch), cfg.micro_batch_size):
-                o = continuation_forward(policy.model, ctx[i:i + cfg.micro_batch_size],
-                                         target[i:i + cfg.micro_batch_size], pad)
+                o = continuation_forward(
+                    policy.model, ctx[i : i + cfg.micro_batch_size], target[i : i + cfg.micro_batch_size], pad
+                )
                 loss = -(o.logps * o.mask).sum() / n_tokens
                 if not finite_or_skip(loss, counters, step):
                     continue
@@ -72,10 +79,12 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
             sched.step()
             opt.zero_grad()
         # 4 log + checkpoint
-        metrics = {"loss/sft": float(np.sum(losses)) if losses else float("nan"),
-                   "train/lr": sched.get_last_lr()[0],
-                   "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
-                   "time/step_s": time.time() - t0}
+        metrics = {
+            "loss/sft": float(np.sum(losses)) if losses else float("nan"),
+            "train/lr": sched.get_last_lr()[0],
+            "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
+            "time/step_s": time.time() - t0,
+        }
         if end_step(run, step, metrics, {"counters": counters}):
             break
     finish_run(run)

@@ -28,8 +28,9 @@ class StopRequest:
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("%s: finishing this step, then a checkpoint, then stop (again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s: finishing this step, then a checkpoint, then stop (again to stop at once)", signal.Signals(signum).name
+        )
 
     def requested(self, acc) -> int | None:
         """The signal to stop on, agreed by every process (one process's signal stops them all at one step)."""

@@ -20,14 +20,21 @@ class TrainConfig(RunConfig):
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(5, "linear learning-rate warmup steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
-    reward_curriculum_steps: int = _f(0, "the reward starts as the adversary's own toxicity (exact: the trainer "
-                                         "learns it fast, and the defender's toxicity follows it) and anneals "
-                                         "linearly to the configured reward over the first N steps; 0 = off")
+    reward_curriculum_steps: int = _f(
+        0,
+        "the reward starts as the adversary's own toxicity (exact: the trainer "
+        "learns it fast, and the defender's toxicity follows it) and anneals "
+        "linearly to the configured reward over the first N steps; 0 = off",
+    )
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    micro_batch_size: int = _f(4, "sequences per forward/backward pass (4 on CPU: 0.6x the peak memory of 8 "
-                                  "and 0.84x the time, bench/train_memory.py)")
-    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass: less peak memory, "
-                                             "slower training passes")
+    micro_batch_size: int = _f(
+        4,
+        "sequences per forward/backward pass (4 on CPU: 0.6x the peak memory of 8 "
+        "and 0.84x the time, bench/train_memory.py)",
+    )
+    gradient_checkpointing: bool = _f(
+        False, "recompute activations in the backward pass: less peak memory, slower training passes"
+    )
     # --- adapter ---------------------------------------------------------------------------------------------
     lora: bool = _f(True, "train a LoRA adapter (peft); false = full fine-tuning with a separate reference copy")
     lora_r: int = _f(16, "LoRA rank")
@@ -35,18 +42,25 @@ class TrainConfig(RunConfig):
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_targets: str = _f("all-linear", "LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
     load_in_4bit: bool = _f(False, "4-bit base weights (bitsandbytes; CUDA only)")
-    fast_generation: bool = _f(True, "sample from peft-free copies (adapter merged / base): ~1.7x faster on CPU, "
-                                     "+2 model copies in memory; float32 only (a bf16 merge rounds small updates "
-                                     "away, so bf16/fp16 runs sample through peft); false = sample through peft")
-    on_policy_sampling: bool = _f(True, "sample training rollouts from exactly the distribution the loss uses "
-                                        "(temperature only: no top_p, top_k, repetition penalty or minimum "
-                                        "length); evaluation keeps them")
+    fast_generation: bool = _f(
+        True,
+        "sample from peft-free copies (adapter merged / base): ~1.7x faster on CPU, "
+        "+2 model copies in memory; float32 only (a bf16 merge rounds small updates "
+        "away, so bf16/fp16 runs sample through peft); false = sample through peft",
+    )
+    on_policy_sampling: bool = _f(
+        True,
+        "sample training rollouts from exactly the distribution the loss uses "
+        "(temperature only: no top_p, top_k, repetition penalty or minimum "
+        "length); evaluation keeps them",
+    )
     # --- bookkeeping -----------------------------------------------------------------------------------------
     checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted first)")
     log_with: str = _f("none", "extra metric sink: none, tensorboard or wandb")
-    eval_after: bool = _f(True, "redgym train: evaluate trained vs untuned adversary on the run's test prompts "
-                                "when training ends")
+    eval_after: bool = _f(
+        True, "redgym train: evaluate trained vs untuned adversary on the run's test prompts when training ends"
+    )
 
     def validate(self) -> None:
         super().validate()
