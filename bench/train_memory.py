@@ -93,7 +93,8 @@ def main() -> None:
         + " ".join(
             [f"{n}_peak_gb={r['peak_gb']:.3f} {n}_s_per_pair={r['s_per_pair']:.3f}" for n, r in res.items()]
             + [
-                f"{n}_peak_ratio={r['peak_gb'] / base['peak_gb']:.3f} {n}_time_ratio={r['s_per_pair'] / base['s_per_pair']:.3f}"
+                f"{n}_peak_ratio={r['peak_gb'] / base['peak_gb']:.3f} "
+                f"{n}_time_ratio={r['s_per_pair'] / base['s_per_pair']:.3f}"
                 for n, r in res.items()
                 if n != "mb8"
             ]

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import tiny_experiment
+from safetensors.torch import load_file
 
 VOLATILE = ("time", "time/", "sys/")  # wall-clock and memory readings differ between any two runs
 
@@ -100,17 +99,10 @@ def test_sigkill_during_an_experiment_resumes_at_its_arm_and_ends_as_a_straight_
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda out: [
-        sys.executable,
-        "-m",
-        "redgym",
-        "experiment",
-        "--config",
-        str(cfg),
-        "--out",
-        str(out),  # noqa: E731
-        "--quiet",
-    ]
+
+    def run(out):
+        return [sys.executable, "-m", "redgym", "experiment", "--config", str(cfg), "--out", str(out), "--quiet"]
+
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert subprocess.run(run(straight), env=env, capture_output=True, timeout=300).returncode == 0
 

@@ -139,8 +139,8 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ("id,text\na,hello\n".encode(), "no 'label' column"),
-        ("id,text,label\na,hello,maybe\n".encode(), "row 2: label 'maybe' is not one of"),
+        (b"id,text\na,hello\n", "no 'label' column"),
+        (b"id,text,label\na,hello,maybe\n", "row 2: label 'maybe' is not one of"),
         (b"", "is empty"),
         ("id,text,label\na,caf\u00e9,harmful\n".encode("cp1252"), "not UTF-8"),
     ],

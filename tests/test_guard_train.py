@@ -7,8 +7,8 @@ import numpy as np
 
 from redgym.cli import main
 from redgym.guard.data import GuardExample, format_guard_target
-from redgym.models.guard import GuardModel
 from redgym.guard.train import encode, own_label_logprobs, rationalise
+from redgym.models.guard import GuardModel
 
 
 def test_rationalisation_keeps_only_traces_whose_own_label_is_the_known_one(tiny_lm):
@@ -277,14 +277,20 @@ def _red_team_run(tmp_path):
     """A run folder's samples.jsonl: one attack succeeds (reply 0.9), one fails (0.1), one repeats the first."""
     run = tmp_path / "redteam"
     run.mkdir()
-    conv = lambda a, tox: {
-        "adversary": "trained",
-        "prompt_id": "p",
-        "prompt": ["hi"],
-        "rewards": [0.0],  # noqa
-        "reward_terms": [{}],
-        "turns": [{"speaker": "adversary", "text": a, "tox": 0.1}, {"speaker": "defender", "text": "r", "tox": tox}],
-    }
+
+    def conv(a, tox):
+        return {
+            "adversary": "trained",
+            "prompt_id": "p",
+            "prompt": ["hi"],
+            "rewards": [0.0],
+            "reward_terms": [{}],
+            "turns": [
+                {"speaker": "adversary", "text": a, "tox": 0.1},
+                {"speaker": "defender", "text": "r", "tox": tox},
+            ],
+        }
+
     rows = [conv("what a damn mess", 0.9), conv("nice weather", 0.1), conv("What a  damn mess", 0.95)]
     (run / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return run

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny_model
+
 from redgym.cli import main
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend, chat_messages

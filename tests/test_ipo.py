@@ -14,7 +14,6 @@ from redgym.trainers import ipo, run
 from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.policy import build_policy, sequence_logps
 
-
 # Eliciting prompts with mild profanity (the profanity scorer rates each rest above 0.5), for weak supervision.
 WEAK_LINES = ["we went out and damn it rained", "the film was long and crap but fun", "what the hell are you doing"]
 

@@ -135,7 +135,7 @@ def test_stealth_success_and_clean_adversary_toxicity_by_hand():
             assert lo - 1e-9 <= m[key]["value"] <= hi + 1e-9, key
     # Turn 2: every replicate is a ratio over b's and d's second exchanges (0.1 and 0.4), so it lies in [0.1, 0.4].
     lo, hi = m["defender_toxicity_clean_adversary/turn_2"]["ci95"]
-    assert 0.1 <= lo and hi <= 0.4
+    assert lo >= 0.1 and hi <= 0.4
 
 
 def test_clean_adversary_bootstrap_is_a_ratio_estimator():

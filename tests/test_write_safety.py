@@ -83,10 +83,10 @@ def test_writers_leave_whole_files_and_no_temporaries(tmp_path):
     import matplotlib.pyplot as plt
 
     atomic_write(tmp_path / "a.txt", "one\n")
-    with pytest.raises(RuntimeError):  # a failure while writing leaves the old file and no temporary file
-        with atomic_files(tmp_path) as tmp:
-            (tmp / "a.txt").write_text("two\n")
-            raise RuntimeError("killed")
+    # a failure while writing leaves the old file and no temporary file
+    with pytest.raises(RuntimeError), atomic_files(tmp_path) as tmp:
+        (tmp / "a.txt").write_text("two\n")
+        raise RuntimeError("killed")
     assert (tmp_path / "a.txt").read_text() == "one\n"
     with atomic_files(tmp_path) as tmp:
         (tmp / "a.txt").write_text("three\n")

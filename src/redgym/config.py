@@ -227,7 +227,7 @@ class RunConfig(ConfigFields):
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
         need(
-            0 <= self.dev_fraction and 0 < self.test_fraction and self.dev_fraction + self.test_fraction < 1,
+            self.dev_fraction >= 0 and self.test_fraction > 0 and self.dev_fraction + self.test_fraction < 1,
             "dev_fraction + test_fraction must be below 1 and test_fraction above 0",
         )
         need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")

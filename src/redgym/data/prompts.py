@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from redgym.errors import RedgymError
 from redgym.assets import package_dir
+from redgym.errors import RedgymError
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ defined ones (sklearn's ``zero_division=np.nan``), which keeps bootstrap resampl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib
 

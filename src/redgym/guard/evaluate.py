@@ -27,8 +27,8 @@ from redgym.guard.data import (
     read_guard_test,
     read_guard_train,
 )
-from redgym.models.guard import GuardModel
 from redgym.guard.quality import KeywordGuard, default_keywords
+from redgym.models.guard import GuardModel
 from redgym.models.lm import LM
 from redgym.models.loading import adapter_base, load_model, root_model
 from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable, write_json, write_jsonl

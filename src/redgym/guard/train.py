@@ -5,7 +5,8 @@ not, so they are made by rationalisation (GuardReasoner's recipe, for a model wi
 asked, given the known label, to explain it; a trace is kept only when, read by the model as a guard, it leads to
 the known label (by default calibrated: it moves log p(harmful) - log p(safe) after "Label:" towards the known label
 compared with no reasoning, since a small model prefers one label whatever the text); the keep rate per label is
-reported, and inputs without a kept trace are left out. SFT is LoRA on the guard's answer only (the request and instruction carry no loss).
+reported, and inputs without a kept trace are left out. SFT is LoRA on the guard's answer only (the request and
+instruction carry no loss).
 
 SFT step: (1) ``batch_size`` examples, a pure function of (seed, step); (2-3) mean NLL of the answers given the
 prompts; (4) update, log, checkpoint (resumable).

@@ -1,5 +1,6 @@
 """Model loading and the LM wrapper (generation with log-probs, continuation NLL)."""
 
+from redgym.assets import package_dir
 from redgym.models.lm import (
     LM,
     ContinuationOutput,
@@ -10,7 +11,6 @@ from redgym.models.lm import (
     render_chat,
     render_plain,
 )
-from redgym.assets import package_dir
 from redgym.models.loading import KNOWN_MODELS, cache_dir, load_model, resolve_device, resolve_dtype
 
 __all__ = [

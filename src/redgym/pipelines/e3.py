@@ -154,6 +154,7 @@ def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     link = f"docs/results/{name}/report.md"
     comparison = (out / "exploit" / "comparison.md").read_text(encoding="utf-8")
     comparison = comparison.replace("](plots/", f"](docs/results/{name}/")
-    body = f"The whole pipeline report (explore clusters, establish F1 and confusion matrix, exploit): [{link}]({link}).\n\n"
+    what = "The whole pipeline report (explore clusters, establish F1 and confusion matrix, exploit)"
+    body = f"{what}: [{link}]({link}).\n\n"
     atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name, body + demote(comparison)))
     return target / "report.md"

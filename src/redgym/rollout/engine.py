@@ -8,7 +8,7 @@ trained on, while the defender keeps the evaluation settings), and each adversar
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 

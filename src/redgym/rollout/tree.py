@@ -4,8 +4,8 @@ and expand every child to the next depth. All nodes of one depth are generated t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -15,9 +15,9 @@ it ``classifier:DIR[#label]``. No pickle anywhere: weights are safetensors, the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from redgym.errors import RedgymError
 

@@ -13,7 +13,6 @@ from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import score_conversations
 
-
 REPLY_KEYS = ("tox_defender", "tox_combined", "tox_defender_replies", "tox_combined_replies")
 
 
@@ -52,6 +51,14 @@ def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Epis
 
 def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (k - r.shape[-1], 0)) for r in rows])
+
+
+def minibatch_tensors(
+    tensors: dict[str, torch.Tensor], idx, width: int, device, names: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """The step's right-aligned (B, K) tensors ``names`` at rows ``idx``, cut to the minibatch's longest response
+    (its last ``width`` columns) and moved to ``device``."""
+    return {n: tensors[n][idx][:, tensors[n].shape[1] - width :].to(device) for n in names}
 
 
 def sibling_reply_terms(ep: Episodes, scores: dict, weights) -> list:

@@ -27,7 +27,14 @@ from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
-from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
+from redgym.trainers.episodes import (
+    Episodes,
+    episodes_from,
+    minibatch_tensors,
+    pad_right_aligned,
+    roll_out,
+    sibling_reply_terms,
+)
 from redgym.trainers.losses import (
     group_advantages,
     group_rank_advantages,
@@ -147,7 +154,6 @@ def update(
     """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
     pad = policy.tokenizer.pad_token_id
     t = ep.tensors
-    k = t["mask"].shape[1]
     dev = next(policy.model.parameters()).device
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "kl", "clipfrac", "first_ratio_dev")}
     for _ in range(cfg.ppo_epochs):
@@ -163,12 +169,11 @@ def update(
                     cfg.temperature,
                     with_entropy=cfg.ent_coef > 0,
                 )
-                kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
-                sel = lambda name: t[name][idx][:, k - kk :].to(dev)  # noqa: E731
-                mask, old = sel("mask"), sel("old")
+                mb = minibatch_tensors(t, idx, out.mask.shape[1], dev, ("mask", "old", "ref"))
+                mask, old = mb["mask"], mb["old"]
                 adv = t["advantages"][idx].to(dev)[:, None].expand_as(mask)  # (B,) -> every token (B, K)
                 pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range)
-                kl = masked_mean(kl_k3(out.logps, sel("ref")), mask)
+                kl = masked_mean(kl_k3(out.logps, mb["ref"]), mask)
                 loss = pg + cfg.kl_coef * kl
                 if cfg.ent_coef > 0:
                     loss = loss - cfg.ent_coef * masked_mean(out.entropy, mask)

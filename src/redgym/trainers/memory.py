@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import resource
@@ -24,7 +25,5 @@ def release_memory() -> None:
     """Return freed heap to the OS after a step. Steps alternate long generation caches and training
     activations of varying shapes; without a trim glibc keeps the freed arenas and RSS creeps up step by step."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass

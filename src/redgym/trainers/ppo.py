@@ -26,7 +26,14 @@ from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
-from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
+from redgym.trainers.episodes import (
+    Episodes,
+    episodes_from,
+    minibatch_tensors,
+    pad_right_aligned,
+    roll_out,
+    sibling_reply_terms,
+)
 from redgym.trainers.losses import (
     gae,
     kl_k1,
@@ -148,7 +155,6 @@ def ppo_epochs(
     """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
     pad = policy.tokenizer.pad_token_id
     t = ep.tensors
-    k = t["mask"].shape[1]
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
     dev = next(policy.model.parameters()).device
     for _ in range(cfg.ppo_epochs):
@@ -165,16 +171,15 @@ def ppo_epochs(
                     with_entropy=cfg.ent_coef > 0,
                     with_hidden=True,
                 )
-                kk = out.mask.shape[1]  # this minibatch's longest response; align with the step's K
-                sel = lambda name: t[name][idx][:, k - kk :].to(dev)  # noqa: E731
-                mask = sel("mask")
-                pg, clipfrac, approx_kl = ppo_policy_loss(
-                    out.logps, sel("old"), sel("advantages"), mask, cfg.clip_range
+                mb = minibatch_tensors(
+                    t, idx, out.mask.shape[1], dev, ("mask", "old", "advantages", "values", "returns")
                 )
+                mask = mb["mask"]
+                pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, mb["old"], mb["advantages"], mask, cfg.clip_range)
                 if not stats["first_ratio_dev"]:  # the first minibatch: the policy the rollout sampled from
-                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, sel("old"), mask))
+                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, mb["old"], mask))
                 values = value_head(out.hidden) * mask
-                vf = ppo_value_loss(values, sel("values"), sel("returns"), mask, cfg.clip_range_value)
+                vf = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.clip_range_value)
                 loss = pg + cfg.vf_coef * vf
                 if cfg.ent_coef > 0:
                     ent = masked_mean(out.entropy, mask)
