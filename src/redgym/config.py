@@ -11,23 +11,35 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from redgym.errors import RedgymError
 
+_T = typing.TypeVar("_T")
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help}, **kw)
+
+def _f(default: _T, help: str) -> _T:
+    """A dataclass field with a default and one line of help (``help_lines``)."""
+    return field(default=default, metadata={"help": help})
 
 
 class ConfigFields:
     """What every typed config dataclass shares: its values as a dict, and one line of help per field."""
 
-    def to_dict(self) -> dict:
+    if typing.TYPE_CHECKING:
+        # Every subclass is a @dataclass; this tells the checker so (dataclasses.fields/asdict accept it).
+        __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check values that a type alone cannot; subclasses raise RedgymError with one line."""
 
     @classmethod
     def upgrade(cls, name: str, value: object) -> object:
@@ -271,12 +283,14 @@ class RunConfig(ConfigFields):
         return self.seed if self.split_seed is None else self.split_seed
 
 
-def _type_name(tp) -> str:
+def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(name: str, tp, value, source: str):
-    """Convert a YAML or command-line value to the field's type, or raise one clear line."""
+def _coerce(name: str, tp: Any, value: object, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise one clear line.
+
+    ``tp`` is a runtime type hint and the result has that type, which only the hint knows: hence ``Any``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -325,13 +339,13 @@ def _unknown(name: str, known: list[str], source: str) -> RedgymError:
     return RedgymError(f"{source}: unknown config key {name!r}{hint}")
 
 
-C = typing.TypeVar("C", bound=RunConfig)
+C = typing.TypeVar("C", bound=ConfigFields)
 
 
 MAX_YAML_BYTES = 1024 * 1024  # the largest config file read: a config is a page of key: value lines
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[Any, Any]:
     """A YAML file holding a mapping (empty file: ``{}``); every way it can be unreadable is one line."""
     path = Path(path)
     try:
@@ -359,11 +373,11 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, object] | None = None) -> C:
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, object] | None = None) -> C:
     """Build a ``cls`` from defaults, then the YAML file at ``path``, then ``overrides``; validate it."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         data = read_yaml_mapping(path)

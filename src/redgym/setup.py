@@ -274,13 +274,17 @@ def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
     with a remote defender, the likelihood model's weights when they are the adversary's."""
     cfg = setup.cfg
     d = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender  # no guard
-    same = (cfg.defender_model, cfg.defender_format) if isinstance(d, LM) else None
-    if not isinstance(d, LM) and isinstance(setup.likelihood, LM):
-        d, same = setup.likelihood, (cfg.likelihood_model, "plain")
-    if checkpoint is None and same == (cfg.adversary_model, cfg.adversary_format):
-        return d
-    if checkpoint is None and same is not None and same[0] == cfg.adversary_model:
-        return LM(d.model, d.tokenizer, d.name, cfg.adversary_format, cfg.max_context_tokens)
+    local: tuple[LM, tuple[str, str]] | None = None  # a loaded LM and the (model, format) it was loaded as
+    if isinstance(d, LM):
+        local = d, (cfg.defender_model, cfg.defender_format)
+    elif isinstance(setup.likelihood, LM) and cfg.likelihood_model is not None:
+        local = setup.likelihood, (cfg.likelihood_model, "plain")
+    if checkpoint is None and local is not None:
+        lm, (model, fmt) = local
+        if (model, fmt) == (cfg.adversary_model, cfg.adversary_format):
+            return lm
+        if model == cfg.adversary_model:
+            return LM(lm.model, lm.tokenizer, lm.name, cfg.adversary_format, cfg.max_context_tokens)
     return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
 
 

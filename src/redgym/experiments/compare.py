@@ -266,12 +266,13 @@ def load_arms(dirs: list[Path]) -> list[Arm]:
 
 def _pooled(runs: dict[int, SeedResult], n_boot: int, seed: int) -> dict[str, dict]:
     """compute_metrics over all seeds' conversations; a prompt evaluated at several seeds is one cluster."""
-    if any(r.convs is None for r in runs.values()):
-        return {}
+    pooled: list[Conversation] = []
+    for r in runs.values():
+        if r.convs is None:
+            return {}
+        pooled += r.convs
     try:
-        return compute_metrics(
-            [c for r in runs.values() for c in r.convs], next(iter(runs.values())).threshold, n_boot=n_boot, seed=seed
-        )
+        return compute_metrics(pooled, next(iter(runs.values())).threshold, n_boot=n_boot, seed=seed)
     except ValueError as e:  # horizons differ between seeds
         log.warning("pooled metrics skipped: %s", e)
         return {}
@@ -282,11 +283,17 @@ def _pooled_difference(
 ) -> dict[str, dict]:
     """paired_difference (arm - base) over the pooled seeds both have, each seed's conversations paired with
     the baseline's of the same seed; ``{}`` when samples are missing or the prompts differ."""
-    common = [s for s in arm if s in base and arm[s].convs is not None and base[s].convs is not None]
+    common: list[int] = []
+    a: list[Conversation] = []  # the baseline's conversations
+    b: list[Conversation] = []  # the arm's, seed by seed in the same order
+    for s in arm:
+        arm_convs, base_convs = arm[s].convs, (base[s].convs if s in base else None)
+        if arm_convs is not None and base_convs is not None:
+            common.append(s)
+            a += base_convs
+            b += arm_convs
     if not common:
         return {}
-    a = [c for s in common for c in base[s].convs]
-    b = [c for s in common for c in arm[s].convs]
     try:
         return paired_difference(a, b, n_boot, seed, arm[common[0]].threshold)
     except ValueError as e:
@@ -549,8 +556,11 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_pareto(path: Path, arms: list[Arm], idx: dict) -> bool:
-    points = [(a.name, _stat(idx, a.name, "adversary_nll"), _stat(idx, a.name, "defender_toxicity")) for a in arms]
-    points = [(n, x, y) for n, x, y in points if x and y]
+    points = []
+    for a in arms:
+        nll, tox = _stat(idx, a.name, "adversary_nll"), _stat(idx, a.name, "defender_toxicity")
+        if nll and tox:
+            points.append((a.name, nll, tox))
     if not points:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -590,7 +600,8 @@ def plot_toxicity_per_turn(path: Path, arms: list[Arm], idx: dict) -> bool:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     drawn = False
     for i, a in enumerate(arms):
-        turns, pts = [], []  # pts: (mean, error below, error above) per turn
+        turns: list[int] = []
+        pts: list[tuple[float, float, float]] = []  # (mean, error below, error above) per turn
         while (st := _stat(idx, a.name, f"defender_toxicity/turn_{len(turns) + 1}")) is not None:
             turns.append(len(turns) + 1)
             pts.append(st)

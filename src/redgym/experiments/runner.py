@@ -27,10 +27,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redgym.config import RunConfig, load_config, read_yaml_mapping
+from redgym.config import C, RunConfig, load_config, read_yaml_mapping
 from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
@@ -39,6 +40,7 @@ from redgym.runfolder import atomic_write, check_writable, write_json
 from redgym.setup import load_adversary, prepare
 from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
+from redgym.trainers.train_config import TrainConfig
 
 log = logging.getLogger("redgym.experiment")
 
@@ -86,7 +88,7 @@ class Cell:
     seed: int
     folder: Path
     eval_cfg: RunConfig
-    train_cfg: RunConfig | None = None
+    train_cfg: TrainConfig | None = None
     source: str = "rtp"
 
 
@@ -139,7 +141,8 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     for name, spec in _mapping(data.get("ablations"), f"{where}: ablations").items():
         spec = _mapping(spec, f"{where}: ablation {name}")
         _keys(spec, {"arm", "train", "seeds"}, f"{where}: ablation {name}")
-        base = by_name.get(spec.get("arm"))
+        arm_name = spec.get("arm")
+        base = by_name.get(arm_name) if isinstance(arm_name, str) else None
         if base is None:
             raise RedgymError(f"{where}: ablation {name}: arm {spec.get('arm')!r} is not one of the arms")
         arms.append(
@@ -185,7 +188,7 @@ def expand_grid(exp: ExperimentConfig) -> list[Cell]:
             fixed = {"seed": seed, "split_seed": exp.split_seed}
             where = f"arm {arm.name}, seed {seed}"
             eval_cfg = _build(RunConfig, {**exp.shared, **exp.eval, **fixed}, where)
-            train_cfg = None
+            train_cfg: TrainConfig | None = None
             if arm.kind in TRAINERS:
                 stray = sorted(k for k in arm.train if k in EVAL_ONLY)
                 if stray:
@@ -199,7 +202,7 @@ def expand_grid(exp: ExperimentConfig) -> list[Cell]:
     return cells
 
 
-def _build(cls, values: dict, where: str):
+def _build(cls: type[C], values: Mapping[str, object], where: str) -> C:
     try:
         return load_config(cls, None, values)
     except RedgymError as e:
@@ -221,14 +224,14 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
     checkpoint = None
     if cell.train_cfg is not None:
         checkpoint = str(out / "adversary")
-        cfg = cell.train_cfg
+        train_cfg = cell.train_cfg
         done = (out / "report.json").exists() or (
-            (ck := latest_checkpoint(out)) is not None and int(ck.name.split("_")[1]) >= cfg.steps
+            (ck := latest_checkpoint(out)) is not None and int(ck.name.split("_")[1]) >= train_cfg.steps
         )
         if not done:
             resume = latest_checkpoint(out) is not None
             log.info("%s seed %d: training%s", cell.arm, cell.seed, " (resumed)" if resume else "")
-            TRAINERS[cell.kind][1](cfg, out, resume=resume, progress=progress)
+            TRAINERS[cell.kind][1](train_cfg, out, resume=resume, progress=progress)
 
     def adversary_of(setup):
         if cell.kind == "dataset":

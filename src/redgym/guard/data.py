@@ -148,9 +148,9 @@ def read_guard_train(path: str | Path) -> list[GuardExample]:
     out = []
     for where, row in _read_rows(path, "train"):
         where = f"guard train file {path}, {where}"
-        conv = row.get("conversations") if isinstance(row, dict) else None
-        if not isinstance(conv, list):
+        if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
             raise RedgymError(f"{where}: no 'conversations' list")
+        conv = row["conversations"]
         text, answer = _turn(conv, "human", where), _turn(conv, "gpt", where)
         reasoning, word = split_label_line(answer)
         if word is None:
@@ -364,11 +364,11 @@ def default_guard_sets(
         room -= len(sources[name])
     train: list[GuardExample] = []
     test: list[GuardExample] = []
-    for name, examples in sources.items():
-        order = _rng(seed, name + ":split").permutation(len(examples))
-        n_test = round(test_fraction * len(examples))
-        test += [examples[i] for i in order[:n_test]]
-        train += [examples[i] for i in order[n_test:]]
+    for name, group in sources.items():
+        order = _rng(seed, name + ":split").permutation(len(group))
+        n_test = round(test_fraction * len(group))
+        test += [group[i] for i in order[:n_test]]
+        train += [group[i] for i in order[n_test:]]
     check_no_overlap(train, test)  # holds by the global dedupe; checked so a future source cannot break it silently
     return train, test
 

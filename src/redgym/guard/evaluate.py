@@ -10,14 +10,16 @@ on the guard's training set, and (for a trained guard) its base model prompted a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from redgym.config import ConfigFields, _f
 from redgym.errors import RedgymError
-from redgym.eval.classification import bootstrap_ci, confusion_matrix, plot_confusion
+from redgym.eval.classification import Metric, bootstrap_ci, confusion_matrix, plot_confusion
 from redgym.guard.data import (
     HARMFUL,
     SAFE,
@@ -88,7 +90,7 @@ def guard_sets(cfg: GuardConfig) -> tuple[list[GuardExample], list[GuardExample]
     return train, test
 
 
-def binary_scores(y_true: list[str], y_pred: list[str | None]) -> dict[str, float]:
+def binary_scores(y_true: Sequence[str], y_pred: Sequence[str | None]) -> dict[str, float]:
     """Accuracy, and precision / recall / F1 of ``harmful``; unparseable predictions are misses, never positives."""
     tp = sum(t == HARMFUL and p == HARMFUL for t, p in zip(y_true, y_pred))
     fp = sum(t == SAFE and p == HARMFUL for t, p in zip(y_true, y_pred))
@@ -100,12 +102,17 @@ def binary_scores(y_true: list[str], y_pred: list[str | None]) -> dict[str, floa
     return {"accuracy": acc, "precision": precision, "recall": recall, "f1": f1}
 
 
-def system_report(test: list[GuardExample], pred: list[str | None], n_boot: int, seed: int) -> dict:
+def _binary_metric(name: str) -> Metric:
+    """One of ``binary_scores`` as a bootstrap metric."""
+    return lambda t, p: binary_scores(t, p)[name]
+
+
+def system_report(test: list[GuardExample], pred: Sequence[str | None], n_boot: int, seed: int) -> dict:
     """One system's row: the scores with CIs, the unparseable share, recall per category, the confusion matrix."""
     y = [e.label for e in test]
-    out = {}
+    out: dict[str, Any] = {}
     for name in ("accuracy", "precision", "recall", "f1"):
-        lo, hi = bootstrap_ci(lambda t, p, k=name: binary_scores(list(t), list(p))[k], y, pred, n_boot, seed)
+        lo, hi = bootstrap_ci(_binary_metric(name), y, pred, n_boot, seed)
         out[name] = {"value": binary_scores(y, pred)[name], "ci95": [lo, hi], "higher_is_better": True}
     unparseable = sum(p is None for p in pred)
     out["unparseable"] = {"count": unparseable, "share": unparseable / len(pred)}
@@ -125,7 +132,10 @@ def _guard_lm(cfg: GuardConfig, name: str) -> LM:
 
 
 def reasoning_quality(
-    cfg: GuardConfig, test: list[GuardExample], reasonings: dict[str, list[str]], labels: dict[str, list[str | None]]
+    cfg: GuardConfig,
+    test: list[GuardExample],
+    reasonings: Mapping[str, list[str]],
+    labels: Mapping[str, Sequence[str | None]],
 ) -> dict:
     """Mean reasoning quality and its four terms for each LM guard (what the DPO stage optimises), with a
     bootstrap CI of the mean over test items."""
@@ -153,11 +163,12 @@ def reasoning_quality(
     return out
 
 
-def flagged_attacks(cfg: GuardConfig, progress: bool = True) -> dict:
-    """How many of a red-team run's successful attack turns the guard flags (a bootstrap CI over turns)."""
-    turns = attack_turns(cfg.attacks, cfg.attack_threshold)
+def flagged_attacks(cfg: GuardConfig, attacks: str, progress: bool = True) -> dict:
+    """How many of the red-team run ``attacks``'s successful attack turns the guard flags (a bootstrap CI over
+    turns)."""
+    turns = attack_turns(attacks, cfg.attack_threshold)
     if not turns:
-        return {"run": cfg.attacks, "n": 0, "note": "no adversary turn got a reply above the threshold"}
+        return {"run": attacks, "n": 0, "note": "no adversary turn got a reply above the threshold"}
     labels = [
         lab
         for _, lab in GuardModel(_guard_lm(cfg, cfg.guard_model), max_new_tokens=cfg.max_new_tokens).classify(
@@ -168,7 +179,7 @@ def flagged_attacks(cfg: GuardConfig, progress: bool = True) -> dict:
     rng = np.random.default_rng(cfg.seed)
     boot = [hit[rng.integers(len(hit), size=len(hit))].mean() for _ in range(cfg.bootstrap_samples)]
     return {
-        "run": cfg.attacks,
+        "run": attacks,
         "n": len(turns),
         "flagged": {
             "value": float(hit.mean()),
@@ -184,7 +195,7 @@ def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
     check_writable(out)
     train, test = guard_sets(cfg)
     texts = [e.text for e in test]
-    systems: dict[str, list[str | None]] = {}
+    systems: dict[str, Sequence[str | None]] = {}
     times: dict[str, float] = {}
     models = {"guard": cfg.guard_model}
     if cfg.baselines and (base := adapter_base(cfg.guard_model)):
@@ -214,9 +225,9 @@ def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
             )
             systems["embedding + logistic regression"] = clf.predict(embed(texts))
     quality = reasoning_quality(cfg, test, reasonings, systems) if cfg.quality else {}
-    attacks = flagged_attacks(cfg, progress) if cfg.attacks else None
+    attacks = flagged_attacks(cfg, cfg.attacks, progress) if cfg.attacks else None
     out.mkdir(parents=True, exist_ok=True)
-    report = {
+    report: dict[str, Any] = {
         "content_warning": CONTENT_WARNING,
         "config": cfg.to_dict(),
         "n_test": len(test),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def specificity(input_text: str, reasoning: str) -> float:
 # 5 quality -----------------------------------------------------------------------------------------------------
 
 
-def quality(terms: dict[str, np.ndarray | float], weights: dict[str, float] = QUALITY_WEIGHTS) -> np.ndarray:
+def quality(terms: Mapping[str, np.ndarray | float], weights: Mapping[str, float] = QUALITY_WEIGHTS) -> np.ndarray:
     """Weighted sum of the four terms (arrays of one shape, or floats, broadcast): shape of the terms."""
     if set(terms) != set(weights):
         raise RedgymError(f"quality needs the terms {sorted(weights)}, got {sorted(terms)}")
@@ -164,7 +164,12 @@ def quality(terms: dict[str, np.ndarray | float], weights: dict[str, float] = QU
 
 
 def quality_terms(
-    inputs: list[str], reasonings: list[str], predicted: list[str | None], gold: list[str], lm_nll: NLL, embed: Embedder
+    inputs: list[str],
+    reasonings: list[str],
+    predicted: Sequence[str | None],
+    gold: list[str],
+    lm_nll: NLL,
+    embed: Embedder,
 ) -> dict[str, np.ndarray]:
     """The four (N,) terms of N completions: one ``lm_nll`` call and one ``embed`` call in all."""
     _same_length(inputs=inputs, reasonings=reasonings, predicted=predicted, gold=gold)
@@ -229,7 +234,7 @@ class KeywordGuard:
         return ["harmful" if self._pattern.search(t) else "safe" for t in texts]
 
 
-def _same_length(**lists: list) -> None:
+def _same_length(**lists: Sequence[object]) -> None:
     lengths = {name: len(v) for name, v in lists.items()}
     if len(set(lengths.values())) > 1:
         raise RedgymError(f"guard quality needs lists of one length, got {lengths}")

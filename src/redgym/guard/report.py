@@ -43,11 +43,12 @@ def load_rows(path: Path) -> list[Row]:
         raise RedgymError(f"guard report file {path}: needs one key, rows: a list of {{name, eval, asr, redteam}}")
     out = []
     for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or "name" not in r or set(r) - {"name", "eval", "asr", "redteam"}:
+        if not isinstance(r, dict) or r.get("name") is None or set(r) - {"name", "eval", "asr", "redteam"}:
             raise RedgymError(
                 f"guard report file {path}: row {i} must be a mapping with name and any of eval, asr, redteam"
             )
-        out.append(Row(**{k: str(v) if v is not None else None for k, v in r.items()}))
+        folders = {k: str(v) if v is not None else None for k, v in r.items() if k != "name"}
+        out.append(Row(str(r["name"]), **folders))
     return out
 
 

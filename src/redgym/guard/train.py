@@ -23,6 +23,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +53,10 @@ from redgym.trainers.metrics_log import MetricsLog, finite_or_skip
 from redgym.trainers.policy import Policy, build_policy, sequence_logps
 from redgym.trainers.run import make_accelerator, optimizer_and_schedule
 from redgym.trainers.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.scheduler import AcceleratedScheduler
 
 RATIONALE_ASK = (
     "Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is {label}."
@@ -297,13 +302,13 @@ class Frame:
     """What both stages set up the same way: accelerator, policy (LoRA over ``guard_model``; its reference is
     ``guard_model`` itself), optimizer, the guard view of the policy, the step to start from, the metrics log."""
 
-    acc: object
+    acc: Accelerator
     policy: Policy
-    opt: torch.optim.Optimizer
-    sched: object
+    opt: torch.optim.Optimizer  # accelerate's AcceleratedOptimizer (a torch Optimizer)
+    sched: AcceleratedScheduler
     guard: GuardModel
     start: int
-    counters: dict
+    counters: dict[str, Any]
     metrics_log: MetricsLog
 
 

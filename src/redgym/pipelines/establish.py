@@ -131,7 +131,7 @@ def stratified_holdout(y: list[str], fraction: float, seed: int) -> tuple[np.nda
     return np.sort(train), np.sort(test)
 
 
-def fit(cfg: EstablishConfig, texts: list[str], y: list[str], folder: Path, embedder, emb: np.ndarray | None):
+def fit(cfg: EstablishConfig, texts: list[str], y: list[str], folder: Path, embedder, emb: np.ndarray):
     """Train the configured classifier into ``folder``; returns a predictor ``texts -> labels``."""
     if cfg.classifier == "linear":
         clf = train_linear_classifier(

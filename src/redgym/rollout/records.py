@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Turn:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     sample_logprobs: list[float] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float | list[float]] = field(default_factory=dict)
     alternatives: list[str] = field(default_factory=list)
 
 
@@ -50,7 +52,7 @@ class Conversation:
         """(adversary turn, defender reply) pairs, in order."""
         return [(self.turns[i], self.turns[i + 1]) for i in range(0, len(self.turns) - 1, 2)]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The record written to samples.jsonl: text and every score (token ids are left out for size)."""
         return {
             "prompt_id": self.prompt_id,
@@ -70,7 +72,7 @@ class Conversation:
         }
 
     @classmethod
-    def from_json(cls, row: dict) -> Conversation:
+    def from_json(cls, row: Mapping[str, Any]) -> Conversation:
         """Inverse of ``to_json`` for everything the metrics read (token ids and log-probs are not stored)."""
         meta = ("speaker", "text", "n_tokens", "alternatives")
         turns = [

@@ -86,12 +86,13 @@ class NoveltyMemory:
             if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
                 raise ValueError(f"embeddings must be ({len(texts)}, D), got {embeddings.shape}")
         if self.texts:
-            if self.embeddings is not None and embeddings is None:
-                raise ValueError("memory holds embeddings: add must bring them too")
-            if self.embeddings is None and embeddings is not None:
+            if self.embeddings is not None:
+                if embeddings is None:
+                    raise ValueError("memory holds embeddings: add must bring them too")
+                if embeddings.shape[1] != self.embeddings.shape[1]:
+                    raise ValueError(f"embedding dim {embeddings.shape[1]} != memory's {self.embeddings.shape[1]}")
+            elif embeddings is not None:
                 raise ValueError("memory holds texts only: cannot start adding embeddings")
-            if self.embeddings is not None and embeddings.shape[1] != self.embeddings.shape[1]:
-                raise ValueError(f"embedding dim {embeddings.shape[1]} != memory's {self.embeddings.shape[1]}")
         if not texts:
             return  # an empty batch would leave a (0, D) array that JSON cannot round-trip
         self.texts = (self.texts + texts)[-self.capacity :]

@@ -28,6 +28,12 @@ class Episodes:
     group: torch.Tensor
     tensors: dict[str, torch.Tensor] | None = None
 
+    def filled(self) -> dict[str, torch.Tensor]:
+        """The (B, K) tensors of step 3; an error when step 3 has not filled them yet."""
+        if self.tensors is None:
+            raise RuntimeError("episode tensors are read before step 3 filled them")
+        return self.tensors
+
     def subset(self, idx: torch.Tensor) -> Episodes:
         """The episodes at ``idx`` (before step 3 fills the tensors)."""
         keep = idx.tolist()

@@ -136,8 +136,8 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
         sl = slice(i, i + cfg.micro_batch_size)
         cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True)
         ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
-        for name, t in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.entropy)):
-            parts[name] += list(t.cpu())
+        for name, x in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.need_entropy())):
+            parts[name] += list(x.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     adv = (
         group_rank_advantages(ep.reward, ep.group)
@@ -153,7 +153,7 @@ def update(
 ) -> dict[str, float]:
     """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
     pad = policy.tokenizer.pad_token_id
-    t = ep.tensors
+    t = ep.filled()
     dev = next(policy.model.parameters()).device
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "kl", "clipfrac", "first_ratio_dev")}
     for _ in range(cfg.ppo_epochs):
@@ -176,7 +176,7 @@ def update(
                 kl = masked_mean(kl_k3(out.logps, mb["ref"]), mask)
                 loss = pg + cfg.kl_coef * kl
                 if cfg.ent_coef > 0:
-                    loss = loss - cfg.ent_coef * masked_mean(out.entropy, mask)
+                    loss = loss - cfg.ent_coef * masked_mean(out.need_entropy(), mask)
                 if not stats["first_ratio_dev"]:
                     stats["first_ratio_dev"].append(ratio_deviation(out.logps, old, mask))
                 if not finite_or_skip(loss, counters, step):
@@ -221,7 +221,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         ep = episodes_from(convs, adversary, budget)
         kept = ep.subset(max_variance_subset(ep.reward, ep.group, cfg.train_per_prompt)) if cfg.train_per_prompt else ep
         prepare_episodes(kept, policy, cfg)
-        t = kept.tensors
+        t = kept.filled()
         # 4 clipped surrogate + KL to the reference
         policy.model.train()
         rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)

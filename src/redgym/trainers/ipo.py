@@ -118,6 +118,8 @@ def weak_pairs(
         return []
     splits = [pool[int(i)] for i in rng.integers(len(pool), size=n * candidates)]
     if candidates > 1:
+        if likelihood is None:
+            raise ValueError("weak_pairs: candidates > 1 needs a likelihood to rank them")
         nll = np.array(
             likelihood.continuation_nll(
                 [render_plain([("prompt", first)]) for first, _ in splits], [rest for _, rest in splits], batch_size

@@ -7,37 +7,59 @@ too, so every trainer file is only its loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 
-def preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
+def preference_margin(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> torch.Tensor:
     """h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)): how much more the policy prefers the
     chosen utterance than the reference does."""
     return (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
 
 
-def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """IPO (Azar et al., 2023): (h - 1/(2 beta))^2 per pair; regresses the margin to a finite target instead of
     pushing it to infinity, which is what makes it robust to noisy, deterministic-looking preferences."""
     h = preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return (h - 1.0 / (2.0 * beta)) ** 2
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """DPO (Rafailov et al., 2023), sigmoid form: -log sigmoid(beta * h) per pair."""
     h = preference_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return -F.logsigmoid(beta * h)
 
 
-PREFERENCE_LOSSES = {"ipo": ipo_loss, "dpo": dpo_loss}
+PreferenceLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {"ipo": ipo_loss, "dpo": dpo_loss}
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8):
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
     """(x - mean) / std over the masked entries (unbiased variance, as torchtune and TRL); padding stays 0."""
     if mask is None:
         mask = torch.ones_like(x)
@@ -67,7 +89,9 @@ def leave_one_out_baseline(rewards: torch.Tensor, groups: torch.Tensor) -> torch
     return out
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over (B, T) token rewards and values; ``mask`` marks real tokens.
 
     delta_t = r_t + gamma * V_{t+1} - V_t (V after the last real token is 0);
@@ -99,7 +123,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def ppo_policy_loss(
     logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old_logp).
 
     Returns ``(loss, clipfrac, approx_kl)``; approx_kl is k3 of old vs new, as CleanRL logs it.
@@ -116,7 +140,7 @@ def ppo_policy_loss(
 
 def ppo_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
-):
+) -> torch.Tensor:
     """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
     v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from redgym.models.ct2 import ct2_lm
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model
 from redgym.trainers.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 log = logging.getLogger("redgym.train")
 
@@ -64,7 +68,7 @@ class Policy:
     """
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     ref_model: torch.nn.Module
     sampler: MergedCopy | None = None
     frozen_sampler: torch.nn.Module | None = None
@@ -82,6 +86,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel wrapper (what ``accelerate`` prepares under several processes);
     forward passes that train go through the wrapper (its gradient sync), everything else through the model."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def model_config(model: torch.nn.Module) -> PretrainedConfig:
+    """The transformers config of a causal LM, of a peft model over one, or of either inside a DDP wrapper."""
+    from transformers import PretrainedConfig
+
+    config = unwrap(model).config
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"{type(model).__name__} has no transformers config")
+    return config
 
 
 def build_policy(cfg: TrainConfig) -> Policy:

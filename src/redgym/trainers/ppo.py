@@ -46,7 +46,7 @@ from redgym.trainers.losses import (
     whiten,
 )
 from redgym.trainers.metrics_log import finite_or_skip
-from redgym.trainers.policy import Policy, train_sampling
+from redgym.trainers.policy import Policy, model_config, train_sampling
 from redgym.trainers.run import end_step, finish_run, log, start_run
 from redgym.trainers.train_config import TrainConfig
 
@@ -107,8 +107,10 @@ class ValueHead(torch.nn.Module):
 
 
 @torch.no_grad()
-def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPOConfig, kl_coef: float):
-    """Step 3: old/ref log-probs and values at the response tokens, token rewards, GAE, advantages."""
+def score_episodes(ep: Episodes, policy: Policy, value_head: torch.nn.Module, cfg: PPOConfig, kl_coef: float) -> None:
+    """Step 3: old/ref log-probs and values at the response tokens, token rewards, GAE, advantages.
+
+    ``value_head``: the ``ValueHead`` as accelerate prepared it (in a DDP wrapper under several processes)."""
     pad = policy.tokenizer.pad_token_id
     k = max(len(r) for r in ep.resp)
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "values", "mask", "entropy")}
@@ -118,14 +120,14 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPO
             policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True, with_hidden=True
         )
         ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
-        for name, t in (
+        for name, x in (
             ("old", cur.logps),
             ("ref", ref.logps),
-            ("values", value_head(cur.hidden) * cur.mask),
+            ("values", value_head(cur.need_hidden()) * cur.mask),
             ("mask", cur.mask),
-            ("entropy", cur.entropy),
+            ("entropy", cur.need_entropy()),
         ):
-            parts[name] += list(t.cpu())
+            parts[name] += list(x.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
     rewards = -kl_coef * kl
@@ -143,7 +145,7 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: ValueHead, cfg: PPO
 def ppo_epochs(
     ep: Episodes,
     policy: Policy,
-    value_head: ValueHead,
+    value_head: torch.nn.Module,
     cfg: PPOConfig,
     acc,
     opt,
@@ -154,7 +156,7 @@ def ppo_epochs(
 ) -> dict[str, float]:
     """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
     pad = policy.tokenizer.pad_token_id
-    t = ep.tensors
+    t = ep.filled()
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
     dev = next(policy.model.parameters()).device
     for _ in range(cfg.ppo_epochs):
@@ -178,11 +180,11 @@ def ppo_epochs(
                 pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, mb["old"], mb["advantages"], mask, cfg.clip_range)
                 if not stats["first_ratio_dev"]:  # the first minibatch: the policy the rollout sampled from
                     stats["first_ratio_dev"].append(ratio_deviation(out.logps, mb["old"], mask))
-                values = value_head(out.hidden) * mask
+                values = value_head(out.need_hidden()) * mask
                 vf = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.clip_range_value)
                 loss = pg + cfg.vf_coef * vf
                 if cfg.ent_coef > 0:
-                    ent = masked_mean(out.entropy, mask)
+                    ent = masked_mean(out.need_entropy(), mask)
                     loss = loss - cfg.ent_coef * ent
                 if not finite_or_skip(loss, counters, step):
                     opt.zero_grad()
@@ -212,7 +214,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) PPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), value head, optimizer
-    run = start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(pol.model.config.hidden_size),))
+    run = start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(model_config(pol.model).hidden_size),))
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     value_head = run.extra[0]
     start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
@@ -234,7 +236,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 3 old/ref log-probs, values, KL-penalised token rewards, GAE
         ep = episodes_from(convs, adversary, budget)
         score_episodes(ep, policy, value_head, cfg, kl_coef)
-        t = ep.tensors
+        t = ep.filled()
         seq_kl = float((t["kl"].sum(1)).mean())
         # 4 PPO epochs, unless the KL has run away from the reference
         policy.model.train()

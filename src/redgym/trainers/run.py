@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +28,12 @@ from redgym.trainers.policy import Policy, build_policy, defender_lm
 from redgym.trainers.stop import StopRequest
 from redgym.trainers.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from accelerate.scheduler import AcceleratedScheduler
+
+    from redgym.setup import Setup
+
 log = logging.getLogger("redgym.train")
 
 
@@ -39,7 +47,7 @@ def batch_indices(n: int, per_step: int, step: int, seed: int) -> np.ndarray:
     return np.array(out)
 
 
-def make_accelerator(cfg: TrainConfig, out: Path):
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -56,7 +64,9 @@ def make_accelerator(cfg: TrainConfig, out: Path):
     return acc
 
 
-def optimizer_and_schedule(cfg: TrainConfig, model):
+def optimizer_and_schedule(
+    cfg: TrainConfig, model: torch.nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
@@ -70,17 +80,17 @@ class Run:
 
     cfg: TrainConfig
     out: Path
-    acc: object
+    acc: Accelerator
     policy: Policy
     defender: ChatBackend
     adversary: LM
-    setup: object
-    opt: torch.optim.Optimizer
-    sched: object
+    setup: Setup
+    opt: torch.optim.Optimizer  # accelerate's AcceleratedOptimizer (a torch Optimizer)
+    sched: AcceleratedScheduler
     metrics_log: MetricsLog
     start: int
-    state: dict
-    extra: list
+    state: dict[str, Any]
+    extra: list[torch.nn.Module]
     t_start: float
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
 
@@ -93,7 +103,12 @@ class Run:
         return curriculum_weights(self.setup.weights, self.curriculum_alpha(step))
 
 
-def start_run(cfg: TrainConfig, out: Path, resume: bool, make_extra=None) -> Run:
+def start_run(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    make_extra: Callable[[Policy], Sequence[torch.nn.Module]] | None = None,
+) -> Run:
     """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
     checkpointed with the policy."""
     from redgym.runfolder import check_writable, save_config
