@@ -26,10 +26,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/redgym train grpo --config configs/grpo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-# Lint and format checks first (seconds), then the suite.
+# Lint, format and type checks first (under a minute), then the suite.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -533,3 +533,13 @@ def test_grpo_trains_on_the_kept_samples_only(learnable_scorer, tiny_model_dir, 
     assert all(np.isfinite(r["loss/policy"]) and np.isfinite(r["reward/trained"]) for r in rows)
     lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)
+
+
+def test_minibatch_tensors_cut_the_right_aligned_rows_to_the_minibatch_width():
+    from redgym.trainers.episodes import minibatch_tensors
+
+    # 3 responses right-aligned in width 4; the minibatch (rows 2 and 0) is at most 2 tokens long
+    t = {"mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]), "old": torch.arange(12.0).reshape(3, 4)}
+    mb = minibatch_tensors(t, [2, 0], 2, "cpu", ("mask", "old"))
+    assert mb["mask"].tolist() == [[0, 1], [1, 1]]
+    assert mb["old"].tolist() == [[10.0, 11.0], [2.0, 3.0]]
