@@ -111,3 +111,20 @@ def test_ppo_value_loss_by_hand():
     ret = torch.tensor([[1.0, 0.0]])
     # token 1: unclipped (0.1)^2 = 0.01, clipped V=0.2 -> 0.64 -> max 0.64 ; token 2: 0 ; 0.5 * 0.32 = 0.16
     assert ppo_value_loss(values, old, ret, torch.ones(1, 2), clip=0.2).item() == pytest.approx(0.16)
+
+
+def test_clip_higher_raises_only_the_upper_bound():
+    from redgym.trainers.losses import ppo_policy_loss
+
+    # token 1: ratio 1.5, advantage +1; token 2: ratio 0.5, advantage -1
+    old = torch.log(torch.tensor([[0.2, 0.4]]))
+    new = torch.log(torch.tensor([[0.3, 0.2]]))
+    adv = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    # PPO (eps 0.2): token 1 max(-1.5, -1.2) = -1.2; token 2 max(0.5, 0.8) = 0.8; mean -0.2
+    assert ppo_policy_loss(new, old, adv, mask, clip=0.2)[0].item() == pytest.approx(-0.2)
+    # eps_high 0.28: token 1 -1.28, token 2 unchanged (the lower bound is still 0.8): mean -0.24
+    assert ppo_policy_loss(new, old, adv, mask, clip=0.2, clip_high=0.28)[0].item() == pytest.approx(-0.24)
+    # eps_high 1.0: token 1 is unclipped (-1.5): mean -0.35, and only token 2 counts as clipped
+    loss, clipfrac, _ = ppo_policy_loss(new, old, adv, mask, clip=0.2, clip_high=1.0)
+    assert loss.item() == pytest.approx(-0.35) and clipfrac.item() == pytest.approx(0.5)

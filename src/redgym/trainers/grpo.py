@@ -95,6 +95,12 @@ class GRPOConfig(TrainConfig):
     )
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
+    clip_range_high: float | None = _f(
+        None,
+        "upper ratio clip epsilon (DAPO's clip-higher; TRL's epsilon_high); None = clip_range. With 0.2 a rare "
+        "token can grow at most 1.2x per update, which is what makes a rare reward's takeoff late "
+        "(losses.ppo_policy_loss)",
+    )
     ent_coef: float = _f(0.0, "entropy bonus coefficient")
 
     @classmethod
@@ -122,6 +128,8 @@ class GRPOConfig(TrainConfig):
             raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
         if not 0 <= self.negative_weight <= 1:
             raise RedgymError(f"config: negative_weight must be in [0, 1], got {self.negative_weight}")
+        if self.clip_range_high is not None and self.clip_range_high <= 0:
+            raise RedgymError(f"config: clip_range_high must be > 0, got {self.clip_range_high}")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.kl_coef < 0:
             raise RedgymError("config: ppo_epochs must be >= 1, clip_range in (0, 1) and kl_coef >= 0")
 
@@ -172,7 +180,7 @@ def update(
                 mb = minibatch_tensors(t, idx, out.mask.shape[1], dev, ("mask", "old", "ref"))
                 mask, old = mb["mask"], mb["old"]
                 adv = t["advantages"][idx].to(dev)[:, None].expand_as(mask)  # (B,) -> every token (B, K)
-                pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range)
+                pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range, cfg.clip_range_high)
                 kl = masked_mean(kl_k3(out.logps, mb["ref"]), mask)
                 loss = pg + cfg.kl_coef * kl
                 if cfg.ent_coef > 0:

@@ -122,16 +122,26 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def ppo_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+    clip_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps)), r = exp(logp - old_logp).
+    """Clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-eps, 1+eps_high)), r = exp(logp - old_logp);
+    ``clip_high`` None means eps_high = eps (PPO).
 
+    A separate upper bound is DAPO's clip-higher (Yu et al. 2025): with eps = 0.2, a token the policy gives 1% can
+    reach at most 1.2% per update, so a rare good token takes ~13 updates to reach 10%; a larger eps_high lets
+    rare, well-rewarded tokens rise faster while the lower bound still limits how fast any token falls.
     Returns ``(loss, clipfrac, approx_kl)``; approx_kl is k3 of old vs new, as CleanRL logs it.
     """
+    high = clip if clip_high is None else clip_high
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + high)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
