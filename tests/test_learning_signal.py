@@ -378,6 +378,8 @@ def test_sft_changes_the_adapter(tiny_model_dir, prompt_file, tmp_path):
     rows = _read(out)
     assert len(rows) == 2 and all(np.isfinite(r["loss/sft"]) for r in rows)
     lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    # all-linear LoRA on the tiny Llama: q, k, v, o, gate, up and down projections in each of its 2 layers
+    assert len(lora_b) == 2 * 7
     assert all(float(v.abs().sum()) > 0 for v in lora_b)
 
 
@@ -543,3 +545,37 @@ def test_minibatch_tensors_cut_the_right_aligned_rows_to_the_minibatch_width():
     mb = minibatch_tensors(t, [2, 0], 2, "cpu", ("mask", "old"))
     assert mb["mask"].tolist() == [[0, 1], [1, 1]]
     assert mb["old"].tolist() == [[10.0, 11.0], [2.0, 3.0]]
+
+
+def test_groups_with_range_by_hand():
+    from redgym.trainers.losses import groups_with_range
+
+    # group 0 spans 0.9 - 0.02 = 0.88; group 1 spans 0.05 - 0.01 = 0.04; group 2 spans exactly 0.2
+    r = torch.tensor([0.02, 0.9, 0.05, 0.01, 0.1, 0.3])
+    g = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert groups_with_range(r, g, 0.2).tolist() == [0, 1, 4, 5]
+    assert groups_with_range(r, g, 0.5).tolist() == [0, 1]
+    assert groups_with_range(r, g, 0.0).tolist() == [0, 1, 2, 3, 4, 5]
+    assert groups_with_range(r, g, 1.0).tolist() == []
+
+
+def test_grpo_with_no_group_in_range_makes_no_update(learnable_scorer, tiny_model_dir, prompt_file, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    cfg = _cfg(
+        grpo.GRPOConfig,
+        tiny_model_dir,
+        prompt_file,
+        steps=2,
+        prompts_per_step=2,
+        generations_per_prompt=4,
+        min_group_range=2.0,
+        reward_target="adversary",
+    )  # toxicity lies in [0, 1]: no group spans 2
+    grpo.train(cfg, out, progress=False)
+    rows = _read(out)
+    assert [r["train/groups_trained"] for r in rows] == [0, 0]
+    assert all(np.isnan(r["loss/policy"]) and np.isfinite(r["reward/reward"]) for r in rows)
+    lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) == 0 for v in lora_b)  # LoRA B starts at zero and never moved

@@ -38,6 +38,7 @@ from redgym.trainers.episodes import (
 from redgym.trainers.losses import (
     group_advantages,
     group_rank_advantages,
+    groups_with_range,
     kl_k1,
     kl_k3,
     masked_mean,
@@ -94,6 +95,12 @@ class GRPOConfig(TrainConfig):
         "of unit scale when scale_rewards is group or batch",
     )
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
+    min_group_range: float = _f(
+        0.0,
+        "leave out of the update each group whose rewards span less than this (max - min): with a rare reward most "
+        "groups differ by the scorer's hundredths, which scaled advantages would train on as if a signal "
+        "(losses.groups_with_range); a step with no such group makes no update; 0 = train on every group",
+    )
     clip_range: float = _f(0.2, "policy ratio clip epsilon (matters when ppo_epochs > 1)")
     clip_range_high: float | None = _f(
         None,
@@ -128,6 +135,8 @@ class GRPOConfig(TrainConfig):
             raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
         if not 0 <= self.negative_weight <= 1:
             raise RedgymError(f"config: negative_weight must be in [0, 1], got {self.negative_weight}")
+        if self.min_group_range < 0:
+            raise RedgymError(f"config: min_group_range must be >= 0, got {self.min_group_range}")
         if self.clip_range_high is not None and self.clip_range_high <= 0:
             raise RedgymError(f"config: clip_range_high must be > 0, got {self.clip_range_high}")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.kl_coef < 0:
@@ -227,27 +236,35 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         # 3 the samples trained on (train_per_prompt: each group's most varied), their group-relative advantages,
         #   old and reference log-probs
         ep = episodes_from(convs, adversary, budget)
-        kept = ep.subset(max_variance_subset(ep.reward, ep.group, cfg.train_per_prompt)) if cfg.train_per_prompt else ep
-        prepare_episodes(kept, policy, cfg)
-        t = kept.filled()
-        # 4 clipped surrogate + KL to the reference
-        policy.model.train()
-        rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
-        losses = update(kept, policy, cfg, acc, opt, sched, counters, step, rng)
+        kept = ep.subset(groups_with_range(ep.reward, ep.group, cfg.min_group_range)) if cfg.min_group_range else ep
+        if cfg.train_per_prompt:
+            kept = kept.subset(max_variance_subset(kept.reward, kept.group, cfg.train_per_prompt))
+        nan = float("nan")
+        losses = {"policy": nan, "kl": nan, "clipfrac": nan, "first_ratio_dev": nan}
+        kl_seq, entropy = nan, nan
+        if kept.resp:  # min_group_range can leave nothing to train on: then the step makes no update
+            prepare_episodes(kept, policy, cfg)
+            t = kept.filled()
+            # 4 clipped surrogate + KL to the reference
+            policy.model.train()
+            rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
+            losses = update(kept, policy, cfg, acc, opt, sched, counters, step, rng)
+            kl_seq = float((kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1).mean())  # sequence KL of the sampler, k1
+            entropy = float(masked_mean(t["entropy"], t["mask"]))
         # 5 log + checkpoint
-        kl1 = (kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1)  # (B,) sequence KL of the sampling policy, k1
         metrics = {
             "reward/reward": float(ep.reward.mean()),
             **term_means(scores),
             "reward/max": float(ep.reward.max()),
-            "reward/trained": float(kept.reward.mean()),
+            "reward/trained": float(kept.reward.mean()) if kept.resp else nan,
+            "train/groups_trained": len(torch.unique(kept.group)),
             "reward/group_std": float(
                 np.mean([float(ep.reward[ep.group == g].std(unbiased=False)) for g in torch.unique(ep.group)])
             ),
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
-            "objective/kl": float(kl1.mean()),
+            "objective/kl": kl_seq,
             "objective/kl_k3": losses["kl"],
-            "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
+            "objective/entropy": entropy,
             "loss/policy": losses["policy"],
             "policy/clipfrac": losses["clipfrac"],
             "policy/first_ratio_dev": losses["first_ratio_dev"],

@@ -239,3 +239,18 @@ def max_variance_subset(rewards: torch.Tensor, groups: torch.Tensor, keep: int) 
                 best, best_var = pick, var
         chosen.append(best)
     return torch.sort(torch.cat(chosen)).values
+
+
+def groups_with_range(rewards: torch.Tensor, groups: torch.Tensor, min_range: float) -> torch.Tensor:
+    """Indices (ascending) of the samples whose group's rewards span at least ``min_range`` (max - min).
+
+    With a rare reward most groups differ only by the scorer's hundredths; scaled advantages turn those into
+    unit-size pushes in arbitrary directions, and the policy drifts (its KL and NLL rise) with no reward gained.
+    Leaving such groups out keeps the update for the groups that hold a real difference."""
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    for g in torch.unique(groups):
+        sel = groups == g
+        r = rewards[sel]
+        if float(r.max() - r.min()) >= min_range:
+            keep |= sel
+    return torch.nonzero(keep).flatten()
