@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from redgym.errors import RedgymError
-from redgym.eval.metrics import compute_metrics, paired_difference
+from redgym.eval.metrics import compute_metrics
 from redgym.experiments.compare import COLUMNS, compare, mean_ratio, seed_differences, t_interval
 from redgym.rollout.records import Conversation, Turn
 
@@ -116,17 +116,17 @@ def test_compare_reproduces_hand_computed_means_cis_differences_and_ratios(tmp_p
     assert (t["diff_mean"], t["diff_ci95_lo"], t["diff_ci95_hi"]) == pytest.approx((0.2, 0.2 - half_d, 0.2 + half_d))
     assert t["ratio"] == pytest.approx(2.0) and t["baseline"] == "untuned" and t["n_paired_seeds"] == 3
     assert u["diff_mean"] is None and u["ratio"] is None  # the baseline against itself does not apply
-    # Pooled: the six trained conversations as one sample (mean 0.4), two prompt clusters; the bootstrap is
-    # compute_metrics' and paired_difference's own, on the seeds' conversations concatenated in seed order.
-    trained = [c for s in SEEDS for c in seed_convs("trained", s)]
-    untuned = [c for s in SEEDS for c in seed_convs("untuned", s)]
+    # Pooled: the six trained conversations as one sample (mean 0.4) in two prompt clusters, p0 at 0.25, 0.37, 0.43
+    # (mean 0.35) and p1 at 0.35, 0.47, 0.53 (mean 0.45). A bootstrap replicate draws two prompts: both p0 (mean
+    # 0.35, probability 1/4), one of each (0.4) or both p1 (0.45, 1/4); with 300 replicates the 2.5th and 97.5th
+    # percentiles are therefore exactly 0.35 and 0.45 (the untuned arm's: 0.15 and 0.25). Paired by prompt, the
+    # untuned p0 and p1 means are 0.15 and 0.25, so both prompts differ by exactly 0.2: every replicate's difference
+    # is 0.2, an interval [0.2, 0.2].
     assert t["pooled"] == pytest.approx(0.4)
-    assert [t["pooled_ci95_lo"], t["pooled_ci95_hi"]] == pytest.approx(
-        compute_metrics(trained, 0.5, n_boot=300, seed=0)["defender_toxicity"]["ci95"]
-    )
-    pd = paired_difference(untuned, trained, n_boot=300, seed=0)["defender_toxicity"]
+    assert (t["pooled_ci95_lo"], t["pooled_ci95_hi"]) == pytest.approx((0.35, 0.45))
+    assert (u["pooled"], u["pooled_ci95_lo"], u["pooled_ci95_hi"]) == pytest.approx((0.2, 0.15, 0.25))
     assert t["diff_pooled"] == pytest.approx(0.2)
-    assert [t["diff_pooled_ci95_lo"], t["diff_pooled_ci95_hi"]] == pytest.approx(pd["ci95"])
+    assert (t["diff_pooled_ci95_lo"], t["diff_pooled_ci95_hi"]) == pytest.approx((0.2, 0.2))
     # NLL: trained 2.0, 2.5, 3.0 (mean 2.5, sd 0.5) against 3.0 at every seed: differences -1, -0.5, 0.
     n = row(res, "trained", "adversary_nll")
     assert (n["mean"], n["sd"]) == pytest.approx((2.5, 0.5))

@@ -71,10 +71,25 @@ def test_parse_overrides_forms():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     from redgym.cli import CONFIG_CLASSES
+    from redgym.models.loading import KNOWN_MODELS
+    from redgym.scorers.toxicity import build_scorer
 
     kind = path.stem.split("_")[0]
-    cfg = load_config(CONFIG_CLASSES.get(kind, RunConfig), path)
+    assert kind in CONFIG_CLASSES  # the name says which command reads the file (eval, or a trainer): no guessing
+    cfg = load_config(CONFIG_CLASSES[kind], path)
     assert cfg.horizon >= 1
+    # What validate() cannot know. The usage line in the file's header runs this very file with that command:
+    command = "redgym eval" if kind == "eval" else f"redgym train {kind}"
+    assert f"{command} --config configs/{path.name} --out DIR" in path.read_text()
+    # It runs offline, as shipped: every model loaded here is a shipped known name (a server's defender is asked for
+    # by name and loads nothing here), the prompts are a source shipped with a dependency, and the scorer builds (a
+    # misspelled one would fail only once a run had loaded its models).
+    local = [cfg.adversary_model, cfg.likelihood_model or cfg.defender_model]
+    if cfg.defender_backend == "local":
+        local.append(cfg.defender_model)
+    assert set(local) <= set(KNOWN_MODELS), local
+    assert cfg.prompts in ("chitchat", "rtp", "advbench")
+    assert callable(build_scorer(cfg.scorer))
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)

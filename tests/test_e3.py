@@ -131,9 +131,25 @@ def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer
     assert report["n_train"] + report["n_heldout"] == len(rows)
     labelled = [json.loads(x) for x in (est / "labels.jsonl").read_text().splitlines()]
     assert [r["label"] for r in labelled] == [r["label"] for r in rows]  # the edited labels came back
+    folder = est / "classifier"
+    assert report["scorer"] == f"classifier:{folder}#false"  # the positive label's probability
     scorer = build_scorer(report["scorer"])
     texts = [r["text"] for r in labelled]
     assert scorer(texts) == scorer(texts) and all(0 <= p <= 1 for p in scorer(texts))
+    # The saved classifier read by hand: P(false) = softmax(embedding @ weight.T + bias) in the column of "false"
+    from safetensors.numpy import load_file
+
+    from redgym.scorers.embeddings import load_embedder
+
+    meta = json.loads((folder / "classifier.json").read_text())
+    saved = load_file(str(folder / "classifier.safetensors"))
+    assert meta["labels"] == sorted(three) and saved["weight"].shape[0] == 3
+    z = load_embedder(meta["embedding_model"])(texts).astype(np.float64) @ saved["weight"].T + saved["bias"]
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    expected = probs[:, meta["labels"].index("false")]
+    assert np.ptp(expected) > 0.01  # the texts get different probabilities: a constant would not pass
+    assert scorer(texts) == pytest.approx(expected.tolist(), abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -172,16 +188,39 @@ def test_establish_with_a_malformed_labels_file_is_one_line_and_exit_2(tmp_path,
     assert not (tmp_path / "o").exists()  # nothing written on bad input
 
 
+def _continuation_logprob(lm, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one forward pass over the unpadded (context, continuation) ids."""
+    import torch
+
+    tok = lm.tokenizer
+    ctx = tok(context)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([ctx + cont])).logits[0].double(), -1)
+    return float(sum(logp[len(ctx) - 1 + k, t] for k, t in enumerate(cont)))
+
+
 def test_the_judge_picks_the_likelier_label_and_calibration_removes_a_constant_preference(tiny_lm):
     from redgym.models.judge import Judge
 
-    judge = Judge(tiny_lm, ["yes", "no"], "is {text} ok? {labels}", calibrate=False)
-    lp = judge.label_logprobs(["hello there", "damn that is a lot of rain"])
-    assert lp.shape == (2, 2) and np.isfinite(lp).all() and (lp < 0).all()
-    assert judge(["hello there", "damn that is a lot of rain"]) == [["yes", "no"][i] for i in lp.argmax(1)]
-    calibrated = Judge(tiny_lm, ["yes", "no"], "is {text} ok? {labels}", calibrate=True)
-    base = judge.label_logprobs(["N/A"])[0]
-    assert calibrated(["hello there"]) == [["yes", "no"][int(np.argmax(lp[0] - base))]]
+    # Two labels of one token each in the tiny vocabulary (" yes" is four tokens and " no" three, so "no" would win
+    # whatever the text), and texts on which the random model's choice differs and calibration changes one of them.
+    labels = ["and", "is"]
+    texts = ["damn that is a lot of rain", "do you like music or films", "we could go to the park or the beach"]
+    judge = Judge(tiny_lm, labels, "is {text} ok? {labels}", calibrate=False)
+    lp = judge.label_logprobs(texts)
+    assert lp.shape == (3, 2) and np.isfinite(lp).all() and (lp < 0).all()
+    # The same numbers from an independent forward pass: the plain-format question "is {text} ok? and, is" and a
+    # newline, then " and" or " is", the label's token log-probs summed
+    by_hand = np.array(
+        [[_continuation_logprob(tiny_lm, f"is {t} ok? and, is\n", f" {a}") for a in labels] for t in texts]
+    )
+    assert lp == pytest.approx(by_hand, abs=1e-5)
+    raw = [labels[i] for i in by_hand.argmax(1)]
+    assert judge(texts) == raw and len(set(raw)) == 2  # the text decides, not a constant preference
+    calibrated = Judge(tiny_lm, labels, "is {text} ok? {labels}", calibrate=True)
+    base = np.array([_continuation_logprob(tiny_lm, "is N/A ok? and, is\n", f" {a}") for a in labels])
+    assert calibrated(texts) == [labels[i] for i in (by_hand - base).argmax(1)] != raw
 
 
 def test_the_exploit_experiment_has_the_terms_on_in_one_arm_only():

@@ -128,7 +128,7 @@ def test_write_then_read_guard_test(tmp_path):
     ]
     path = write_guard_jsonl(tmp_path / "sub" / "test.jsonl", examples)
     assert read_guard_test(path) == examples
-    assert not list(path.parent.glob("*.tmp"))
+    assert sorted(f.name for f in path.parent.iterdir()) == ["test.jsonl"]  # no temporary file left beside it
     # a JSON list with an alias label and no source
     (tmp_path / "t.json").write_text(json.dumps([{"text": "how do I bake bread", "label": "harmless"}]))
     assert read_guard_test(tmp_path / "t.json") == [GuardExample("how do I bake bread", "safe", source="t.json")]

@@ -98,6 +98,14 @@ def test_an_output_folder_inside_the_package_is_refused(tiny_model_dir, prompt_f
     _bad(tiny_args(tiny_model_dir, prompt_file, out), capsys, Path(out), "inside the redgym package")
 
 
+def test_an_output_folder_under_a_regular_file_is_refused(tiny_model_dir, prompt_file, tmp_path, capsys):
+    # Runs as root too (CI runs as root): no permission lets anyone create a folder inside a regular file.
+    blocker = write(tmp_path, "a_file", b"not a folder\n")
+    out = blocker / "run"
+    _bad(tiny_args(tiny_model_dir, prompt_file, out), capsys, out, f"output folder {out} cannot be written")
+    assert blocker.read_bytes() == b"not a folder\n" and sorted(tmp_path.iterdir()) == [blocker, prompt_file]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_output_folder_is_refused(tiny_model_dir, prompt_file, tmp_path, capsys):
     ro = tmp_path / "ro"
