@@ -10,6 +10,7 @@
     redgym guard train --stage sft --out DIR                              (a reasoning guard, LoRA SFT)
     redgym guard train --stage dpo --guard_model DIR/guard --out DIR2     (then DPO on reasoning quality)
     redgym guard eval --out DIR [--guard_model DIR/guard]                 (guard F1 beside its baselines)
+    redgym docs --check | --write                                         (docs pages' field tables, from the code)
 
 Any config field can be overridden as ``--field value``. Bad input is one line on stderr and exit code 2.
 """
@@ -24,7 +25,13 @@ import warnings
 from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
+from redgym.docs_fields import fields_epilog, keys_epilog, own_fields_epilog, sync
 from redgym.errors import RedgymError, TrainingStopped
+from redgym.guard.evaluate import GuardConfig
+from redgym.guard.train import GuardTrainConfig
+from redgym.pipelines.establish import EstablishConfig
+from redgym.pipelines.exploit import ExploitKeys
+from redgym.pipelines.explore import ExploreConfig
 from redgym.trainers.registry import TRAINERS
 
 
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate an adversary against the defender; writes a report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config fields (override any with --field value):\n  " + "\n  ".join(RunConfig.help_lines()),
+        epilog=fields_epilog(RunConfig),
     )
     ev.add_argument("--config", type=Path, help="YAML file setting config fields")
     ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
@@ -71,33 +78,89 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=f"{name} trainer",
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="config fields (override any with --field value):\n  " + "\n  ".join(cls.help_lines()),
+            epilog=fields_epilog(cls),
         )
         t.add_argument("--config", type=Path, help="YAML file setting config fields")
         where = t.add_mutually_exclusive_group(required=True)
         where.add_argument("--out", type=Path, help="new run folder")
         where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
         t.add_argument("--quiet", action="store_true", help="no progress bars")
-    ex = sub.add_parser("experiment", help="arms x seeds, each a run folder, then comparison.md (resumable)")
+    ex = sub.add_parser(
+        "experiment",
+        help="arms x seeds, each a run folder, then comparison.md (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys_epilog("experiment-keys", "experiment YAML keys (the command line takes no fields)"),
+    )
     ex.add_argument("--config", type=Path, required=True, help="experiment YAML (arms, seeds, shared settings)")
     ex.add_argument("--out", type=Path, required=True, help="experiment folder; finished arms in it are skipped")
     ex.add_argument("--only", default=None, help="comma list of arm names to run now (the grid in parts)")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
-    for name, text in (
-        ("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label"),
-        ("establish", "E3 step 2: labels -> a classifier, saved as a scorer"),
-    ):
-        sp = sub.add_parser(name, help=text)
+    _add_e3_commands(sub)
+    _add_guard_commands(sub)
+    cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
+    cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
+    cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
+    cp.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also put comparison.md into this README's block <!-- results:NAME --> (NAME from --section)",
+    )
+    cp.add_argument("--section", default=None, help="README block name (default: the first folder's name)")
+    dc = sub.add_parser("docs", help="the config field tables of the docs pages, rendered from the config classes")
+    what = dc.add_mutually_exclusive_group(required=True)
+    what.add_argument("--check", action="store_true", help="exit 2 when a page's table differs from the code")
+    what.add_argument("--write", action="store_true", help="rewrite the tables that differ (make docs)")
+    dc.add_argument("--docs", type=Path, default=Path("docs"), help="folder of the docs pages")
+    return p
+
+
+def _add_e3_commands(sub) -> None:
+    """explore, establish, exploit and pipeline e3, each with its fields in --help."""
+    steps: tuple[tuple[str, str, type[RunConfig]], ...] = (
+        ("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label", ExploreConfig),
+        ("establish", "E3 step 2: labels -> a classifier, saved as a scorer", EstablishConfig),
+    )
+    for name, text, step_cls in steps:
+        sp = sub.add_parser(
+            name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=fields_epilog(step_cls)
+        )
         sp.add_argument("--config", type=Path, help="YAML file setting config fields")
         sp.add_argument("--out", type=Path, required=True, help="output folder")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    xp = sub.add_parser("exploit", help="E3 step 3: train an adversary against a classifier with diversity terms")
+    xp = sub.add_parser(
+        "exploit",
+        help="E3 step 3: train an adversary against a classifier with diversity terms",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=fields_epilog(ExploitKeys, "exploit's own keys (in the YAML, or --key value)")
+        + "\n\n"
+        + fields_epilog(
+            TRAINERS["grpo"][0],
+            "and the fields of its trainer, here the default grpo (another's: redgym train NAME --help)",
+        ),
+    )
     xp.add_argument("--config", type=Path, help="YAML: trainer, classifier and the trainer's fields")
     xp.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     pl = sub.add_parser("pipeline", help="multi-step jobs")
     pipes = pl.add_subparsers(dest="pipeline", required=True, parser_class=_Parser)
-    e3 = pipes.add_parser("e3", help="explore -> establish -> exploit into one folder and report.md (resumable)")
+    e3 = pipes.add_parser(
+        "e3",
+        help="explore -> establish -> exploit into one folder and report.md (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(
+            [
+                "the YAML has three sections; the command line takes no fields",
+                own_fields_epilog(ExploreConfig, "explore: redgym explore's fields (redgym eval's, and these)"),
+                own_fields_epilog(
+                    EstablishConfig, "establish: redgym establish's fields (redgym eval's, and these; samples is set)"
+                ),
+                keys_epilog(
+                    "e3-exploit-keys", "exploit: a redgym experiment of arms untuned, exploit, exploit_diverse"
+                ),
+            ]
+        ),
+    )
     e3.add_argument("--config", type=Path, required=True, help="YAML with explore, establish and exploit sections")
     e3.add_argument("--out", type=Path, required=True, help="pipeline folder")
     e3.add_argument(
@@ -107,26 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also publish the report and the exploit table into this README's block <!-- results:e3 -->",
     )
     e3.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_guard_commands(sub) -> None:
+    """guard eval, train and report, each with its fields in --help."""
     gd = sub.add_parser("guard", help="a reasoning safety classifier")
     gsub = gd.add_subparsers(dest="guard_command", required=True, parser_class=_Parser)
-    from redgym.guard.evaluate import GuardConfig
-
     ge = gsub.add_parser(
         "eval",
         help="F1 of the guard and the baselines on held-out requests",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config fields (override any with --field value):\n  " + "\n  ".join(GuardConfig.help_lines()),
+        epilog=fields_epilog(GuardConfig),
     )
     ge.add_argument("--config", type=Path, help="YAML file setting config fields")
     ge.add_argument("--out", type=Path, required=True, help="output folder")
     ge.add_argument("--quiet", action="store_true", help="no progress bars")
-    from redgym.guard.train import GuardTrainConfig
-
     gt = gsub.add_parser(
         "train",
         help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config fields (override any with --field value):\n  " + "\n  ".join(GuardTrainConfig.help_lines()),
+        epilog=fields_epilog(GuardTrainConfig),
     )
     gt.add_argument(
         "--stage",
@@ -143,21 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="one table of the guard loop (F1, quality, attack success with and without "
         "the guard) from its run folders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys_epilog("guard-report-keys", "YAML: rows, a list of mappings with these keys"),
     )
     gr.add_argument("--config", type=Path, required=True, help="YAML listing rows: {name, eval, asr, redteam}")
     gr.add_argument("--out", type=Path, required=True, help="folder for report.md")
     gr.add_argument("--readme", type=Path, default=None, help="also fill this README's block <!-- results:guard -->")
-    cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
-    cp.add_argument("dirs", type=Path, nargs="+", help="experiment folders")
-    cp.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
-    cp.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="also put comparison.md into this README's block <!-- results:NAME --> (NAME from --section)",
-    )
-    cp.add_argument("--section", default=None, help="README block name (default: the first folder's name)")
-    return p
 
 
 def cmd_eval(args, overrides: dict[str, str]) -> int:
@@ -247,7 +301,7 @@ def cmd_compare(args, overrides: dict[str, str]) -> int:
 
 
 def cmd_explore(args, overrides: dict[str, str]) -> int:
-    from redgym.pipelines.explore import ExploreConfig, explore
+    from redgym.pipelines.explore import explore
 
     s = explore(load_config(ExploreConfig, args.config, overrides), args.out, progress=not args.quiet)
     print(
@@ -258,7 +312,7 @@ def cmd_explore(args, overrides: dict[str, str]) -> int:
 
 
 def cmd_establish(args, overrides: dict[str, str]) -> int:
-    from redgym.pipelines.establish import EstablishConfig, establish
+    from redgym.pipelines.establish import establish
 
     r = establish(load_config(EstablishConfig, args.config, overrides), args.out, progress=not args.quiet)
     f1 = r["heldout"]["macro_f1"]
@@ -293,7 +347,7 @@ def cmd_pipeline(args, overrides: dict[str, str]) -> int:
 
 
 def cmd_guard(args, overrides: dict[str, str]) -> int:
-    from redgym.guard.evaluate import GuardConfig, evaluate_guard
+    from redgym.guard.evaluate import evaluate_guard
 
     if args.guard_command == "report":
         from redgym.guard.report import guard_report
@@ -301,7 +355,7 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
         print(f"guard report: {guard_report(args.config, args.out, args.readme)}")
         return 0
     if args.guard_command == "train":
-        from redgym.guard.train import GuardTrainConfig, train_guard
+        from redgym.guard.train import train_guard
 
         out = args.resume or args.out
         if args.resume is None and (out / "checkpoints").exists():
@@ -327,7 +381,21 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_docs(args, overrides: dict[str, str]) -> int:
+    if overrides:
+        raise RedgymError(f"docs takes no config fields (got {', '.join('--' + k for k in overrides)})")
+    stale = sync(args.docs, write=args.write)
+    if args.write:
+        print(f"rewrote {len(stale)} page(s): {', '.join(map(str, stale)) or 'none needed it'}")
+        return 0
+    if stale:
+        raise RedgymError(f"{stale[0]}: a fields block differs from the config classes; run make docs")
+    print(f"docs fields blocks up to date in {args.docs}")
+    return 0
+
+
 COMMANDS = {
+    "docs": cmd_docs,
     "guard": cmd_guard,
     "explore": cmd_explore,
     "establish": cmd_establish,

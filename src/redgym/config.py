@@ -28,6 +28,19 @@ def _f(default: _T, help: str) -> _T:
     return field(default=default, metadata={"help": help})
 
 
+class FieldHelp(typing.NamedTuple):
+    """One config field as ``--help`` and the docs pages' field tables show it (``docs_fields.py``)."""
+
+    name: str
+    type: str
+    default: object
+    help: str
+
+    def line(self) -> str:
+        """``--name (type, default value): help``, as ``--help`` lists it."""
+        return f"--{self.name} ({self.type}, default {self.default!r}): {self.help}"
+
+
 class ConfigFields:
     """What every typed config dataclass shares: its values as a dict, and one line of help per field."""
 
@@ -47,11 +60,16 @@ class ConfigFields:
         return value
 
     @classmethod
-    def help_lines(cls) -> list[str]:
+    def fields_help(cls) -> list[FieldHelp]:
+        """Every field's name, type, default and help: the one source of ``--help`` and the docs tables."""
         return [
-            f"--{f.name} ({_type_name(f.type)}, default {f.default!r}): {f.metadata.get('help', '')}"
+            FieldHelp(f.name, _type_name(f.type), _default(f), f.metadata.get("help", ""))
             for f in dataclasses.fields(cls)
         ]
+
+    @classmethod
+    def help_lines(cls) -> list[str]:
+        return [h.line() for h in cls.fields_help()]
 
 
 @dataclass
@@ -285,6 +303,13 @@ class RunConfig(ConfigFields):
 
 def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", str(tp))
+
+
+def _default(f: dataclasses.Field[Any]) -> object:
+    """A field's default value (a ``default_factory`` called: the value a config starts with)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _coerce(name: str, tp: Any, value: object, source: str) -> Any:

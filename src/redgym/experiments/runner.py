@@ -55,6 +55,29 @@ EVAL_ONLY = {
     "adversary_checkpoint",
     "split_from",
 }
+# The experiment file's keys, one line of help each: `redgym experiment --help` and docs/experiments.md show these
+# tables, and a key outside them is a one-line error.
+EXPERIMENT_KEYS = {
+    "seeds": "list of seeds every arm runs at (default [0])",
+    "split_seed": "seed of the one prompt split every arm and seed is evaluated on (default 0)",
+    "shared": "RunConfig fields for training and evaluation (models, scorer, prompts, horizon, ...)",
+    "eval": "RunConfig fields for every evaluation only (n_eval_prompts, samples_per_prompt, ...)",
+    "arms": "name: a mapping of the arm keys below",
+    "ablations": "name: a mapping of the ablation keys below (an arm with overrides)",
+    "transfer_defenders": "models each arm's adversary is also evaluated against (DIR/ARM/seed_S/transfer/MODEL/)",
+    "baseline_arm": "the arm the others are compared with (default untuned)",
+}
+ARM_KEYS = {
+    "kind": f"one of {', '.join(KINDS)} (default: the arm's name)",
+    "train": "a trained kind: the trainer's config fields",
+    "source": "kind dataset: the prompt source whose texts are the adversary's turns (default rtp)",
+    "seeds": "this arm's seeds (default: the experiment's)",
+}
+ABLATION_KEYS = {
+    "arm": "the arm it changes",
+    "train": "config fields over the arm's train",
+    "seeds": "its seeds (default: the experiment's first)",
+}
 
 
 @dataclass
@@ -109,11 +132,7 @@ def _keys(d: dict, allowed: set[str], where: str) -> None:
 def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     """Check and type an experiment mapping (a loaded YAML file)."""
     data = _mapping(data, where)
-    _keys(
-        data,
-        {"seeds", "split_seed", "shared", "eval", "arms", "ablations", "transfer_defenders", "baseline_arm"},
-        where,
-    )
+    _keys(data, set(EXPERIMENT_KEYS), where)
     seeds = data.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -124,7 +143,7 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     arms: list[Arm] = []
     for name, spec in _mapping(data.get("arms"), f"{where}: arms").items():
         spec = _mapping(spec, f"{where}: arm {name}")
-        _keys(spec, {"kind", "train", "source", "seeds"}, f"{where}: arm {name}")
+        _keys(spec, set(ARM_KEYS), f"{where}: arm {name}")
         kind = spec.get("kind", name)
         if kind not in KINDS:
             raise RedgymError(f"{where}: arm {name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -140,7 +159,7 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
     by_name = {a.name: a for a in arms}
     for name, spec in _mapping(data.get("ablations"), f"{where}: ablations").items():
         spec = _mapping(spec, f"{where}: ablation {name}")
-        _keys(spec, {"arm", "train", "seeds"}, f"{where}: ablation {name}")
+        _keys(spec, set(ABLATION_KEYS), f"{where}: ablation {name}")
         arm_name = spec.get("arm")
         base = by_name.get(arm_name) if isinstance(arm_name, str) else None
         if base is None:

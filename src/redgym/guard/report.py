@@ -26,6 +26,13 @@ from redgym.experiments.readme import demote, replace_block
 from redgym.runfolder import CONTENT_WARNING, atomic_write, read_json
 
 NOT_RUN = "not run"
+# A row's keys, one line of help each (`redgym guard report --help`, docs/guard.md); others are errors.
+ROW_KEYS = {
+    "name": "the row's label in the table (required)",
+    "eval": "a redgym guard eval folder: F1, unparseable share, reasoning quality",
+    "asr": "a redgym eval folder with defender_guard: attack success bare vs guarded",
+    "redteam": "a red-teamer trained against this guard: its run folder (the report of its eval_after)",
+}
 
 
 @dataclass
@@ -43,7 +50,7 @@ def load_rows(path: Path) -> list[Row]:
         raise RedgymError(f"guard report file {path}: needs one key, rows: a list of {{name, eval, asr, redteam}}")
     out = []
     for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or r.get("name") is None or set(r) - {"name", "eval", "asr", "redteam"}:
+        if not isinstance(r, dict) or r.get("name") is None or set(r) - ROW_KEYS.keys():
             raise RedgymError(
                 f"guard report file {path}: row {i} must be a mapping with name and any of eval, asr, redteam"
             )

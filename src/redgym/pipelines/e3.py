@@ -35,7 +35,17 @@ from redgym.pipelines.explore import ExploreConfig, explore
 from redgym.runfolder import CONTENT_WARNING, atomic_write, check_writable
 
 SECTIONS = {"explore", "establish", "exploit"}
-EXPLOIT_KEYS = {"seeds", "split_seed", "shared", "eval", "trainer", "train", "diversity", "transfer_defenders"}
+# The exploit section's keys, one line of help each (`redgym pipeline e3 --help`, docs/e3.md); others are errors.
+EXPLOIT_KEYS = {
+    "seeds": "seeds of every arm (default [0, 1])",
+    "split_seed": "seed of the one prompt split every arm is evaluated on (default 0)",
+    "shared": "RunConfig fields of every arm (the scorer is set to the established classifier)",
+    "eval": "RunConfig fields for the evaluations only",
+    "trainer": "the trainer of both trained arms (default grpo)",
+    "train": "the trainer's config fields, both trained arms",
+    "diversity": "the fields the exploit_diverse arm adds (diversity, novelty and entropy terms)",
+    "transfer_defenders": "models each arm's adversary is also evaluated against (default none)",
+}
 
 
 def _section(data: dict, name: str, where: str) -> dict:
@@ -51,7 +61,7 @@ def load_pipeline(path: Path) -> dict:
     if set(data) - SECTIONS:
         raise RedgymError(f"{where}: expected the sections {', '.join(sorted(SECTIONS))}")
     ex = _section(data, "exploit", where)
-    bad = sorted(set(ex) - EXPLOIT_KEYS)
+    bad = sorted(set(ex) - EXPLOIT_KEYS.keys())
     if bad:
         raise RedgymError(f"{where}: exploit: unknown key {bad[0]!r} (known: {', '.join(sorted(EXPLOIT_KEYS))})")
     return {name: _section(data, name, where) for name in SECTIONS}
