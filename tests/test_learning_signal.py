@@ -500,6 +500,9 @@ def test_max_variance_subset_by_hand():
     assert max_variance_subset(r, g, 3).tolist() == [1, 3, 5, 6, 7]
     # all equal: every subset has variance 0 and the tie keeps the high end of the (stable) order
     assert max_variance_subset(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0, 0, 0]), 2).tolist() == [1, 2]
+    # nothing left to choose from (min_group_range kept no group): nothing chosen, as integer indices
+    none = max_variance_subset(torch.zeros(0), torch.zeros(0, dtype=torch.long), 2)
+    assert none.tolist() == [] and none.dtype == torch.long
 
 
 def test_grpo_train_per_prompt_is_checked():
@@ -570,9 +573,10 @@ def test_grpo_with_no_group_in_range_makes_no_update(learnable_scorer, tiny_mode
         steps=2,
         prompts_per_step=2,
         generations_per_prompt=4,
+        train_per_prompt=2,
         min_group_range=2.0,
         reward_target="adversary",
-    )  # toxicity lies in [0, 1]: no group spans 2
+    )  # toxicity lies in [0, 1]: no group spans 2, and PODS then has no group to choose from
     grpo.train(cfg, out, progress=False)
     rows = _read(out)
     assert [r["train/groups_trained"] for r in rows] == [0, 0]

@@ -223,8 +223,9 @@ def max_variance_subset(rewards: torch.Tensor, groups: torch.Tensor, keep: int) 
 
     Why: on this CPU one training pass costs several times one sample's generation, so sampling G and training on
     fewer finds the rare high reward G times as often at the update cost of ``keep``. A group no larger than
-    ``keep`` is kept whole. Indices come back in ascending order."""
-    chosen: list[torch.Tensor] = []
+    ``keep`` is kept whole. Indices come back in ascending order; no samples (``min_group_range`` may have left
+    none) give none."""
+    chosen: list[torch.Tensor] = [groups.new_zeros(0, dtype=torch.long)]
     for g in torch.unique(groups):
         members = torch.nonzero(groups == g).flatten()
         if len(members) <= keep:
