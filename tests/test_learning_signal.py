@@ -12,6 +12,7 @@ from redgym.rollout import rollout
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import RewardWeights, pair_reliability, reply_terms, score_conversations, score_exchanges
 from redgym.trainers import grpo, ppo
+from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.losses import group_advantages
 from redgym.trainers.policy import build_policy, sequence_logps, train_sampling
 from redgym.trainers.train_config import TrainConfig
@@ -583,3 +584,39 @@ def test_grpo_with_no_group_in_range_makes_no_update(learnable_scorer, tiny_mode
     assert all(np.isnan(r["loss/policy"]) and np.isfinite(r["reward/reward"]) for r in rows)
     lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().sum()) == 0 for v in lora_b)  # LoRA B starts at zero and never moved
+
+
+def test_lr_factor_by_hand():
+    from redgym.trainers.run import lr_factor
+
+    # warmup over 2 optimizer steps; 4 training steps, the last 2 decaying: step 4 - k gets k / 3
+    assert lr_factor(0, 0, 2, 4, 2) == 0.5
+    assert lr_factor(1, 0, 2, 4, 2) == 1.0
+    assert lr_factor(9, 1, 2, 4, 2) == 1.0
+    assert lr_factor(9, 2, 2, 4, 2) == pytest.approx(2 / 3)
+    assert lr_factor(9, 3, 2, 4, 2) == pytest.approx(1 / 3)
+    assert lr_factor(0, 3, 2, 4, 2) == pytest.approx(0.5 / 3)
+    assert lr_factor(9, 3, 2, 4, 0) == 1.0  # no decay: constant after warmup
+
+
+def test_grpo_lr_decays_per_training_step_and_resumes_straight(learnable_scorer, tiny_model_dir, prompt_file, tmp_path):
+    import shutil
+
+    kw = dict(steps=3, lr_decay_steps=2, warmup_steps=1, ppo_epochs=2, generations_per_prompt=4, checkpoint_every=1)
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, reward_target="adversary", **kw)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    grpo.train(cfg, straight, progress=False)
+    # lr 1e-3; the last 2 of 3 steps decay: 1, 2/3, 1/3 of it, whatever the number of updates in a step
+    lrs = [r["train/lr"] for r in _read(straight)]
+    assert lrs == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+    # the run as if stopped after step 2 (its last checkpoint gone), then resumed: the same schedule
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(latest_checkpoint(resumed))
+    grpo.train(cfg, resumed, resume=True, progress=False)
+    assert [r["step"] for r in _read(resumed)] == [1, 2, 3]
+    assert [r["train/lr"] for r in _read(resumed)] == pytest.approx(lrs)
+
+
+def test_lr_decay_steps_is_checked():
+    with pytest.raises(RedgymError, match="lr_decay_steps"):
+        grpo.GRPOConfig(steps=3, lr_decay_steps=4).validate()

@@ -229,6 +229,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         disable=not (progress and acc.is_main_process),
     ):
         t0 = time.time()
+        run.begin_step(step)  # the learning rate's place in its schedule
         # 1-2 the step's prompts, each rolled out G times (adversary on-policy, K defender replies), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
         t_roll = time.time() - t0
@@ -268,7 +269,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             "loss/policy": losses["policy"],
             "policy/clipfrac": losses["clipfrac"],
             "policy/first_ratio_dev": losses["first_ratio_dev"],
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,

@@ -251,6 +251,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         disable=not (progress and acc.is_main_process),
     ):
         t0 = time.time()
+        run.begin_step(step)  # the learning rate's place in its schedule
         weights = run.reward_weights(step)  # read by score(): the configured weights, or a curriculum's
         # 1 prompts
         batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step, cfg.seed)]
@@ -313,7 +314,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
             "train/grad_norm": grad_norm,
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,

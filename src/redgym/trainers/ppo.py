@@ -230,6 +230,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         disable=not (progress and acc.is_main_process),
     ):
         t0 = time.time()
+        run.begin_step(step)  # the learning rate's place in its schedule
         # 1-2 the step's prompts, each rolled out generations_per_prompt times (adversary on-policy), scored
         convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
         t_roll = time.time() - t0
@@ -262,7 +263,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "policy/kl_stopped": counters.get("kl_stopped", 0),
             "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,
             "time/step_s": time.time() - t0,

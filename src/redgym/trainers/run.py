@@ -64,12 +64,33 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     return acc
 
 
+def lr_factor(opt_step: int, train_step: int, warmup_steps: int, steps: int, decay_steps: int) -> float:
+    """The learning rate's multiplier (warmup-stable-decay): linear warmup over the first ``warmup_steps`` optimizer
+    steps, then constant, and over the last ``decay_steps`` training steps of ``steps`` linearly toward 0 (training
+    step ``steps - k`` gets ``k / (decay_steps + 1)``, so the last step still moves). 0-based steps."""
+    warm = min(1.0, (opt_step + 1) / max(1, warmup_steps))
+    if decay_steps <= 0:
+        return warm
+    return warm * min(1.0, (steps - train_step) / (decay_steps + 1))
+
+
+@dataclass
+class StepClock:
+    """The training step the optimizer's updates belong to (a trainer sets it at each step's start): the learning
+    rate schedule's decay counts training steps, whose number of optimizer steps varies."""
+
+    step: int = 0
+
+
 def optimizer_and_schedule(
-    cfg: TrainConfig, model: torch.nn.Module
+    cfg: TrainConfig, model: torch.nn.Module, clock: StepClock | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    clock = clock or StepClock()
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, clock.step, cfg.warmup_steps, cfg.steps, cfg.lr_decay_steps)
+    )
     return opt, sched
 
 
@@ -92,7 +113,16 @@ class Run:
     state: dict[str, Any]
     extra: list[torch.nn.Module]
     t_start: float
+    clock: StepClock
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+
+    def begin_step(self, step: int) -> None:
+        """Every trainer's first act in a step: the learning rate takes this step's place in the schedule now (the
+        decay counts training steps), so the step's first update already uses it, in a fresh and a resumed run."""
+        self.clock.step = step
+        inner = getattr(self.sched, "scheduler", self.sched)  # accelerate wraps the torch scheduler
+        for group, base, factor in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+            group["lr"] = base * factor(inner.last_epoch)
 
     def curriculum_alpha(self, step: int) -> float:
         """How far the reward has annealed from the adversary's own toxicity to the configured one (1 = there)."""
@@ -132,7 +162,8 @@ def start_run(
     setup = prepare(cfg, need_embedder=False, defender=defender)
     dev = next(policy.model.parameters()).device
     extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
-    opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]))
+    clock = StepClock()
+    opt, sched = optimizer_and_schedule(cfg, torch.nn.ModuleList([policy.model, *extra]), clock)
     policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
     if acc.num_processes > 1:  # same initial weights (DDP broadcast them), each process its own sampling stream
         set_seed(cfg.seed + acc.process_index)
@@ -170,6 +201,7 @@ def start_run(
         state,
         extra,
         time.time(),
+        clock,
     )
 
 

@@ -50,6 +50,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         disable=not (progress and acc.is_main_process),
     ):
         t0 = time.time()
+        run.begin_step(step)  # the learning rate's place in its schedule
         # 1 examples: a pure function of (seed, step), so a resumed run draws the same ones
         rng = np.random.default_rng([cfg.seed, step])
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]
@@ -81,7 +82,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         # 4 log + checkpoint
         metrics = {
             "loss/sft": float(np.sum(losses)) if losses else float("nan"),
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/step_s": time.time() - t0,
         }

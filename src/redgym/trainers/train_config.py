@@ -18,7 +18,12 @@ class TrainConfig(RunConfig):
     prompts_per_step: int = _f(8, "training prompts rolled out per step")
     lr: float = _f(1e-4, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    warmup_steps: int = _f(5, "linear learning-rate warmup steps")
+    warmup_steps: int = _f(5, "linear learning-rate warmup over the first N optimizer steps")
+    lr_decay_steps: int = _f(
+        0,
+        "the last N training steps decay the learning rate linearly toward 0 (warmup-stable-decay): a policy that "
+        "has found its reward is easily pushed off it by full-size late updates; 0 = constant after warmup",
+    )
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     reward_curriculum_steps: int = _f(
         0,
@@ -70,6 +75,8 @@ class TrainConfig(RunConfig):
             raise RedgymError(f"config: reward_curriculum_steps must be >= 0, got {self.reward_curriculum_steps}")
         if self.lr <= 0:
             raise RedgymError(f"config: lr must be > 0, got {self.lr}")
+        if not 0 <= self.lr_decay_steps <= self.steps:
+            raise RedgymError(f"config: lr_decay_steps must lie in [0, steps {self.steps}], got {self.lr_decay_steps}")
         if self.log_with not in ("none", "tensorboard", "wandb"):
             raise RedgymError(f"config: log_with must be none, tensorboard or wandb, got {self.log_with!r}")
         if self.load_in_4bit and not torch.cuda.is_available():
