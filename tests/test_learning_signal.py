@@ -536,7 +536,7 @@ def test_grpo_trains_on_the_kept_samples_only(learnable_scorer, tiny_model_dir, 
     grpo.train(cfg, out, progress=False)
     assert seen == [4, 4]  # 2 prompts x 2 kept of 4 each step
     rows = _read(out)
-    assert all(np.isfinite(r["loss/policy"]) and np.isfinite(r["reward/trained"]) for r in rows)
+    assert len(rows) == 2 and all(np.isfinite(r["loss/policy"]) and np.isfinite(r["reward/trained"]) for r in rows)
     lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)
 
