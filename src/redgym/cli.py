@@ -32,6 +32,7 @@ from redgym.guard.train import GuardTrainConfig
 from redgym.pipelines.establish import EstablishConfig
 from redgym.pipelines.exploit import ExploitKeys
 from redgym.pipelines.explore import ExploreConfig
+from redgym.runfolder import hold_folder
 from redgym.trainers.registry import TRAINERS
 
 
@@ -406,6 +407,9 @@ COMMANDS = {
     "experiment": cmd_experiment,
     "compare": cmd_compare,
 }
+# Commands that write no run folder of their own (compare reads a running experiment's finished cells), so they take
+# no lock on it; every other command holds its --out / --resume folder while it runs (runfolder.hold_folder).
+UNLOCKED = ("compare", "docs")
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 
@@ -415,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = build_parser().parse_known_args(argv)
         overrides = parse_overrides(rest)
         _quiet_libraries()
-        return COMMANDS[args.command](args, overrides)
+        folder = getattr(args, "resume", None) or getattr(args, "out", None)
+        # under accelerate launch every process runs this line; the main one (RANK 0) holds the folder for all
+        if args.command in UNLOCKED or folder is None or os.environ.get("RANK", "0") != "0":
+            return COMMANDS[args.command](args, overrides)
+        with hold_folder(folder, " ".join(argv if argv is not None else sys.argv[1:])):
+            return COMMANDS[args.command](args, overrides)
     except RedgymError as e:
         print(f"redgym: error: {e}", file=sys.stderr)
         return 2

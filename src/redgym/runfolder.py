@@ -40,6 +40,39 @@ def check_writable(out: Path) -> None:
         raise RedgymError(f"output folder {out} cannot be written (no write permission on {parent})")
 
 
+LOCK_FILE, HOLDER_FILE = ".redgym.lock", ".redgym.holder"
+
+
+@contextmanager
+def hold_folder(out: Path, command: str):
+    """One command per run folder: an advisory lock on ``out`` for the life of the command. The lock is the
+    operating system's (``filelock``: flock), so a killed process holds nothing and never blocks the next run; a
+    second command on a held folder ends in one line naming the holder (its pid and command line, from
+    ``.redgym.holder``). A folder this call created and the command left empty is removed again."""
+    from filelock import FileLock, Timeout
+
+    check_writable(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = (out / HOLDER_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            holder = "another process"
+        raise RedgymError(f"{out} is in use by {holder}; wait for it to end or write elsewhere") from None
+    try:
+        atomic_write(out / HOLDER_FILE, f"pid {os.getpid()} (redgym {command})\n")
+        yield
+    finally:
+        (out / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:  # nothing of the command's: leave no trace
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
