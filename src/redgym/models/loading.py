@@ -50,6 +50,13 @@ def _gemma3_gguf() -> Path:
 KNOWN_MODELS = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
 
 
+def check_known_model(name: str) -> None:
+    """One line now, not after an hour of other work, when a known offline name's package is missing (a hub id or
+    a folder is checked when it loads)."""
+    if name in KNOWN_MODELS:
+        KNOWN_MODELS[name]()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
