@@ -117,9 +117,17 @@ class FaultProxy:
     """
 
     def __init__(
-        self, upstream: str, mode: str, faults: int = -1, methods=("POST",), hang_s: float = 2.0, delay_s: float = 0.0
+        self,
+        upstream: str,
+        mode: str,
+        faults: int = -1,
+        methods=("POST",),
+        hang_s: float = 2.0,
+        delay_s: float = 0.0,
+        after: int = 0,
     ):
         self.upstream, self.mode, self.faults, self.methods, self.hang_s = upstream, mode, faults, methods, hang_s
+        self.after, self.passed = after, 0  # the first ``after`` requests in ``methods`` pass, then the faults start
         self.delay_s, self.faulted, self.in_flight, self.max_in_flight = delay_s, 0, 0, 0
         self.lock = threading.Lock()
         proxy = self
@@ -142,9 +150,11 @@ class FaultProxy:
 
     def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        if method in self.methods and (self.faults < 0 or self.faulted < self.faults):
+        if method in self.methods and self.passed >= self.after and (self.faults < 0 or self.faulted < self.faults):
             self.faulted += 1
             return self.fault(h)
+        if method in self.methods:
+            self.passed += 1
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -296,7 +306,7 @@ def test_eval_against_transformers_serve_writes_a_report_with_request_counts(ser
     assert all(isinstance(t["text"], str) and t["n_tokens"] == 0 for t in defender_turns)  # texts only
     assert any(t["text"] for t in defender_turns)  # the server said something
     # one GET /models check, then one streamed chat request per defender turn; none failed
-    assert report["http"] == {"requests": 1 + len(defender_turns), "retries": 0, "failures": 0}
+    assert report["http"] == {"requests": 1 + len(defender_turns), "retries": 0, "failures": 0, "tokens": 0}
     # the NLL term came from the local likelihood model
     nll = [t["nll"] for r in rows for t in r["turns"] if t["speaker"] == "adversary"]
     assert len(nll) == 4 and all(0 < x < 100 for x in nll)
@@ -458,3 +468,127 @@ def test_a_server_without_prompt_log_probs_is_one_line(server):
     scorer = ServerLikelihood(OpenAIChat("m", server, api="completions", max_retries=0))
     with pytest.raises(RedgymError, match=r"POST /completions \(echo, logprobs\) answered HTTP 404"):
         scorer.continuation_nll(["hello there\n"], ["how are you"])
+
+
+# ---- training against the server (issue: red-team a model you do not hold) ------------------------------------
+
+
+def train_args(served_dir: Path, prompts: Path, url: str, out: Path, *extra: str, trainer: str = "grpo") -> list[str]:
+    """``redgym train`` of a tiny adversary against the served tiny defender: 2 prompts x 2 samples a step, each
+    answered once (4 chat requests a step), the NLL term from the local copy, a checkpoint every step."""
+    return [
+        "train",
+        trainer,
+        "--out",
+        str(out),
+        "--adversary_model",
+        str(served_dir),
+        "--defender_model",
+        str(served_dir),
+        "--defender_backend",
+        "openai",
+        "--defender_base_url",
+        url,
+        "--likelihood_model",
+        str(served_dir),
+        "--prompts",
+        str(prompts),
+        "--max_new_tokens",
+        "4",
+        "--test_fraction",
+        "0.3",
+        "--steps",
+        "2",
+        "--prompts_per_step",
+        "2",
+        "--micro_batch_size",
+        "4",
+        "--checkpoint_every",
+        "1",
+        "--eval_after",
+        "false",
+        "--http_timeout_s",
+        "2",
+        "--http_max_retries",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_trains_against_the_server_counts_its_requests_and_resumes(server, served_run, served_dir, tmp_path):
+    _, _, prompts = served_run
+    out = tmp_path / "run"
+    assert main(train_args(served_dir, prompts, server, out, "--generations_per_prompt", "2")) == 0
+    rows = rows_of(out)
+    # step 1: the GET /models check and 2 x 2 replies; step 2: 4 replies; none retried or failed
+    assert [r["http/requests"] for r in rows] == [5, 4] and [r["http/total_requests"] for r in rows] == [5, 9]
+    assert all(r["http/retries"] == r["http/failures"] == r["http/skipped_steps"] == 0 for r in rows)
+    assert all(math.isfinite(r["loss/policy"]) for r in rows)
+    assert (out / "checkpoints" / "step_000002" / "trainer_state.json").exists()
+    # resumed for a third step: a new process checks the server again, and the run's total goes on
+    assert main(["train", "grpo", "--resume", str(out), "--steps", "3", "--quiet"]) == 0
+    rows = rows_of(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["http/total_requests"] == 9 + 5
+
+
+def test_ipo_trains_a_step_against_the_server(server, served_run, served_dir, tmp_path):
+    _, _, prompts = served_run
+    out = tmp_path / "run"
+    args = train_args(served_dir, prompts, server, out, "--steps", "1", "--horizon", "1", trainer="ipo")
+    args += ["--weak_supervision", "0"]
+    assert main(args) == 0
+    (row,) = rows_of(out)
+    # 2 prompts, 2 samples per tree node at horizon 1: 4 replies, and the check
+    assert row["http/requests"] == 5 and row["http/failures"] == 0
+    assert (out / "adversary" / "adapter_model.safetensors").is_file()
+
+
+def test_a_server_failing_mid_run_stops_at_the_last_checkpoint_and_resumes(
+    server, served_run, served_dir, tmp_path, capsys
+):
+    _, _, prompts = served_run
+    out = tmp_path / "run"
+    proxy = FaultProxy(server, "500", after=4)  # step 1's 4 replies pass; every later one answers 500
+    try:
+        assert main(train_args(served_dir, prompts, proxy.url, out, "--generations_per_prompt", "2")) == 2
+    finally:
+        proxy.stop()
+    err = one_line_error(capsys)
+    assert "answered HTTP 500" in err and f"resume with: redgym train grpo --resume {out}" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001"]  # nothing of step 2
+    assert [r["step"] for r in rows_of(out)] == [1]
+    # the server is back: resume against it, and every step is logged once
+    assert main(["train", "grpo", "--resume", str(out), "--defender_base_url", server, "--quiet"]) == 0
+    assert [r["step"] for r in rows_of(out)] == [1, 2]
+
+
+def test_with_http_skip_failed_steps_a_failed_step_is_skipped_and_counted(server, served_run, served_dir, tmp_path):
+    _, _, prompts = served_run
+    out = tmp_path / "run"
+    proxy = FaultProxy(server, "close", faults=2, after=4)  # step 2's first reply: dropped, and dropped on retry
+    try:
+        args = train_args(served_dir, prompts, proxy.url, out, "--generations_per_prompt", "2", "--steps", "3")
+        args += ["--http_concurrency", "1"]  # one request at a time: the dropped one and its retry are the same
+        assert main([*args, "--http_skip_failed_steps", "true"]) == 0
+    finally:
+        proxy.stop()
+    rows = rows_of(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["http/skipped_steps"] for r in rows] == [0, 1, 1]
+    assert "loss/policy" not in rows[1] and math.isfinite(rows[2]["loss/policy"])  # step 2 trained nothing
+    assert rows[1]["http/failures"] == 1
+
+
+def test_the_request_budget_stops_the_run_in_one_line(server, served_run, served_dir, tmp_path, capsys):
+    _, _, prompts = served_run
+    out = tmp_path / "run"
+    args = train_args(served_dir, prompts, server, out, "--generations_per_prompt", "2", "--http_max_requests", "7")
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert "http_max_requests 7 reached" in err and "resume with: redgym train grpo --resume" in err
+    assert [r["http/total_requests"] for r in rows_of(out)] == [5]  # step 1 (5 requests) finished; step 2 not

@@ -52,20 +52,27 @@ def test_likelihood_model_scores_the_nll_term_instead_of_the_defender(tiny_model
     assert all(t.scores["nll"] > 0 for c in convs for t in c.turns if t.speaker == "adversary")
 
 
-def test_training_against_a_server_defender_is_refused_in_one_line(tmp_path, capsys):
+def test_training_against_an_unreachable_server_is_one_line(tiny_model_dir, prompt_file, tmp_path, capsys):
     args = [
         "train",
         "grpo",
         "--out",
         str(tmp_path / "o"),
+        "--adversary_model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompt_file),
         "--defender_backend",
         "openai",
         "--defender_base_url",
         "http://127.0.0.1:9/v1",
         "--likelihood_model",
-        "x",
+        str(tiny_model_dir),
+        "--http_max_retries",
+        "0",
         "--quiet",
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "training supports defender_backend local only" in err
+    assert err.count("\n") == 0 and "connection failed for GET /models" in err
+    assert "resume with" not in err  # nothing to resume: the server was checked before any step

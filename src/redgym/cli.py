@@ -26,13 +26,14 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config, parse_overrides
 from redgym.docs_fields import fields_epilog, keys_epilog, own_fields_epilog, sync
-from redgym.errors import RedgymError, TrainingStopped
+from redgym.errors import RedgymError, RequestBudgetSpent, ServerError, TrainingStopped
 from redgym.guard.evaluate import GuardConfig
 from redgym.guard.train import GuardTrainConfig
 from redgym.pipelines.establish import EstablishConfig
 from redgym.pipelines.exploit import ExploitKeys
 from redgym.pipelines.explore import ExploreConfig
 from redgym.runfolder import hold_folder
+from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
 
 
@@ -425,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args, overrides)
         with hold_folder(folder, " ".join(argv if argv is not None else sys.argv[1:])):
             return COMMANDS[args.command](args, overrides)
+    except (ServerError, RequestBudgetSpent) as e:  # the input was fine: a run stopped at its last checkpoint
+        again, folder = "", getattr(args, "resume", None) or getattr(args, "out", None)
+        if args.command == "train" and folder is not None and latest_checkpoint(folder) is not None:
+            again = f"; nothing of the failed step was trained: resume with: redgym train {args.trainer} --resume "
+            again += str(folder)
+        elif args.command in ("experiment", "pipeline"):
+            again = "; rerun the same command: finished parts are skipped and this training resumes"
+        print(f"redgym: error: {e}{again}", file=sys.stderr)
+        return 2
     except RedgymError as e:
         print(f"redgym: error: {e}", file=sys.stderr)
         return 2

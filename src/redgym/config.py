@@ -129,6 +129,10 @@ class RunConfig(ConfigFields):
     http_timeout_s: float = _f(60.0, "openai backend: seconds one request may take before it is retried")
     http_max_retries: int = _f(2, "openai backend: retries of a failed request (timeouts, 5xx, dropped connections)")
     http_concurrency: int = _f(8, "openai backend: requests in flight at once")
+    http_max_requests: int = _f(
+        0, "openai backend: stop, in one line, before the request past this many (a paid API's budget); 0 = no cap"
+    )
+    http_rate_limit: float = _f(0.0, "openai backend: requests sent per second at most; 0 = no limit")
     # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
     max_new_tokens: int = _f(24, "new tokens per utterance")
     min_new_tokens: int = _f(2, "minimum new tokens per utterance")
@@ -294,6 +298,8 @@ class RunConfig(ConfigFields):
         need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
         need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
         need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
+        need(self.http_max_requests >= 0, f"http_max_requests must be >= 0, got {self.http_max_requests}")
+        need(self.http_rate_limit >= 0, f"http_rate_limit must be >= 0, got {self.http_rate_limit}")
 
     @property
     def data_seed(self) -> int:

@@ -8,6 +8,15 @@ class RedgymError(Exception):
     """A problem with the user's input, reported as one line, never as a traceback."""
 
 
+class ServerError(RedgymError):
+    """A defender server failed a request after its retries (the input was fine): a training step whose rollout
+    hits it is not trained; the run stops (or, with ``http_skip_failed_steps``, skips the step)."""
+
+
+class RequestBudgetSpent(RedgymError):
+    """``http_max_requests`` is reached: the run stops before the request that would exceed it, never skips."""
+
+
 class TrainingStopped(Exception):
     """Training stopped on SIGINT/SIGTERM after finishing a step and writing its checkpoint (resumable)."""
 

@@ -128,6 +128,8 @@ def load_defender(cfg: RunConfig) -> ChatBackend:
         cfg.http_timeout_s,
         cfg.http_max_retries,
         cfg.http_concurrency,
+        cfg.http_max_requests,
+        cfg.http_rate_limit,
     )
     server.check()
     return server
@@ -238,6 +240,8 @@ _BASELINE_FREE = {
     "http_timeout_s",
     "http_max_retries",
     "http_concurrency",
+    "http_max_requests",
+    "http_rate_limit",
 }
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, cast
 
-from redgym.errors import RedgymError
+from redgym.errors import RedgymError, RequestBudgetSpent, ServerError
 from redgym.models.base import ChatBackend, Generation, SamplingParams, chat_messages, render_plain
 
 NO_KEY = "no-key"  # local servers ignore the key, but the client refuses to start without one
@@ -45,6 +46,8 @@ class OpenAIChat(ChatBackend):
         timeout_s: float = 60.0,
         max_retries: int = 2,
         concurrency: int = 8,
+        max_requests: int = 0,
+        rate_limit: float = 0.0,
     ):
         try:
             import openai
@@ -60,12 +63,15 @@ class OpenAIChat(ChatBackend):
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="redgym-http")
-        self.requests = self.retries = self.failures = 0  # updated from the pool's threads, under the lock
+        self.max_requests, self.rate_limit = max_requests, rate_limit
+        self.requests = self.retries = self.failures = self.tokens = 0  # updated from the pool's threads, locked
         self._lock = threading.Lock()
+        self._next_start = 0.0  # rate_limit: the earliest time the next request may be sent (time.monotonic)
 
     def counts(self) -> dict[str, int]:
-        """What the evaluation report records under ``http``."""
-        return {"requests": self.requests, "retries": self.retries, "failures": self.failures}
+        """What the evaluation report records under ``http`` (``tokens``: reply tokens where the server reports
+        its usage)."""
+        return {"requests": self.requests, "retries": self.retries, "failures": self.failures, "tokens": self.tokens}
 
     def check(self) -> None:
         """Fail now, with one line, when the server cannot be reached or refuses the key (``GET /models``)."""
@@ -119,6 +125,7 @@ class OpenAIChat(ChatBackend):
             with raw.parse() as stream:  # closes the connection even when the stream breaks
                 for chunk in stream:
                     chunks += 1
+                    self._count_usage(chunk)
                     for choice in chunk.choices or []:
                         parts.append(choice.delta.content or "")
             if not chunks:
@@ -132,7 +139,13 @@ class OpenAIChat(ChatBackend):
             lambda: self.client.completions.with_raw_response.create(prompt=context, **self._sampling(params)),
             "POST /completions",
         )
-        return self._read(lambda: raw.parse().choices[0].text.strip(), "POST /completions")
+
+        def read() -> str:
+            parsed = raw.parse()
+            self._count_usage(parsed)
+            return parsed.choices[0].text.strip()
+
+        return self._read(read, "POST /completions")
 
     def prompt_logprobs(self, text: str) -> tuple[list[int], list[float | None]]:
         """(character offset, log-prob) of each token of ``text`` as the server scores it (``echo``, no new
@@ -159,18 +172,18 @@ class OpenAIChat(ChatBackend):
     def _call(self, request, what: str):
         """Send one request (the client retries it); count it; turn every failure into one line."""
         o = self._openai
-        self._count(requests=1)
+        self._admit(what)
         try:
             raw = request()
         except o.APITimeoutError:
             self._failed(self.max_retries)
-            raise RedgymError(
+            raise ServerError(
                 f"defender at {self.base_url}: {what} got no answer within {self.timeout_s:g} s "
                 f"({self._after_retries()})"
             ) from None
         except o.APIConnectionError as e:
             self._failed(self.max_retries)
-            raise RedgymError(
+            raise ServerError(
                 f"defender at {self.base_url}: connection failed for {what} "
                 f"({_one_line(e.__cause__ or e)}; {self._after_retries()})"
             ) from None
@@ -180,12 +193,12 @@ class OpenAIChat(ChatBackend):
             raise RedgymError(f"defender at {self.base_url} rejected {where} (HTTP {e.status_code})") from None
         except o.APIStatusError as e:
             self._failed(self.max_retries if e.status_code in (408, 409, 429) or e.status_code >= 500 else 0)
-            raise RedgymError(
+            raise ServerError(
                 f"defender at {self.base_url}: {what} answered HTTP {e.status_code} ({_one_line(e.message)})"
             ) from None
         except (o.OpenAIError, ValueError) as e:  # a body the client cannot parse
             self._failed(0)
-            raise RedgymError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
+            raise ServerError(f"defender at {self.base_url}: malformed answer to {what} ({_one_line(e)})") from None
         self._count(retries=getattr(raw, "retries_taken", 0))  # older clients do not report it (counted as 0)
         return raw
 
@@ -197,16 +210,38 @@ class OpenAIChat(ChatBackend):
             raise
         except self._openai.APITimeoutError:
             self._failed(0)
-            raise RedgymError(
+            raise ServerError(
                 f"defender at {self.base_url}: {what} stopped answering mid-reply (timeout {self.timeout_s:g} s)"
             ) from None
         except Exception as e:  # noqa: BLE001 - a broken stream can fail in the transport or in parsing
             self._failed(0)
             cause = e.__cause__ or e  # the transport's own error says more than the client's "Connection error."
-            raise RedgymError(
+            raise ServerError(
                 f"defender at {self.base_url}: malformed or broken answer to {what} "
                 f"({type(cause).__name__}: {_one_line(cause)})"
             ) from None
+
+    def _admit(self, what: str) -> None:
+        """Count the request about to be sent, or refuse it past ``max_requests``; with ``rate_limit``, wait for its
+        turn (request starts ``1 / rate_limit`` s apart, across the concurrent ones)."""
+        with self._lock:
+            if self.max_requests and self.requests >= self.max_requests:
+                raise RequestBudgetSpent(
+                    f"http_max_requests {self.max_requests} reached: {what} to {self.base_url} not sent"
+                )
+            self.requests += 1
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            if self.rate_limit > 0:
+                self._next_start = start + 1.0 / self.rate_limit
+        if start > now:
+            time.sleep(start - now)
+
+    def _count_usage(self, answer) -> None:
+        usage = getattr(answer, "usage", None)
+        tokens = getattr(usage, "completion_tokens", None)
+        if isinstance(tokens, int):
+            self._count(tokens=tokens)
 
     def _after_retries(self) -> str:
         n = self.max_retries
@@ -215,11 +250,12 @@ class OpenAIChat(ChatBackend):
     def _failed(self, retries: int) -> None:
         self._count(retries=retries, failures=1)
 
-    def _count(self, requests: int = 0, retries: int = 0, failures: int = 0) -> None:
+    def _count(self, requests: int = 0, retries: int = 0, failures: int = 0, tokens: int = 0) -> None:
         with self._lock:
             self.requests += requests
             self.retries += retries
             self.failures += failures
+            self.tokens += tokens
 
 
 def continuation_nll_from_offsets(

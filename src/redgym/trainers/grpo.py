@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.errors import RedgymError
@@ -216,22 +215,20 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
-    start, counters = run.start, run.state.get("counters", {})
+    counters = run.state.get("counters", {})
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(
-        range(start, cfg.steps),
-        desc="train grpo",
-        initial=start,
-        total=cfg.steps,
-        disable=not (progress and acc.is_main_process),
-    ):
+    for step in run.steps("grpo", progress):  # each begins with Run.begin_step
         t0 = time.time()
-        run.begin_step(step)  # the learning rate's place in its schedule
         # 1-2 the step's prompts, each rolled out G times (adversary on-policy, K defender replies), scored
-        convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
+        rolled = run.defender_step(step, counters, roll_out, run, step, sampling, cfg.generations_per_prompt)
+        if rolled is None:  # a server defender failed the step and http_skip_failed_steps says skip it
+            if end_step(run, step, {"time/step_s": time.time() - t0}, {"counters": counters}):
+                break
+            continue
+        convs, scores = rolled
         t_roll = time.time() - t0
         release_memory()
         # 3 the samples trained on (train_per_prompt: each group's most varied), their group-relative advantages,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.data.weak import toxic_span_splits, weak_pool  # noqa: F401 - toxic_span_splits: the tests' entry
@@ -233,7 +232,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer) if cfg.weak_supervision > 0 else []
     )
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
-    start, counters = run.start, run.state.get("counters", {})
+    counters = run.state.get("counters", {})
     train_prompts = setup.split.train
 
     def score(ctx, a, d, groups):  # the exchanges of this step's trees, under this step's reward weights
@@ -243,15 +242,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
 
     metrics: dict[str, float] = {}
 
-    for step in tqdm(
-        range(start, cfg.steps),
-        desc="train ipo",
-        initial=start,
-        total=cfg.steps,
-        disable=not (progress and acc.is_main_process),
-    ):
+    for step in run.steps("ipo", progress):  # each begins with Run.begin_step
         t0 = time.time()
-        run.begin_step(step)  # the learning rate's place in its schedule
         weights = run.reward_weights(step)  # read by score(): the configured weights, or a curriculum's
         # 1 prompts
         batch = [train_prompts[i] for i in batch_indices(len(train_prompts), cfg.prompts_per_step, step, cfg.seed)]
@@ -259,7 +251,10 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
         policy.sync_sampler()
-        groups = grow_tree(
+        groups = run.defender_step(
+            step,
+            counters,
+            grow_tree,
             [p.turns for p in batch],
             adversary,
             defender,
@@ -271,6 +266,10 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             setup.params,
             cfg.defender_samples,
         )
+        if groups is None:  # a server defender failed the step and http_skip_failed_steps says skip it
+            if end_step(run, step, {"time/step_s": time.time() - t0}, {"counters": counters}):
+                break
+            continue
         t_roll = time.time() - t0
         release_memory()  # the rollout's generation caches, before training activations are allocated
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)

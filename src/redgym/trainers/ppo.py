@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.errors import RedgymError
@@ -217,22 +216,20 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     run = start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(model_config(pol.model).hidden_size),))
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
     value_head = run.extra[0]
-    start, counters, kl_coef = run.start, run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
+    counters, kl_coef = run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     metrics: dict[str, float] = {}
 
-    for step in tqdm(
-        range(start, cfg.steps),
-        desc="train ppo",
-        initial=start,
-        total=cfg.steps,
-        disable=not (progress and acc.is_main_process),
-    ):
+    for step in run.steps("ppo", progress):  # each begins with Run.begin_step
         t0 = time.time()
-        run.begin_step(step)  # the learning rate's place in its schedule
         # 1-2 the step's prompts, each rolled out generations_per_prompt times (adversary on-policy), scored
-        convs, scores = roll_out(run, step, sampling, cfg.generations_per_prompt)
+        rolled = run.defender_step(step, counters, roll_out, run, step, sampling, cfg.generations_per_prompt)
+        if rolled is None:  # a server defender failed the step and http_skip_failed_steps says skip it
+            if end_step(run, step, {"time/step_s": time.time() - t0}, {"counters": counters, "kl_coef": kl_coef}):
+                break
+            continue
+        convs, scores = rolled
         t_roll = time.time() - t0
         # 3 old/ref log-probs, values, KL-penalised token rewards, GAE
         ep = episodes_from(convs, adversary, budget)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from redgym.errors import RedgymError, TrainingStopped
+from redgym.errors import RedgymError, ServerError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM
 from redgym.models.loading import resolve_device
@@ -115,6 +115,52 @@ class Run:
     t_start: float
     clock: StepClock
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+    http_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # a server's counts at the last step's end
+    bar: Any = None  # the progress bar of ``steps``
+
+    def steps(self, name: str, progress: bool):
+        """The training steps still to run, behind a progress bar (its postfix: a server defender's requests so
+        far), each begun with ``begin_step``."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            range(self.start, self.cfg.steps),
+            desc=f"train {name}",
+            initial=self.start,
+            total=self.cfg.steps,
+            disable=not (progress and self.acc.is_main_process),
+        )
+        for step in self.bar:
+            self.begin_step(step)
+            yield step
+
+    def http_metrics(self, counters: dict) -> dict[str, float]:
+        """A server defender's request, retry, failure and token counts: this step's (``http/*``) and the run's so
+        far (``http/total_*``, kept in the checkpoint's ``counters`` so a resumed run goes on counting)."""
+        counts = getattr(self.setup.defender, "counts", None)
+        if counts is None:
+            return {}
+        now, out = counts(), {}
+        for k, v in now.items():
+            step_v = v - self.http_seen.get(k, 0)
+            counters[f"http_{k}"] = counters.get(f"http_{k}", 0) + step_v
+            out[f"http/{k}"], out[f"http/total_{k}"] = float(step_v), float(counters[f"http_{k}"])
+        self.http_seen = now
+        out["http/skipped_steps"] = float(counters.get("http_skipped_steps", 0))
+        return out
+
+    def defender_step(self, step: int, counters: dict, roll, *args):
+        """``roll(*args)`` (a step's rollouts), or None when a server defender failed it and ``http_skip_failed_steps``
+        says to skip the step (counted); otherwise the failure stops the run before anything of the step is
+        trained, its last checkpoint intact."""
+        try:
+            return roll(*args)
+        except ServerError as e:
+            if not self.cfg.http_skip_failed_steps:
+                raise
+            counters["http_skipped_steps"] = counters.get("http_skipped_steps", 0) + 1
+            log.warning("step %d skipped, nothing trained: %s", step + 1, e)
+            return None
 
     def begin_step(self, step: int) -> None:
         """Every trainer's first act in a step: the learning rate takes this step's place in the schedule now (the
@@ -145,8 +191,6 @@ def start_run(
     from redgym.setup import prepare
 
     check_writable(out)
-    if cfg.defender_backend != "local":  # the trainers share the policy's base weights with a local defender
-        raise RedgymError(f"training supports defender_backend local only, got {cfg.defender_backend!r}")
     acc = make_accelerator(cfg, out)
     check_parallelism(acc)
     if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
@@ -158,7 +202,8 @@ def start_run(
         )
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
     policy = build_policy(cfg)
-    defender = defender_lm(cfg, policy)
+    # a local defender shares the policy's base weights; a server defender is set up (and checked) by prepare
+    defender = defender_lm(cfg, policy) if cfg.defender_backend == "local" else None
     setup = prepare(cfg, need_embedder=False, defender=defender)
     dev = next(policy.model.parameters()).device
     extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
@@ -214,6 +259,9 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     release_memory()
     metrics["sys/peak_rss_gb"] = peak_rss_gb()
     metrics["sys/rss_gb"] = rss_gb()
+    metrics.update(run.http_metrics(state.get("counters", {})))
+    if run.bar is not None and "http/total_requests" in metrics:
+        run.bar.set_postfix(requests=int(metrics["http/total_requests"]), refresh=False)
     metrics.update(mean_over_ranks(run.acc, metrics))
     run.metrics_log.log(step + 1, metrics)
     out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from redgym.config import _f
 from redgym.data.weak import weak_pool
@@ -42,15 +41,8 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
     counters = run.state.get("counters", {})
     metrics: dict[str, float] = {}
 
-    for step in tqdm(
-        range(run.start, cfg.steps),
-        desc="train sft",
-        initial=run.start,
-        total=cfg.steps,
-        disable=not (progress and acc.is_main_process),
-    ):
+    for step in run.steps("sft", progress):  # each begins with Run.begin_step
         t0 = time.time()
-        run.begin_step(step)  # the learning rate's place in its schedule
         # 1 examples: a pure function of (seed, step), so a resumed run draws the same ones
         rng = np.random.default_rng([cfg.seed, step])
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]

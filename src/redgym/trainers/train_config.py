@@ -25,6 +25,11 @@ class TrainConfig(RunConfig):
         "has found its reward is easily pushed off it by full-size late updates; 0 = constant after warmup",
     )
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    http_skip_failed_steps: bool = _f(
+        False,
+        "defender_backend openai: a step whose defender requests fail after their retries is skipped (untrained, "
+        "counted in http/skipped_steps) instead of stopping the run at its last checkpoint",
+    )
     reward_curriculum_steps: int = _f(
         0,
         "the reward starts as the adversary's own toxicity (exact: the trainer "
