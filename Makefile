@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/ipo_gain.py --steps 25 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/python bench/learnability.py --out runs/learnability-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/python bench/served_defender.py --out runs/served-$$(date +%Y%m%d-%H%M%S)
 
 # The experiments behind the README's tables (resumable: run the same target again to continue). The transfer
 # defender (Gemma-3-270M) comes from the `transfer` extra.
