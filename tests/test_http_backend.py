@@ -207,12 +207,9 @@ class FaultProxy:
         self.httpd.server_close()
 
 
-def eval_args(served_dir: Path, prompt_file: Path, url: str, out: Path, *extra: str) -> list[str]:
-    """``redgym eval`` of the untuned tiny adversary against the served tiny defender, NLL from the local copy."""
+def served_fields(served_dir: Path, prompt_file: Path, url: str) -> list[str]:
+    """The tiny model as adversary, as the served defender at ``url`` and as the local likelihood model."""
     return [
-        "eval",
-        "--out",
-        str(out),
         "--adversary_model",
         str(served_dir),
         "--defender_model",
@@ -225,6 +222,16 @@ def eval_args(served_dir: Path, prompt_file: Path, url: str, out: Path, *extra: 
         str(served_dir),
         "--prompts",
         str(prompt_file),
+    ]
+
+
+def eval_args(served_dir: Path, prompt_file: Path, url: str, out: Path, *extra: str) -> list[str]:
+    """``redgym eval`` of the untuned tiny adversary against the served tiny defender, NLL from the local copy."""
+    return [
+        "eval",
+        "--out",
+        str(out),
+        *served_fields(served_dir, prompt_file, url),
         "--max_new_tokens",
         "5",
         "--test_fraction",
@@ -481,18 +488,7 @@ def train_args(served_dir: Path, prompts: Path, url: str, out: Path, *extra: str
         trainer,
         "--out",
         str(out),
-        "--adversary_model",
-        str(served_dir),
-        "--defender_model",
-        str(served_dir),
-        "--defender_backend",
-        "openai",
-        "--defender_base_url",
-        url,
-        "--likelihood_model",
-        str(served_dir),
-        "--prompts",
-        str(prompts),
+        *served_fields(served_dir, prompts, url),
         "--max_new_tokens",
         "4",
         "--test_fraction",
