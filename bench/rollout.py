@@ -30,8 +30,11 @@ against the same floor; the NLL term then costs its own forward pass (the engine
 the timing includes. CTranslate2 draws from its own random generator, so its texts differ from the floor's; an
 utterance that stops early (a sampled stop token) makes fewer tokens, and tok/s counts the tokens made.
 
+With ``--repetition-penalty 1`` (both sides; default: the config's 1.1) CTranslate2 prefills the contexts in one
+pass instead of decoding them token by token (models/ct2.py says why only then); BENCH keys then end in ``_rp1``.
+
 Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]
-[--defender-samples 1,4] [--engines hf,ctranslate2] [--compute-type float32]``
+[--defender-samples 1,4] [--engines hf,ctranslate2] [--compute-type float32] [--repetition-penalty 1.1]``
 """
 
 from __future__ import annotations
@@ -79,16 +82,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
     p.add_argument("--engines", default="hf", help="comma-separated sampling engines: hf, ctranslate2")
     p.add_argument("--compute-type", default="float32", help="ctranslate2: float32 or int8")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=SamplingParams().repetition_penalty,
+        help="both sides' repetition penalty (1 lets ctranslate2 prefill the contexts; see models/ct2.py)",
+    )
     return p.parse_args()
 
 
-def setup(max_new_tokens: int):
+def setup(max_new_tokens: int, repetition_penalty: float):
     """The default eval's objects: one SmolLM2 LM used as adversary and defender, the profanity scorer."""
     model, tok = load_model("smollm2-135m")
     lm = LM(model, tok, "smollm2-135m", "plain", 512, remember_turn_nll=True)  # as setup.load_likelihood does
     scorer = build_scorer("profanity")
     prompts = load_prompts("chitchat", scorer=scorer, max_words=60)  # the default config's length cap
-    params = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty
+    )
     return lm, scorer, prompts, params
 
 
@@ -204,11 +215,12 @@ def main() -> None:
     torch.manual_seed(SEED)
     batches = [int(b) for b in args.batches.split(",")]
     t_load = time.perf_counter()
-    lm, scorer, all_prompts, params = setup(args.max_new_tokens)
+    lm, scorer, all_prompts, params = setup(args.max_new_tokens, args.repetition_penalty)
     warm_up(lm, params)
     print(
         f"model smollm2-135m dtype={lm.model.dtype} device={lm.device} threads={torch.get_num_threads()} "
-        f"horizon={args.horizon} max_new_tokens={params.max_new_tokens} setup+warm-up "
+        f"horizon={args.horizon} max_new_tokens={params.max_new_tokens} "
+        f"repetition_penalty={params.repetition_penalty:g} setup+warm-up "
         f"{time.perf_counter() - t_load:.1f}s",
         flush=True,
     )
@@ -239,6 +251,11 @@ def main() -> None:
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
         tag = f"b{batch}" + (f"_k{k}" if k > 1 else "") + ("" if name == "hf" else f"_{name}_{args.compute_type}")
+        tag += (
+            ""
+            if params.repetition_penalty == SamplingParams().repetition_penalty
+            else f"_rp{params.repetition_penalty:g}"
+        )
         print(
             f"{name:>11} {batch:>3} {k:>2} {len(floor.texts):>5} {floor.tokens:>6} | "
             f"{floor.tok_s:>11.1f} {engine.tok_s:>12.1f} | "

@@ -74,15 +74,40 @@ def test_logprobs_match_transformers_where_no_mask_or_penalty_applies(pair):
         assert torch.allclose(torch.tensor(y), torch.tensor(x), atol=1e-4)
 
 
-def test_sampling_respects_lengths_and_is_seeded_by_the_engine(pair):
+@pytest.mark.parametrize("penalty", [1.1, 1.0])  # the token-by-token and the prefill way (see CT2LM._sample)
+def test_sampling_respects_lengths_and_is_seeded_by_the_engine(pair, penalty):
     _, engine = pair
-    p = SamplingParams(max_new_tokens=5, min_new_tokens=3, temperature=0.7, top_p=0.9, top_k=20)
+    p = SamplingParams(
+        max_new_tokens=5, min_new_tokens=3, temperature=0.7, top_p=0.9, top_k=20, repetition_penalty=penalty
+    )
     g = engine.generate(CONTEXTS * 4, p)
     stop = set(engine.stop_ids)
     for ids in g.token_ids:
         assert 3 <= len(ids) <= 5
         assert not stop & set(ids[:3])  # no stop token before min_new_tokens
     assert len({tuple(i) for i in g.token_ids}) > 1  # it samples
+
+
+def test_prefill_keeps_min_new_tokens_for_every_context_length(peaky_model_dir, cache):
+    """Without a penalty the engine prefills up to the shortest context: a longer one's minimum and maximum still
+    count from its own end, and greedy tokens still equal transformers' (a model whose stop token's logit is
+    scaled up, so some contexts want to stop at once)."""
+    model, tok = load_model(str(peaky_model_dir), dtype="float32", device="cpu")
+    stop = tok.convert_tokens_to_ids("</s>")
+    with torch.no_grad():
+        model.lm_head.weight[stop] *= 6.0
+    hf = LM(model, tok, "tiny", "plain", max_context_tokens=64)
+    engine = ct2mod.ct2_lm(model, tok, "stoppy", "plain", 64)
+    contexts = CONTEXTS + RECURRING
+    lengths = {}
+    for min_new in (0, 3):
+        p = SamplingParams(max_new_tokens=7, min_new_tokens=min_new, temperature=0, repetition_penalty=1.0)
+        a, b = hf.generate(contexts, p), engine.generate(contexts, p)
+        assert b.token_ids == a.token_ids
+        assert all(stop not in ids[:min_new] for ids in b.token_ids)
+        lengths[min_new] = sorted(len(ids) for ids in b.token_ids)
+    print(lengths)
+    assert lengths[0][0] <= 2 < lengths[3][0]  # some reply stops at once, unless told otherwise
 
 
 def test_conversion_is_cached_reused_and_rebuilt_when_damaged(tiny_model_dir, cache, monkeypatch, caplog):

@@ -2,8 +2,9 @@
 
     defender_engine: ctranslate2        (defender_compute_type: float32 | int8)
 
-Hugging Face ``generate`` hardly gains from batching on a CPU; CTranslate2 does, but the exact mode used here feeds
-the context token by token and is slower than ``generate`` at batch 64 (bench/rollout.py). The model is
+Hugging Face ``generate`` hardly gains from batching on a CPU; CTranslate2 does. With a repetition penalty the
+context is decoded token by token (the only exact way, see ``CT2LM._sample``), slower than ``generate`` at batch 64;
+with ``repetition_penalty`` 1 it is prefilled in one pass (bench/rollout.py --repetition-penalty 1). The model is
 converted once with CTranslate2's own converter from the folder ``load_model`` uses (the GGUF's safetensors cache,
 a local folder, or a hub model's snapshot) into ``$REDGYM_CACHE/ct2/<name>-<hash of the source's files>``, written
 atomically and reused; a converted folder that does not load is converted again, once.
@@ -12,8 +13,8 @@ The converted weights stay float32; ``compute_type`` float32 (the default) is th
 its weights when loading (faster, and a slightly different defender: say so when you report it).
 
 Same sampling settings as ``LM.generate``: temperature (0 = greedy), top-p, top-k, repetition penalty, minimum and
-maximum new tokens, the same stop tokens, the same left-cut context window. The context is fed as the start of the
-result (``include_prompt_in_result``), so the repetition penalty covers the context's tokens as Hugging Face's does,
+maximum new tokens, the same stop tokens, the same left-cut context window. With a penalty the context is fed as the
+start of the result (``include_prompt_in_result``), so the penalty covers the context's tokens as Hugging Face's does,
 all but the very first (the engine's start token: a difference only when that token occurs nowhere else in the
 context or the reply); with greedy decoding the tokens are those of ``LM.generate`` (tests/test_ct2.py).
 ``Generation.logprobs`` are the engine's per-token log-probs at temperature 1, after its repetition penalty and
@@ -156,31 +157,40 @@ class CT2LM(LM):
         return Generation(texts, ids, lps, None)
 
     def _sample(self, starts: list[list[str]], params: SamplingParams) -> list[list[tuple[int, float]]]:
-        """(token id, log-prob) of each row's new tokens, up to its stop token or ``max_new_tokens``."""
+        """(token id, log-prob) of each row's new tokens, up to its stop token or ``max_new_tokens``.
+
+        Two ways to feed the contexts, both exact. With a repetition penalty (which covers the context, as
+        transformers'), each context is decoded as the result's forced start, token by token: slow. Without one
+        (``repetition_penalty`` 1), the engine prefills the contexts in one pass up to the batch's shortest and
+        forces only the rest; its penalty would cover those forced tokens, which is why a penalty needs the first
+        way."""
         if not starts:
             return []
         lengths = [len(s) for s in starts]
+        prefill = params.repetition_penalty == 1.0
         greedy = params.temperature <= 0
         new: list[list[tuple[int, float]]] = [[] for _ in starts]
+        # lengths count from the first decoded position: the shortest context's end (prefill) or its 2nd token
+        offset = min(lengths) if prefill else 0
 
-        def on_token(step) -> bool:  # called from the context's 2nd token on; keep the new ones, stop at the cap
-            if step.step < lengths[step.batch_id] - 1:
-                return False
+        def on_token(step) -> bool:  # keep the new tokens, stop at the cap
+            if not prefill and step.step < lengths[step.batch_id] - 1:
+                return False  # a forced context token
             row = new[step.batch_id]
             row.append((step.token_id, float(step.log_prob)))
             return len(row) >= params.max_new_tokens
 
         self.generator.generate_batch(
             starts,
-            max_length=max(lengths) + params.max_new_tokens,
-            min_length=min(lengths) + params.min_new_tokens if params.min_new_tokens else 0,
+            max_length=max(lengths) - offset + params.max_new_tokens,
+            min_length=min(lengths) - offset + params.min_new_tokens if params.min_new_tokens else 0,
             sampling_topk=1 if greedy else params.top_k,
             sampling_topp=1.0 if greedy else params.top_p,
             sampling_temperature=1.0 if greedy else params.temperature,
             repetition_penalty=params.repetition_penalty,
             end_token=self._end_tokens,
             return_end_token=True,
-            include_prompt_in_result=True,
+            include_prompt_in_result=not prefill,
             return_scores=True,
             callback=on_token,
         )
