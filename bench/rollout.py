@@ -1,6 +1,6 @@
 """Throughput of redgym's rollout engine (scoring included) next to the raw ``model.generate`` floor.
 
-What is measured, per batch size B (default 1, 8, 16):
+What is measured, per batch size B (default 1, 8, 16, 64):
 
 - engine: ``redgym.rollout.engine.rollout`` (adversary and defender are the same ``LM`` object, as in the default
   eval) followed by ``redgym.rollout.reward.score_conversations`` (profanity scorer + the defender's NLL of every
@@ -33,7 +33,7 @@ utterance that stops early (a sampled stop token) makes fewer tokens, and tok/s 
 With ``--repetition-penalty 1`` (both sides; default: the config's 1.1) CTranslate2 prefills the contexts in one
 pass instead of decoding them token by token (models/ct2.py says why only then); BENCH keys then end in ``_rp1``.
 
-Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16]
+Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16,64]
 [--defender-samples 1,4] [--engines hf,ctranslate2] [--compute-type float32] [--repetition-penalty 1.1]``
 """
 
@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--horizon", type=int, default=2, help="(adversary, defender) exchanges per conversation")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per utterance (min = max)")
-    p.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes")
+    p.add_argument("--batches", default="1,8,16,64", help="comma-separated batch sizes")
     p.add_argument("--convs-b1", type=int, default=2, help="conversations at batch size 1 (others use B)")
     p.add_argument("--defender-samples", default="1", help="comma-separated K: defender replies per adversary turn")
     p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
