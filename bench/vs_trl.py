@@ -41,7 +41,7 @@ from redgym.rollout.reward import score_conversations
 from redgym.runfolder import read_jsonl
 from redgym.setup import load_lm, prepare
 from redgym.trainers import grpo
-from redgym.trainers.policy import train_sampling
+from redgym.trainers.policy import lora_config, train_sampling
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,7 +82,6 @@ class StepClock:
 
 def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
@@ -109,7 +108,6 @@ def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
 
     per_gen = cfg.prompts_per_step * cfg.generations_per_prompt
     optimizer_steps = per_gen // cfg.micro_batch_size * cfg.ppo_epochs
-    targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
     args = TRLConfig(
         output_dir=str(out),
         max_steps=optimizer_steps * cfg.steps,
@@ -120,9 +118,9 @@ def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
         num_iterations=cfg.ppo_epochs,
         max_completion_length=sampling.max_new_tokens,
         temperature=sampling.temperature,
-        top_p=1.0,
-        top_k=0,
-        repetition_penalty=1.0,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        repetition_penalty=sampling.repetition_penalty,
         beta=cfg.kl_coef,
         epsilon=cfg.clip_range,
         epsilon_high=cfg.clip_range_high or cfg.clip_range,
@@ -138,7 +136,6 @@ def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
     )
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
     clock = StepClock()
     trainer = GRPOTrainer(
         model=adversary.model,
@@ -146,7 +143,7 @@ def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=adversary.tokenizer,
-        peft_config=lora,
+        peft_config=lora_config(cfg),  # the adapter redgym trains
         callbacks=[clock.callback],
     )
     trainer.train()

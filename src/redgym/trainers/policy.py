@@ -98,6 +98,20 @@ def model_config(model: torch.nn.Module) -> PretrainedConfig:
     return config
 
 
+def lora_config(cfg: TrainConfig):
+    """The peft ``LoraConfig`` of the adversary's adapter (rank, alpha, dropout, target modules)."""
+    from peft import LoraConfig
+
+    targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
 def build_policy(cfg: TrainConfig) -> Policy:
     model, tok = load_model(cfg.adversary_model, cfg.dtype, cfg.device)
     if not cfg.lora:
@@ -105,16 +119,9 @@ def build_policy(cfg: TrainConfig) -> Policy:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return Policy(model.train(), tok, ref, frozen_sampler=ref)
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    targets = "all-linear" if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(cfg)
     # autocast_adapter_dtype keeps the adapter in float32 over a bf16 base: AdamW updates stay exact.
     fast = cfg.fast_generation and next(model.parameters()).dtype == torch.float32
     if cfg.fast_generation and not fast:
