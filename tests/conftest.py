@@ -140,3 +140,22 @@ def tiny_experiment(model_dir, prompt_file, samples_per_prompt: int, **grpo_trai
         "eval": {"bootstrap_samples": 20, "samples_per_prompt": samples_per_prompt},
         "arms": {"untuned": {"kind": "untuned"}, "grpo": {"kind": "grpo", "train": train}},
     }
+
+
+TINY_RUN = {
+    "max_new_tokens": 4,
+    "min_new_tokens": 4,
+    "prompts_per_step": 2,
+    "dtype": "float32",
+    "test_fraction": 0.3,
+    "max_context_tokens": 64,
+    "scorer": "profanity",
+    "eval_after": "false",
+}
+
+
+def tiny_run_fields(model_dir, prompt_file, **fields) -> list[str]:
+    """``redgym train`` field overrides for a tiny run on the tiny model (the subprocess and CLI training tests):
+    ``TINY_RUN`` with ``fields`` on top, as ``--name value`` pairs."""
+    merged = {"adversary_model": model_dir, "defender_model": model_dir, "prompts": prompt_file, **TINY_RUN, **fields}
+    return [arg for name, value in merged.items() for arg in (f"--{name}", str(value))]

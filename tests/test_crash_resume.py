@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_experiment
+from conftest import tiny_experiment, tiny_run_fields
 from safetensors.torch import load_file
 
 from redgym.runfolder import HOLDER_FILE, LOCK_FILE
@@ -37,34 +37,7 @@ def stable(rows: list[dict]) -> list[dict]:
 def test_sigkill_then_resume_equals_an_uninterrupted_run(trainer, extra, tiny_model_dir, prompt_file, tmp_path):
     steps = 6
     fields = [
-        "--adversary_model",
-        str(tiny_model_dir),
-        "--defender_model",
-        str(tiny_model_dir),
-        "--prompts",
-        str(prompt_file),
-        "--max_new_tokens",
-        "4",
-        "--min_new_tokens",
-        "4",
-        "--prompts_per_step",
-        "2",
-        "--dtype",
-        "float32",
-        "--lr",
-        "1e-2",
-        "--test_fraction",
-        "0.3",
-        "--max_context_tokens",
-        "64",
-        "--scorer",
-        "profanity",
-        "--eval_after",
-        "false",
-        "--checkpoint_every",
-        "1",
-        "--steps",
-        str(steps),
+        *tiny_run_fields(tiny_model_dir, prompt_file, lr="1e-2", checkpoint_every=1, steps=steps),
         "--quiet",
         *extra,
     ]

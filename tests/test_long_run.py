@@ -6,50 +6,15 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import tiny_run_fields
 
 
 def test_rss_does_not_grow_over_50_steps(tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "redgym",
-        "train",
-        "grpo",
-        "--out",
-        str(out),
-        "--quiet",
-        "--steps",
-        "50",
-        "--adversary_model",
-        str(tiny_model_dir),
-        "--defender_model",
-        str(tiny_model_dir),
-        "--prompts",
-        str(prompt_file),
-        "--max_new_tokens",
-        "4",
-        "--min_new_tokens",
-        "4",
-        "--prompts_per_step",
-        "2",
-        "--generations_per_prompt",
-        "2",
-        "--micro_batch_size",
-        "4",
-        "--dtype",
-        "float32",
-        "--test_fraction",
-        "0.3",
-        "--max_context_tokens",
-        "64",
-        "--scorer",
-        "profanity",
-        "--eval_after",
-        "false",
-        "--checkpoint_every",
-        "10",
-    ]
+    args = [sys.executable, "-m", "redgym", "train", "grpo", "--out", str(out), "--quiet", "--steps", "50"]
+    args += tiny_run_fields(
+        tiny_model_dir, prompt_file, generations_per_prompt=2, micro_batch_size=4, checkpoint_every=10
+    )
     done = subprocess.run(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

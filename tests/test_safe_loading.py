@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run_fields
 
 from redgym.cli import main
 from redgym.config import RunConfig, load_config
@@ -17,32 +18,7 @@ def train_args(model_dir, prompts, *extra):
         "train",
         "ppo",
         "--quiet",
-        "--adversary_model",
-        str(model_dir),
-        "--defender_model",
-        str(model_dir),
-        "--prompts",
-        str(prompts),
-        "--max_new_tokens",
-        "4",
-        "--min_new_tokens",
-        "4",
-        "--prompts_per_step",
-        "2",
-        "--micro_batch_size",
-        "2",
-        "--dtype",
-        "float32",
-        "--test_fraction",
-        "0.3",
-        "--max_context_tokens",
-        "64",
-        "--scorer",
-        "profanity",
-        "--eval_after",
-        "false",
-        "--checkpoint_every",
-        "1",
+        *tiny_run_fields(model_dir, prompts, micro_batch_size=2, checkpoint_every=1),
         *extra,
     ]
 

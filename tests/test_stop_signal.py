@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_experiment
+from conftest import tiny_experiment, tiny_run_fields
 
 
 def metrics(out: Path) -> list[dict]:
@@ -22,34 +22,9 @@ def metrics(out: Path) -> list[dict]:
 def test_a_signal_finishes_the_step_checkpoints_and_the_run_resumes(sig, tiny_model_dir, prompt_file, tmp_path):
     out = tmp_path / "run"
     fields = [
-        "--adversary_model",
-        str(tiny_model_dir),
-        "--defender_model",
-        str(tiny_model_dir),
-        "--prompts",
-        str(prompt_file),
-        "--max_new_tokens",
-        "4",
-        "--min_new_tokens",
-        "4",
-        "--prompts_per_step",
-        "2",
-        "--generations_per_prompt",
-        "2",
-        "--micro_batch_size",
-        "4",
-        "--dtype",
-        "float32",
-        "--test_fraction",
-        "0.3",
-        "--max_context_tokens",
-        "64",
-        "--scorer",
-        "profanity",
-        "--eval_after",
-        "false",
-        "--checkpoint_every",
-        "1000",
+        *tiny_run_fields(
+            tiny_model_dir, prompt_file, generations_per_prompt=2, micro_batch_size=4, checkpoint_every=1000
+        ),
         "--quiet",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -7,46 +7,15 @@ import json
 import numpy as np
 import pytest
 from accelerate import Accelerator
+from conftest import tiny_run_fields
 
 from redgym.cli import main
 from redgym.runfolder import atomic_files, atomic_savefig, atomic_write, replace_folder
 
 
 def train_args(model_dir, prompts, *extra):
-    return [
-        "train",
-        "grpo",
-        "--quiet",
-        "--adversary_model",
-        str(model_dir),
-        "--defender_model",
-        str(model_dir),
-        "--prompts",
-        str(prompts),
-        "--max_new_tokens",
-        "4",
-        "--min_new_tokens",
-        "4",
-        "--prompts_per_step",
-        "2",
-        "--generations_per_prompt",
-        "2",
-        "--micro_batch_size",
-        "4",
-        "--dtype",
-        "float32",
-        "--test_fraction",
-        "0.3",
-        "--max_context_tokens",
-        "64",
-        "--scorer",
-        "profanity",
-        "--eval_after",
-        "false",
-        "--checkpoint_every",
-        "1",
-        *extra,
-    ]
+    fields = tiny_run_fields(model_dir, prompts, generations_per_prompt=2, micro_batch_size=4, checkpoint_every=1)
+    return ["train", "grpo", "--quiet", *fields, *extra]
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
