@@ -21,7 +21,7 @@ from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, sp
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend
 from redgym.models.ct2 import ct2_lm
-from redgym.models.guard import GuardedDefender, GuardModel
+from redgym.models.guard import GuardedDefender, GuardModel, bare_defender
 from redgym.models.http import OpenAIChat, ServerLikelihood
 from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
@@ -138,7 +138,7 @@ def load_defender(cfg: RunConfig) -> ChatBackend:
 def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
     """What scores the NLL term: ``likelihood_model`` (the defender's own copy when it names the local defender),
     else the defender itself, which must then be able to score."""
-    bare = defender.defender if isinstance(defender, GuardedDefender) else defender
+    bare = bare_defender(defender)
     if cfg.likelihood_model is None and isinstance(bare, OpenAIChat) and bare.api == "completions":
         return ServerLikelihood(bare)  # the server scores the text itself (echoed prompt log-probs)
     if cfg.likelihood_model is None or (isinstance(bare, LM) and cfg.likelihood_model == cfg.defender_model):
@@ -277,7 +277,7 @@ def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
     """The adversary: the defender object itself when they are the same untuned local model (one copy in memory);
     with a remote defender, the likelihood model's weights when they are the adversary's."""
     cfg = setup.cfg
-    d = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender  # no guard
+    d = bare_defender(setup.defender)
     local: tuple[LM, tuple[str, str]] | None = None  # a loaded LM and the (model, format) it was loaded as
     if isinstance(d, LM):
         local = d, (cfg.defender_model, cfg.defender_format)

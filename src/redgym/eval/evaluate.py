@@ -16,7 +16,7 @@ from redgym.config import RunConfig, load_config
 from redgym.errors import RedgymError
 from redgym.eval.metrics import compute_metrics, paired_difference
 from redgym.eval.report import write_report
-from redgym.models.guard import GuardedDefender
+from redgym.models.guard import GuardedDefender, bare_defender
 from redgym.models.http import OpenAIChat
 from redgym.models.lm import LM
 from redgym.models.replay import ScriptedSpeaker
@@ -51,7 +51,7 @@ def write_eval(
             convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold
         )
     split_json = setup.split.to_json(cfg.prompts, cfg.seed)
-    bare = setup.defender.defender if isinstance(setup.defender, GuardedDefender) else setup.defender
+    bare = bare_defender(setup.defender)
     server = {"http": bare.counts()} if isinstance(bare, OpenAIChat) else {}  # requests, retries, failures
     report = {
         "title": title,

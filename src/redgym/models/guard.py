@@ -137,3 +137,8 @@ class GuardedDefender:
             if t in flagged:
                 texts[i], ids[i], lps[i] = self.refusal, [], []
         return Generation(texts, ids, lps, [list(x) for x in lps])
+
+
+def bare_defender(defender: ChatBackend) -> ChatBackend:
+    """The defender without its guard (itself when it has none)."""
+    return defender.defender if isinstance(defender, GuardedDefender) else defender
