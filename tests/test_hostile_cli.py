@@ -133,3 +133,17 @@ def test_a_csv_prompt_file_with_a_byte_order_mark_loads(tmp_path):
 
     path = write(tmp_path, "excel.csv", "\ufefftext,source\nhello there,a\nhow are you,b\n".encode("utf-8"))
     assert [p.turns for p in file_prompts(path)] == [("hello there",), ("how are you",)]
+
+
+@pytest.mark.parametrize(
+    "command,msg",
+    [
+        (["experiment", "--config", "x.yaml"], "experiment: set fields in the experiment YAML"),
+        (["pipeline", "e3", "--config", "x.yaml"], "pipeline: set fields in the pipeline YAML"),
+        (["compare", "DIR"], "compare takes no config fields (got --steps)"),
+    ],
+)
+def test_config_fields_on_commands_that_take_none(command, msg, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(tmp_path) if a == "DIR" else a for a in command]
+    _bad([*args, "--out", str(out), "--steps", "3"], capsys, out, msg)

@@ -216,6 +216,12 @@ def _add_guard_commands(sub) -> None:
     gr.add_argument("--readme", type=Path, default=None, help="also fill this README's block <!-- results:guard -->")
 
 
+def refuse_overrides(overrides: dict[str, str], why: str) -> None:
+    """One line for config fields given to a command that takes none on its command line."""
+    if overrides:
+        raise RedgymError(f"{why} (got {', '.join('--' + k for k in overrides)})")
+
+
 def cmd_eval(args, overrides: dict[str, str]) -> int:
     from redgym.eval.evaluate import evaluate
 
@@ -275,11 +281,7 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
 def cmd_experiment(args, overrides: dict[str, str]) -> int:
     from redgym.experiments.runner import run_experiment
 
-    if overrides:
-        raise RedgymError(
-            "experiment: set fields in the experiment YAML, not on the command line "
-            f"(got {', '.join('--' + k for k in overrides)})"
-        )
+    refuse_overrides(overrides, "experiment: set fields in the experiment YAML, not on the command line")
     only = [a.strip() for a in args.only.split(",")] if args.only else None
     out = run_experiment(args.config, args.out, only=only, progress=not args.quiet)
     print(f"comparison: {out / 'comparison.md'}")
@@ -289,8 +291,7 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
 def cmd_compare(args, overrides: dict[str, str]) -> int:
     from redgym.experiments.compare import compare
 
-    if overrides:
-        raise RedgymError(f"compare takes no config fields (got {', '.join('--' + k for k in overrides)})")
+    refuse_overrides(overrides, "compare takes no config fields")
     out = args.out or args.dirs[0]
     compare(args.dirs, out)
     print(f"comparison: {out / 'comparison.md'}")
@@ -335,11 +336,7 @@ def cmd_exploit(args, overrides: dict[str, str]) -> int:
 def cmd_pipeline(args, overrides: dict[str, str]) -> int:
     from redgym.pipelines.e3 import run_e3
 
-    if overrides:
-        raise RedgymError(
-            "pipeline: set fields in the pipeline YAML, not on the command line "
-            f"(got {', '.join('--' + k for k in overrides)})"
-        )
+    refuse_overrides(overrides, "pipeline: set fields in the pipeline YAML, not on the command line")
     print(f"report: {run_e3(args.config, args.out, progress=not args.quiet)}")
     if args.readme is not None:
         from redgym.pipelines.e3 import publish_e3
@@ -384,8 +381,7 @@ def cmd_guard(args, overrides: dict[str, str]) -> int:
 
 
 def cmd_docs(args, overrides: dict[str, str]) -> int:
-    if overrides:
-        raise RedgymError(f"docs takes no config fields (got {', '.join('--' + k for k in overrides)})")
+    refuse_overrides(overrides, "docs takes no config fields")
     stale = sync(args.docs, write=args.write)
     if args.write:
         print(f"rewrote {len(stale)} page(s): {', '.join(map(str, stale)) or 'none needed it'}")
