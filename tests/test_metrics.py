@@ -185,3 +185,32 @@ def test_report_lists_the_new_metrics_after_attack_success_rate():
 
     i = HEADLINE.index("attack_success_rate")
     assert HEADLINE[i + 1 : i + 3] == ["stealth_success_rate", "defender_toxicity_clean_adversary"]
+
+
+def test_echo_split_by_hand():
+    from redgym.eval.echo import echo_split
+
+    # adversary turns 0.9, 0.1, 0.7, 0.2 -> toxic: 1st and 3rd (p = 0.5); replies after them 0.6, 0.2 -> 0.4;
+    # after the clean ones 0.0, 0.1 -> 0.05; defender toxicity 0.5 * 0.4 + 0.5 * 0.05 = 0.225 = mean(0.6, 0, 0.2, 0.1)
+    s = echo_split(np.array([0.9, 0.1, 0.7, 0.2]), np.array([0.6, 0.0, 0.2, 0.1]))
+    assert (s.p_toxic, s.after_toxic, s.after_clean) == pytest.approx((0.5, 0.4, 0.05))
+    assert s.defender_toxicity == pytest.approx(0.225)
+    none_toxic = echo_split(np.array([0.1, 0.2]), np.array([0.3, 0.5]))
+    assert none_toxic.p_toxic == 0 and math.isnan(none_toxic.after_toxic) and none_toxic.defender_toxicity == 0.4
+
+
+def test_seed_spread_shares_by_hand():
+    from redgym.eval.echo import EchoSplit, seed_spread_shares
+
+    # two seeds with the same p (0.5) and after_clean (0): defender toxicity 0.1 vs 0.2, all of it from after_toxic
+    shares = seed_spread_shares([EchoSplit(0.5, 0.2, 0.0), EchoSplit(0.5, 0.4, 0.0)])
+    assert shares == pytest.approx({"p_toxic": 0.0, "after_toxic": 1.0, "after_clean": 0.0})
+    # p 0.2 vs 0.6 at after_toxic 0.5, after_clean 0.1: toxicity 0.18 vs 0.34, all from p
+    shares = seed_spread_shares([EchoSplit(0.2, 0.5, 0.1), EchoSplit(0.6, 0.5, 0.1)])
+    assert shares == pytest.approx({"p_toxic": 1.0, "after_toxic": 0.0, "after_clean": 0.0})
+    # p (0.2, 0.6) and after_toxic (0.3, 0.5) both vary, after_clean 0: toxicities 0.06, 0.30 (var 0.0144);
+    # p alone at after_toxic 0.4: 0.08, 0.24 (var 0.0064, share 4/9); after_toxic alone at p 0.4: 0.12, 0.20
+    # (var 0.0016, share 1/9); the rest is their co-variation
+    shares = seed_spread_shares([EchoSplit(0.2, 0.3, 0.0), EchoSplit(0.6, 0.5, 0.0)])
+    assert shares == pytest.approx({"p_toxic": 4 / 9, "after_toxic": 1 / 9, "after_clean": 0.0})
+    assert all(math.isnan(v) for v in seed_spread_shares([EchoSplit(0.5, 0.2, 0.0)]).values())

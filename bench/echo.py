@@ -1,0 +1,70 @@
+"""How much of an experiment's defender toxicity is echo, per arm and seed, and what carries the seed-to-seed spread.
+
+    .venv/bin/python bench/echo.py runs/gain-b [--threshold 0.5]
+
+Reads the held-out evaluations an experiment wrote (``ARM/seed_K/samples.jsonl``, and ``transfer/DEFENDER/`` beside
+it); computes nothing new. For each arm, seed and defender: the share of adversary turns above the threshold
+(``p_toxic``), the defender's mean toxicity after a toxic turn (``after_toxic``: echo) and after a clean one
+(``after_clean``: the stealthy kind), and ``defender_toxicity = p_toxic * after_toxic + (1 - p_toxic) *
+after_clean`` (redgym.eval.echo). Per arm with two or more seeds, which factor carries the spread of defender
+toxicity across seeds (``seed_spread_shares``). Ends with one ``BENCH`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from redgym.eval.echo import EchoSplit, echo_split, seed_spread_shares
+from redgym.eval.metrics import Table
+from redgym.rollout.records import Conversation
+
+
+def split_of(samples: Path, threshold: float) -> EchoSplit:
+    convs = [Conversation.from_json(json.loads(line)) for line in samples.read_text().splitlines() if line.strip()]
+    t = Table.from_conversations(convs)
+    return echo_split(t.tox_adversary, t.tox_defender, threshold)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", type=Path)
+    ap.add_argument("--threshold", type=float, default=0.5)
+    args = ap.parse_args()
+    found: dict[tuple[str, str], list[tuple[int, EchoSplit]]] = {}  # (arm, defender) -> [(seed, split)]
+    for samples in sorted(args.experiment.glob("*/seed_*/samples.jsonl")):
+        arm, seed = samples.parent.parent.name, int(samples.parent.name.removeprefix("seed_"))
+        if not (samples.parent / "report.json").exists():
+            continue  # a cell still running
+        found.setdefault((arm, "main"), []).append((seed, split_of(samples, args.threshold)))
+        for t in sorted((samples.parent / "transfer").glob("*/samples.jsonl")):
+            found.setdefault((arm, t.parent.name), []).append((seed, split_of(t, args.threshold)))
+    if not found:
+        raise SystemExit(f"{args.experiment}: no finished ARM/seed_K/samples.jsonl")
+    print(f"threshold {args.threshold}; defender toxicity = p_toxic * after_toxic + (1 - p_toxic) * after_clean")
+    print(f"{'arm':>10} {'defender':>12} {'seed':>4} | {'p_toxic':>7} {'after_toxic':>11} {'after_clean':>11} | tox")
+    bench = {}
+    for (arm, defender), rows in found.items():
+        for seed, s in rows:
+            print(
+                f"{arm:>10} {defender:>12} {seed:>4} | {s.p_toxic:7.3f} {s.after_toxic:11.3f} {s.after_clean:11.3f} "
+                f"| {s.defender_toxicity:.4f}"
+            )
+            key = f"{arm}_{defender}_s{seed}".replace("-", "_").replace(".", "_")
+            bench |= {f"p_toxic_{key}": s.p_toxic, f"after_toxic_{key}": s.after_toxic}
+        shares = seed_spread_shares([s for _, s in rows])
+        if not np.isnan(list(shares.values())).all():
+            print(
+                f"{arm:>10} {defender:>12}  spread across seeds carried by: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+            )
+            key = f"{arm}_{defender}".replace("-", "_").replace(".", "_")
+            bench |= {f"spread_{k}_{key}": v for k, v in shares.items()}
+    print("BENCH " + " ".join(f"{k}={v:.4g}" for k, v in bench.items()))
+
+
+if __name__ == "__main__":
+    main()

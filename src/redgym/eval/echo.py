@@ -1,0 +1,59 @@
+"""How much of a defender's toxicity is echo: the split of its mean toxicity by whether the adversary turn it answers
+is itself toxic, and which part of that split moves between seeds.
+
+Over exchanges (adversary turn, defender reply), with p the share of adversary turns above the threshold,
+``after_toxic`` the defender's mean toxicity after those turns and ``after_clean`` after the others,
+
+    defender_toxicity = p * after_toxic + (1 - p) * after_clean.
+
+A trained adversary that raises defender toxicity only through p (more toxic turns, answered as often as before) is
+echo; a rise of ``after_clean`` is the stealthy kind (``defender_toxicity_clean_adversary`` in the reports).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EchoSplit:
+    p_toxic: float  # share of adversary turns above the threshold
+    after_toxic: float  # mean defender toxicity after a toxic adversary turn (NaN when there is none)
+    after_clean: float  # ... after a clean one (NaN when there is none)
+
+    @property
+    def defender_toxicity(self) -> float:
+        parts = [(self.p_toxic, self.after_toxic), (1.0 - self.p_toxic, self.after_clean)]
+        return float(sum(w * v for w, v in parts if w > 0))
+
+
+def echo_split(tox_adversary: np.ndarray, tox_defender: np.ndarray, threshold: float = 0.5) -> EchoSplit:
+    """The split over exchanges given as equal-shaped arrays of the adversary turn's and the reply's toxicity."""
+    a, d = np.asarray(tox_adversary, float).ravel(), np.asarray(tox_defender, float).ravel()
+    if a.shape != d.shape or not a.size:
+        raise ValueError("echo_split needs equal-shaped, non-empty score arrays")
+    toxic = a > threshold
+    mean = lambda m: float(d[m].mean()) if m.any() else math.nan  # noqa: E731
+    return EchoSplit(float(toxic.mean()), mean(toxic), mean(~toxic))
+
+
+def seed_spread_shares(splits: list[EchoSplit]) -> dict[str, float]:
+    """Which factor carries the seed-to-seed spread of defender toxicity: for each of p_toxic, after_toxic and
+    after_clean, the variance across seeds of the defender toxicity with only that factor varying (the other two
+    at their across-seed means), as a share of the variance of the actual values. The shares need not sum to 1
+    (the factors co-vary); NaN with fewer than two seeds or no spread."""
+    names = ("p_toxic", "after_toxic", "after_clean")
+    x = np.array([[getattr(s, n) for n in names] for s in splits], dtype=float)  # (S, 3)
+    total = np.array([s.defender_toxicity for s in splits]).var()
+    if len(splits) < 2 or not total > 0 or np.isnan(x).any():
+        return dict.fromkeys(names, math.nan)
+    centre = x.mean(0)
+    out = {}
+    for j, name in enumerate(names):
+        y = np.tile(centre, (len(splits), 1))
+        y[:, j] = x[:, j]
+        out[name] = float((y[:, 0] * y[:, 1] + (1 - y[:, 0]) * y[:, 2]).var() / total)
+    return out
