@@ -46,6 +46,8 @@ def main() -> None:
         t0 = time.perf_counter()
         lm.generate(contexts, params)
         hf = time.perf_counter() - t0
+        # A throw-away folder, not ct2mod.load_generator: each step's weights are new, so its conversion cache
+        # (keyed by the source's hash) would only fill up; the timed work (save, convert, load) is the same.
         tmp = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         t0 = time.perf_counter()
         save_atomically(model, tok, tmp / "merged")
