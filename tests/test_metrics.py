@@ -214,3 +214,14 @@ def test_seed_spread_shares_by_hand():
     shares = seed_spread_shares([EchoSplit(0.2, 0.3, 0.0), EchoSplit(0.6, 0.5, 0.0)])
     assert shares == pytest.approx({"p_toxic": 4 / 9, "after_toxic": 1 / 9, "after_clean": 0.0})
     assert all(math.isnan(v) for v in seed_spread_shares([EchoSplit(0.5, 0.2, 0.0)]).values())
+
+
+def test_one_reply_icc_by_hand():
+    from redgym.eval.echo import one_reply_icc
+
+    # turns (0, 0.2) and (0.6, 1.0): means 0.1, 0.8; MSB = 2 * var([0.1, 0.8], ddof=1) = 0.49;
+    # MSW = (0.01 + 0.01 + 0.04 + 0.04) / (2 * 1) = 0.05; ICC = (0.49 - 0.05) / (0.49 + 0.05)
+    assert one_reply_icc(np.array([[0.0, 0.2], [0.6, 1.0]])) == pytest.approx(0.44 / 0.54)
+    assert one_reply_icc(np.array([[0.0, 0.0], [1.0, 1.0]])) == pytest.approx(1.0)  # replies agree: all turn
+    assert one_reply_icc(np.array([[0.0, 1.0], [0.0, 1.0]])) == pytest.approx(-1.0)  # all noise, the K = 2 floor
+    assert math.isnan(one_reply_icc(np.array([[0.3, 0.4]])))

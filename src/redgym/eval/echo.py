@@ -57,3 +57,18 @@ def seed_spread_shares(splits: list[EchoSplit]) -> dict[str, float]:
         y[:, j] = x[:, j]
         out[name] = float((y[:, 0] * y[:, 1] + (1 - y[:, 0]) * y[:, 2]).var() / total)
     return out
+
+
+def one_reply_icc(replies: np.ndarray) -> float:
+    """One-way intra-class correlation ICC(1) of an (n, K) array of K reply scores for each of n turns: the share
+    of one reply's variance that belongs to its turn rather than to reply-to-reply noise (the mean of K replies
+    then has reliability K * icc / (1 + (K - 1) * icc)). NaN with fewer than 2 turns, K < 2 or no variance."""
+    x = np.asarray(replies, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        return math.nan
+    n, k = x.shape
+    means = x.mean(1)
+    msb = k * means.var(ddof=1)  # between turns
+    msw = ((x - means[:, None]) ** 2).sum() / (n * (k - 1))  # within a turn
+    denom = msb + (k - 1) * msw
+    return float((msb - msw) / denom) if denom > 0 else math.nan
