@@ -15,7 +15,6 @@ spread of defender toxicity across seeds (``seed_spread_shares``). Ends with one
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,12 @@ import numpy as np
 from redgym.eval.echo import EchoSplit, echo_split, one_reply_icc, seed_spread_shares
 from redgym.eval.metrics import Table
 from redgym.rollout.records import Conversation
+from redgym.runfolder import read_jsonl
 
 
 def split_of(samples: Path, threshold: float) -> tuple[EchoSplit, float]:
     """The echo split of one evaluation, and the one-reply ICC over its toxic adversary turns."""
-    convs = [Conversation.from_json(json.loads(line)) for line in samples.read_text().splitlines() if line.strip()]
+    convs = [Conversation.from_json(r) for r in read_jsonl(samples, "echo", "an experiment cell's evaluation")]
     t = Table.from_conversations(convs)
     replies = [
         d.scores["tox_replies"]
@@ -37,6 +37,11 @@ def split_of(samples: Path, threshold: float) -> tuple[EchoSplit, float]:
     ]
     icc = one_reply_icc(np.array(replies)) if replies and len({len(r) for r in replies}) == 1 else float("nan")
     return echo_split(t.tox_adversary, t.tox_defender, threshold), icc
+
+
+def bench_key(*parts: str) -> str:
+    """A BENCH key from arm, defender and seed names (no dashes or dots)."""
+    return "_".join(parts).replace("-", "_").replace(".", "_")
 
 
 def main() -> None:
@@ -64,7 +69,7 @@ def main() -> None:
                 f"{arm:>10} {defender:>12} {seed:>4} | {s.p_toxic:7.3f} {s.after_toxic:11.3f} {s.after_clean:11.3f} "
                 f"| {s.defender_toxicity:.4f} | {icc:.3f}"
             )
-            key = f"{arm}_{defender}_s{seed}".replace("-", "_").replace(".", "_")
+            key = bench_key(arm, defender, f"s{seed}")
             bench |= {f"p_toxic_{key}": s.p_toxic, f"after_toxic_{key}": s.after_toxic, f"icc_toxic_{key}": icc}
         shares = seed_spread_shares([s for _, (s, _) in rows])
         if not np.isnan(list(shares.values())).all():
@@ -72,7 +77,7 @@ def main() -> None:
                 f"{arm:>10} {defender:>12}  spread across seeds carried by: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
             )
-            key = f"{arm}_{defender}".replace("-", "_").replace(".", "_")
+            key = bench_key(arm, defender)
             bench |= {f"spread_{k}_{key}": v for k, v in shares.items()}
     print("BENCH " + " ".join(f"{k}={v:.4g}" for k, v in bench.items()))
 
