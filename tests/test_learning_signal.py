@@ -118,11 +118,14 @@ def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, pro
     assert gaps["on"] < 1e-4 and gaps["off"] > 0.05, gaps
 
 
-@pytest.mark.parametrize("trainer", ["ppo", "grpo"])
+@pytest.mark.parametrize("trainer", ["ppo", "grpo", "grpo-off-policy-sampling"])
 def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(
     trainer, learnable_scorer, tiny_model_dir, prompt_file, tmp_path
 ):
-    mod, cls = {"ppo": (ppo, ppo.PPOConfig), "grpo": (grpo, grpo.GRPOConfig)}[trainer]
+    # GRPO takes its old log-probs from the sampler when it samples on-policy, else from the policy's forward pass
+    # (the sampler's are then top-p's, not the policy's): the first minibatch's ratio is 1 either way
+    mod, cls = {"ppo": (ppo, ppo.PPOConfig), "grpo": (grpo, grpo.GRPOConfig)}[trainer.split("-")[0]]
+    extra = {"on_policy_sampling": "false", "top_p": "0.5"} if trainer.endswith("off-policy-sampling") else {}
     cfg = _cfg(
         cls,
         tiny_model_dir,
@@ -134,6 +137,7 @@ def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(
         generations_per_prompt=4,
         ppo_epochs=2,
         reward_target="adversary",
+        **extra,
     )
     rows = _read(mod.train(cfg, tmp_path / "run", progress=False) and tmp_path / "run")
     for r in rows:

@@ -137,3 +137,24 @@ def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, re
     plain.generate([plain.render(hists[0], "defender")], greedy)
     remembering.generate([remembering.render(hists[1][:2], "adversary")], greedy)
     assert not plain._turn_nll and not remembering._turn_nll
+
+
+def test_identical_contexts_share_one_prefill_and_sample_as_alone(tiny_model_dir):
+    # GRPO's G samples of one prompt arrive as runs of identical contexts: the context's forward pass runs once per
+    # distinct context (its cache repeated), and greedy decoding gives what one call per context gives.
+    model, tok = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    lm = LM(model, tok, "tiny", "plain", 64)
+    contexts = ["hello there, how are you", "we could go to the park today or"]
+    greedy = SamplingParams(max_new_tokens=4, min_new_tokens=4, temperature=0)
+    alone = [lm.generate([c], greedy) for c in contexts]
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        shared = lm.generate([c for c in contexts for _ in range(3)], greedy)
+    finally:
+        hook.remove()
+    assert widths[0] == 2 and widths[1:] == [6] * (len(widths) - 1)  # prefill: 2 rows; decoding: all 6
+    for i, g in enumerate(alone):
+        for j in range(3):
+            assert shared.token_ids[3 * i + j] == g.token_ids[0]
+            assert shared.logprobs[3 * i + j] == pytest.approx(g.logprobs[0], abs=1e-4)

@@ -88,7 +88,8 @@ class LM(ChatBackend, LikelihoodBackend):
         """Sample one continuation per context, all in one ``generate`` call (left padding)."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
         splits, self._splits = self._splits, {}
-        past = self._prefill(enc, [splits.get(c) for c in contexts]) if splits else None
+        k = _run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
+        past = self._prefill(enc, [splits.get(c) for c in contexts], k) if splits or k > 1 else None
         # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
         sampling = (
             dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
@@ -138,15 +139,15 @@ class LM(ChatBackend, LikelihoodBackend):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return Generation(texts, ids, lps, slps)
 
-    def _prefill(self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None]):
+    def _prefill(self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None], k: int = 1):
         """The forward pass over every context but its last token, for ``generate`` to continue from (its cache);
         on the way, remember the NLL of each context's final adversary turn (``splits[b]``: the transcript before
-        it and the turn). Identical contexts in equal runs (K defender replies to one turn) run once."""
+        it and the turn). Identical contexts in runs of ``k`` (G adversary samples of one prompt, K defender
+        replies to one turn) run once and share the cache: the prefill costs the distinct contexts only."""
         ids, attn = enc["input_ids"], enc["attention_mask"]
         n, width = ids.shape
         if width < 2:
             return None
-        k = _run_length([tuple(r) for r in ids.tolist()])
         rows = list(range(0, n, k))
         scored = [(u, b, split) for u, b in enumerate(rows) if (split := splits[b]) is not None]
         ctxs, conts = self.encode_pairs([sp[0] for _, _, sp in scored], [sp[1] for _, _, sp in scored])
@@ -219,7 +220,7 @@ class LM(ChatBackend, LikelihoodBackend):
 
 
 def _run_length(rows: list) -> int:
-    """k when ``rows`` are runs of k identical rows (the K replies to one turn), else 1."""
+    """k when ``rows`` are runs of k identical rows (G samples of one prompt, K replies to one turn), else 1."""
     n = len(rows)
     for k in range(n, 1, -1):
         if n % k == 0 and all(rows[i] == rows[i - i % k] for i in range(n)):

@@ -20,13 +20,15 @@ REPLY_KEYS = ("tox_defender", "tox_combined", "tox_defender_replies", "tox_combi
 class Episodes:
     """One adversary turn each: context ids, response ids, the episode reward and its sibling group (same
     prompt, same turn), plus tensors (B, K) filled in step 3 (old log-probs, reference log-probs, values, mask,
-    advantages, returns)."""
+    advantages, returns). ``sampled`` holds each response's per-token log-probs under the distribution it was
+    drawn from (the sampler's, ``Turn.sample_logprobs``), when every turn has them."""
 
     ctx: list[list[int]]
     resp: list[list[int]]
     reward: torch.Tensor
     group: torch.Tensor
     tensors: dict[str, torch.Tensor] | None = None
+    sampled: list[list[float]] | None = None
 
     def filled(self) -> dict[str, torch.Tensor]:
         """The (B, K) tensors of step 3; an error when step 3 has not filled them yet."""
@@ -37,12 +39,18 @@ class Episodes:
     def subset(self, idx: torch.Tensor) -> Episodes:
         """The episodes at ``idx`` (before step 3 fills the tensors)."""
         keep = idx.tolist()
-        return Episodes([self.ctx[i] for i in keep], [self.resp[i] for i in keep], self.reward[idx], self.group[idx])
+        return Episodes(
+            [self.ctx[i] for i in keep],
+            [self.resp[i] for i in keep],
+            self.reward[idx],
+            self.group[idx],
+            sampled=[self.sampled[i] for i in keep] if self.sampled is not None else None,
+        )
 
 
 def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Episodes:
     """Episodes of conversations; conversations with the same ``prompt_id`` are siblings."""
-    ctx, resp, rew, group = [], [], [], []
+    ctx, resp, rew, group, sampled = [], [], [], [], []
     ids: dict[tuple[str, int], int] = {}
     for c in convs:
         hist = c.history()
@@ -52,7 +60,11 @@ def episodes_from(convs: list[Conversation], adversary: LM, budget: int) -> Epis
             resp.append(a.token_ids)
             rew.append(c.rewards[k])
             group.append(ids.setdefault((c.prompt_id, k), len(ids)))
-    return Episodes(ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group))
+            sampled.append(a.sample_logprobs)
+    complete = all(len(s) == len(r) for s, r in zip(sampled, resp))
+    return Episodes(
+        ctx, resp, torch.tensor(rew, dtype=torch.float32), torch.tensor(group), sampled=sampled if complete else None
+    )
 
 
 def pad_right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:

@@ -144,16 +144,29 @@ class GRPOConfig(TrainConfig):
 
 @torch.no_grad()
 def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
-    """Step 3: old and reference log-probs at the response tokens (B, K), the mask, and advantages (B,)."""
+    """Step 3: old and reference log-probs at the response tokens (B, K), the mask, and advantages (B,).
+
+    With on-policy sampling the old log-probs are the sampler's own (``Episodes.sampled``: the plain softmax at the
+    training temperature, the policy's distribution; tests/test_learning_signal.py checks both agree), so only the
+    reference needs a forward pass; the entropy is then estimated by the sampled tokens' mean -log p. Otherwise
+    (or when a turn lacks them) the policy's forward pass gives both."""
     pad = policy.tokenizer.pad_token_id
     k = max(len(r) for r in ep.resp)
+    sampled = ep.sampled if cfg.on_policy_sampling else None
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "mask", "entropy")}
     for i in range(0, len(ep.resp), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
-        cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True)
         ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
-        for name, x in (("old", cur.logps), ("ref", ref.logps), ("mask", cur.mask), ("entropy", cur.need_entropy())):
-            parts[name] += list(x.cpu())
+        if sampled is None:
+            cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True)
+            old, entropy = list(cur.logps.cpu()), list(cur.need_entropy().cpu())
+        else:
+            old = [torch.tensor(lp, dtype=torch.float32) for lp in sampled[sl]]
+            entropy = [-x for x in old]
+        parts["old"] += old
+        parts["entropy"] += entropy
+        parts["ref"] += list(ref.logps.cpu())
+        parts["mask"] += list(ref.mask.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     adv = (
         group_rank_advantages(ep.reward, ep.group)
