@@ -15,6 +15,11 @@ With ``--defender-samples K`` (K-reply denoised scoring, the trainers' ``defende
 defender replies per adversary turn in one batch and scores all of them; the floor generates the same K replies per
 context with bare ``generate`` (the history continues with the first, as in the engine).
 
+With ``--generations G`` (GRPO's ``generations_per_prompt``: a training rollout's shape) each of B/G prompts is rolled
+out G times side by side. The engine runs the forward pass of identical contexts once (the G first adversary turns
+of a prompt, the K replies to a turn: ``LM._prefill``); the floor, like ``generate`` with repeated rows (TRL's GRPO),
+runs it for every row. BENCH keys then carry ``_g{G}``.
+
 Both sides use the same model, prompts, seed and sampling settings, with ``min_new_tokens == max_new_tokens`` so
 every utterance is exactly ``max_new_tokens`` new tokens (no early stop). With the same seed they even draw the
 same tokens, so context lengths match turn for turn (the script reports whether the texts agree).
@@ -34,7 +39,8 @@ With ``--repetition-penalty 1`` (both sides; default: the config's 1.1) CTransla
 pass instead of decoding them token by token (models/ct2.py says why only then); BENCH keys then end in ``_rp1``.
 
 Run: ``.venv/bin/python bench/rollout.py [--horizon 2] [--max-new-tokens 24] [--batches 1,8,16,64]
-[--defender-samples 1,4] [--engines hf,ctranslate2] [--compute-type float32] [--repetition-penalty 1.1]``
+[--defender-samples 1,4] [--generations 4] [--engines hf,ctranslate2] [--compute-type float32]
+[--repetition-penalty 1.1]``
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batches", default="1,8,16,64", help="comma-separated batch sizes")
     p.add_argument("--convs-b1", type=int, default=2, help="conversations at batch size 1 (others use B)")
     p.add_argument("--defender-samples", default="1", help="comma-separated K: defender replies per adversary turn")
+    p.add_argument("--generations", type=int, default=1, help="G: rollouts of each prompt (B/G prompts a batch)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved floor/engine repeats; the best is kept")
     p.add_argument("--engines", default="hf", help="comma-separated sampling engines: hf, ctranslate2")
     p.add_argument("--compute-type", default="float32", help="ctranslate2: float32 or int8")
@@ -232,9 +239,11 @@ def main() -> None:
             for batch in batches:
                 # the engine batches prompts of similar length together: the floor takes them in that order too, so
                 # both sample the same rows in the same order (same draws, with the hf engine)
-                prompts = sorted(
-                    all_prompts[: args.convs_b1 if batch == 1 else batch], key=lambda p: sum(len(u) for u in p.turns)
+                n = args.convs_b1 if batch == 1 else batch
+                distinct = sorted(
+                    all_prompts[: max(1, n // args.generations)], key=lambda p: sum(len(u) for u in p.turns)
                 )
+                prompts = [p for p in distinct for _ in range(args.generations)]  # G siblings side by side
                 floor, engine = bench_batch(
                     elm, scorer, prompts, args.horizon, params, batch, args.repeats, k, floor_lm=lm
                 )
@@ -250,7 +259,8 @@ def main() -> None:
     for (name, batch, k), (floor, engine) in results.items():
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
-        tag = f"b{batch}" + (f"_k{k}" if k > 1 else "") + ("" if name == "hf" else f"_{name}_{args.compute_type}")
+        tag = f"b{batch}" + (f"_g{args.generations}" if args.generations > 1 else "") + (f"_k{k}" if k > 1 else "")
+        tag += "" if name == "hf" else f"_{name}_{args.compute_type}"
         tag += (
             ""
             if params.repetition_penalty == SamplingParams().repetition_penalty

@@ -12,7 +12,9 @@ do the same work per step-equivalent:
 - update: LoRA rank, alpha, dropout and targets, learning rate, beta (``kl_coef``, so both compute reference
   log-probs), clip range (TRL's ``epsilon`` / ``epsilon_high``), group-scaled rewards, epochs (TRL's
   ``num_iterations``) and the micro batch (TRL's ``per_device_train_batch_size``, one optimizer step per micro
-  batch as redgym does) are matched: P*G/micro * epochs optimizer steps per generation.
+  batch as redgym does) are matched: P*G/micro * epochs optimizer steps per generation. So are the precision and
+  the activation memory: TRL's GRPOConfig defaults to bf16 and gradient checkpointing, redgym to its ``dtype``
+  (float32 on a CPU) and ``gradient_checkpointing`` (off); TRL is given redgym's.
 
 Timed: redgym, ``time/step_s`` of each training step (metrics.jsonl); TRL, the wall time of each block of
 P*G/micro * epochs optimizer steps (one generation batch and its passes, logging included). The first step of each
@@ -135,6 +137,9 @@ def run_trl(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
         save_strategy="no",
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
+        bf16=adversary.model.dtype == torch.bfloat16,  # TRL's default is bf16: the adversary's own dtype instead
+        fp16=adversary.model.dtype == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,  # TRL's default is on
     )
     clock = StepClock()
     trainer = GRPOTrainer(

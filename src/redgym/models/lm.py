@@ -31,6 +31,9 @@ class LM(ChatBackend, LikelihoodBackend):
     per-token log-probs from it, and hands the key-value cache to ``generate``; ``continuation_nll`` then reads the
     remembered value instead of running the same context again. A value is remembered only when the context's
     tokens start with exactly the (context, turn) tokens ``continuation_nll`` would score, so results are unchanged.
+
+    Identical contexts side by side (GRPO's G samples of one prompt, K replies to one turn) share that forward pass
+    too: it runs once per distinct context and the cache is repeated for the rows that sample from it.
     """
 
     memo_size = 4096  # remembered turn NLLs (oldest dropped first)
