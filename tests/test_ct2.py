@@ -110,6 +110,32 @@ def test_prefill_keeps_min_new_tokens_for_every_context_length(peaky_model_dir, 
     assert lengths[0][0] <= 2 < lengths[3][0]  # some reply stops at once, unless told otherwise
 
 
+def test_identical_contexts_are_one_start(pair, monkeypatch):
+    """G samples of a prompt (or K replies to a turn) are one start for the engine: k sampled hypotheses when it
+    prefills, one greedy answer repeated; with a penalty (nothing prefilled, nothing shared) one row each."""
+    hf, engine = pair
+    calls = []
+    real = engine.generator.generate_batch
+
+    class Spy:  # ctranslate2.Generator's attributes are read-only: wrap it
+        def generate_batch(self, starts, **kw):
+            calls.append((len(starts), kw["num_hypotheses"]))
+            return real(starts, **kw)
+
+    monkeypatch.setattr(engine, "generator", Spy())
+    rows = [c for c in CONTEXTS[:2] for _ in range(4)]
+    sampled = engine.generate(rows, SamplingParams(max_new_tokens=6, temperature=1.0, repetition_penalty=1.0))
+    assert calls == [(2, 4)] and len(sampled.token_ids) == 8
+    assert len({tuple(ids) for ids in sampled.token_ids[:4]}) > 1  # four draws, not one repeated
+    calls.clear()
+    greedy = SamplingParams(max_new_tokens=6, min_new_tokens=2, temperature=0)
+    g = engine.generate(rows, greedy)
+    assert calls == [(2, 1)] and g.token_ids == hf.generate(rows, greedy).token_ids
+    calls.clear()
+    engine.generate(rows, SamplingParams(max_new_tokens=6, temperature=1.0, repetition_penalty=1.3))
+    assert calls == [(8, 1)]
+
+
 def test_conversion_is_cached_reused_and_rebuilt_when_damaged(tiny_model_dir, cache, monkeypatch, caplog):
     calls = []
     real = ct2mod.convert

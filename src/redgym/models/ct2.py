@@ -36,7 +36,7 @@ import torch
 
 from redgym.errors import RedgymError
 from redgym.models.base import Generation, SamplingParams
-from redgym.models.lm import LM
+from redgym.models.lm import LM, run_length
 from redgym.models.loading import cache_dir, resolve_model_path, save_atomically
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,13 @@ class CT2LM(LM):
         """One continuation per context, one engine call for the batch."""
         self._splits = {}  # no prefill here: the NLL term is computed by continuation_nll
         starts = self._context_tokens(contexts, self.max_context_tokens - params.max_new_tokens)
-        rows = self._sample(starts, params)
+        rows = self._sample_rows(starts, params)
         # The engine's minimum length counts from the batch's shortest context: a row with a longer one that
         # stopped before min_new_tokens (rare) is sampled again on its own, where the minimum is its own.
         stops = set(self.stop_ids)
         for b, row in enumerate(rows):
             if params.min_new_tokens and any(t in stops for t, _ in row[: params.min_new_tokens]):
-                rows[b] = self._sample([starts[b]], params)[0]
+                rows[b] = self._sample_rows([starts[b]], params)[0]
         texts, ids, lps = [], [], []
         for row in rows:
             n = next((i + 1 for i, (t, _) in enumerate(row) if t in stops), len(row))
@@ -156,7 +156,7 @@ class CT2LM(LM):
             texts.append(self.tokenizer.decode(ids[-1], skip_special_tokens=True).strip())
         return Generation(texts, ids, lps, None)
 
-    def _sample(self, starts: list[list[str]], params: SamplingParams) -> list[list[tuple[int, float]]]:
+    def _sample_rows(self, starts: list[list[str]], params: SamplingParams) -> list[list[tuple[int, float]]]:
         """(token id, log-prob) of each row's new tokens, up to its stop token or ``max_new_tokens``.
 
         Two ways to feed the contexts, both exact. With a repetition penalty (which covers the context, as
@@ -166,17 +166,32 @@ class CT2LM(LM):
         way."""
         if not starts:
             return []
+        prefill = params.repetition_penalty == 1.0
+        fixed = params.temperature <= 0 or params.top_k == 1  # one answer per context
+        # Identical contexts side by side (G samples of a prompt, K replies to a turn) are one start: greedy says
+        # the same for each, sampling draws k hypotheses from it (the engine repeats its prefilled state; with a
+        # penalty nothing is prefilled, so there is nothing to share)
+        k = run_length(starts) if prefill or fixed else 1
+        if k > 1:
+            rows = self._sample(starts[::k], params, 1 if fixed else k)
+            return [r for r in rows for _ in range(k)] if fixed else rows
+        return self._sample(starts, params)
+
+    def _sample(
+        self, starts: list[list[str]], params: SamplingParams, hypotheses: int = 1
+    ) -> list[list[tuple[int, float]]]:
+        """One engine call: ``hypotheses`` sampled rows per start, in start order."""
         lengths = [len(s) for s in starts]
         prefill = params.repetition_penalty == 1.0
         greedy = params.temperature <= 0
-        new: list[list[tuple[int, float]]] = [[] for _ in starts]
+        new: list[list[tuple[int, float]]] = [[] for _ in range(len(starts) * hypotheses)]
         # lengths count from the first decoded position: the shortest context's end (prefill) or its 2nd token
         offset = min(lengths) if prefill else 0
 
         def on_token(step) -> bool:  # keep the new tokens, stop at the cap
             if not prefill and step.step < lengths[step.batch_id] - 1:
                 return False  # a forced context token
-            row = new[step.batch_id]
+            row = new[step.batch_id * hypotheses + step.hypothesis_id]
             row.append((step.token_id, float(step.log_prob)))
             return len(row) >= params.max_new_tokens
 
@@ -191,6 +206,7 @@ class CT2LM(LM):
             end_token=self._end_tokens,
             return_end_token=True,
             include_prompt_in_result=not prefill,
+            num_hypotheses=hypotheses,
             return_scores=True,
             callback=on_token,
         )

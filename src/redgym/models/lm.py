@@ -91,7 +91,7 @@ class LM(ChatBackend, LikelihoodBackend):
         """Sample one continuation per context, all in one ``generate`` call (left padding)."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
         splits, self._splits = self._splits, {}
-        k = _run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
+        k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
         past = self._prefill(enc, [splits.get(c) for c in contexts], k) if splits or k > 1 else None
         # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
         sampling = (
@@ -222,7 +222,7 @@ class LM(ChatBackend, LikelihoodBackend):
         return [computed[i] if v is None else v for i, v in enumerate(known)]
 
 
-def _run_length(rows: list) -> int:
+def run_length(rows: list) -> int:
     """k when ``rows`` are runs of k identical rows (G samples of one prompt, K replies to one turn), else 1."""
     n = len(rows)
     for k in range(n, 1, -1):
