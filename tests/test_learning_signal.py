@@ -624,3 +624,12 @@ def test_grpo_lr_decays_per_training_step_and_resumes_straight(learnable_scorer,
 def test_lr_decay_steps_is_checked():
     with pytest.raises(RedgymError, match="lr_decay_steps"):
         grpo.GRPOConfig(steps=3, lr_decay_steps=4).validate()
+
+
+@pytest.mark.parametrize("dtype,float32", [("float32", True), ("bfloat16", False)])
+def test_policy_knows_whether_its_weights_are_float32(dtype, float32, tiny_model_dir, prompt_file):
+    # GRPO takes its old log-probs from the sampler only in float32: in bf16 a cached generation and a fresh forward
+    # pass round differently, so the first ratio would not be 1
+    from redgym.trainers.policy import build_policy
+
+    assert build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype=dtype)).float32 is float32

@@ -146,13 +146,13 @@ class GRPOConfig(TrainConfig):
 def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
     """Step 3: old and reference log-probs at the response tokens (B, K), the mask, and advantages (B,).
 
-    With on-policy sampling the old log-probs are the sampler's own (``Episodes.sampled``: the plain softmax at the
-    training temperature, the policy's distribution; tests/test_learning_signal.py checks both agree), so only the
-    reference needs a forward pass; the entropy is then estimated by the sampled tokens' mean -log p. Otherwise
-    (or when a turn lacks them) the policy's forward pass gives both."""
+    With on-policy sampling in float32 the old log-probs are the sampler's own (``Episodes.sampled``: the plain
+    softmax at the training temperature, the policy's distribution; tests/test_learning_signal.py checks both
+    agree), so only the reference needs a forward pass; the entropy is then estimated by the sampled tokens' mean
+    -log p. Otherwise (bf16/fp16 rounding, or a turn lacking them) the policy's forward pass gives both."""
     pad = policy.tokenizer.pad_token_id
     k = max(len(r) for r in ep.resp)
-    sampled = ep.sampled if cfg.on_policy_sampling else None
+    sampled = ep.sampled if cfg.on_policy_sampling and policy.float32 else None
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "mask", "entropy")}
     for i in range(0, len(ep.resp), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)

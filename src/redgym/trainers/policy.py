@@ -73,6 +73,12 @@ class Policy:
     sampler: MergedCopy | None = None
     frozen_sampler: torch.nn.Module | None = None
 
+    @property
+    def float32(self) -> bool:
+        """Whether the weights are float32: sampling and a forward pass then give the same log-probs to float
+        tolerance (in bf16/fp16 a cached generation and a fresh forward pass round differently)."""
+        return getattr(unwrap(self.model), "dtype", torch.float32) == torch.float32  # a peft model: its base's
+
     def sync_sampler(self) -> None:
         if self.sampler is not None:
             self.sampler.sync(unwrap(self.model))
