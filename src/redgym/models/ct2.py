@@ -3,8 +3,9 @@
     defender_engine: ctranslate2        (defender_compute_type: float32 | int8)
 
 Hugging Face ``generate`` hardly gains from batching on a CPU; CTranslate2 does. With a repetition penalty the
-context is decoded token by token (the only exact way, see ``CT2LM._sample``), slower than ``generate`` at batch 64;
-with ``repetition_penalty`` 1 it is prefilled in one pass (bench/rollout.py --repetition-penalty 1). The model is
+context is decoded token by token (the only exact way, see ``CT2LM._sample_rows``), slower than ``generate`` at
+batch 64; with ``repetition_penalty`` 1 it is prefilled in one pass (bench/rollout.py --repetition-penalty 1),
+identical contexts side by side once. The model is
 converted once with CTranslate2's own converter from the folder ``load_model`` uses (the GGUF's safetensors cache,
 a local folder, or a hub model's snapshot) into ``$REDGYM_CACHE/ct2/<name>-<hash of the source's files>``, written
 atomically and reused; a converted folder that does not load is converted again, once.
