@@ -158,3 +158,77 @@ def test_identical_contexts_share_one_prefill_and_sample_as_alone(tiny_model_dir
         for j in range(3):
             assert shared.token_ids[3 * i + j] == g.token_ids[0]
             assert shared.logprobs[3 * i + j] == pytest.approx(g.logprobs[0], abs=1e-4)
+
+
+def _two_turn_rollouts(model_dir, sampling: SamplingParams, keep: bool, k: int = 2, generations: int = 2):
+    """A 2-exchange rollout (G siblings, K replies) with one remembering LM as adversary and defender; with
+    ``keep`` False the LM cannot keep its cache (as a backend without ``keep_cache``). Returns the conversations,
+    the remembered turn NLLs and the (rows, columns) of every forward pass."""
+    from redgym.rollout.engine import rollout
+
+    model, tok = load_model(str(model_dir), dtype="float32", device="cpu")
+    lm = LM(model, tok, "tiny", "plain", 128, remember_turn_nll=True)
+    if not keep:
+        lm.keep_cache = None  # type: ignore[assignment]  # rollout_batch then has nothing to enter
+    prompts = [("a", ("hello there, how are you",)), ("b", ("we could go to the park today or maybe",)), ("c", ("no",))]
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    torch.manual_seed(0)
+    try:
+        convs = rollout([p for p in prompts for _ in range(generations)], lm, lm, 2, sampling, 8, False, "", k)
+    finally:
+        hook.remove()
+    assert lm._kept is None  # dropped when the batch ends
+    return convs, dict(lm._turn_nll), shapes
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kept_cache_runs_only_the_new_utterances_and_changes_nothing(tiny_model_dir, tiny_gpt2_dir, arch, temperature):
+    # Inside a rollout batch each generate call starts from the tokens the previous call's cache holds: same tokens,
+    # log-probs and turn NLLs as running every history from scratch (RoPE and absolute positions alike), with only
+    # the new utterances in each later prefill.
+    model_dir = tiny_model_dir if arch == "llama" else tiny_gpt2_dir
+    sampling = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=temperature, top_p=1.0)
+    kept, kept_nll, kept_shapes = _two_turn_rollouts(model_dir, sampling, keep=True)
+    fresh, fresh_nll, fresh_shapes = _two_turn_rollouts(model_dir, sampling, keep=False)
+    for a, b in zip(kept, fresh):
+        for x, y in zip(a.turns, b.turns):
+            assert x.token_ids == y.token_ids and x.alternatives == y.alternatives
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+    # (a turn whose text re-tokenizes differently is scored by continuation_nll instead: not remembered by either)
+    assert kept_nll.keys() == fresh_nll.keys() and len(kept_nll) >= 4  # of 6 adversary turns
+    assert list(kept_nll.values()) == pytest.approx(list(fresh_nll.values()), abs=1e-5)
+    prefills = [s for s in kept_shapes if s[1] > 1]  # decoding steps feed one column
+    fresh_prefills = [s for s in fresh_shapes if s[1] > 1]
+    assert len(prefills) == len(fresh_prefills) == 4  # 2 turns x (adversary, defender), one call each
+    assert prefills[0] == fresh_prefills[0]  # nothing kept before the first call
+    # later calls compute the last utterance (its NLL for the defender) and a separator, not the history: an
+    # utterance is 6 tokens; the fresh prefill of the last call holds every history (>= 3 utterances + prompt)
+    assert all(cols <= 6 + 2 for _, cols in prefills[1:])
+    assert fresh_prefills[-1][1] >= 3 * 6
+
+
+def test_no_cache_is_kept_outside_a_rollout(tiny_lm):
+    greedy = SamplingParams(max_new_tokens=3, min_new_tokens=3, temperature=0)
+    tiny_lm.generate(["hello there"], greedy)
+    assert tiny_lm._kept is None
+    with tiny_lm.keep_cache():
+        tiny_lm.generate(["hello there"], greedy)
+        assert tiny_lm._kept is not None and tiny_lm._kept.tokens.shape[0] == 1
+    assert tiny_lm._kept is None
+
+
+def test_a_cache_that_cannot_be_spliced_by_column_is_not_kept(tiny_lm):
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from redgym.models.lm import KeptCache
+
+    enc = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    sliding = DynamicCache()
+    sliding.layers = [DynamicSlidingWindowLayer(sliding_window=4)]
+    assert KeptCache.of(sliding, enc, [[7]]) is None  # a sliding window keeps only its last tokens
+    assert KeptCache.of(None, enc, [[7]]) is None

@@ -6,9 +6,13 @@ Conversations reach this layer as ``(speaker, text)`` pairs, so models know noth
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
@@ -34,6 +38,11 @@ class LM(ChatBackend, LikelihoodBackend):
 
     Identical contexts side by side (GRPO's G samples of one prompt, K replies to one turn) share that forward pass
     too: it runs once per distinct context and the cache is repeated for the rows that sample from it.
+
+    Inside ``keep_cache()`` (a rollout batch: the weights do not change, the histories only grow) each ``generate``
+    call keeps its key-value cache, and the next call takes from it every context's longest prefix of tokens it
+    already holds: a multi-turn conversation's next context is the last one plus the replies, so only the new
+    utterances run through the model (the same LM as adversary and defender also shares the prompt's pass).
     """
 
     memo_size = 4096  # remembered turn NLLs (oldest dropped first)
@@ -52,6 +61,8 @@ class LM(ChatBackend, LikelihoodBackend):
         self.remember_turn_nll = remember_turn_nll
         self._splits: dict[str, tuple[str, str]] = {}  # rendered context -> (plain transcript before, adversary turn)
         self._turn_nll: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._keeping = 0  # open keep_cache() scopes
+        self._kept: KeptCache | None = None  # the last generate call's cache, while keeping
         # Stop on eos, and on the chat end-of-turn token when the template has one.
         stops = {tokenizer.eos_token_id}
         for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
@@ -73,6 +84,18 @@ class LM(ChatBackend, LikelihoodBackend):
             self._splits[text] = (render_plain(history[:-1]), history[-1][1])  # for generate's turn NLL
         return text
 
+    @contextmanager
+    def keep_cache(self) -> Iterator[None]:
+        """Within: ``generate`` starts each context from the longest token prefix the previous call's cache holds
+        (see the class). Only for a span in which the weights stay fixed; the cache is dropped on leaving."""
+        self._keeping += 1
+        try:
+            yield
+        finally:
+            self._keeping -= 1
+            if not self._keeping:
+                self._kept = None
+
     def _encode_left(self, contexts: list[str], budget: int) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         tok.truncation_side = "left"  # keep the most recent turns when a conversation outgrows the window
@@ -92,7 +115,8 @@ class LM(ChatBackend, LikelihoodBackend):
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
         splits, self._splits = self._splits, {}
         k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
-        past = self._prefill(enc, [splits.get(c) for c in contexts], k) if splits or k > 1 else None
+        prefill = splits or k > 1 or self._kept is not None
+        past = self._prefill(enc, [splits.get(c) for c in contexts], k) if prefill else None
         # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
         sampling = (
             dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
@@ -140,42 +164,57 @@ class LM(ChatBackend, LikelihoodBackend):
             lps.append(logps[b, :n].tolist())
             slps.append(sample_logps[b, :n].tolist())
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        self._kept = KeptCache.of(out.past_key_values, enc, ids) if self._keeping else None
         return Generation(texts, ids, lps, slps)
 
     def _prefill(self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None], k: int = 1):
         """The forward pass over every context but its last token, for ``generate`` to continue from (its cache);
         on the way, remember the NLL of each context's final adversary turn (``splits[b]``: the transcript before
         it and the turn). Identical contexts in runs of ``k`` (G adversary samples of one prompt, K defender
-        replies to one turn) run once and share the cache: the prefill costs the distinct contexts only."""
+        replies to one turn) run once and share the cache: the prefill costs the distinct contexts only. Inside
+        ``keep_cache`` the columns every context already holds in the kept cache are copied, not computed."""
         ids, attn = enc["input_ids"], enc["attention_mask"]
         n, width = ids.shape
         if width < 2:
             return None
         rows = list(range(0, n, k))
+        real = [ids[b][attn[b] == 1].tolist() for b in rows]
         scored = [(u, b, split) for u, b in enumerate(rows) if (split := splits[b]) is not None]
         ctxs, conts = self.encode_pairs([sp[0] for _, _, sp in scored], [sp[1] for _, _, sp in scored])
-        wanted = []  # (unique row, its split, turn token ids, position of the first turn token)
-        for (u, b, sp), ctx, cont in zip(scored, ctxs, conts):
-            real = ids[b][attn[b] == 1].tolist()
-            if real[: len(ctx) + len(cont)] == ctx + cont and len(real) > len(ctx) + len(cont):
-                wanted.append((u, sp, cont, width - len(real) + len(ctx)))
-        keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids[rows, :-1],
-            attention_mask=attn[rows, :-1],
-            position_ids=pos[rows, :-1],
-            use_cache=True,
-            logits_to_keep=keep,
-        )
-        for u, sp, cont, first in wanted:
-            at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
-            target = torch.tensor(cont, device=ids.device)[:, None]
-            logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, target)
-            self._turn_nll[sp] = float(-logp.mean())
-            while len(self._turn_nll) > self.memo_size:
-                self._turn_nll.popitem(last=False)
-        cache = out.past_key_values
+        wanted = []  # (unique row, its split, turn token ids, column of the first turn token)
+        # tokens each row may take from the kept cache: all but the last (generate feeds it), none of a turn whose
+        # NLL is wanted (its log-probs come from this pass)
+        limit = [len(r) - 1 for r in real]
+        for (u, _, sp), ctx, cont in zip(scored, ctxs, conts):
+            if real[u][: len(ctx) + len(cont)] == ctx + cont and len(real[u]) > len(ctx) + len(cont):
+                wanted.append((u, sp, cont, width - len(real[u]) + len(ctx)))
+                limit[u] = min(limit[u], len(ctx) - 1)
+        kept = self._kept
+        held, src = kept.reusable(real, limit) if kept is not None else ([0] * len(real), [0] * len(real))
+        # columns [0, start) are copied from the kept cache, [start, width - 1) computed
+        start = min(width - len(r) + m for r, m in zip(real, held))
+        past = kept.past([width - len(r) for r in real], src, start) if start > 0 and kept is not None else None
+        if start == width - 1:  # everything held (no turn NLL wanted: it would start a computed column)
+            cache = past
+        else:
+            keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=ids[rows, start:-1],
+                attention_mask=attn[rows, :-1],
+                position_ids=pos[rows, start:-1],
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=keep,
+            )
+            for u, sp, cont, first in wanted:
+                at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
+                target = torch.tensor(cont, device=ids.device)[:, None]
+                logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, target)
+                self._turn_nll[sp] = float(-logp.mean())
+                while len(self._turn_nll) > self.memo_size:
+                    self._turn_nll.popitem(last=False)
+            cache = out.past_key_values
         if k > 1:
             cache.batch_repeat_interleave(k)
         return cache
@@ -220,6 +259,64 @@ class LM(ChatBackend, LikelihoodBackend):
             for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
                 computed[i] = v
         return [computed[i] if v is None else v for i, v in enumerate(known)]
+
+
+@dataclass
+class KeptCache:
+    """A ``generate`` call's key-value cache with the tokens behind each row: row r's tokens (its context and the
+    tokens it generated, up to its stop) sit in columns ``starts[r]`` onwards, ``tokens[r]`` right-padded with -1."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (rows, heads, columns, dim)
+    tokens: torch.Tensor  # (rows, L) long
+    starts: list[int]
+
+    @classmethod
+    def of(cls, cache, enc: dict[str, torch.Tensor], new: list[list[int]]) -> KeptCache | None:
+        """The cache ``generate`` returned, for contexts ``enc`` and new tokens ``new``; None for a cache that cannot
+        be spliced by column (a sliding window layer keeps only its last tokens)."""
+        if not isinstance(cache, DynamicCache) or not all(type(la) is DynamicLayer for la in cache.layers):
+            return None
+        layers = [(la.keys, la.values) for la in cache.layers]
+        columns = layers[0][0].shape[2]
+        attn = enc["attention_mask"]
+        width = attn.shape[1]
+        rows, starts = [], []
+        for b in range(attn.shape[0]):
+            starts.append(width - int(attn[b].sum()))
+            rows.append((enc["input_ids"][b, starts[-1] :].tolist() + new[b])[: columns - starts[-1]])
+        tokens = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+        for r, row in enumerate(rows):
+            tokens[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return cls(layers, tokens, starts)
+
+    def reusable(self, rows: list[list[int]], limit: list[int], chunk: int = 16) -> tuple[list[int], list[int]]:
+        """For each token row: how many of its leading tokens a kept row holds (at most ``limit``), and which row."""
+        width = min(self.tokens.shape[1], max(len(r) for r in rows))
+        held, src = [], []
+        for s in range(0, len(rows), chunk):
+            part = torch.full((len(rows[s : s + chunk]), width), -2, dtype=torch.long)
+            for i, row in enumerate(rows[s : s + chunk]):
+                part[i, : min(width, len(row))] = torch.tensor(row[:width], dtype=torch.long)
+            same = part[:, None, :] == self.tokens[None, :, :width]  # (rows, kept rows, width)
+            common = same.to(torch.int32).cumprod(-1).sum(-1)  # length of the common prefix
+            best, which = common.max(-1)
+            held += best.tolist()
+            src += which.tolist()
+        return [min(h, m) for h, m in zip(held, limit)], src
+
+    def past(self, offsets: list[int], src: list[int], start: int) -> DynamicCache:
+        """A cache of ``start`` columns for rows whose first token sits in column ``offsets[u]``: the columns from
+        there to ``start`` copied from kept row ``src[u]`` (the row holds those tokens), the padding left zero."""
+        pairs = []
+        for keys, values in self.layers:
+            k = keys.new_zeros((len(src), keys.shape[1], start, keys.shape[3]))
+            v = values.new_zeros((len(src), values.shape[1], start, values.shape[3]))
+            for u, (off, r) in enumerate(zip(offsets, src)):
+                if (c := start - off) > 0:
+                    k[u, :, off:] = keys[r, :, self.starts[r] : self.starts[r] + c]
+                    v[u, :, off:] = values[r, :, self.starts[r] : self.starts[r] + c]
+            pairs.append((k, v))
+        return DynamicCache(pairs)
 
 
 def run_length(rows: list) -> int:

@@ -9,6 +9,7 @@ trained on, while the defender keeps the evaluation settings), and each adversar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 from tqdm.auto import tqdm
 
@@ -64,14 +65,20 @@ def rollout_batch(
 ) -> None:
     """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place.
 
-    ``params`` samples the adversary, ``defender_params`` (default: the same) the defender."""
-    for _ in range(horizon):
-        for c, turn in zip(convs, generate_turns(adversary, [c.history() for c in convs], "adversary", params)):
-            c.turns.append(turn)
-        for c, turn in zip(
-            convs, defender_replies(defender, [c.history() for c in convs], defender_params or params, defender_samples)
-        ):
-            c.turns.append(turn)
+    ``params`` samples the adversary, ``defender_params`` (default: the same) the defender. A backend that can keep
+    its key-value cache between calls (``LM.keep_cache``) keeps it for the batch: each turn then runs only the new
+    utterances through the model, not the whole history again."""
+    with ExitStack() as scope:
+        for speaker in {id(adversary): adversary, id(defender): defender}.values():
+            if (keep := getattr(speaker, "keep_cache", None)) is not None:
+                scope.enter_context(keep())
+        for _ in range(horizon):
+            for c, turn in zip(convs, generate_turns(adversary, [c.history() for c in convs], "adversary", params)):
+                c.turns.append(turn)
+            histories = [c.history() for c in convs]
+            replies = defender_replies(defender, histories, defender_params or params, defender_samples)
+            for c, turn in zip(convs, replies):
+                c.turns.append(turn)
 
 
 def rollout(
