@@ -11,11 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
+from redgym.models.sampling import CandidateSampler
 
 
 def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
@@ -117,43 +118,43 @@ class LM(ChatBackend, LikelihoodBackend):
         k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
         prefill = splits or k > 1 or self._kept is not None
         past = self._prefill(enc, [splits.get(c) for c in contexts], k) if prefill else None
-        # temperature 0 means greedy decoding (a classifier's answer); otherwise sample
-        sampling = (
-            dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-            if params.temperature > 0
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        )
+        # Sampling: CandidateSampler draws each token from the top-k candidates (models/sampling.py) and generate's
+        # greedy choice takes it; temperature 0: transformers' greedy decoding (a classifier's answer).
+        sampler = CandidateSampler(params, self.stop_ids, enc["input_ids"].shape[1]) if params.temperature > 0 else None
         out = self.model.generate(
             **enc,
-            **sampling,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
             max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.min_new_tokens,
-            repetition_penalty=params.repetition_penalty,
+            min_new_tokens=None if sampler else params.min_new_tokens,
+            repetition_penalty=None if sampler else params.repetition_penalty,
+            logits_processor=LogitsProcessorList([sampler]) if sampler else None,
             eos_token_id=self.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             past_key_values=past,
-            output_logits=True,
-            output_scores=True,
+            output_logits=sampler is None,
+            output_scores=sampler is None,
             return_dict_in_generate=True,
         )
         new = out.sequences[:, enc["input_ids"].shape[1] :]  # (B, T)
-        # out.logits: T tensors of (B, V), raw (before temperature/top-p); log-softmax one step at a time so a
-        # (B, T, V) float tensor is never held.
-        logps = torch.stack(
-            [
-                torch.log_softmax(step.float(), -1).gather(-1, new[:, t : t + 1]).squeeze(-1)
-                for t, step in enumerate(out.logits)
-            ],
-            dim=1,
-        )  # (B, T)
-        # out.scores: the processed scores the tokens were sampled from
-        sample_logps = torch.stack(
-            [
-                torch.log_softmax(step.float(), -1).gather(-1, new[:, t : t + 1]).squeeze(-1)
-                for t, step in enumerate(out.scores)
-            ],
-            dim=1,
-        )  # (B, T)
+        if sampler is not None:
+            logps = torch.stack(sampler.logprobs, 1)  # (B, T)
+            sample_logps = torch.stack(sampler.sample_logprobs, 1)
+        else:
+            # out.logits: T tensors of (B, V), raw; out.scores: after the repetition penalty and the minimum
+            # length, the scores the tokens were chosen from. One step at a time: (B, T, V) is never held.
+            logps, sample_logps = (
+                torch.stack(
+                    [
+                        torch.log_softmax(step.float(), -1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                        for t, step in enumerate(steps)
+                    ],
+                    dim=1,
+                )
+                for steps in (out.logits, out.scores)
+            )
         is_stop = torch.isin(new, torch.tensor(self.stop_ids, device=new.device))
         texts, ids, lps, slps = [], [], [], []
         for b in range(new.shape[0]):
