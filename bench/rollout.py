@@ -4,12 +4,15 @@ What is measured, per batch size B (default 1, 8, 16, 64):
 
 - engine: ``redgym.rollout.engine.rollout`` (adversary and defender are the same ``LM`` object, as in the default
   eval) followed by ``redgym.rollout.reward.score_conversations`` (profanity scorer + the defender's NLL of every
-  adversary turn), timed together. The engine samples with ``output_logits=True`` and computes per-token
-  log-probs; the defender, which also scores the NLL term (``remember_turn_nll``, as ``setup.load_likelihood``
-  sets it), takes each adversary turn's NLL from the forward pass of its reply's context, so scoring adds the
-  toxicity scorer and a look-up.
+  adversary turn), timed together. Three things make it cheaper than the floor, all exact (models/lm.py,
+  models/sampling.py): each token is drawn from the top-k candidates (the same distribution as transformers'
+  processors, without their passes over the whole vocabulary); within a batch the LM keeps its key-value cache
+  between calls, so each turn runs only the new utterances (``LM.keep_cache``); and the defender, which also scores
+  the NLL term (``remember_turn_nll``, as ``setup.load_likelihood`` sets it), takes each adversary turn's NLL from
+  the forward pass of its reply's context, so scoring adds the toxicity scorer and a look-up.
 - floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
-  contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring.
+  contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring,
+  the whole history run again every turn (what a rollout built on ``generate`` does).
 
 With ``--defender-samples K`` (K-reply denoised scoring, the trainers' ``defender_samples``) the engine samples K
 defender replies per adversary turn in one batch and scores all of them; the floor generates the same K replies per
@@ -21,8 +24,9 @@ of a prompt, the K replies to a turn: ``LM._prefill``); the floor, like ``genera
 runs it for every row. BENCH keys then carry ``_g{G}``.
 
 Both sides use the same model, prompts, seed and sampling settings, with ``min_new_tokens == max_new_tokens`` so
-every utterance is exactly ``max_new_tokens`` new tokens (no early stop). With the same seed they even draw the
-same tokens, so context lengths match turn for turn (the script reports whether the texts agree).
+every utterance is exactly ``max_new_tokens`` new tokens (no early stop), and the same number of tokens on both
+sides. The engine draws from another random stream than ``generate``'s multinomial, so the texts differ (the last
+column says whether they agree) and context lengths differ a little turn for turn.
 
 Floor and engine runs are interleaved (floor, engine, floor, engine, ...) so machine noise hits both, and the
 best (shortest) of the repeats is kept. Reported: generated tokens/s, conversation turns/s (utterances
@@ -238,7 +242,7 @@ def main() -> None:
         for k in (int(x) for x in args.defender_samples.split(",")):
             for batch in batches:
                 # the engine batches prompts of similar length together: the floor takes them in that order too, so
-                # both sample the same rows in the same order (same draws, with the hf engine)
+                # both sample the same rows in the same order
                 n = args.convs_b1 if batch == 1 else batch
                 distinct = sorted(
                     all_prompts[: max(1, n // args.generations)], key=lambda p: sum(len(u) for u in p.turns)
