@@ -31,7 +31,8 @@ column says whether they agree) and context lengths differ a little turn for tur
 Floor and engine runs are interleaved (floor, engine, floor, engine, ...) so machine noise hits both, and the
 best (shortest) of the repeats is kept. Reported: generated tokens/s, conversation turns/s (utterances
 generated per second) and ratio = engine tok/s / floor tok/s. The last output line is
-``BENCH key=value ...``.
+``BENCH key=value ...``; each key names the batch, then ``_g{G}`` and ``_k{K}`` where above 1, then the engine and
+its precision (``ratio_b64_g4_k2_hf_float32``).
 
 With ``--engines hf,ctranslate2`` the engine side runs once per sampling engine (``defender_engine``: the same
 SmolLM2 sampled by CTranslate2, models/ct2.py, as adversary and defender; ``--compute-type`` float32 or int8), each
@@ -264,7 +265,7 @@ def main() -> None:
         ratio = engine.tok_s / floor.tok_s
         same = floor.texts == engine.texts
         tag = f"b{batch}" + (f"_g{args.generations}" if args.generations > 1 else "") + (f"_k{k}" if k > 1 else "")
-        tag += "" if name == "hf" else f"_{name}_{args.compute_type}"
+        tag += f"_{name}_" + (str(lm.model.dtype).removeprefix("torch.") if name == "hf" else args.compute_type)
         tag += (
             ""
             if params.repetition_penalty == SamplingParams().repetition_penalty
