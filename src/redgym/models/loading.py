@@ -20,6 +20,7 @@ import torch
 
 from redgym.assets import package_dir
 from redgym.errors import RedgymError
+from redgym.models.attention import use_cpu_gqa
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
             f"and the hub did not provide it ({reason})"
         ) from None
     _fix_tokenizer(tok)
+    use_cpu_gqa(model)  # grouped heads without copying keys and values on a CPU (models/attention.py)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:  # None for a model that cannot generate
