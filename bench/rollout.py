@@ -12,7 +12,8 @@ What is measured, per batch size B (default 1, 8, 16, 64):
   the forward pass of its reply's context, so scoring adds the toxicity scorer and a look-up.
 - floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
   contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring,
-  the whole history run again every turn (what a rollout built on ``generate`` does).
+  the whole history run again every turn (what a rollout built on ``generate`` does). It runs the same loaded
+  model, so it shares the engine's attention function (models/attention.py): the ratio leaves that saving out.
 
 With ``--defender-samples K`` (K-reply denoised scoring, the trainers' ``defender_samples``) the engine samples K
 defender replies per adversary turn in one batch and scores all of them; the floor generates the same K replies per
