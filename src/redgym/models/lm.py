@@ -216,7 +216,7 @@ class LM(ChatBackend, LikelihoodBackend):
                 while len(self._turn_nll) > self.memo_size:
                     self._turn_nll.popitem(last=False)
             cache = out.past_key_values
-        if k > 1:
+        if k > 1 and cache is not None:
             cache.batch_repeat_interleave(k)
         return cache
 
@@ -277,7 +277,9 @@ class KeptCache:
         be spliced by column (a sliding window layer keeps only its last tokens)."""
         if not isinstance(cache, DynamicCache) or not all(type(la) is DynamicLayer for la in cache.layers):
             return None
-        layers = [(la.keys, la.values) for la in cache.layers]
+        layers = [(la.keys, la.values) for la in cache.layers if la.keys is not None and la.values is not None]
+        if len(layers) < len(cache.layers) or not layers:
+            return None
         columns = layers[0][0].shape[2]
         attn = enc["attention_mask"]
         width = attn.shape[1]

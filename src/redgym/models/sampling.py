@@ -83,4 +83,5 @@ class CandidateSampler(LogitsProcessor):
         self.logprobs.append((raw - normalizer[:, None]).squeeze(1))
         self.sample_logprobs.append(logp.gather(1, pick).squeeze(1))
         scores.fill_(float("-inf"))
-        return scores.scatter_(1, token, 0.0)
+        scores.scatter_(1, token, 0.0)
+        return scores
