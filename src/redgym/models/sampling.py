@@ -40,10 +40,11 @@ def nucleus_mask(sorted_logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def candidate_logprobs(scores: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, logp)``, both (B, k): the top-k tokens of already penalized ``scores`` and their log-probabilities
     after temperature and top-p (-inf for a token top-p removes); with ``top_k`` 0, the whole vocabulary."""
-    logits = scores / params.temperature
-    if params.top_k > 0:
-        logits, ids = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1, sorted=True)
+    if params.top_k > 0:  # temperature keeps the order: divide the k candidates, not the vocabulary
+        logits, ids = scores.topk(min(params.top_k, scores.shape[-1]), dim=-1, sorted=True)
+        logits = logits / params.temperature
     else:
+        logits = scores / params.temperature
         ids = torch.arange(logits.shape[-1], device=logits.device).expand_as(logits)
     if params.top_p < 1.0:
         if params.top_k <= 0:
