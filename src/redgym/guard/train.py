@@ -496,9 +496,10 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
             ]
             chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
             rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
-            pc, pr = (sequence_logps(f.policy.model, ctx, ids, pad) for ids in (chosen, rejected))
+            # chosen and rejected in one pass each: packed, their shared context runs once
+            pc, pr = sequence_logps(f.policy.model, ctx + ctx, chosen + rejected, pad).split(len(mb))
             with torch.no_grad():
-                rc, rr = (sequence_logps(f.policy.ref_model, ctx, ids, pad) for ids in (chosen, rejected))
+                rc, rr = sequence_logps(f.policy.reference, ctx + ctx, chosen + rejected, pad).split(len(mb))
             loss = dpo_loss(pc, pr, rc, rr, cfg.dpo_beta).sum() / max(1, len(pairs))
             if finite_or_skip(loss, f.counters, step):
                 f.acc.backward(loss)

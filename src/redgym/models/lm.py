@@ -16,6 +16,7 @@ from transformers.cache_utils import DynamicLayer
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
+from redgym.models.packing import can_pack, pack_rows, packed_inputs
 from redgym.models.sampling import CandidateSampler
 
 
@@ -380,12 +381,17 @@ def continuation_forward(
     temperature: float = 1.0,
     with_entropy: bool = False,
     with_hidden: bool = False,
+    packed: bool | None = None,
 ) -> ContinuationOutput:
     """One forward pass over (context + continuation) rows; quantities at the continuation positions.
 
-    Rows are left-padded so every continuation ends at the last position; explicit position ids keep
-    absolute-position models (GPT-2) correct, and only the last K+1 positions are projected to the vocabulary.
+    Packed (models/packing.py; ``packed`` None: where the model takes a custom mask): shared prefixes run once, no
+    padding. Otherwise rows are left-padded so every continuation ends at the last position. Either way explicit
+    position ids keep absolute-position models (GPT-2) correct, and only the positions predicting a continuation
+    token are projected to the vocabulary.
     """
+    if can_pack(model) if packed is None else packed:
+        return _packed_continuation_forward(model, ctx_ids, cont_ids, pad_id, temperature, with_entropy, with_hidden)
     dev = next(model.parameters()).device
     ids, attn, pos = left_padded([x + c for x, c in zip(ctx_ids, cont_ids)], pad_id, dev)
     k = max(len(c) for c in cont_ids)
@@ -401,6 +407,51 @@ def continuation_forward(
     entropy = -(logp_all.exp() * logp_all).sum(-1) * cmask if with_entropy else None
     hidden = out.hidden_states[-1][:, -(k + 1) : -1] if with_hidden else None
     return ContinuationOutput(logps, cmask, entropy, hidden)
+
+
+def _packed_continuation_forward(
+    model,
+    ctx_ids: list[list[int]],
+    cont_ids: list[list[int]],
+    pad_id: int,
+    temperature: float,
+    with_entropy: bool,
+    with_hidden: bool,
+) -> ContinuationOutput:
+    """``continuation_forward`` over packed rows; the outputs laid out as the padded path's (right-aligned)."""
+    param = next(model.parameters())
+    packs = pack_rows(ctx_ids, cont_ids)
+    ids, mask, pos, kept = packed_inputs(packs, pad_id, param.dtype, param.device)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=kept, output_hidden_states=with_hidden
+    )
+    # every continuation token: the kept position predicting it (flat over packs), its id, its place in (B, K)
+    k = max(len(c) for c in cont_ids)
+    src: list[int] = []
+    target: list[int] = []
+    dest: list[int] = []
+    for p, pack in enumerate(packs):
+        for b, predictors, targets in zip(pack.rows, pack.predictors, pack.targets):
+            src += [p * kept + kept - pack.kept + i for i in predictors]
+            target += targets
+            dest += range(b * k + k - len(targets), (b + 1) * k)
+    dev = param.device
+    src_t, dest_t = torch.tensor(src, device=dev), torch.tensor(dest, device=dev)
+    logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, src_t)  # (N, V): one row per token
+    logp_all = torch.log_softmax(logits.float() / temperature, -1)
+    flat = logp_all.gather(-1, torch.tensor(target, device=dev)[:, None]).squeeze(-1)
+
+    def laid_out(values: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (B, K, ...), zero where no token
+        empty = values.new_zeros((len(cont_ids) * k, *values.shape[1:]))
+        return empty.index_copy(0, dest_t, values).reshape(len(cont_ids), k, *values.shape[1:])
+
+    cmask = laid_out(torch.ones_like(flat))
+    entropy = laid_out(-(logp_all.exp() * logp_all).sum(-1)) if with_entropy else None
+    hidden = None
+    if with_hidden:
+        last = out.hidden_states[-1][:, -kept:]  # (P, kept, H): the kept positions
+        hidden = laid_out(last.reshape(-1, last.shape[-1]).index_select(0, src_t))
+    return ContinuationOutput(laid_out(flat), cmask, entropy, hidden)
 
 
 def continuation_logprobs(

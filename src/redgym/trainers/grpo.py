@@ -156,7 +156,7 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in ("old", "ref", "mask", "entropy")}
     for i in range(0, len(ep.resp), cfg.micro_batch_size):
         sl = slice(i, i + cfg.micro_batch_size)
-        ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
+        ref = continuation_forward(policy.reference, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
         if sampled is None:
             cur = continuation_forward(policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True)
             old, entropy = list(cur.logps.cpu()), list(cur.need_entropy().cpu())

@@ -161,7 +161,7 @@ def pair_logps(
     conts = chosen + rejected
     pol = sequence_logps(policy.model, ctx + ctx, conts, pad)
     with torch.no_grad():
-        ref = sequence_logps(policy.ref_model, ctx + ctx, conts, pad)
+        ref = sequence_logps(policy.reference, ctx + ctx, conts, pad)
     if length_normalize:
         n = torch.tensor([len(c) for c in conts], dtype=pol.dtype, device=pol.device)
         pol, ref = pol / n, ref / n

@@ -79,6 +79,12 @@ class Policy:
         tolerance (in bf16/fp16 a cached generation and a fresh forward pass round differently)."""
         return getattr(unwrap(self.model), "dtype", torch.float32) == torch.float32  # a peft model: its base's
 
+    @property
+    def reference(self) -> torch.nn.Module:
+        """The frozen reference for forward passes without gradients: the peft-free copy of the base weights when
+        there is one (the same weights as ``ref_model``, without peft's per-layer overhead), else ``ref_model``."""
+        return self.frozen_sampler if self.frozen_sampler is not None else self.ref_model
+
     def sync_sampler(self) -> None:
         if self.sampler is not None:
             self.sampler.sync(unwrap(self.model))

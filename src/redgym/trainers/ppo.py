@@ -118,7 +118,7 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: torch.nn.Module, cf
         cur = continuation_forward(
             policy.model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature, with_entropy=True, with_hidden=True
         )
-        ref = continuation_forward(policy.ref_model, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
+        ref = continuation_forward(policy.reference, ep.ctx[sl], ep.resp[sl], pad, cfg.temperature)
         for name, x in (
             ("old", cur.logps),
             ("ref", ref.logps),
