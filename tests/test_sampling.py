@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from redgym.models.base import SamplingParams
-from redgym.models.sampling import CandidateSampler, candidate_logprobs, nucleus_mask, penalize_repeats
+from redgym.models.sampling import CandidateSampler, candidate_logprobs, inverse_cdf, nucleus_mask, penalize_repeats
 
 STOP = [2]
 
@@ -77,9 +77,22 @@ def test_candidate_distribution_is_transformers_processors_distribution(params, 
     assert (ours > 0).sum() < 80 or params.top_k == 0  # the candidates really are a subset
 
 
-def test_sampler_draws_from_that_distribution_and_reports_both_logprobs():
+def test_inverse_cdf_takes_the_first_index_past_u_and_never_a_zero_probability_one():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]] * 5 + [[0.5, 0.5, 0.0, 0.0]])  # cumulative 0.2, 0.2, 0.7, 1.0
+    u = torch.tensor([[0.1], [0.2], [0.69], [0.7], [1.0], [1.0]])  # 1.0: u * total rounded up to the total
+    assert inverse_cdf(probs, u).flatten().tolist() == [0, 2, 2, 3, 3, 1]
+    assert inverse_cdf(probs[:1] * 2, torch.tensor([[0.1]])).tolist() == [[0]]  # unnormalized rows: by their total
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.8, top_k=6, top_p=0.95, repetition_penalty=1.3, min_new_tokens=0),
+        SamplingParams(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0, min_new_tokens=0),  # training's
+    ],
+)
+def test_sampler_draws_from_that_distribution_and_reports_both_logprobs(params):
     torch.manual_seed(0)
-    params = SamplingParams(temperature=0.8, top_k=6, top_p=0.95, repetition_penalty=1.3, min_new_tokens=0)
     row = torch.randn(1, 30) * 2
     row[0, 4] = row.max() + 1.0  # a likely token that is also in the context: penalized
     n = 20000
@@ -96,6 +109,7 @@ def test_sampler_draws_from_that_distribution_and_reports_both_logprobs():
     assert sampler.logprobs[0].tolist() == pytest.approx(raw[token].tolist(), abs=1e-5)
     assert sampler.sample_logprobs[0].tolist() == pytest.approx(probs[token].log().tolist(), abs=1e-5)
     assert 4 in token.tolist() and math.isfinite(float(sampler.logprobs[0][token == 4][0]))
+    assert len(set(token.tolist())) >= 3  # not one candidate every time
 
 
 def test_the_minimum_length_keeps_stop_tokens_out_until_reached():

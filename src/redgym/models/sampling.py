@@ -55,6 +55,17 @@ def candidate_logprobs(scores: torch.Tensor, params: SamplingParams) -> tuple[to
     return ids, torch.log_softmax(logits, -1)
 
 
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, 1) indices drawn from the rows of ``probs`` (B, n) by uniforms ``u`` (B, 1) in [0, 1): the first index
+    whose cumulative probability exceeds ``u`` times the row's total, never a zero-probability one. One cumulative sum
+    per row: ``torch.multinomial`` on a CPU draws an exponential for every entry, ~40 ms per step over a 49k
+    vocabulary at batch 32 (when top_k is 0, as in training) against ~1 ms."""
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1, keepdim=True)  # last drawable index
+    return torch.minimum(idx, last)  # u * total can round up to the total
+
+
 class CandidateSampler(LogitsProcessor):
     """Draws each step's token (see the module) for rows whose contexts end at column ``width``."""
 
@@ -74,7 +85,8 @@ class CandidateSampler(LogitsProcessor):
         if input_ids.shape[1] - self.width < p.min_new_tokens:
             scores[:, self.stop_ids] = float("-inf")  # as MinNewTokensLengthLogitsProcessor
         ids, logp = candidate_logprobs(scores, p)
-        pick = torch.multinomial(logp.exp(), 1)  # (B, 1) index into the candidates
+        probs = logp.exp()
+        pick = inverse_cdf(probs, torch.rand((probs.shape[0], 1), device=probs.device))  # (B, 1) into the candidates
         token = ids.gather(1, pick)
         raw = scores.gather(1, token)
         if p.repetition_penalty != 1.0:  # a repeated token's raw score is the one before the penalty
