@@ -139,11 +139,14 @@ def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, re
     assert not plain._turn_nll and not remembering._turn_nll
 
 
-def test_identical_contexts_share_one_prefill_and_sample_as_alone(tiny_model_dir):
+@pytest.mark.parametrize("pack", [True, False])
+def test_identical_contexts_share_one_prefill_and_sample_as_alone(tiny_model_dir, pack):
     # GRPO's G samples of one prompt arrive as runs of identical contexts: the context's forward pass runs once per
-    # distinct context (its cache repeated), and greedy decoding gives what one call per context gives.
+    # distinct context (its cache repeated; packed, both distinct contexts are one sequence), and greedy decoding
+    # gives what one call per context gives.
     model, tok = load_model(str(tiny_model_dir), dtype="float32", device="cpu")
     lm = LM(model, tok, "tiny", "plain", 64)
+    lm.pack_prefill = pack
     contexts = ["hello there, how are you", "we could go to the park today or"]
     greedy = SamplingParams(max_new_tokens=4, min_new_tokens=4, temperature=0)
     alone = [lm.generate([c], greedy) for c in contexts]
@@ -153,21 +156,25 @@ def test_identical_contexts_share_one_prefill_and_sample_as_alone(tiny_model_dir
         shared = lm.generate([c for c in contexts for _ in range(3)], greedy)
     finally:
         hook.remove()
-    assert widths[0] == 2 and widths[1:] == [6] * (len(widths) - 1)  # prefill: 2 rows; decoding: all 6
+    assert widths[0] == (1 if pack else 2) and widths[1:] == [6] * (len(widths) - 1)  # decoding: all 6 rows
     for i, g in enumerate(alone):
         for j in range(3):
             assert shared.token_ids[3 * i + j] == g.token_ids[0]
             assert shared.logprobs[3 * i + j] == pytest.approx(g.logprobs[0], abs=1e-4)
 
 
-def _two_turn_rollouts(model_dir, sampling: SamplingParams, keep: bool, k: int = 2, generations: int = 2):
+def _two_turn_rollouts(
+    model_dir, sampling: SamplingParams, keep: bool, k: int = 2, generations: int = 2, pack: bool = True
+):
     """A 2-exchange rollout (G siblings, K replies) with one remembering LM as adversary and defender; with
-    ``keep`` False the LM cannot keep its cache (as a backend without ``keep_cache``). Returns the conversations,
-    the remembered turn NLLs and the (rows, columns) of every forward pass."""
+    ``keep`` False the LM cannot keep its cache (as a backend without ``keep_cache``), with ``pack`` False its
+    prefills run padded. Returns the conversations, the remembered turn NLLs and the (rows, columns) of every
+    forward pass."""
     from redgym.rollout.engine import rollout
 
     model, tok = load_model(str(model_dir), dtype="float32", device="cpu")
     lm = LM(model, tok, "tiny", "plain", 128, remember_turn_nll=True)
+    lm.pack_prefill = pack
     if not keep:
         lm.keep_cache = None  # type: ignore[assignment]  # rollout_batch then has nothing to enter
     prompts = [("a", ("hello there, how are you",)), ("b", ("we could go to the park today or maybe",)), ("c", ("no",))]
@@ -210,6 +217,26 @@ def test_kept_cache_runs_only_the_new_utterances_and_changes_nothing(tiny_model_
     # last call holds every history (>= 3 utterances + prompt)
     assert all(cols <= 6 + 4 for _, cols in prefills[1:])
     assert fresh_prefills[-1][1] >= 3 * 6
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_packed_prefill_runs_fewer_positions_and_changes_nothing(tiny_model_dir, tiny_gpt2_dir, arch, temperature):
+    # Every history from scratch (no kept cache), prefills packed or padded: the same tokens, log-probs and turn NLLs
+    # (the cache gathered from the packs' tree paths is the padded one), fewer positions computed
+    model_dir = tiny_model_dir if arch == "llama" else tiny_gpt2_dir
+    sampling = SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=temperature, top_p=1.0)
+    packed, packed_nll, packed_shapes = _two_turn_rollouts(model_dir, sampling, keep=False, pack=True)
+    padded, padded_nll, padded_shapes = _two_turn_rollouts(model_dir, sampling, keep=False, pack=False)
+    for a, b in zip(packed, padded):
+        for x, y in zip(a.turns, b.turns):
+            assert x.token_ids == y.token_ids and x.alternatives == y.alternatives
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+    assert packed_nll.keys() == padded_nll.keys() and len(packed_nll) >= 4
+    assert list(packed_nll.values()) == pytest.approx(list(padded_nll.values()), abs=1e-5)
+    prefill = [r * c for r, c in packed_shapes if c > 1]
+    padded_prefill = [r * c for r, c in padded_shapes if c > 1]
+    assert len(prefill) == len(padded_prefill) == 4 and sum(prefill) < sum(padded_prefill)
 
 
 def test_no_cache_is_kept_outside_a_rollout(tiny_lm):

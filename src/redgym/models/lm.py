@@ -48,6 +48,7 @@ class LM(ChatBackend, LikelihoodBackend):
     """
 
     memo_size = 4096  # remembered turn NLLs (oldest dropped first)
+    pack_prefill = True  # a prefill with nothing kept runs packed where the model can (``_packed_prefill``)
 
     def __init__(
         self,
@@ -198,6 +199,8 @@ class LM(ChatBackend, LikelihoodBackend):
         past = kept.past([width - len(r) for r in real], src, start) if start > 0 and kept is not None else None
         if start == width - 1:  # everything held (no turn NLL wanted: it would start a computed column)
             cache = past
+        elif start == 0 and self.pack_prefill and min(len(r) for r in real) > 2 and can_pack(self.model):
+            cache = self._packed_prefill(real, wanted, width)
         else:
             keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -220,6 +223,44 @@ class LM(ChatBackend, LikelihoodBackend):
         if k > 1 and cache is not None:
             cache.batch_repeat_interleave(k)
         return cache
+
+    def _packed_prefill(self, real: list[list[int]], wanted: list, width: int) -> DynamicCache:
+        """``_prefill``'s forward pass with the rows packed (models/packing.py): the G samples of a prompt, or every
+        context with the same system prompt, compute their shared prefix once. Each row's keys and values are then
+        gathered from its tree path into the left-padded layout ``generate`` continues from (a key depends only on
+        the tokens before it and its position, both a row's own in the tree); padding columns stay zero."""
+        turn_of = {u: len(real[u]) - (width - first) for u, _, _, first in wanted}  # the turn's first token index
+        rows = [r[:-1] for r in real]  # generate feeds each row's last token
+        cut = [turn_of.get(u, len(r) - 1) for u, r in enumerate(rows)]  # logits wanted from here on
+        packs = pack_rows([r[:c] for r, c in zip(rows, cut)], [r[c:] for r, c in zip(rows, cut)])
+        param = next(self.model.parameters())
+        ids, mask, pos, kept = packed_inputs(packs, self.tokenizer.pad_token_id, param.dtype, param.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=kept)
+        n_packs, length = ids.shape
+        index = torch.full((len(rows), width - 1), n_packs * length, dtype=torch.long)  # the last: a zero row
+        predictors: dict[int, list[int]] = {}
+        for p, pack in enumerate(packs):
+            for u, path, pred in zip(pack.rows, pack.paths, pack.predictors):
+                index[u, width - 1 - len(path) :] = torch.tensor(path) + p * length + length - len(pack.ids)
+                predictors[u] = [p * kept + kept - pack.kept + i for i in pred]
+        index = index.to(param.device)
+        pairs = []
+        for layer in out.past_key_values.layers:
+            gathered = []
+            for t in (layer.keys, layer.values):  # (P, H, T, D) -> rows (U, H, W-1, D)
+                flat = t.transpose(1, 2).reshape(n_packs * length, *t.shape[1:2], t.shape[3])
+                flat = torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])])
+                gathered.append(flat[index].transpose(1, 2).contiguous())
+            pairs.append((gathered[0], gathered[1]))
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        for u, sp, cont, _ in wanted:
+            at = torch.tensor(predictors[u][: len(cont)], device=param.device)
+            target = torch.tensor(cont, device=param.device)[:, None]
+            logp = torch.log_softmax(logits[at].float(), -1).gather(-1, target)
+            self._turn_nll[sp] = float(-logp.mean())
+            while len(self._turn_nll) > self.memo_size:
+                self._turn_nll.popitem(last=False)
+        return DynamicCache(pairs)
 
     def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
         """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.

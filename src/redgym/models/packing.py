@@ -26,7 +26,8 @@ class Pack:
     """One packed sequence: ``ids`` and ``positions`` (its depth in its row) per position, ``visible[i, j]``: position
     i attends to position j; the last ``kept`` positions are those predicting continuation tokens. For the r-th row
     of the pack (``rows[r]``: its index among the rows given to ``pack_rows``), ``predictors[r]`` holds the index
-    among those last ``kept`` of the position predicting each of its continuation tokens (``targets[r]``)."""
+    among those last ``kept`` of the position predicting each of its continuation tokens (``targets[r]``), and
+    ``paths[r]`` the position of each of its tokens (context and continuation)."""
 
     ids: list[int]
     positions: list[int]
@@ -35,6 +36,7 @@ class Pack:
     rows: list[int]
     predictors: list[list[int]]
     targets: list[list[int]]
+    paths: list[list[int]]
 
 
 class _Tree:
@@ -97,6 +99,7 @@ def _pack(tree: _Tree, index: list[int], rows: list[tuple[list[int], list[int]]]
             for (ctx, cont), row_nodes in zip(rows, nodes)
         ],
         targets=[list(cont) for _, cont in rows],
+        paths=[[at[x] for x in row_nodes] for row_nodes in nodes],
     )
 
 
