@@ -274,13 +274,29 @@ def test_reweight_negative_advantages_by_hand():
         grpo.GRPOConfig(negative_weight=1.5).validate()
 
 
+def test_minibatch_order_shuffles_samples_or_whole_groups():
+    from redgym.trainers.losses import minibatch_order
+
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert minibatch_order(groups, np.random.default_rng(5), False) == np.random.default_rng(5).permutation(8).tolist()
+    order = minibatch_order(groups, np.random.default_rng(5), True)
+    assert sorted(order) == list(range(8))
+    assert all(groups[order[i]] == groups[order[i + 1]] for i in range(0, 8, 2))  # each pair is one group
+    expected = [i for g in np.random.default_rng(5).permutation(4) for i in (2 * g, 2 * g + 1)]
+    assert order == expected
+    with pytest.raises(RedgymError, match="micro_batches"):
+        grpo.GRPOConfig(micro_batches="sorted").validate()
+
+
+@pytest.mark.parametrize("micro_batches", ["shuffled", "groups"])
 def test_grpo_changes_the_adapter_with_finite_losses(
-    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch, micro_batches
 ):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    grpo.train(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, defender_samples=2), out, progress=False)
+    cfg = _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=3, defender_samples=2, micro_batches=micro_batches)
+    grpo.train(cfg, out, progress=False)
     rows = _read(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:

@@ -42,6 +42,7 @@ from redgym.trainers.losses import (
     kl_k3,
     masked_mean,
     max_variance_subset,
+    minibatch_order,
     ppo_policy_loss,
     ratio_deviation,
     reweight_negative,
@@ -94,6 +95,13 @@ class GRPOConfig(TrainConfig):
         "of unit scale when scale_rewards is group or batch",
     )
     ppo_epochs: int = _f(1, "passes over each step's rollouts (1 = purely on-policy: the ratio is 1)")
+    micro_batches: str = _f(
+        "shuffled",
+        "how an epoch forms its micro batches: shuffled (a random permutation of the samples, as TRL); groups "
+        "(the groups in a random order, each group's samples together: with micro_batch_size = G each micro batch "
+        "is the G samples of one prompt, whose shared context runs once, and each optimizer step compares samples "
+        "of one prompt; losses.minibatch_order)",
+    )
     min_group_range: float = _f(
         0.0,
         "leave out of the update each group whose rewards span less than this (max - min): with a rare reward most "
@@ -130,6 +138,8 @@ class GRPOConfig(TrainConfig):
             )
         if self.scale_rewards not in ("none", "group", "batch"):
             raise RedgymError(f"config: scale_rewards must be none, group or batch, got {self.scale_rewards!r}")
+        if self.micro_batches not in ("shuffled", "groups"):
+            raise RedgymError(f"config: micro_batches must be shuffled or groups, got {self.micro_batches!r}")
         if self.advantages not in ("mean", "rank"):
             raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
         if not 0 <= self.negative_weight <= 1:
@@ -186,7 +196,7 @@ def update(
     dev = next(policy.model.parameters()).device
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "kl", "clipfrac", "first_ratio_dev")}
     for _ in range(cfg.ppo_epochs):
-        order = rng.permutation(len(ep.resp))
+        order = minibatch_order(ep.group, rng, cfg.micro_batches == "groups")
         for i in range(0, len(order), cfg.micro_batch_size):
             idx = order[i : i + cfg.micro_batch_size]
             with acc.accumulate(policy.model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -255,3 +256,15 @@ def groups_with_range(rewards: torch.Tensor, groups: torch.Tensor, min_range: fl
         if float(r.max() - r.min()) >= min_range:
             keep |= sel
     return torch.nonzero(keep).flatten()
+
+
+def minibatch_order(groups: torch.Tensor, rng: np.random.Generator, whole_groups: bool) -> list[int]:
+    """The order in which an update epoch takes the samples (consecutive micro batches are slices of it): a random
+    permutation of the samples (``whole_groups`` False, as TRL's shuffled generation batch), or the groups in a
+    random order, each group's samples together (``whole_groups``): with a micro batch of G, every micro batch is
+    one group, the G samples of one prompt, whose shared context then runs once (packed rows) and whose advantages
+    are all relative to each other."""
+    if not whole_groups:
+        return [int(i) for i in rng.permutation(len(groups))]
+    ids = torch.unique(groups).tolist()
+    return [i for g in rng.permutation(len(ids)) for i in torch.nonzero(groups == ids[g]).flatten().tolist()]
