@@ -32,8 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# The suite on one worker per core (at most 4): most of its time is subprocess runs that use one thread each.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 # The config field tables of docs/*.md, rendered from the config classes (the source of --help); tests/test_docs.py
 # fails while one is out of date.
