@@ -23,7 +23,9 @@ least 1.5x faster). The last line is ``BENCH redgym_step_s=... trl_step_s=... ra
 
 TRL is not a redgym dependency: ``pip install -e '.[bench]'`` (``make bench-trl`` does it, then runs this).
 
-Run: ``.venv/bin/python bench/vs_trl.py [--config configs/grpo_demo.yaml] [--steps 4] [--out runs/vs_trl]``
+Run: ``.venv/bin/python bench/vs_trl.py [--config configs/grpo_demo.yaml] [--steps 4] [--out runs/vs_trl]
+[--set micro_batches=shuffled]`` (the demo's config takes whole groups as micro batches; TRL shuffles its generation
+batch: ``--set micro_batches=shuffled`` measures redgym arranged as TRL is)
 """
 
 from __future__ import annotations
@@ -51,7 +53,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default="configs/grpo_demo.yaml", help="the redgym GRPO config that defines the task")
     p.add_argument("--steps", type=int, default=4, help="step-equivalents per side (the first is warm-up)")
     p.add_argument("--out", default="runs/vs_trl", help="folder for both sides' runs (replaced)")
-    return p.parse_args()
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a config field over the config's value, for both sides (repeatable): e.g. micro_batches=shuffled",
+    )
+    args = p.parse_args()
+    if bad := [item for item in args.set if "=" not in item]:
+        p.error(f"--set takes FIELD=VALUE, got {bad[0]!r}")
+    return args
 
 
 def run_redgym(cfg: grpo.GRPOConfig, out: Path) -> list[float]:
@@ -160,11 +172,12 @@ def main() -> None:
     args = parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config(grpo.GRPOConfig, args.config, {"steps": args.steps, "reward_curriculum_steps": 0})
+    fields = dict(item.split("=", 1) for item in args.set)
+    cfg = load_config(grpo.GRPOConfig, args.config, {**fields, "steps": args.steps, "reward_curriculum_steps": 0})
     print(
         f"task {args.config}: {cfg.prompts_per_step} prompts x G {cfg.generations_per_prompt}, K "
         f"{cfg.defender_samples} defender replies, {cfg.ppo_epochs} epochs of micro batch {cfg.micro_batch_size}, "
-        f"LoRA r{cfg.lora_r}, threads={torch.get_num_threads()}",
+        f"LoRA r{cfg.lora_r}, micro batches {cfg.micro_batches}, threads={torch.get_num_threads()}",
         flush=True,
     )
     ours = run_redgym(cfg, out / "redgym")
