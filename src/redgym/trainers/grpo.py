@@ -8,9 +8,10 @@ mean over ``defender_samples`` defender replies. Each step: (1) a batch of train
 (3) optionally keep ``train_per_prompt`` of each group, those whose rewards vary most (PODS); advantage = reward -
 the mean reward of its group (same prompt and turn), optionally divided by the group's or the batch's std
 (``scale_rewards``), negative ones optionally down-weighted (``negative_weight``), on every token of the utterance;
-old and reference log-probs; (4) ``ppo_epochs`` passes of the clipped surrogate plus beta * k3 KL to the reference
-per token (Shao et al. 2024; as TRL's GRPOTrainer), token-mean over the batch; (5) log (with pair reliability: how
-often one defender reply orders two siblings as their other replies' mean does) and checkpoint.
+old and reference log-probs; (4) ``ppo_epochs`` passes (micro batches of shuffled samples or of whole groups:
+``micro_batches``) of the clipped surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as
+TRL's GRPOTrainer), token-mean over the batch; (5) log (with pair reliability: how often one defender reply orders
+two siblings as their other replies' mean does) and checkpoint.
 """
 
 from __future__ import annotations
