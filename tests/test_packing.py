@@ -5,7 +5,7 @@ import torch
 
 from redgym.models import load_model
 from redgym.models.lm import continuation_forward
-from redgym.models.packing import can_pack, pack_rows, packed_inputs
+from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_inputs
 
 
 def test_two_rows_sharing_a_context_are_one_tree_with_the_wanted_positions_last():
@@ -16,7 +16,7 @@ def test_two_rows_sharing_a_context_are_one_tree_with_the_wanted_positions_last(
     assert pack.positions == [0, 2, 3, 1, 2]  # each token's depth in its own row
     assert pack.kept == 2 and pack.rows == [0, 1]
     assert pack.predictors == [[0], [0, 1]]  # token 2 (kept 0) predicts 3; 2 then 4 (kept 1) predict 4, 5
-    assert pack.targets == [[3], [4, 5]]
+    assert pack.paths == [[0, 3, 1], [0, 3, 4, 2]]  # where each row's tokens sit
     visible = [
         # 1  3  5  2  4
         [1, 0, 0, 0, 0],  # 1
@@ -46,6 +46,14 @@ def test_packed_inputs_pad_on_the_left_and_padding_sees_only_itself():
     assert kept == 1 and mask.shape == (2, 1, 3, 3)
     assert (mask[1, 0] == 0).int().tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     assert float(mask.min()) == torch.finfo(torch.float32).min
+
+
+def test_kept_logit_rows_index_each_packs_wanted_positions_in_the_flat_kept_logits():
+    # pack 0: the two rows of the first test (kept 2); pack 1: one row (kept 1), its wanted position right-aligned
+    packs = pack_rows([[1, 2], [1, 2], [7]], [[3], [4, 5], [8]], max_tokens=5)
+    assert [p.rows for p in packs] == [[0, 1], [2]] and [p.kept for p in packs] == [2, 1]
+    # logits (2 packs x 2 kept positions) flattened: pack 1's one wanted position is its second (index 3)
+    assert kept_logit_rows(packs, kept=2) == {0: [0], 1: [0, 1], 2: [3]}
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -16,7 +16,7 @@ from transformers.cache_utils import DynamicLayer
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
-from redgym.models.packing import can_pack, pack_rows, packed_inputs
+from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_inputs
 from redgym.models.sampling import CandidateSampler
 
 
@@ -214,11 +214,7 @@ class LM(ChatBackend, LikelihoodBackend):
             )
             for u, sp, cont, first in wanted:
                 at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
-                target = torch.tensor(cont, device=ids.device)[:, None]
-                logp = torch.log_softmax(out.logits[u, at].float(), -1).gather(-1, target)
-                self._turn_nll[sp] = float(-logp.mean())
-                while len(self._turn_nll) > self.memo_size:
-                    self._turn_nll.popitem(last=False)
+                self._remember_turn_nll(sp, out.logits[u, at], cont)
             cache = out.past_key_values
         if k > 1 and cache is not None:
             cache.batch_repeat_interleave(k)
@@ -238,11 +234,9 @@ class LM(ChatBackend, LikelihoodBackend):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=kept)
         n_packs, length = ids.shape
         index = torch.full((len(rows), width - 1), n_packs * length, dtype=torch.long)  # the last: a zero row
-        predictors: dict[int, list[int]] = {}
         for p, pack in enumerate(packs):
-            for u, path, pred in zip(pack.rows, pack.paths, pack.predictors):
+            for u, path in zip(pack.rows, pack.paths):
                 index[u, width - 1 - len(path) :] = torch.tensor(path) + p * length + length - len(pack.ids)
-                predictors[u] = [p * kept + kept - pack.kept + i for i in pred]
         index = index.to(param.device)
         pairs = []
         for layer in out.past_key_values.layers:
@@ -252,15 +246,17 @@ class LM(ChatBackend, LikelihoodBackend):
                 flat = torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])])
                 gathered.append(flat[index].transpose(1, 2).contiguous())
             pairs.append((gathered[0], gathered[1]))
-        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        logits, predictors = out.logits.reshape(-1, out.logits.shape[-1]), kept_logit_rows(packs, kept)
         for u, sp, cont, _ in wanted:
-            at = torch.tensor(predictors[u][: len(cont)], device=param.device)
-            target = torch.tensor(cont, device=param.device)[:, None]
-            logp = torch.log_softmax(logits[at].float(), -1).gather(-1, target)
-            self._turn_nll[sp] = float(-logp.mean())
-            while len(self._turn_nll) > self.memo_size:
-                self._turn_nll.popitem(last=False)
+            self._remember_turn_nll(sp, logits[torch.tensor(predictors[u][: len(cont)], device=param.device)], cont)
         return DynamicCache(pairs)
+
+    def _remember_turn_nll(self, split: tuple[str, str], logits: torch.Tensor, turn: list[int]) -> None:
+        """Remember the turn's NLL from the logits (len(turn), V) of the positions predicting its tokens."""
+        target = torch.tensor(turn, device=logits.device)[:, None]
+        self._turn_nll[split] = float(-torch.log_softmax(logits.float(), -1).gather(-1, target).mean())
+        while len(self._turn_nll) > self.memo_size:
+            self._turn_nll.popitem(last=False)
 
     def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
         """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.
@@ -471,11 +467,10 @@ def _packed_continuation_forward(
     src: list[int] = []
     target: list[int] = []
     dest: list[int] = []
-    for p, pack in enumerate(packs):
-        for b, predictors, targets in zip(pack.rows, pack.predictors, pack.targets):
-            src += [p * kept + kept - pack.kept + i for i in predictors]
-            target += targets
-            dest += range(b * k + k - len(targets), (b + 1) * k)
+    for b, predictors in kept_logit_rows(packs, kept).items():
+        src += predictors
+        target += cont_ids[b]
+        dest += range(b * k + k - len(cont_ids[b]), (b + 1) * k)
     dev = param.device
     src_t, dest_t = torch.tensor(src, device=dev), torch.tensor(dest, device=dev)
     logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, src_t)  # (N, V): one row per token

@@ -26,8 +26,8 @@ class Pack:
     """One packed sequence: ``ids`` and ``positions`` (its depth in its row) per position, ``visible[i, j]``: position
     i attends to position j; the last ``kept`` positions are those predicting continuation tokens. For the r-th row
     of the pack (``rows[r]``: its index among the rows given to ``pack_rows``), ``predictors[r]`` holds the index
-    among those last ``kept`` of the position predicting each of its continuation tokens (``targets[r]``), and
-    ``paths[r]`` the position of each of its tokens (context and continuation)."""
+    among those last ``kept`` of the position predicting each of its continuation tokens, and ``paths[r]`` the
+    position of each of its tokens (context and continuation)."""
 
     ids: list[int]
     positions: list[int]
@@ -35,7 +35,6 @@ class Pack:
     kept: int
     rows: list[int]
     predictors: list[list[int]]
-    targets: list[list[int]]
     paths: list[list[int]]
 
 
@@ -98,7 +97,6 @@ def _pack(tree: _Tree, index: list[int], rows: list[tuple[list[int], list[int]]]
             [at[x] - first_kept for x in row_nodes[len(ctx) - 1 : len(ctx) + len(cont) - 1]]
             for (ctx, cont), row_nodes in zip(rows, nodes)
         ],
-        targets=[list(cont) for _, cont in rows],
         paths=[[at[x] for x in row_nodes] for row_nodes in nodes],
     )
 
@@ -145,6 +143,17 @@ def packed_inputs(
         visible[b, s:, s:] = p.visible
     mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
     return ids.to(device), mask[:, None].to(device), pos.to(device), kept
+
+
+def kept_logit_rows(packs: list[Pack], kept: int) -> dict[int, list[int]]:
+    """For each row (its index among the rows given to ``pack_rows``), the index into a model output's kept logits
+    flattened to (P * ``kept``, V) (``packed_inputs``' packs, each with its wanted positions last) of the position
+    predicting each of its continuation tokens."""
+    return {
+        row: [p * kept + kept - pack.kept + i for i in predictors]
+        for p, pack in enumerate(packs)
+        for row, predictors in zip(pack.rows, pack.predictors)
+    }
 
 
 def can_pack(model: torch.nn.Module) -> bool:
