@@ -73,10 +73,11 @@ class _Tree:
         return nodes
 
 
-def _pack(tree: _Tree, index: list[int], rows: list[tuple[list[int], list[int]]], nodes: list[list[int]]) -> Pack:
-    wanted: set[int] = set()
-    for (ctx, cont), row_nodes in zip(rows, nodes):
-        wanted.update(row_nodes[len(ctx) - 1 : len(ctx) + len(cont) - 1])
+def _pack(tree: _Tree, index: list[int], nodes: list[list[int]], ctx_ids: list[list[int]]) -> Pack:
+    """The pack of rows ``index`` (their ``nodes`` in ``tree``); a row's context length comes from ``ctx_ids``."""
+    # per row, the nodes predicting its continuation tokens: its last context token's up to its second-last token's
+    predicting = [row_nodes[len(ctx_ids[i]) - 1 : -1] for i, row_nodes in zip(index, nodes)]
+    wanted = {x for row in predicting for x in row}
     n = len(tree.tokens)
     order = [i for i in range(n) if i not in wanted] + sorted(wanted)
     at = {node: i for i, node in enumerate(order)}
@@ -93,10 +94,7 @@ def _pack(tree: _Tree, index: list[int], rows: list[tuple[list[int], list[int]]]
         visible=ancestry[placed][:, placed],
         kept=len(wanted),
         rows=index,
-        predictors=[
-            [at[x] - first_kept for x in row_nodes[len(ctx) - 1 : len(ctx) + len(cont) - 1]]
-            for (ctx, cont), row_nodes in zip(rows, nodes)
-        ],
+        predictors=[[at[x] - first_kept for x in row] for row in predicting],
         paths=[[at[x] for x in row_nodes] for row_nodes in nodes],
     )
 
@@ -109,19 +107,17 @@ def pack_rows(ctx_ids: list[list[int]], cont_ids: list[list[int]], max_tokens: i
     if any(not ctx or not cont for ctx, cont in zip(ctx_ids, cont_ids)):
         raise ValueError("a packed row needs at least one context and one continuation token")
     packs: list[Pack] = []
-    # the pack being filled: its tree, its rows' indices, the rows, their nodes
-    tree, index, rows, nodes = _Tree(), list[int](), list[tuple[list[int], list[int]]](), list[list[int]]()
+    # the pack being filled: its tree, its rows' indices and their nodes
+    tree, index, nodes = _Tree(), list[int](), list[list[int]]()
     for i in sorted(range(len(ctx_ids)), key=lambda i: list(ctx_ids[i]) + list(cont_ids[i])):
-        ctx, cont = ctx_ids[i], cont_ids[i]
-        row = list(ctx) + list(cont)
-        if rows and len(tree.tokens) + tree.new_nodes(row) > max_tokens:
-            packs.append(_pack(tree, index, rows, nodes))
-            tree, index, rows, nodes = _Tree(), [], [], []
+        row = list(ctx_ids[i]) + list(cont_ids[i])
+        if index and len(tree.tokens) + tree.new_nodes(row) > max_tokens:
+            packs.append(_pack(tree, index, nodes, ctx_ids))
+            tree, index, nodes = _Tree(), [], []
         nodes.append(tree.add(row))
         index.append(i)
-        rows.append((ctx, cont))
-    if rows:
-        packs.append(_pack(tree, index, rows, nodes))
+    if index:
+        packs.append(_pack(tree, index, nodes, ctx_ids))
     return packs
 
 
