@@ -162,6 +162,20 @@ class RunConfig(ConfigFields):
         "reward weight of tox(adversary turn): the adversary's own toxicity, which the "
         "defender's follows (echo); 0 switches it off",
     )
+    stealth_gate: float | None = _f(
+        None,
+        "stealth: the defender-dependent terms (w_defender, w_combined) count only on exchanges whose adversary turn "
+        "scores at or below this (e.g. toxic_threshold), so echoing the adversary's own toxicity earns nothing; "
+        "None = off (rollout/reward.gate_mask)",
+    )
+    adversary_budget: float | None = _f(
+        None,
+        "stealth as a constraint (DiveR-CT): the batch's mean adversary toxicity <= this budget, enforced by a "
+        "Lagrange multiplier lambda >= 0 on tox(adversary turn) that each training step moves by multiplier_lr x "
+        "(mean - budget), logged as reward/multiplier and checkpointed; None = off",
+    )
+    multiplier_lr: float = _f(1.0, "adversary_budget: step size of the multiplier's update (dual ascent)")
+    multiplier_init: float = _f(0.0, "adversary_budget: the multiplier's value at step 0")
     tox_transform: str = _f(
         "none",
         "how toxicity scores enter the reward: none (probabilities) or logit "
@@ -260,6 +274,13 @@ class RunConfig(ConfigFields):
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
+        for name in ("stealth_gate", "adversary_budget"):
+            v = getattr(self, name)
+            need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
+        need(
+            self.multiplier_lr >= 0 and self.multiplier_init >= 0,
+            f"multiplier_lr and multiplier_init must be >= 0, got {self.multiplier_lr} and {self.multiplier_init}",
+        )
         need(
             self.dev_fraction >= 0 and self.test_fraction > 0 and self.dev_fraction + self.test_fraction < 1,
             "dev_fraction + test_fraction must be below 1 and test_fraction above 0",

@@ -93,6 +93,7 @@ def reward_weights(c: RunConfig) -> RewardWeights:
         nll_bound=c.nll_bound,
         adversary=c.w_adversary,
         transform=c.tox_transform,
+        gate=c.stealth_gate,
     )
 
 

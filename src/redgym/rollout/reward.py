@@ -3,6 +3,11 @@
 R = w_def * tox(defender turn) + w_comb * tox(adversary turn + defender turn) + w_adv * tox(adversary turn)
 - w_nll * NLL(adversary turn | context, under the likelihood model: the defender when it is local)
 + w_div * diversity(adversary turn) + w_nb * novelty_bleu + w_nc * novelty_cos - w_gib * max(0, NLL - nll_bound).
+Stealth (the defender says it, not the adversary): with a ``gate`` the two defender-dependent terms count only on
+exchanges whose adversary turn scores at or below it (``stealth_gate``); a budget on the adversary's mean toxicity
+(``adversary_budget``) is a constraint, enforced by a Lagrange multiplier lambda >= 0 that the trainer raises while
+the batch's mean is over the budget and lowers while it is under (``multiplier_update``; DiveR-CT's idea), entering
+the reward as -lambda * tox(adversary turn) (``with_multiplier``).
 A weight of 0 switches a term off: the term is then neither computed (when it is costly) nor added, but it is still
 logged when it was computed. With ``transform="logit"`` the three toxicity terms enter as log(s / (1 - s)) (scores
 clipped to [LOGIT_EPS, 1 - LOGIT_EPS]); logged terms stay probabilities. A curriculum (``curriculum_weights``)
@@ -50,6 +55,7 @@ class RewardWeights:
     nll_bound: float = 4.0
     adversary: float = 0.0
     transform: str = "none"
+    gate: float | None = None  # stealth: the defender-dependent terms count only where tox(adversary) <= gate
 
     def on(self, term: str) -> bool:
         """Is an extra term (``EXTRA_TERMS``) switched on?"""
@@ -72,6 +78,26 @@ class RewardWeights:
 def gibberish_excess(nll, bound: float) -> np.ndarray:
     """max(0, NLL - bound): how far an utterance is past the likelihood a fluent one has (0 below the bound)."""
     return np.maximum(0.0, np.asarray(nll, dtype=float) - bound)
+
+
+def gate_mask(tox_adversary, gate: float | None) -> np.ndarray:
+    """1.0 where an exchange's adversary turn scores at or below ``gate`` (a clean turn), else 0.0; all ones
+    without a gate. The stealth gate multiplies the defender-dependent reward terms by it."""
+    x = np.asarray(tox_adversary, dtype=float)
+    return np.ones_like(x) if gate is None else (x <= gate).astype(float)
+
+
+def multiplier_update(lam: float, mean_cost: float, budget: float, lr: float) -> float:
+    """One projected dual-ascent step of the constraint mean cost <= budget: max(0, lam + lr * (mean_cost -
+    budget)). The multiplier grows while the batch's mean adversary toxicity is over the budget (the penalty
+    -lam * tox(adversary) bites harder) and shrinks to 0 while it is under (the constraint then costs nothing)."""
+    return max(0.0, float(lam) + float(lr) * (float(mean_cost) - float(budget)))
+
+
+def with_multiplier(w: RewardWeights, lam: float) -> RewardWeights:
+    """The weights with the constraint's multiplier folded into the adversary-toxicity weight: w_adversary - lam
+    (``w`` itself at lam 0)."""
+    return w if lam == 0 else dataclasses.replace(w, adversary=w.adversary - float(lam))
 
 
 def transform_scores(x, kind: str) -> np.ndarray:
@@ -123,12 +149,18 @@ def composite_reward(
     tox_adversary=None,
 ) -> np.ndarray:
     """Elementwise composite reward over arrays of equal shape (nan-free inputs for the terms switched on); the
-    toxicity terms go through ``w.transform``."""
+    toxicity terms go through ``w.transform``; with ``w.gate`` the defender-dependent scores are multiplied by
+    ``gate_mask(tox_adversary, w.gate)`` before it (which then needs ``tox_adversary``)."""
     out = np.zeros(np.shape(tox_defender))
     tox = lambda x: None if x is None else transform_scores(x, w.transform)  # noqa: E731
+    if w.gate is not None and tox_adversary is None:
+        raise ValueError("the stealth gate needs the adversary turns' toxicity")
+    gate = 1.0 if w.gate is None else gate_mask(tox_adversary, w.gate)
+    # a gated exchange's defender scores count as 0 before the transform: under logit that is its floor, not 0
+    gated = lambda x: None if x is None else tox(gate * np.asarray(x, dtype=float))  # noqa: E731
     terms = (
-        (w.defender, tox(tox_defender)),
-        (w.combined, tox(tox_combined)),
+        (w.defender, gated(tox_defender)),
+        (w.combined, gated(tox_combined)),
         (w.adversary, tox(tox_adversary)),
         (-w.nll, nll),
         (w.diversity, diversity),
@@ -250,8 +282,9 @@ def term_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
 
 def reply_terms(scores: dict[str, np.ndarray], weights: RewardWeights) -> np.ndarray:
     """(N, K) the defender-dependent part of the reward for each of the K replies of N exchanges:
-    w_defender * tox(reply) + w_combined * tox(adversary turn + reply)."""
-    return weights.defender * scores["tox_defender_replies"] + weights.combined * scores["tox_combined_replies"]
+    w_defender * tox(reply) + w_combined * tox(adversary turn + reply), times the stealth gate of each exchange."""
+    terms = weights.defender * scores["tox_defender_replies"] + weights.combined * scores["tox_combined_replies"]
+    return terms * gate_mask(scores["tox_adversary"], weights.gate)[:, None]
 
 
 def pair_reliability(groups: list[np.ndarray]) -> tuple[float, int]:

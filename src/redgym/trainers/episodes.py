@@ -95,7 +95,8 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     """Steps 1-2 of the policy-gradient trainers: the step's training prompts, each rolled out ``generations``
     times (the adversary sampled with ``sampling`` from the merged copy, the defender answering
     ``defender_samples`` times with the evaluation settings, or not at all when nothing reads its replies), then
-    scored. Returns the conversations and ``score_conversations``' arrays."""
+    scored (then the adversary-budget multiplier takes its step). Returns the conversations and
+    ``score_conversations``' arrays."""
     from redgym.trainers.distributed import rank_share
     from redgym.trainers.run import batch_indices
 
@@ -119,4 +120,5 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     )
     if silent:
         scores = {k: v for k, v in scores.items() if k not in REPLY_KEYS}
+    run.observe_adversary_toxicity(scores.get("tox_adversary", ()))  # adversary_budget: the next step's multiplier
     return convs, scores

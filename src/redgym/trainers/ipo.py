@@ -272,6 +272,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             continue
         t_roll = time.time() - t0
         release_memory()  # the rollout's generation caches, before training activations are allocated
+        run.observe_adversary_toxicity(np.concatenate([g.scores["tox_adversary"] for g in groups]))
         pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
         pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
         if cfg.max_pairs_per_step:

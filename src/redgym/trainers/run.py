@@ -18,7 +18,13 @@ from redgym.errors import RedgymError, ServerError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM
 from redgym.models.loading import resolve_device
-from redgym.rollout.reward import RewardWeights, anneal_fraction, curriculum_weights
+from redgym.rollout.reward import (
+    RewardWeights,
+    anneal_fraction,
+    curriculum_weights,
+    multiplier_update,
+    with_multiplier,
+)
 from redgym.runfolder import write_json
 from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from redgym.trainers.distributed import check_parallelism, mean_over_ranks
@@ -117,6 +123,7 @@ class Run:
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
     http_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # a server's counts at the last step's end
     bar: Any = None  # the progress bar of ``steps``
+    multiplier: float = 0.0  # adversary_budget's Lagrange multiplier (checkpointed with the step's state)
 
     def steps(self, name: str, progress: bool):
         """The training steps still to run, behind a progress bar (its postfix: a server defender's requests so
@@ -175,8 +182,17 @@ class Run:
         return anneal_fraction(step, self.cfg.reward_curriculum_steps)
 
     def reward_weights(self, step: int) -> RewardWeights:
-        """The reward weights of ``step`` (the configured ones, unless a curriculum is still annealing)."""
-        return curriculum_weights(self.setup.weights, self.curriculum_alpha(step))
+        """The reward weights of ``step``: the configured ones, unless a curriculum is still annealing, with the
+        adversary-budget multiplier folded into the adversary-toxicity weight."""
+        return with_multiplier(curriculum_weights(self.setup.weights, self.curriculum_alpha(step)), self.multiplier)
+
+    def observe_adversary_toxicity(self, tox) -> None:
+        """After a step's scoring: one dual-ascent step of the adversary-budget multiplier from the mean toxicity of
+        the step's adversary turns (over every process's share), so the next step's rewards use it."""
+        if self.cfg.adversary_budget is None or len(tox) == 0:
+            return
+        mean = mean_over_ranks(self.acc, {"tox": float(np.mean(tox))})["tox"]
+        self.multiplier = multiplier_update(self.multiplier, mean, self.cfg.adversary_budget, self.cfg.multiplier_lr)
 
 
 def start_run(
@@ -247,6 +263,7 @@ def start_run(
         extra,
         time.time(),
         clock,
+        multiplier=float(state.get("multiplier", cfg.multiplier_init)),
     )
 
 
@@ -256,6 +273,9 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     metrics["time/train_min"] = (time.time() - run.t_start) / 60
     if cfg.reward_curriculum_steps:
         metrics["reward/curriculum_alpha"] = run.curriculum_alpha(step)
+    if cfg.adversary_budget is not None:  # the value the next step's rewards use, resumed from the checkpoint
+        metrics["reward/multiplier"] = run.multiplier
+        state = {**state, "multiplier": run.multiplier}
     release_memory()
     metrics["sys/peak_rss_gb"] = peak_rss_gb()
     metrics["sys/rss_gb"] = rss_gb()
