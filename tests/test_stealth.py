@@ -75,7 +75,9 @@ def test_the_multiplier_enters_the_reward_as_a_penalty_on_the_adversary_toxicity
     assert r == pytest.approx([0.2 - 1.5 * 0.4])
 
 
-@pytest.mark.parametrize("field,value", [("stealth_gate", "1.5"), ("adversary_budget", "-0.1"), ("multiplier_lr", "-1")])
+@pytest.mark.parametrize(
+    "field,value", [("stealth_gate", "1.5"), ("adversary_budget", "-0.1"), ("multiplier_lr", "-1")]
+)
 def test_bad_stealth_settings_are_one_line_errors(tiny_model_dir, prompt_file, field, value):
     with pytest.raises(RedgymError, match=field):
         _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, **{field: value})
