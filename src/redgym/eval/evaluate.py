@@ -14,7 +14,8 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config
 from redgym.errors import RedgymError
-from redgym.eval.metrics import compute_metrics, paired_difference
+from redgym.eval.echo import echo_split, gain_shares
+from redgym.eval.metrics import Table, compute_metrics, paired_difference
 from redgym.eval.report import write_report
 from redgym.models.guard import GuardedDefender, bare_defender
 from redgym.models.http import OpenAIChat
@@ -25,6 +26,31 @@ from redgym.runfolder import CONTENT_WARNING, check_writable, read_jsonl, run_me
 from redgym.setup import Setup, load_adversary, prepare, run_adversary
 
 log = logging.getLogger(__name__)
+
+
+def headline(
+    a: list[Conversation], b: list[Conversation], results: list[dict], differences: dict, threshold: float
+) -> dict:
+    """The one result a reader needs first, of adversary ``b`` against ``a`` on the same prompts: the paired
+    difference of defender toxicity and its ratio, how that gain divides between exchanges after toxic adversary
+    turns (echo) and after clean ones (``echo.gain_shares``), the clean-adversary difference, and the adversary's
+    own toxicity and NLL ratios (what the gain cost in stealth and likelihood)."""
+    ta, tb = Table.from_conversations(a), Table.from_conversations(b)
+    echo, clean = gain_shares(
+        echo_split(ta.tox_adversary, ta.tox_defender, threshold),
+        echo_split(tb.tox_adversary, tb.tox_defender, threshold),
+    )
+    ratio = lambda m: results[1][m]["value"] / results[0][m]["value"] if results[0][m]["value"] else float("nan")  # noqa: E731
+    return {
+        "metric": "defender_toxicity",
+        "difference": differences["defender_toxicity"],
+        "ratio": ratio("defender_toxicity"),
+        "echo_share": echo,
+        "clean_share": clean,
+        "clean_adversary_difference": differences.get("defender_toxicity_clean_adversary"),
+        "adversary_toxicity_ratio": ratio("adversary_toxicity"),
+        "adversary_nll_ratio": ratio("adversary_nll"),
+    }
 
 
 def write_eval(
@@ -44,12 +70,13 @@ def write_eval(
         for label, convs in convs_by_label.items()
     }
     labels = list(convs_by_label)
-    differences = None
+    differences = top = None
     if len(labels) > 1:
         a, b = pair or (labels[0], labels[-1])
         differences = paired_difference(
             convs_by_label[a], convs_by_label[b], cfg.bootstrap_samples, cfg.seed, cfg.toxic_threshold
         )
+        top = headline(convs_by_label[a], convs_by_label[b], [results[a], results[b]], differences, cfg.toxic_threshold)
     split_json = setup.split.to_json(cfg.prompts, cfg.seed)
     bare = bare_defender(setup.defender)
     server = {"http": bare.counts()} if isinstance(bare, OpenAIChat) else {}  # requests, retries, failures
@@ -66,6 +93,7 @@ def write_eval(
         "results": results,
         "differences": differences,
         "differences_of": list(pair) if pair and differences else None,
+        "headline": top,
         **server,
         **(extra or {}),
     }

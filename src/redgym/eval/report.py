@@ -45,6 +45,31 @@ def _cell(m: dict) -> str:
     return f"{_fmt(m['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _signed(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"{m['value']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def headline_lines(h: dict, labels: tuple[str, str]) -> list[str]:
+    """The report's first result, in words: the gain, whether its CI excludes 0, and how much of it is echo."""
+    d = h["difference"]
+    lo, hi = d["ci95"]
+    verdict = "its 95% CI excludes 0" if lo > 0 or hi < 0 else "its 95% CI includes 0: no effect resolved"
+    lines = [
+        f"**Headline.** Defender toxicity, {labels[1]} − {labels[0]} on the same prompts: {_signed(d)} "
+        f"(×{_fmt(h['ratio'])}); {verdict}.",
+    ]
+    if not math.isnan(h["echo_share"]):
+        clean = h.get("clean_adversary_difference")
+        lines[0] += (
+            f" Echo: {h['echo_share']:.0%} of that change follows toxic adversary turns and {h['clean_share']:.0%} "
+            f"clean ones (the adversary's own toxicity ×{_fmt(h['adversary_toxicity_ratio'])}, its NLL "
+            f"×{_fmt(h['adversary_nll_ratio'])})"
+            + (f"; after clean adversary turns the defender's toxicity moved {_signed(clean)}." if clean else ".")
+        )
+    return lines + [""]
+
+
 def render_markdown(
     report: dict,
     results: dict[str, dict],
@@ -59,6 +84,11 @@ def render_markdown(
         "",
         f"> **{CONTENT_WARNING}**",
         "",
+        *(
+            headline_lines(report["headline"], report.get("differences_of") or (labels[0], labels[-1]))
+            if report.get("headline")
+            else []
+        ),
         f"- adversary: `{cfg['adversary_model']}`"
         + (f" + `{cfg['adversary_checkpoint']}`" if cfg.get("adversary_checkpoint") else "")
         + f" ({cfg['adversary_format']}); defender: `{cfg['defender_model']}` ({cfg['defender_format']})",
