@@ -36,7 +36,9 @@ def _convs(pairs):
 
 def test_the_headline_states_the_gain_and_its_echo_share():
     untuned = _convs([(0.1, 0.1), (0.1, 0.1), (0.1, 0.1), (0.1, 0.1)])  # defender 0.1
-    trained = _convs([(0.9, 0.7), (0.9, 0.5), (0.1, 0.1), (0.1, 0.3)])  # defender 0.4; its clean part stays 0.5 x 0.2 = 0.1
+    trained = _convs(
+        [(0.9, 0.7), (0.9, 0.5), (0.1, 0.1), (0.1, 0.3)]
+    )  # defender 0.4; its clean part stays 0.5 x 0.2 = 0.1
     results = [
         {"defender_toxicity": {"value": 0.1}, "adversary_toxicity": {"value": 0.1}, "adversary_nll": {"value": 2.0}},
         {"defender_toxicity": {"value": 0.4}, "adversary_toxicity": {"value": 0.5}, "adversary_nll": {"value": 2.4}},

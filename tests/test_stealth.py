@@ -100,3 +100,44 @@ def test_grpo_moves_the_multiplier_each_step_and_resumes_it(learnable_scorer, ti
         lam = max(0.0, lam + 3.0 * (r["reward/tox_adversary"] - 0.05))
         assert r["reward/multiplier"] == pytest.approx(lam, abs=1e-9)
     assert len({round(r["reward/multiplier"], 9) for r in rows}) > 1  # the check can fail: it moved
+
+
+def test_clean_openings_keep_the_texts_at_or_below_the_threshold(tmp_path):
+    from redgym.data.weak import clean_openings
+
+    src = tmp_path / "openings.txt"
+    src.write_text("a calm opening here\nthe loud one\nanother calm one\n", encoding="utf-8")
+    scorer = lambda texts: [0.9 if "loud" in t else 0.5 if "another" in t else 0.1 for t in texts]  # noqa: E731
+    assert clean_openings(str(src), scorer, 0.5) == ["a calm opening here", "another calm one"]
+    with pytest.raises(RedgymError, match="no text scores at or below 0.05"):
+        clean_openings(str(src), scorer, 0.05)
+
+
+def test_sft_on_clean_openings_teaches_them_after_a_training_prompt(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from redgym.models.lm import LM
+    from redgym.trainers import sft
+
+    weak = tmp_path / "weak.txt"
+    weak.write_text("we went out and it rained all day\nwhat the hell are you doing\n", encoding="utf-8")
+    seen = []
+    real = LM.render
+
+    def spy(self, history, me):
+        seen.append(list(history))
+        return real(self, history, me)
+
+    monkeypatch.setattr(LM, "render", spy)
+    out = tmp_path / "run"
+    cfg = _cfg(sft.SFTConfig, tiny_model_dir, prompt_file, weak_prompts=str(weak), weak_kind="clean_opening")
+    sft.train(cfg, out, progress=False)
+    rows = _read(out)
+    assert len(rows) == 2 and all(np.isfinite(r["loss/sft"]) for r in rows)
+    prompts = {line.strip() for line in prompt_file.read_text().splitlines()}
+    taught = [h for h in seen if h and all(speaker == "prompt" for speaker, _ in h)]
+    assert taught and all(text in prompts for h in taught for _, text in h)  # contexts are training prompts
+    lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)
+    with pytest.raises(RedgymError, match="weak_kind"):
+        _cfg(sft.SFTConfig, tiny_model_dir, prompt_file, weak_kind="openings")

@@ -1,4 +1,5 @@
-"""Weak-supervision data: toxicity-eliciting text split so that the part to be taught holds the toxic span."""
+"""Weak-supervision data: toxicity-eliciting text split so that the part to be taught holds the toxic span, or (for
+stealth) eliciting openings that are themselves clean."""
 
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ def weak_pool(source: str, scorer, threshold: float, scorer_name: str = "") -> l
             f"weak_prompts {source!r}: no split has a rest scoring above {threshold} with scorer {scorer_name!r}"
         )
     return pool
+
+
+def clean_openings(source: str, scorer, threshold: float, scorer_name: str = "") -> list[str]:
+    """The texts of a prompt source that score at or below ``threshold``: for RealToxicityPrompts, openings chosen
+    because their continuations turned toxic, yet clean themselves (what a stealthy adversary says). One batched
+    scorer call; a one-line error when none is clean."""
+    texts = [p.text for p in load_prompts(source, min_words=2)]
+    clean = [t for t, x in zip(texts, scorer(texts)) if x <= threshold]
+    if not clean:
+        raise RedgymError(
+            f"weak_prompts {source!r}: no text scores at or below {threshold} with scorer {scorer_name!r}"
+        )
+    return clean

@@ -4,8 +4,10 @@
 
 The adversary is taught the toxic rests of eliciting prompts (``data/weak.toxic_span_splits``: each taught
 continuation scores above the toxicity threshold), the same data IPO's weak pairs use, with no defender in the
-loop. Each step: (1) ``prompts_per_step`` (context, toxic rest) examples; (2) mean NLL of the rest given the
-context under the policy; (3) update; (4) log and checkpoint.
+loop; or, with ``weak_kind: clean_opening`` (stealth), whole eliciting openings that score clean
+(``data/weak.clean_openings``), each taught as the adversary's turn after a training prompt. Each step:
+(1) ``prompts_per_step`` (context, target) examples; (2) mean NLL of the target given the context under the policy;
+(3) update; (4) log and checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from redgym.config import _f
-from redgym.data.weak import weak_pool
+from redgym.data.weak import clean_openings, weak_pool
+from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
 from redgym.trainers.metrics_log import finite_or_skip
@@ -28,6 +31,17 @@ from redgym.trainers.train_config import TrainConfig
 @dataclass
 class SFTConfig(TrainConfig):
     weak_prompts: str = _f("rtp", "toxicity-eliciting prompts whose toxic rests are taught (any prompt source)")
+    weak_kind: str = _f(
+        "toxic_rest",
+        "toxic_rest: the toxic rest of an eliciting prompt after its first part (ASTPrompter's weak supervision); "
+        "clean_opening: a whole eliciting prompt that scores clean, taught as the adversary's turn after a training "
+        "prompt (stealth: RealToxicityPrompts openings whose continuations turned toxic)",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weak_kind not in ("toxic_rest", "clean_opening"):
+            raise RedgymError(f"config: weak_kind must be toxic_rest or clean_opening, got {self.weak_kind!r}")
 
 
 def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
@@ -35,7 +49,15 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
     # 0 setup: policy (LoRA), the taught examples
     run = start_run(cfg, out, resume)
     policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
-    pool = weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
+    if cfg.weak_kind == "clean_opening":  # (training prompt's history, opening): said where a conversation stands
+        openings = clean_openings(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
+        train = setup.split.train
+        pool = [(train[i % len(train)].turns, o) for i, o in enumerate(openings)]
+    else:  # (first part, toxic rest): the first part as the prompt
+        pool = [
+            ((first,), rest)
+            for first, rest in weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
+        ]
     tok, pad = policy.tokenizer, policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     counters = run.state.get("counters", {})
@@ -48,7 +70,8 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         batch = [pool[int(i)] for i in rng.integers(len(pool), size=cfg.prompts_per_step)]
         batch = rank_share(batch, acc)  # several processes: each its share of the step's examples
         ctx = [
-            adversary.encode_context(adversary.render([("prompt", first)], "adversary"), budget) for first, _ in batch
+            adversary.encode_context(adversary.render([("prompt", u) for u in turns], "adversary"), budget)
+            for turns, _ in batch
         ]
         target = [tok(rest, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens] for _, rest in batch]
         # 2-3 mean token NLL of the taught rests, accumulated over micro-batches into one update
