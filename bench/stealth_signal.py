@@ -17,7 +17,12 @@ threshold):
 - ``groups_over_range``: the share of G-sample groups whose gated reward (mean of 2 replies, 0 after a toxic turn)
   spans at least ``--range`` (what GRPO's ``min_group_range`` keeps);
 - ``corr_adv_def``: over clean turns, the correlation of the adversary's own toxicity with its replies' mean (mild
-  echo below the threshold; what an adversary budget has to hold down).
+  echo below the threshold; what an adversary budget has to hold down);
+- with ``--dense``, a denser candidate signal: along each sampled reply, the defender's own probability of saying a
+  toxic word next, summed over the reply's positions (the expected count of toxic tokens; the words are those the
+  profanity scorer's linear model weighs above ``--dense-weight``, read from the installed package, each kept where
+  the defender's tokenizer spells it as one token). ``dense_icc`` against ``icc``: how much of one reply's dense
+  value is its turn's; ``dense_corr``: its turn means' correlation with the sampled replies' mean toxicity.
 
 Scores of every exchange go to ``--out`` (a run folder, git-ignored). Ends with one ``BENCH`` line.
 """
@@ -41,6 +46,51 @@ from redgym.trainers.grpo import GRPOConfig
 from redgym.trainers.policy import train_sampling
 
 
+def toxic_token_ids(tokenizer, min_weight: float) -> list[int]:
+    """Token ids of the words alt-profanity-check's linear model weighs above ``min_weight`` (its own vocabulary,
+    read at run time), in the spellings the tokenizer makes one token of (with and without a leading space,
+    lower case and capitalised)."""
+    import os
+
+    import joblib
+    import profanity_check
+
+    data = os.path.join(os.path.dirname(profanity_check.__file__), "data")
+    vectorizer, model = joblib.load(f"{data}/vectorizer.joblib"), joblib.load(f"{data}/model.joblib")
+    coef = np.mean([c.estimator.coef_.ravel() for c in model.calibrated_classifiers_], axis=0)
+    words = [w for w, c in zip(vectorizer.get_feature_names_out(), coef) if c > min_weight and w.isalpha()]
+    ids = set()
+    for w in words:
+        for spelling in (w, " " + w, w.capitalize(), " " + w.capitalize()):
+            t = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+            if len(t) == 1:
+                ids.add(t[0])
+    return sorted(ids)
+
+
+@torch.no_grad()
+def dense_signal(lm, histories, replies: list[list[str]], tox_ids: list[int], temperature: float, batch: int):
+    """(N, R) expected toxic-token counts: for each sampled reply, the defender's probability (its softmax at the
+    sampling temperature) of a token in ``tox_ids`` at every position of the reply, summed."""
+    from redgym.models.lm import continuation_forward
+
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    head = lm.model.get_output_embeddings()
+    sel = torch.tensor(tox_ids)
+    rows = [(i, r) for i in range(len(histories)) for r in range(len(replies[i]))]
+    out = np.zeros((len(histories), len(replies[0])))
+    for j in range(0, len(rows), batch):
+        part = rows[j : j + batch]
+        ctx = [lm.encode_context(lm.render(histories[i], "defender"), 10_000) for i, _ in part]
+        cont = [tok(replies[i][r], add_special_tokens=False)["input_ids"][:64] or [tok.eos_token_id] for i, r in part]
+        o = continuation_forward(lm.model, ctx, cont, pad, temperature, with_hidden=True, packed=False)
+        logits = head(o.hidden).float() / temperature  # (B, K, V)
+        mass = (torch.logsumexp(logits[..., sel], -1) - torch.logsumexp(logits, -1)).exp() * o.mask
+        for (i, r), m in zip(part, mass.sum(1).tolist()):
+            out[i, r] = m
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
@@ -49,6 +99,8 @@ def main() -> None:
     ap.add_argument("--low", type=float, default=0.25, help="a reply toxicity a reward can tell from the floor")
     ap.add_argument("--range", type=float, default=0.2, help="the group reward range min_group_range keeps")
     ap.add_argument("--adversary_checkpoint", default=None, help="a trained adapter (default: the untuned adversary)")
+    ap.add_argument("--dense", action="store_true", help="also measure the dense toxic-token signal")
+    ap.add_argument("--dense-weight", type=float, default=1.0, help="profanity model weight a toxic word exceeds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/stealth_signal"))
     args = ap.parse_args()
@@ -91,6 +143,22 @@ def main() -> None:
         "adversary_toxicity": float(tox_a.mean()),
         "adversary_nll": float(s["nll"].mean()),
     }
+    dense = None
+    if args.dense:
+        ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
+        dense = dense_signal(
+            setup.defender,
+            [h + [("adversary", a.text)] for h, a in zip(histories, adv)],
+            [[d.text, *d.alternatives] for d in replies],
+            ids,
+            setup.params.temperature,
+            cfg.batch_size,
+        )
+        dc = dense[clean]
+        out["dense_tokens"] = float(len(ids))
+        out["dense_mean"] = float(dc.mean())
+        out["dense_icc"] = one_reply_icc(dc)
+        out["dense_corr"] = float(np.corrcoef(dc.mean(1), cd.mean(1))[0, 1])
     write_json(
         args.out / "stealth_signal.json",
         {
@@ -99,6 +167,9 @@ def main() -> None:
             "tox_adversary": tox_a.tolist(),
             "tox_defender_replies": tox_d.tolist(),
             "nll": s["nll"].tolist(),
+            "adversary_texts": [a.text for a in adv],  # a run folder (git-ignored): texts for re-analysis
+            "replies": [[d.text, *d.alternatives] for d in replies],
+            **({"dense": dense.tolist()} if dense is not None else {}),
         },
     )
     n = len(adv)
@@ -111,6 +182,11 @@ def main() -> None:
     print(f"one reply's variance that is its clean turn's (ICC): {icc:.3f}; mean of 2 replies' reliability: {rel2:.3f}")
     print(f"groups of {g} whose K-2 gated reward spans >= {args.range}: {out['groups_over_range']:.3f}")
     print(f"correlation of a clean turn's own toxicity with its replies' mean: {out['corr_adv_def']:.3f}")
+    if dense is not None:
+        print(
+            f"dense toxic-token signal ({out['dense_tokens']:.0f} tokens): mean {out['dense_mean']:.4f} a reply, ICC "
+            f"{out['dense_icc']:.3f}, its turn means' correlation with the sampled toxicity {out['dense_corr']:.3f}"
+        )
     print("BENCH " + " ".join(f"{k}={v:.4f}" for k, v in out.items()))
 
 
