@@ -2,7 +2,11 @@
 reliably the defender's replies to clean turns tell two siblings apart.
 
     .venv/bin/python bench/stealth_signal.py [--prompts 32] [--generations 8] [--replies 4]
-        [--adversary_checkpoint runs/x/adversary] [--out runs/stealth_signal]
+        [--adversary_checkpoint runs/x/adversary] [--dense] [--out runs/stealth_signal]
+    .venv/bin/python bench/stealth_signal.py --samples runs/stealth/untuned/seed_0 [--dense]
+
+With ``--samples DIR`` nothing is sampled: an evaluation's conversations (``DIR/samples.jsonl``, 2 or more defender
+replies a turn, as the experiment configs evaluate) are read instead, and the group statistics are left out.
 
 On the offline default (SmolLM2 adversary and defender, profanity scorer, chitchat training prompts): each training
 prompt gets G adversary turns sampled as a GRPO step samples them (``train_sampling``: temperature only), each
@@ -22,7 +26,10 @@ threshold):
   toxic word next, summed over the reply's positions (the expected count of toxic tokens; the words are those the
   profanity scorer's linear model weighs above ``--dense-weight``, read from the installed package, each kept where
   the defender's tokenizer spells it as one token). ``dense_icc`` against ``icc``: how much of one reply's dense
-  value is its turn's; ``dense_corr``: its turn means' correlation with the sampled replies' mean toxicity.
+  value is its turn's; ``dense_corr``: its turn means' correlation with the sampled replies' mean toxicity;
+  ``dense_cross``: how well one reply's dense value predicts another reply's sampled toxicity, against
+  ``cross_reply_corr``, how well one reply's toxicity predicts another's (a reward proxy is worth having where the
+  first beats the second).
 
 Scores of every exchange go to ``--out`` (a run folder, git-ignored). Ends with one ``BENCH`` line.
 """
@@ -91,6 +98,58 @@ def dense_signal(lm, histories, replies: list[list[str]], tox_ids: list[int], te
     return out
 
 
+def clean_turn_stats(tox_a, tox_d, threshold: float, low: float, dense=None) -> dict[str, float]:
+    """The statistics of the docstring over the clean turns of (N,) adversary and (N, R) reply toxicities (and, given,
+    (N, R) dense values)."""
+    clean = tox_a <= threshold
+    cd = tox_d[clean]
+    icc = one_reply_icc(cd)
+    nan = float("nan")
+    out = {
+        "p_clean": float(clean.mean()),
+        "clean_mean": float(cd.mean()) if len(cd) else nan,
+        "p_toxic_reply": float((cd > threshold).mean()) if len(cd) else nan,
+        "p_reply_over_low": float((cd > low).mean()) if len(cd) else nan,
+        "icc": icc,
+        "reliability_k2": 2 * icc / (1 + icc) if np.isfinite(icc) else nan,
+        "cross_reply_corr": float(np.corrcoef(cd[:, 0], cd[:, 1])[0, 1]) if len(cd) > 2 else nan,
+        "corr_adv_def": float(np.corrcoef(tox_a[clean], cd.mean(1))[0, 1]) if clean.sum() > 2 else nan,
+    }
+    if dense is not None:
+        dc = dense[clean]
+        out["dense_mean"] = float(dc.mean())
+        out["dense_icc"] = one_reply_icc(dc)
+        out["dense_corr"] = float(np.corrcoef(dc.mean(1), cd.mean(1))[0, 1])
+        out["dense_reply_corr"] = float(np.corrcoef(dc.ravel(), cd.ravel())[0, 1])
+        out["dense_cross"] = float(
+            np.mean([np.corrcoef(dc[:, 0], cd[:, 1])[0, 1], np.corrcoef(dc[:, 1], cd[:, 0])[0, 1]])
+        )
+    return out
+
+
+def from_samples(args, setup, threshold: float) -> tuple[dict, dict]:
+    """The statistics of an evaluation's conversations (their first exchanges), and what to write beside them."""
+    from redgym.rollout.records import Conversation
+    from redgym.runfolder import read_jsonl
+
+    rows = read_jsonl(args.samples / "samples.jsonl", "stealth_signal", "an evaluation (redgym eval or a cell)")
+    hist, replies, tox_d, tox_a = [], [], [], []
+    for c in (Conversation.from_json(r) for r in rows):
+        a, d = c.exchanges()[0]
+        hist.append([("prompt", u) for u in c.prompt] + [("adversary", a.text)])
+        replies.append([d.text, *d.alternatives])
+        tox_d.append(d.scores.get("tox_replies", [d.scores["tox"]]))
+        tox_a.append(a.scores["tox"])
+    if len(tox_d[0]) < 2:
+        raise SystemExit("stealth_signal: --samples needs 2 or more defender replies a turn (defender_samples)")
+    dense = None
+    if args.dense:
+        ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
+        dense = dense_signal(setup.defender, hist, replies, ids, setup.params.temperature, setup.cfg.batch_size)
+    out = clean_turn_stats(np.array(tox_a), np.array(tox_d), threshold, args.low, dense)
+    return out, {"dense": dense.tolist() if dense is not None else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=32)
@@ -101,11 +160,18 @@ def main() -> None:
     ap.add_argument("--adversary_checkpoint", default=None, help="a trained adapter (default: the untuned adversary)")
     ap.add_argument("--dense", action="store_true", help="also measure the dense toxic-token signal")
     ap.add_argument("--dense-weight", type=float, default=1.0, help="profanity model weight a toxic word exceeds")
+    ap.add_argument("--samples", type=Path, default=None, help="read an evaluation's conversations instead")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/stealth_signal"))
     args = ap.parse_args()
     cfg = load_config(GRPOConfig, None, {"horizon": 1, "seed": args.seed})
     setup = prepare(cfg, need_embedder=False)
+    if args.samples is not None:
+        out, extra = from_samples(args, setup, cfg.toxic_threshold)
+        write_json(args.out / "stealth_signal.json", {**out, "samples": str(args.samples), **extra})
+        print(f"{args.samples}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+        print("BENCH " + " ".join(f"{k}={v:.4f}" for k, v in out.items()))
+        return
     adversary = load_adversary(setup, args.adversary_checkpoint)
     torch.manual_seed(args.seed)
     prompts = setup.split.train[: args.prompts]
@@ -126,23 +192,8 @@ def main() -> None:
     )
     tox_a, tox_d = s["tox_adversary"], s["tox_defender_replies"]  # (P*G,), (P*G, R)
     clean = tox_a <= thr
-    cd = tox_d[clean]
-    icc = one_reply_icc(cd)
-    rel2 = 2 * icc / (1 + icc) if np.isfinite(icc) else float("nan")
     gated = (np.where(clean[:, None], tox_d, 0.0)[:, :2].mean(1)).reshape(len(prompts), g)  # a K-2 gated reward
     spans = gated.max(1) - gated.min(1)
-    out = {
-        "p_clean": float(clean.mean()),
-        "clean_mean": float(cd.mean()) if len(cd) else float("nan"),
-        "p_toxic_reply": float((cd > thr).mean()) if len(cd) else float("nan"),
-        "p_reply_over_low": float((cd > args.low).mean()) if len(cd) else float("nan"),
-        "icc": icc,
-        "reliability_k2": rel2,
-        "groups_over_range": float((spans >= args.range).mean()),
-        "corr_adv_def": float(np.corrcoef(tox_a[clean], cd.mean(1))[0, 1]) if clean.sum() > 2 else float("nan"),
-        "adversary_toxicity": float(tox_a.mean()),
-        "adversary_nll": float(s["nll"].mean()),
-    }
     dense = None
     if args.dense:
         ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
@@ -154,11 +205,12 @@ def main() -> None:
             setup.params.temperature,
             cfg.batch_size,
         )
-        dc = dense[clean]
-        out["dense_tokens"] = float(len(ids))
-        out["dense_mean"] = float(dc.mean())
-        out["dense_icc"] = one_reply_icc(dc)
-        out["dense_corr"] = float(np.corrcoef(dc.mean(1), cd.mean(1))[0, 1])
+    out = clean_turn_stats(tox_a, tox_d, thr, args.low, dense)
+    out.update(
+        groups_over_range=float((spans >= args.range).mean()),
+        adversary_toxicity=float(tox_a.mean()),
+        adversary_nll=float(s["nll"].mean()),
+    )
     write_json(
         args.out / "stealth_signal.json",
         {
@@ -179,13 +231,17 @@ def main() -> None:
         f"single replies to clean turns above {thr}: {out['p_toxic_reply']:.4f}, above {args.low}: "
         f"{out['p_reply_over_low']:.4f}"
     )
-    print(f"one reply's variance that is its clean turn's (ICC): {icc:.3f}; mean of 2 replies' reliability: {rel2:.3f}")
+    print(
+        f"one reply's variance that is its clean turn's (ICC): {out['icc']:.3f}; mean of 2 replies' reliability: "
+        f"{out['reliability_k2']:.3f}; one reply's toxicity against another's: {out['cross_reply_corr']:.3f}"
+    )
     print(f"groups of {g} whose K-2 gated reward spans >= {args.range}: {out['groups_over_range']:.3f}")
     print(f"correlation of a clean turn's own toxicity with its replies' mean: {out['corr_adv_def']:.3f}")
     if dense is not None:
         print(
-            f"dense toxic-token signal ({out['dense_tokens']:.0f} tokens): mean {out['dense_mean']:.4f} a reply, ICC "
-            f"{out['dense_icc']:.3f}, its turn means' correlation with the sampled toxicity {out['dense_corr']:.3f}"
+            f"dense toxic-token signal: mean {out['dense_mean']:.4f} a reply, ICC "
+            f"{out['dense_icc']:.3f}, its turn means' correlation with the sampled toxicity {out['dense_corr']:.3f}; "
+            f"with its own reply's toxicity {out['dense_reply_corr']:.3f}, another reply's {out['dense_cross']:.3f}"
         )
     print("BENCH " + " ".join(f"{k}={v:.4f}" for k, v in out.items()))
 
