@@ -141,3 +141,20 @@ def test_sft_on_clean_openings_teaches_them_after_a_training_prompt(tiny_model_d
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)
     with pytest.raises(RedgymError, match="weak_kind"):
         _cfg(sft.SFTConfig, tiny_model_dir, prompt_file, weak_kind="openings")
+
+
+def test_ipo_moves_the_multiplier_from_its_trees_adversary_turns(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path
+):
+    from redgym.trainers import ipo
+    from tests.test_ipo import read_metrics, tiny_cfg
+
+    out = tmp_path / "ipo"
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, steps=2, adversary_budget=0.0, multiplier_lr=2.0)
+    ipo.train(cfg, out, progress=False)
+    rows = read_metrics(out)
+    lam = 0.0
+    for r in rows:  # budget 0: every step adds 2 x the mean toxicity of the step's adversary turns
+        lam += 2.0 * r["reward/tox_adversary"]
+        assert r["reward/multiplier"] == pytest.approx(lam, abs=1e-9)
+    assert lam > 0
