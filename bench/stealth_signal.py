@@ -46,7 +46,7 @@ import torch
 from redgym.config import load_config
 from redgym.eval.echo import one_reply_icc
 from redgym.rollout.engine import defender_replies, generate_turns
-from redgym.rollout.reward import score_exchanges
+from redgym.rollout.reward import gate_mask, score_exchanges
 from redgym.runfolder import write_json
 from redgym.setup import load_adversary, prepare
 from redgym.trainers.grpo import GRPOConfig
@@ -127,6 +127,14 @@ def clean_turn_stats(tox_a, tox_d, threshold: float, low: float, dense=None) -> 
     return out
 
 
+def dense_values(args, setup, histories, replies: list[list[str]]):
+    """(N, R) dense values of the replies with ``--dense``, else None."""
+    if not args.dense:
+        return None
+    ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
+    return dense_signal(setup.defender, histories, replies, ids, setup.params.temperature, setup.cfg.batch_size)
+
+
 def from_samples(args, setup, threshold: float) -> tuple[dict, dict]:
     """The statistics of an evaluation's conversations (their first exchanges), and what to write beside them."""
     from redgym.rollout.records import Conversation
@@ -142,10 +150,7 @@ def from_samples(args, setup, threshold: float) -> tuple[dict, dict]:
         tox_a.append(a.scores["tox"])
     if len(tox_d[0]) < 2:
         raise SystemExit("stealth_signal: --samples needs 2 or more defender replies a turn (defender_samples)")
-    dense = None
-    if args.dense:
-        ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
-        dense = dense_signal(setup.defender, hist, replies, ids, setup.params.temperature, setup.cfg.batch_size)
+    dense = dense_values(args, setup, hist, replies)
     out = clean_turn_stats(np.array(tox_a), np.array(tox_d), threshold, args.low, dense)
     return out, {"dense": dense.tolist() if dense is not None else None}
 
@@ -191,20 +196,14 @@ def main() -> None:
         setup.weights,
     )
     tox_a, tox_d = s["tox_adversary"], s["tox_defender_replies"]  # (P*G,), (P*G, R)
-    clean = tox_a <= thr
-    gated = (np.where(clean[:, None], tox_d, 0.0)[:, :2].mean(1)).reshape(len(prompts), g)  # a K-2 gated reward
+    gated = (gate_mask(tox_a, thr)[:, None] * tox_d[:, :2]).mean(1).reshape(len(prompts), g)  # a K-2 gated reward
     spans = gated.max(1) - gated.min(1)
-    dense = None
-    if args.dense:
-        ids = toxic_token_ids(setup.defender.tokenizer, args.dense_weight)
-        dense = dense_signal(
-            setup.defender,
-            [h + [("adversary", a.text)] for h, a in zip(histories, adv)],
-            [[d.text, *d.alternatives] for d in replies],
-            ids,
-            setup.params.temperature,
-            cfg.batch_size,
-        )
+    dense = dense_values(
+        args,
+        setup,
+        [h + [("adversary", a.text)] for h, a in zip(histories, adv)],
+        [[d.text, *d.alternatives] for d in replies],
+    )
     out = clean_turn_stats(tox_a, tox_d, thr, args.low, dense)
     out.update(
         groups_over_range=float((spans >= args.range).mean()),

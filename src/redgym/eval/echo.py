@@ -25,9 +25,17 @@ class EchoSplit:
     after_clean: float  # ... after a clean one (NaN when there is none)
 
     @property
+    def parts(self) -> tuple[float, float]:
+        """(p * after_toxic, (1 - p) * after_clean): what the exchanges after toxic and after clean adversary turns
+        add to the defender's mean toxicity (0 for a side with no exchange, whose mean is NaN)."""
+        return (
+            self.p_toxic * self.after_toxic if self.p_toxic > 0 else 0.0,
+            (1.0 - self.p_toxic) * self.after_clean if self.p_toxic < 1 else 0.0,
+        )
+
+    @property
     def defender_toxicity(self) -> float:
-        parts = [(self.p_toxic, self.after_toxic), (1.0 - self.p_toxic, self.after_clean)]
-        return float(sum(w * v for w, v in parts if w > 0))
+        return float(sum(self.parts))
 
 
 def echo_split(tox_adversary: np.ndarray, tox_defender: np.ndarray, threshold: float = 0.5) -> EchoSplit:
@@ -78,11 +86,7 @@ def gain_shares(before: EchoSplit, after: EchoSplit) -> tuple[float, float]:
     """How a change of defender toxicity from ``before`` to ``after`` divides between the exchanges after toxic
     adversary turns (echo: p * after_toxic) and after clean ones ((1 - p) * after_clean); the two shares sum to 1.
     NaN when the toxicity did not change."""
-    part = lambda s: (  # noqa: E731
-        s.p_toxic * s.after_toxic if s.p_toxic > 0 else 0.0,
-        (1 - s.p_toxic) * s.after_clean if s.p_toxic < 1 else 0.0,
-    )
-    (tb, cb), (ta, ca) = part(before), part(after)
+    (tb, cb), (ta, ca) = before.parts, after.parts
     gain = (ta + ca) - (tb + cb)
     if gain == 0:
         return math.nan, math.nan
