@@ -79,6 +79,55 @@ def test_bad_experiment_files_are_one_line_errors(tiny_model_dir, prompt_file, c
         runner.expand_grid(runner.parse_experiment(data))
 
 
+def test_an_arm_extends_another_files_arm(tiny_model_dir, prompt_file, tmp_path):
+    # base.yaml's grpo arm, extended from a file in a subfolder: kind, source and train come from it, this arm's
+    # train goes over it key by key, and the seeds stay this file's
+    base = spec(tiny_model_dir, prompt_file)
+    base["arms"]["grpo"]["seeds"] = [7]
+    base["arms"]["grpo"]["train"]["lr"] = 0.5
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "sub").mkdir()
+    data = spec(tiny_model_dir, prompt_file, ablations={})
+    data["arms"] = {
+        "echo": {"extends": "../base.yaml:grpo", "train": {"steps": 5}},
+        "replay": {"extends": "../base.yaml:dataset"},
+    }
+    path = tmp_path / "sub" / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cells = runner.expand_grid(runner.load_experiment(path))
+    assert [(c.arm, c.seed) for c in cells] == [("echo", 0), ("replay", 0), ("echo", 1), ("replay", 1)]
+    echo = cells[0]
+    assert echo.kind == "grpo" and echo.train_cfg.steps == 5 and echo.train_cfg.lr == 0.5
+    assert echo.train_cfg.generations_per_prompt == 2  # untouched keys come from the extended arm
+    assert cells[1].kind == "dataset" and cells[1].source == str(prompt_file)
+    # a chain resolves; a loop and a missing arm are one-line errors
+    data["arms"] = {"again": {"extends": "exp.yaml:echo", "train": {"lr": 0.25}}}
+    (tmp_path / "sub" / "chain.yaml").write_text(yaml.safe_dump(data))
+    again = runner.expand_grid(runner.load_experiment(tmp_path / "sub" / "chain.yaml"))[0]
+    assert (again.train_cfg.steps, again.train_cfg.lr) == (5, 0.25)
+    data["arms"] = {"echo": {"extends": "loop.yaml:echo"}}
+    (tmp_path / "sub" / "loop.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RedgymError, match="loops back on itself"):
+        runner.load_experiment(tmp_path / "sub" / "loop.yaml")
+    data["arms"] = {"x": {"extends": "../base.yaml:nope"}}
+    with pytest.raises(RedgymError, match="has no arm 'nope'"):
+        runner.parse_experiment(data, "exp", tmp_path / "sub")
+    data["arms"] = {"x": {"extends": "base.yaml"}}
+    with pytest.raises(RedgymError, match="extends must be FILE:ARM"):
+        runner.parse_experiment(data, "exp", tmp_path)
+
+
+def test_every_committed_experiment_file_loads():
+    # extends: between committed files must resolve (and stealth.yaml's echo arm is gain.yaml's, not a copy)
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+    loaded = {p.stem: runner.load_experiment(p) for p in sorted(folder.glob("*.yaml"))}
+    gain = next(a for a in loaded["gain"].arms if a.name == "grpo")
+    echo = next(a for a in loaded["stealth"].arms if a.name == "grpo")
+    assert echo.train == gain.train and echo.kind == "grpo"
+
+
 def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
     tiny_model_dir, prompt_file, tmp_path, monkeypatch
 ):

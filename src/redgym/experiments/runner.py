@@ -14,6 +14,8 @@ The YAML (typed below, unknown keys are one-line errors):
       dataset: {kind: dataset, source: rtp}      # dataset texts as the adversary's turns (the human baseline)
       sft:  {kind: sft,  train: {steps: 20, ...}}
       grpo: {kind: grpo, train: {...}}
+      echo: {extends: "gain.yaml:grpo", train: {steps: 12}}   # another file's arm (path from this file's folder),
+                                                              # its train updated by this one's
     ablations:                  # an arm with overrides, by default at the first seed only
       grpo_no_nll: {arm: grpo, train: {w_nll: 0}}
 
@@ -69,7 +71,9 @@ EXPERIMENT_KEYS = {
     "baseline_arm": "the arm the others are compared with (default untuned)",
 }
 ARM_KEYS = {
-    "kind": f"one of {', '.join(KINDS)} (default: the arm's name)",
+    "extends": "FILE:ARM, an arm of another experiment file (FILE relative to this one): its kind, source and train, "
+    "this arm's keys over them (train key by key)",
+    "kind": f"one of {', '.join(KINDS)} (default: the arm's name, or the extended arm's kind)",
     "train": "a trained kind: the trainer's config fields",
     "source": "kind dataset: the prompt source whose texts are the adversary's turns (default rtp)",
     "seeds": "this arm's seeds (default: the experiment's)",
@@ -130,8 +134,40 @@ def _keys(d: dict, allowed: set[str], where: str) -> None:
         raise RedgymError(f"{where}: unknown key {bad[0]!r} (known: {', '.join(sorted(allowed))})")
 
 
-def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
-    """Check and type an experiment mapping (a loaded YAML file)."""
+def _arm(name: str, spec, where: str, folder: Path, seen: tuple[str, ...]) -> Arm:
+    """One arm from its mapping; an ``extends: FILE:ARM`` is resolved first (recursively; a loop is an error), then
+    this mapping's keys go over it, ``train`` key by key. ``seeds`` are never inherited: they belong to the file."""
+    spec = _mapping(spec, where)
+    _keys(spec, set(ARM_KEYS), where)
+    base = Arm(name, spec.get("kind", name))
+    if "extends" in spec:
+        ref = spec["extends"]
+        file, sep, other = str(ref).rpartition(":") if isinstance(ref, str) else ("", "", "")
+        if not sep or not file or not other:
+            raise RedgymError(f"{where}: extends must be FILE:ARM (an arm of another experiment file), got {ref!r}")
+        path = (folder / file).resolve()
+        key = f"{path}:{other}"
+        if key in seen:
+            raise RedgymError(f"{where}: extends {ref!r} loops back on itself")
+        arms = _mapping(read_yaml_mapping(path, f"{where}: extends file").get("arms"), f"{where}: extends {ref}: arms")
+        if other not in arms:
+            raise RedgymError(f"{where}: extends {ref!r}: {path.name} has no arm {other!r} (arms: {', '.join(arms)})")
+        base = _arm(name, arms[other], f"{where}: extends {ref}", path.parent, (*seen, key))
+    kind = spec.get("kind", base.kind)
+    if kind not in KINDS:
+        raise RedgymError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return Arm(
+        name,
+        kind,
+        {**base.train, **_mapping(spec.get("train"), f"{where}: train")},
+        spec.get("source", base.source),
+        spec.get("seeds"),
+    )
+
+
+def parse_experiment(data: dict, where: str = "experiment", folder: Path | None = None) -> ExperimentConfig:
+    """Check and type an experiment mapping (a loaded YAML file); ``folder``: where an arm's ``extends`` file is
+    looked up (the experiment file's folder; default the working directory)."""
     data = _mapping(data, where)
     _keys(data, set(EXPERIMENT_KEYS), where)
     seeds = data.get("seeds", [0])
@@ -141,22 +177,10 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise RedgymError(f"{where}: seeds must be a non-empty list of integers")
-    arms: list[Arm] = []
-    for name, spec in _mapping(data.get("arms"), f"{where}: arms").items():
-        spec = _mapping(spec, f"{where}: arm {name}")
-        _keys(spec, set(ARM_KEYS), f"{where}: arm {name}")
-        kind = spec.get("kind", name)
-        if kind not in KINDS:
-            raise RedgymError(f"{where}: arm {name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        arms.append(
-            Arm(
-                str(name),
-                kind,
-                _mapping(spec.get("train"), f"{where}: arm {name}: train"),
-                spec.get("source", "rtp"),
-                spec.get("seeds"),
-            )
-        )
+    arms = [
+        _arm(str(name), spec, f"{where}: arm {name}", Path(folder or "."), ())
+        for name, spec in _mapping(data.get("arms"), f"{where}: arms").items()
+    ]
     by_name = {a.name: a for a in arms}
     for name, spec in _mapping(data.get("ablations"), f"{where}: ablations").items():
         spec = _mapping(spec, f"{where}: ablation {name}")
@@ -193,7 +217,8 @@ def parse_experiment(data: dict, where: str = "experiment") -> ExperimentConfig:
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    return parse_experiment(read_yaml_mapping(path, "experiment file"), f"experiment file {path}")
+    data = read_yaml_mapping(path, "experiment file")
+    return parse_experiment(data, f"experiment file {path}", Path(path).parent)
 
 
 def expand_grid(exp: ExperimentConfig) -> list[Cell]:
