@@ -9,7 +9,8 @@ mean over ``defender_samples`` defender replies. Each step: (1) a batch of train
 the mean reward of its group (same prompt and turn), optionally divided by the group's or the batch's std
 (``scale_rewards``), negative ones optionally down-weighted (``negative_weight``), on every token of the utterance;
 old and reference log-probs; (4) ``ppo_epochs`` passes (micro batches of shuffled samples or of whole groups:
-``micro_batches``) of the clipped surrogate plus beta * k3 KL to the reference per token (Shao et al. 2024; as
+``micro_batches``) of the clipped surrogate plus beta * k3 KL to the reference per token (``update.clipped_epochs``,
+shared with PPO) (Shao et al. 2024; as
 TRL's GRPOTrainer), token-mean over the batch; (5) log (with pair reliability: how often one defender reply orders
 two siblings as their other replies' mean does) and checkpoint.
 """
@@ -27,14 +28,7 @@ from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
-from redgym.trainers.episodes import (
-    Episodes,
-    episodes_from,
-    minibatch_tensors,
-    pad_right_aligned,
-    roll_out,
-    sibling_reply_terms,
-)
+from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (
     group_advantages,
     group_rank_advantages,
@@ -43,16 +37,13 @@ from redgym.trainers.losses import (
     kl_k3,
     masked_mean,
     max_variance_subset,
-    minibatch_order,
-    ppo_policy_loss,
-    ratio_deviation,
     reweight_negative,
 )
 from redgym.trainers.memory import release_memory
-from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, train_sampling
 from redgym.trainers.run import end_step, finish_run, start_run
 from redgym.trainers.train_config import TrainConfig
+from redgym.trainers.update import clipped_epochs
 
 
 @dataclass
@@ -191,47 +182,27 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
 def update(
     ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int, rng: np.random.Generator
 ) -> dict[str, float]:
-    """Step 4: clipped surrogate with the sequence advantage on every token, + beta * k3 KL to the reference."""
-    pad = policy.tokenizer.pad_token_id
-    t = ep.filled()
-    dev = next(policy.model.parameters()).device
-    stats: dict[str, list[float]] = {n: [] for n in ("policy", "kl", "clipfrac", "first_ratio_dev")}
-    for _ in range(cfg.ppo_epochs):
-        order = minibatch_order(ep.group, rng, cfg.micro_batches == "groups")
-        for i in range(0, len(order), cfg.micro_batch_size):
-            idx = order[i : i + cfg.micro_batch_size]
-            with acc.accumulate(policy.model):
-                out = continuation_forward(
-                    policy.model,
-                    [ep.ctx[j] for j in idx],
-                    [ep.resp[j] for j in idx],
-                    pad,
-                    cfg.temperature,
-                    with_entropy=cfg.ent_coef > 0,
-                )
-                mb = minibatch_tensors(t, idx, out.mask.shape[1], dev, ("mask", "old", "ref"))
-                mask, old = mb["mask"], mb["old"]
-                adv = t["advantages"][idx].to(dev)[:, None].expand_as(mask)  # (B,) -> every token (B, K)
-                pg, clipfrac, _ = ppo_policy_loss(out.logps, old, adv, mask, cfg.clip_range, cfg.clip_range_high)
-                kl = masked_mean(kl_k3(out.logps, mb["ref"]), mask)
-                loss = pg + cfg.kl_coef * kl
-                if cfg.ent_coef > 0:
-                    loss = loss - cfg.ent_coef * masked_mean(out.need_entropy(), mask)
-                if not stats["first_ratio_dev"]:
-                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, old, mask))
-                if not finite_or_skip(loss, counters, step):
-                    opt.zero_grad()
-                    continue
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-            stats["policy"].append(float(pg.detach()))
-            stats["kl"].append(float(kl.detach()))
-            stats["clipfrac"].append(float(clipfrac))
-    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}
+    """Step 4: the shared clipped update (``update.clipped_epochs``) with the sequence advantage on every token,
+    + beta * k3 KL to the reference."""
+
+    def kl_to_reference(out, mb):
+        kl = masked_mean(kl_k3(out.logps, mb["ref"]), mb["mask"])
+        return cfg.kl_coef * kl, {"kl": kl}
+
+    return clipped_epochs(
+        ep,
+        policy,
+        cfg,
+        acc,
+        opt,
+        sched,
+        counters,
+        step,
+        rng,
+        kl_to_reference,
+        ("ref",),
+        whole_groups=cfg.micro_batches == "groups",
+    )
 
 
 def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
@@ -262,7 +233,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
         if cfg.train_per_prompt:
             kept = kept.subset(max_variance_subset(kept.reward, kept.group, cfg.train_per_prompt))
         nan = float("nan")
-        losses = {"policy": nan, "kl": nan, "clipfrac": nan, "first_ratio_dev": nan}
+        losses: dict[str, float] = {}
         kl_seq, entropy = nan, nan
         if kept.resp:  # min_group_range can leave nothing to train on: then the step makes no update
             prepare_episodes(kept, policy, cfg)
@@ -285,11 +256,11 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             ),
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "objective/kl": kl_seq,
-            "objective/kl_k3": losses["kl"],
+            "objective/kl_k3": losses.get("kl", nan),
             "objective/entropy": entropy,
-            "loss/policy": losses["policy"],
-            "policy/clipfrac": losses["clipfrac"],
-            "policy/first_ratio_dev": losses["first_ratio_dev"],
+            "loss/policy": losses.get("policy", nan),
+            "policy/clipfrac": losses.get("clipfrac", nan),
+            "policy/first_ratio_dev": losses.get("first_ratio_dev", nan),
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,

@@ -7,7 +7,8 @@ Each adversary turn is an episode whose reward is the composite reward of its ex
 prompts, each rolled out ``generations_per_prompt`` times; (2) roll out and score conversations; (3) old log-probs,
 reference log-probs and values, per-token rewards (-kl_coef * KL, plus the episode reward on the last token,
 less its siblings' mean reward when a prompt has several samples), GAE and whitened advantages; (4) PPO epochs
-over minibatches with the clipped policy and value losses and an optional entropy bonus; (5) log, adapt the KL
+over minibatches with the clipped policy and value losses and an optional entropy bonus (``update.clipped_epochs``,
+shared with GRPO); (5) log, adapt the KL
 coefficient, checkpoint. A KL to the reference above ``kl_stop`` skips the update instead of letting the policy
 collapse.
 """
@@ -25,29 +26,20 @@ from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
 from redgym.rollout.reward import pair_reliability, term_means
-from redgym.trainers.episodes import (
-    Episodes,
-    episodes_from,
-    minibatch_tensors,
-    pad_right_aligned,
-    roll_out,
-    sibling_reply_terms,
-)
+from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (
     gae,
     kl_k1,
     kl_k3,
     leave_one_out_baseline,
     masked_mean,
-    ppo_policy_loss,
     ppo_value_loss,
-    ratio_deviation,
     whiten,
 )
-from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, model_config, train_sampling
 from redgym.trainers.run import end_step, finish_run, log, start_run
 from redgym.trainers.train_config import TrainConfig
+from redgym.trainers.update import clipped_epochs
 
 
 @dataclass
@@ -55,6 +47,11 @@ class PPOConfig(TrainConfig):
     horizon: int = _f(1, "adversary/defender exchanges per episode batch (each adversary turn is rewarded)")
     ppo_epochs: int = _f(4, "passes over each step's rollouts")
     clip_range: float = _f(0.2, "policy ratio clip epsilon")
+    clip_range_high: float | None = _f(
+        None,
+        "upper ratio clip epsilon (DAPO's clip-higher, as GRPO's); None = clip_range: a rare well-rewarded token may "
+        "then grow at most 1 + clip_range per update",
+    )
     clip_range_value: float = _f(0.2, "value clip epsilon")
     gamma: float = _f(1.0, "discount")
     lam: float = _f(0.95, "GAE lambda")
@@ -84,6 +81,8 @@ class PPOConfig(TrainConfig):
             raise RedgymError(
                 f"config: gamma must be in (0, 1] and lam in [0, 1], got gamma {self.gamma} and lam {self.lam}"
             )
+        if self.clip_range_high is not None and self.clip_range_high <= 0:
+            raise RedgymError(f"config: clip_range_high must be > 0, got {self.clip_range_high}")
         if self.vf_coef < 0 or self.kl_coef < 0 or self.clip_range_value <= 0:
             raise RedgymError("config: vf_coef and kl_coef must be >= 0 and clip_range_value > 0")
 
@@ -153,54 +152,29 @@ def ppo_epochs(
     step: int,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    """Step 4: clipped policy + value losses (and entropy bonus) over shuffled minibatches."""
-    pad = policy.tokenizer.pad_token_id
-    t = ep.filled()
-    stats: dict[str, list[float]] = {n: [] for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
-    dev = next(policy.model.parameters()).device
-    for _ in range(cfg.ppo_epochs):
-        order = rng.permutation(len(ep.resp))
-        for i in range(0, len(order), cfg.micro_batch_size):
-            idx = order[i : i + cfg.micro_batch_size]
-            with acc.accumulate(policy.model):
-                out = continuation_forward(
-                    policy.model,
-                    [ep.ctx[j] for j in idx],
-                    [ep.resp[j] for j in idx],
-                    pad,
-                    cfg.temperature,
-                    with_entropy=cfg.ent_coef > 0,
-                    with_hidden=True,
-                )
-                mb = minibatch_tensors(
-                    t, idx, out.mask.shape[1], dev, ("mask", "old", "advantages", "values", "returns")
-                )
-                mask = mb["mask"]
-                pg, clipfrac, approx_kl = ppo_policy_loss(out.logps, mb["old"], mb["advantages"], mask, cfg.clip_range)
-                if not stats["first_ratio_dev"]:  # the first minibatch: the policy the rollout sampled from
-                    stats["first_ratio_dev"].append(ratio_deviation(out.logps, mb["old"], mask))
-                values = value_head(out.need_hidden()) * mask
-                vf = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.clip_range_value)
-                loss = pg + cfg.vf_coef * vf
-                if cfg.ent_coef > 0:
-                    ent = masked_mean(out.need_entropy(), mask)
-                    loss = loss - cfg.ent_coef * ent
-                if not finite_or_skip(loss, counters, step):
-                    opt.zero_grad()
-                    continue
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(
-                        list(policy.model.parameters()) + list(value_head.parameters()), cfg.max_grad_norm
-                    )
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-            stats["policy"].append(float(pg.detach()))
-            stats["value"].append(float(vf.detach()))
-            stats["clipfrac"].append(float(clipfrac))
-            stats["approx_kl"].append(float(approx_kl))
-    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}
+    """Step 4: the shared clipped update (``update.clipped_epochs``) over shuffled micro batches, + vf_coef * the
+    clipped value loss; gradient clipping covers the value head too."""
+
+    def value_loss(out, mb):
+        values = value_head(out.need_hidden()) * mb["mask"]
+        vf = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.clip_range_value)
+        return cfg.vf_coef * vf, {"value": vf}
+
+    return clipped_epochs(
+        ep,
+        policy,
+        cfg,
+        acc,
+        opt,
+        sched,
+        counters,
+        step,
+        rng,
+        value_loss,
+        ("values", "returns"),
+        params=list(policy.model.parameters()) + list(value_head.parameters()),
+        with_hidden=True,
+    )
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -238,25 +212,26 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         seq_kl = float((t["kl"].sum(1)).mean())
         # 4 PPO epochs, unless the KL has run away from the reference
         policy.model.train()
+        losses: dict[str, float] = {}
         if seq_kl > cfg.kl_stop:
             counters["kl_stopped"] = counters.get("kl_stopped", 0) + 1
             log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl, cfg.kl_stop)
-            losses = {n: float("nan") for n in ("policy", "value", "clipfrac", "approx_kl", "first_ratio_dev")}
         else:
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step
             losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
         # 5 log, adapt the KL coefficient, checkpoint
+        nan = float("nan")
         metrics = {
             "reward/reward": float(ep.reward.mean()),
             **term_means(scores),
             "objective/kl": seq_kl,
             "objective/kl_coef": kl_coef,
             "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
-            "loss/policy": losses["policy"],
-            "loss/value": losses["value"],
-            "policy/clipfrac": losses["clipfrac"],
-            "policy/approx_kl": losses["approx_kl"],
-            "policy/first_ratio_dev": losses["first_ratio_dev"],
+            "loss/policy": losses.get("policy", nan),
+            "loss/value": losses.get("value", nan),
+            "policy/clipfrac": losses.get("clipfrac", nan),
+            "policy/approx_kl": losses.get("approx_kl", nan),
+            "policy/first_ratio_dev": losses.get("first_ratio_dev", nan),
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "policy/kl_stopped": counters.get("kl_stopped", 0),
             "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
