@@ -89,6 +89,27 @@ def test_a_few_steps_change_the_adapter_with_finite_losses(tiny_model_dir, promp
         assert key in rows[0]
 
 
+def test_update_chunks_by_hand():
+    # one pass, all pairs: one update on pairs 0..4 in order (ASTPrompter's); two passes: that twice
+    assert ipo.update_chunks(5, 1, 0, None) == [[0, 1, 2, 3, 4]]
+    assert ipo.update_chunks(5, 2, 0, None) == [[0, 1, 2, 3, 4]] * 2
+    # 2 pairs an update over 5 pairs, 2 passes: 3 updates a pass (2, 2, 1), each pass a permutation of all pairs
+    chunks = ipo.update_chunks(5, 2, 2, np.random.default_rng(0))
+    assert [len(c) for c in chunks] == [2, 2, 1, 2, 2, 1]
+    assert sorted(sum(chunks[:3], [])) == list(range(5)) and sorted(sum(chunks[3:], [])) == list(range(5))
+    assert ipo.update_chunks(0, 3, 2, np.random.default_rng(0)) == []
+
+
+def test_several_updates_a_step_change_the_adapter_with_finite_losses(tiny_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, ipo_epochs=2, pairs_per_update=1, weak_supervision=0, steps=2)
+    ipo.train(cfg, out, progress=False)
+    rows = read_metrics(out)
+    # one optimizer step per pair per pass: 2 x the step's pairs
+    assert all(r["train/updates"] == 2 * r["pairs/count"] > 0 and np.isfinite(r["loss/ipo"]) for r in rows)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter_state(out).items() if "lora_B" in k)
+
+
 def test_pairs_prefer_the_higher_reward_and_respect_the_threshold(tiny_lm):
     def group(rewards):
         turns = [Turn("adversary", f"t{i}", [i + 1], [0.0]) for i in range(len(rewards))]

@@ -8,7 +8,9 @@ averaged over the replies); siblings whose best and worst rewards differ by more
 preference pair; (3) weak supervision: with probability rho (annealed towards 0) a tree gets one taught pair, a
 toxicity-eliciting prompt split so that its true rest holds the toxic span (chosen, its toxicity checked above the
 threshold) against the adversary's own continuation (rejected); (4) IPO or DPO loss on sequence log-probs (or their
-per-token means) under the policy and the frozen reference; (5) log and checkpoint.
+per-token means) under the policy and the frozen reference, ``ipo_epochs`` passes over the step's pairs with one
+optimizer step per ``pairs_per_update`` of them (by default one pass, one step: ASTPrompter's); (5) log and
+checkpoint.
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ class IPOConfig(TrainConfig):
     length_normalize: bool = _f(
         False, "per-token mean log-probs in the loss, so beta means the same at every utterance length"
     )
+    ipo_epochs: int = _f(
+        1,
+        "passes over each step's pairs (the reference is frozen, so a pair's loss stays well defined as the policy "
+        "moves: GRPO's ppo_epochs for preferences)",
+    )
+    pairs_per_update: int = _f(
+        0,
+        "pairs per optimizer step: each pass shuffles the step's pairs and takes one update per this many (each "
+        "accumulated over micro batches); 0 = one update on all of them (ASTPrompter's). With 16 pairs, 4 and 2 "
+        "epochs make 8 updates a step where 0 makes 1",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -64,6 +77,11 @@ class IPOConfig(TrainConfig):
             raise RedgymError("config: beta must be > 0, samples_per_node >= 2, weak_supervision in [0, 1]")
         if self.weak_candidates < 1:
             raise RedgymError(f"config: weak_candidates must be >= 1, got {self.weak_candidates}")
+        if self.ipo_epochs < 1 or self.pairs_per_update < 0:
+            raise RedgymError(
+                f"config: ipo_epochs must be >= 1 and pairs_per_update >= 0, got {self.ipo_epochs} and "
+                f"{self.pairs_per_update}"
+            )
 
 
 @dataclass
@@ -168,6 +186,20 @@ def pair_logps(
     return pol, ref
 
 
+def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Generator | None) -> list[list[int]]:
+    """The pairs (indices) of each optimizer step of a training step: ``epochs`` passes, each one update on all
+    pairs in order (``per_update`` 0), or a shuffled order cut into updates of ``per_update`` pairs."""
+    if not n_pairs:
+        return []
+    if not per_update:
+        return [list(range(n_pairs)) for _ in range(epochs)]
+    chunks = []
+    for _ in range(epochs):
+        order = [int(i) for i in rng.permutation(n_pairs)]
+        chunks += [order[i : i + per_update] for i in range(0, n_pairs, per_update)]
+    return chunks
+
+
 def update(
     pairs: list[PreferencePair],
     policy: Policy,
@@ -178,9 +210,36 @@ def update(
     sched,
     counters: dict,
     step: int,
+) -> tuple[dict[str, list[float]], float, int]:
+    """Step 4: ``ipo_epochs`` passes over the pairs, one optimizer step per ``pairs_per_update`` of them (all, when
+    0); returns the per-pair loss, margin and KL lists, the last update's gradient norm (nan when clipping is off
+    or nothing trained) and the number of optimizer steps."""
+    rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
+    chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
+    stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
+    grad_norm = float("nan")
+    for chunk in chunks or [[]]:  # no pairs: one empty update, as before (the schedule still steps)
+        part, grad_norm = update_once(
+            [pairs[i] for i in chunk], policy, adversary, cfg, acc, opt, sched, counters, step
+        )
+        for k in stats:
+            stats[k] += part[k]
+    return stats, grad_norm, len(chunks)
+
+
+def update_once(
+    pairs: list[PreferencePair],
+    policy: Policy,
+    adversary: LM,
+    cfg: IPOConfig,
+    acc,
+    opt,
+    sched,
+    counters: dict,
+    step: int,
 ) -> tuple[dict[str, list[float]], float]:
-    """Step 4: the IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step; returns the
-    per-pair loss, margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
+    """One optimizer step: the IPO/DPO loss over micro-batches of ``pairs``, accumulated; returns the per-pair loss,
+    margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
@@ -292,8 +351,8 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             setup.likelihood,
             cfg.weak_candidates,
         )
-        # 4 IPO/DPO loss over micro-batches of pairs, accumulated into one optimizer step
-        stats, grad_norm = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
+        # 4 IPO/DPO loss: ipo_epochs passes, one optimizer step per pairs_per_update pairs (micro-batches accumulated)
+        stats, grad_norm, n_updates = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
         reliability = pair_reliability([reply_terms(g.scores, weights) for g in groups])[0]
@@ -314,6 +373,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
             "train/grad_norm": grad_norm,
+            "train/updates": n_updates,
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,
