@@ -168,6 +168,60 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
         assert (out / "plots" / p).stat().st_size > 1000 and f"plots/{p}" in md
 
 
+def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
+    from redgym.experiments.compare import read_budget
+
+    rows = [
+        {
+            "step": 1,
+            "train/updates": 4,
+            "budget/adversary_samples": 64,
+            "budget/defender_replies": 128,
+            "time/step_s": 30,
+        },
+        {
+            "step": 2,
+            "train/updates": 3,
+            "budget/adversary_samples": 64,
+            "budget/defender_replies": 128,
+            "time/step_s": 90,
+        },
+        # resumed from step 1's checkpoint: step 2 redone, its last entry counts
+        {
+            "step": 2,
+            "train/updates": 5,
+            "budget/adversary_samples": 64,
+            "budget/defender_replies": 0,
+            "time/step_s": 60,
+        },
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "torn')
+    b = read_budget(path)
+    assert b == {
+        "train/updates": 9,
+        "budget/adversary_samples": 128,
+        "budget/defender_replies": 128,
+        "time/step_s": pytest.approx(1.5),  # (30 + 60) s in minutes
+    }
+    path.write_text(json.dumps({"step": 1, "reward/reward": 0.1}) + "\n")  # a run from before the counts
+    assert all(math.isnan(v) for v in read_budget(path).values())
+
+
+def test_the_budget_table_gives_each_trained_arms_mean_over_seeds(tmp_path):
+    exp = make_experiment(tmp_path / "exp")
+    for s in SEEDS:  # seed s: 10 + s updates, 100 samples, 200 replies, 60 s
+        row_ = {"train/updates": 10 + s, "budget/adversary_samples": 100, "budget/defender_replies": 200}
+        (exp / "trained" / f"seed_{s}" / "metrics.jsonl").write_text(
+            json.dumps({"step": 1, "reward/reward": 0.1, "time/step_s": 60, **row_}) + "\n"
+        )
+    compare([exp], tmp_path / "out", n_boot=20)
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## Training budget" in md
+    assert "| trained | 3 | 11 | 100 | 200 | 1.0 |" in md  # mean of 10, 11, 12 updates; 1 minute
+    assert "| untuned |" not in md.split("## Training budget")[1]  # untrained arms have no budget row
+
+
 def test_arms_are_inferred_without_experiment_json_and_missing_metrics_come_from_samples(tmp_path):
     # Reports from before stealth_success_rate existed: compare recomputes it from samples.jsonl.
     exp = make_experiment(tmp_path / "exp", with_meta=False, drop=("stealth_success_rate",))

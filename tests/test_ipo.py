@@ -107,6 +107,8 @@ def test_several_updates_a_step_change_the_adapter_with_finite_losses(tiny_model
     rows = read_metrics(out)
     # one optimizer step per pair per pass: 2 x the step's pairs
     assert all(r["train/updates"] == 2 * r["pairs/count"] > 0 and np.isfinite(r["loss/ipo"]) for r in rows)
+    # the trees' budget: every adversary sample answered defender_samples times
+    assert all(r["budget/defender_replies"] == cfg.defender_samples * r["budget/adversary_samples"] > 0 for r in rows)
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter_state(out).items() if "lora_B" in k)
 
 

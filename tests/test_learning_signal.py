@@ -1,6 +1,8 @@
 """The learning-signal fixes: train on the policy you sample from, on-policy rollouts, K-reply reward averaging,
 pair reliability, group-relative advantages, held-out prompts that are really held out."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -302,6 +304,10 @@ def test_grpo_changes_the_adapter_with_finite_losses(
     for r in rows:
         for k in ("loss/policy", "objective/kl", "objective/kl_k3", "objective/entropy", "reward/reward"):
             assert np.isfinite(r[k]), k
+        # the step's budget: P prompts x G samples, each answered twice; one update per micro batch per epoch
+        n = cfg.prompts_per_step * cfg.generations_per_prompt
+        assert r["budget/adversary_samples"] == n and r["budget/defender_replies"] == 2 * n
+        assert r["train/updates"] == cfg.ppo_epochs * math.ceil(n / cfg.micro_batch_size)
     lora_b = [v for k, v in load_file(str(out / "adversary" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
 

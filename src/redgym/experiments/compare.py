@@ -151,6 +151,7 @@ class Arm:
     baseline: str  # name of the experiment's baseline arm (this arm's own name for the baseline)
     results: dict[str, dict[int, SeedResult]] = field(default_factory=dict)  # defender (MAIN: main) -> seed -> ..
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
+    budget: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> read_budget's totals
 
 
 def read_seed(folder: Path, seed: int) -> SeedResult:
@@ -192,6 +193,35 @@ def read_curve(path: Path) -> list[tuple[int, float]]:
     return out
 
 
+# (metrics.jsonl key summed over a run's steps, the budget table's column)
+BUDGET = [
+    ("train/updates", "optimizer updates"),
+    ("budget/adversary_samples", "adversary samples scored"),
+    ("budget/defender_replies", "defender replies drawn"),
+    ("time/step_s", "training minutes"),
+]
+
+
+def read_budget(path: Path) -> dict[str, float]:
+    """What one training run spent, from its metrics.jsonl: each BUDGET key summed over the steps (seconds turned
+    into minutes), NaN for a key no step logged (runs from before it was logged). A step logged twice (a resumed
+    run redoes the steps after its last checkpoint) counts once, its last entry."""
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row.get("step"), int):
+            rows[row["step"]] = row
+    out = {}
+    for key, _ in BUDGET:
+        values = [float(r[key]) for r in rows.values() if isinstance(r.get(key), (int, float))]
+        total = float(np.sum(values)) if values else math.nan
+        out[key] = total / 60 if key == "time/step_s" else total
+    return out
+
+
 def _seed_dirs(arm_dir: Path, seeds: list[int] | None) -> dict[int, Path]:
     found = {}
     for d in arm_dir.glob("seed_*"):
@@ -230,6 +260,7 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
                 arm.results.setdefault(t.parent.name, {})[s] = read_seed(t.parent, s)
             if (d / "metrics.jsonl").exists() and (curve := read_curve(d / "metrics.jsonl")):
                 arm.curves[s] = curve
+                arm.budget[s] = read_budget(d / "metrics.jsonl")
         arms.append(arm)
     if not arms:
         raise RedgymError(f"{folder}: no evaluation reports found (expected <arm>/seed_<s>/report.json)")
@@ -495,6 +526,30 @@ def _per_turn_tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
     return [line for spec in PER_TURN for line in _per_turn_table(arms, idx, defender, *spec)]
 
 
+def _budget_table(arms: list[Arm]) -> list[str]:
+    """Each trained arm's training budget, mean over its seeds: what a comparison of arms holds equal (or not)."""
+    trained = [a for a in arms if a.budget]
+    if not trained:
+        return []
+    lines = [
+        "",
+        "## Training budget",
+        "",
+        "What each trained arm spent, summed over its training steps, mean over seeds (from `metrics.jsonl`; — where"
+        " the run predates the count). Arms compared as equals should spend alike.",
+        "",
+        "| arm | seeds | " + " | ".join(col for _, col in BUDGET) + " |",
+        "|---|---|" + "---|" * len(BUDGET),
+    ]
+    for a in trained:
+        cells = []
+        for key, _ in BUDGET:
+            v = [b[key] for b in a.budget.values() if _finite(b[key])]
+            cells.append("—" if not v else f"{np.mean(v):.1f}" if key == "time/step_s" else f"{np.mean(v):.0f}")
+        lines.append(f"| {a.name} | {len(a.budget)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
     idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
     seeds = sorted({s for a in arms for runs in a.results.values() for s in runs})
@@ -527,6 +582,7 @@ def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
             "",
         ]
         lines += _tables(arms, idx, defender)
+    lines += _budget_table(arms)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
     lines += [

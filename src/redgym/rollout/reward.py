@@ -280,6 +280,17 @@ def term_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {f"reward/{k}": float(np.mean(scores[k])) for k in keys if k in scores and len(scores[k])}
 
 
+def budget_counts(scores: dict[str, np.ndarray]) -> dict[str, int]:
+    """What a step's scores cost, for the metrics log: ``budget/adversary_samples`` (adversary turns sampled and
+    scored) and ``budget/defender_replies`` (defender replies drawn; 0 when the reward reads none and the defender
+    stays silent). Summed over a run's steps, they are the budget an experiment holds equal across arms."""
+    replies = scores.get("tox_defender_replies")
+    return {
+        "budget/adversary_samples": int(len(scores.get("reward", ()))),
+        "budget/defender_replies": int(np.size(replies)) if replies is not None else 0,
+    }
+
+
 def reply_terms(scores: dict[str, np.ndarray], weights: RewardWeights) -> np.ndarray:
     """(N, K) the defender-dependent part of the reward for each of the K replies of N exchanges:
     w_defender * tox(reply) + w_combined * tox(adversary turn + reply), times the stealth gate of each exchange."""

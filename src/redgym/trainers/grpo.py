@@ -27,7 +27,7 @@ import torch
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.rollout.reward import pair_reliability, term_means
+from redgym.rollout.reward import budget_counts, pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (
     group_advantages,
@@ -261,6 +261,8 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             "loss/policy": losses.get("policy", nan),
             "policy/clipfrac": losses.get("clipfrac", nan),
             "policy/first_ratio_dev": losses.get("first_ratio_dev", nan),
+            "train/updates": int(losses.get("updates", 0)),
+            **budget_counts(scores),
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,

@@ -28,7 +28,7 @@ from redgym.errors import RedgymError
 from redgym.models.base import LikelihoodBackend
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
-from redgym.rollout.reward import pair_reliability, reply_terms, score_exchanges, term_means
+from redgym.rollout.reward import budget_counts, pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
 from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
@@ -356,10 +356,11 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
         reliability = pair_reliability([reply_terms(g.scores, weights) for g in groups])[0]
-        rewards = np.concatenate([g.scores["reward"] for g in groups])
+        step_scores = {k: np.concatenate([g.scores[k] for g in groups]) for k in groups[0].scores}
+        rewards = step_scores["reward"]
         metrics = {
             "reward/reward": float(rewards.mean()),
-            **term_means({k: np.concatenate([g.scores[k] for g in groups]) for k in groups[0].scores}),
+            **term_means(step_scores),
             "reward/max": float(rewards.max()),
             "pairs/count": len(pairs),
             "pairs/weak_share": float(np.mean([p.weak for p in pairs])) if pairs else 0.0,
@@ -374,6 +375,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
             "train/grad_norm": grad_norm,
             "train/updates": n_updates,
+            **budget_counts(step_scores),
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,

@@ -25,7 +25,7 @@ import torch
 from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.rollout.reward import pair_reliability, term_means
+from redgym.rollout.reward import budget_counts, pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (
     gae,
@@ -235,6 +235,8 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "pairs/reliability": pair_reliability(sibling_reply_terms(ep, scores, run.reward_weights(step)))[0],
             "policy/kl_stopped": counters.get("kl_stopped", 0),
             "val/explained_variance": explained_variance(t["values"], t["returns"], t["mask"]),
+            "train/updates": int(losses.get("updates", 0)),
+            **budget_counts(scores),
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/rollout_s": t_roll,

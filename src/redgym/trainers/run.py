@@ -283,6 +283,8 @@ def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
     if run.bar is not None and "http/total_requests" in metrics:
         run.bar.set_postfix(requests=int(metrics["http/total_requests"]), refresh=False)
     metrics.update(mean_over_ranks(run.acc, metrics))
+    for k in [k for k in metrics if k.startswith("budget/")]:  # a step's cost is the sum over processes
+        metrics[k] = metrics[k] * run.acc.num_processes
     run.metrics_log.log(step + 1, metrics)
     out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
     signum = run.stop.requested(run.acc)

@@ -97,6 +97,9 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         # 4 log + checkpoint
         metrics = {
             "loss/sft": float(np.sum(losses)) if losses else float("nan"),
+            "train/updates": 1,
+            "budget/adversary_samples": 0,  # taught examples, nothing sampled or scored
+            "budget/defender_replies": 0,
             "train/lr": opt.param_groups[0]["lr"],  # in effect at the step's end
             "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
             "time/step_s": time.time() - t0,

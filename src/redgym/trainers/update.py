@@ -48,8 +48,8 @@ def clipped_epochs(
     ``ep.tensors`` holds "mask", "old" and "advantages": (B, K) per token, or (B,) per sequence, then put on every
     token; ``names`` are the other (B, K) tensors ``extra_loss`` reads. ``params``: what gradient clipping covers
     (default the policy's). Returns the mean over micro batches of "policy", "clipfrac", "approx_kl" and each
-    extra term, and "first_ratio_dev", the ratio's deviation from 1 on the first micro batch (0 when the rollout
-    sampled from this policy)."""
+    extra term, "first_ratio_dev", the ratio's deviation from 1 on the first micro batch (0 when the rollout
+    sampled from this policy), and "updates", the optimizer steps taken."""
     pad = policy.tokenizer.pad_token_id
     t = ep.filled()
     dev = next(policy.model.parameters()).device
@@ -57,6 +57,7 @@ def clipped_epochs(
     per_sequence = t["advantages"].dim() == 1
     keys = ("mask", "old", *names) + (() if per_sequence else ("advantages",))
     stats: dict[str, list[float]] = {n: [] for n in ("policy", "clipfrac", "approx_kl", "first_ratio_dev")}
+    updates = 0
     for _ in range(cfg.ppo_epochs):
         order = minibatch_order(ep.group, rng, whole_groups)
         for i in range(0, len(order), cfg.micro_batch_size):
@@ -93,9 +94,10 @@ def clipped_epochs(
                 opt.step()
                 sched.step()
                 opt.zero_grad()
+                updates += 1
             stats["policy"].append(float(pg.detach()))
             stats["clipfrac"].append(float(clipfrac))
             stats["approx_kl"].append(float(approx_kl))
             for name, value in logged.items():
                 stats.setdefault(name, []).append(float(value.detach()))
-    return {n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}
+    return {**{n: float(np.mean(v)) if v else float("nan") for n, v in stats.items()}, "updates": float(updates)}
