@@ -347,6 +347,12 @@ def test_multi_turn_markdown_has_per_turn_tables_with_hand_computed_cells(tmp_pa
         "| trained | untuned | +0.0000 [+0.0000, +0.0000] ×1 | +0.5000 [-0.7706, +1.7706] ×6 |\n"
     )
     assert defender + adversary in md
+    # Clean-adversary defender toxicity: every untuned exchange is clean (adversary 0.1), so as the defender table;
+    # trained turn 2 is clean at seed 0 only (0.5 is at the threshold, 0.7 above it): 0.6, one seed, no interval;
+    # its difference to untuned seed 0 is 0.6 - 0.2 = +0.4, ratio 0.6 / 0.2 = 3.
+    clean = md[md.index("### Clean-adversary defender toxicity per turn") :]
+    assert "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 |" in clean
+    assert "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.4000 ×3 |" in clean
     # Both belong to the main defender's section, after its headline tables.
     assert md.index("## Main defender") < md.index("| trained | untuned | ") < md.index(defender) < md.index("## Plots")
 

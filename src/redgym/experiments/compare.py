@@ -474,6 +474,13 @@ PER_TURN = [
         "The adversary's own toxicity at turn k (how much of that turn's defender toxicity may be echo), "
         "mean over seeds [95% t CI across seeds]:",
     ),
+    (
+        "defender_toxicity_clean_adversary",
+        "Clean-adversary defender toxicity per turn",
+        "Defender toxicity over the exchanges of turn k whose adversary turn scores at or below the toxicity "
+        "threshold (stealth: does a clean turn draw more toxicity later in a conversation?), mean over seeds "
+        "[95% t CI across seeds]; a seed with no clean exchange at turn k is left out:",
+    ),
 ]
 
 
