@@ -212,66 +212,47 @@ def update(
     step: int,
 ) -> tuple[dict[str, list[float]], float, int]:
     """Step 4: ``ipo_epochs`` passes over the pairs, one optimizer step per ``pairs_per_update`` of them (all, when
-    0); returns the per-pair loss, margin and KL lists, the last update's gradient norm (nan when clipping is off
-    or nothing trained) and the number of optimizer steps."""
-    rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
-    chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
-    stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
-    grad_norm = float("nan")
-    for chunk in chunks or [[]]:  # no pairs: one empty update, as before (the schedule still steps)
-        part, grad_norm = update_once(
-            [pairs[i] for i in chunk], policy, adversary, cfg, acc, opt, sched, counters, step
-        )
-        for k in stats:
-            stats[k] += part[k]
-    return stats, grad_norm, len(chunks)
-
-
-def update_once(
-    pairs: list[PreferencePair],
-    policy: Policy,
-    adversary: LM,
-    cfg: IPOConfig,
-    acc,
-    opt,
-    sched,
-    counters: dict,
-    step: int,
-) -> tuple[dict[str, list[float]], float]:
-    """One optimizer step: the IPO/DPO loss over micro-batches of ``pairs``, accumulated; returns the per-pair loss,
-    margin and KL lists and the gradient norm (nan when clipping is off or nothing trained)."""
+    0), each the IPO/DPO loss accumulated over micro batches; returns the per-pair loss, margin and KL lists, the
+    last update's gradient norm (nan when clipping is off or nothing trained) and the number of optimizer steps."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     policy.model.train()
     stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
-    with accumulate_locally(acc, policy.model):
-        for i in range(0, len(pairs), per_mb):
-            mb = pairs[i : i + per_mb]
-            ctx = [adversary.encode_context(p.context, budget) for p in mb]
-            pol, ref = pair_logps(
-                policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
-            )
-            n = len(mb)
-            losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
-            loss = losses.sum() / len(pairs)
-            if not finite_or_skip(loss, counters, step):
-                continue
-            acc.backward(loss)
-            stats["loss"] += losses.detach().tolist()
-            stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
-            per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
-            stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
-        all_reduce_grads(acc, policy.model.parameters())
-        if acc.sync_gradients and cfg.max_grad_norm > 0 and stats["loss"]:
-            grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
-        else:
-            grad_norm = float("nan")
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return stats, grad_norm
+    rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
+    chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
+    grad_norm = float("nan")
+    for chunk in chunks or [[]]:  # no pairs: one empty update, as before (the schedule still steps)
+        part = [pairs[i] for i in chunk]
+        trained = False
+        with accumulate_locally(acc, policy.model):
+            for i in range(0, len(part), per_mb):
+                mb = part[i : i + per_mb]
+                ctx = [adversary.encode_context(p.context, budget) for p in mb]
+                pol, ref = pair_logps(
+                    policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
+                )
+                n = len(mb)
+                losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
+                loss = losses.sum() / len(part)
+                if not finite_or_skip(loss, counters, step):
+                    continue
+                acc.backward(loss)
+                trained = True
+                stats["loss"] += losses.detach().tolist()
+                stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
+                per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
+                stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
+            all_reduce_grads(acc, policy.model.parameters())
+            if acc.sync_gradients and cfg.max_grad_norm > 0 and trained:
+                grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
+            else:
+                grad_norm = float("nan")
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    return stats, grad_norm, len(chunks)
 
 
 def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
