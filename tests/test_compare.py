@@ -219,6 +219,12 @@ def test_the_budget_table_gives_each_trained_arms_mean_over_seeds(tmp_path):
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "## Training budget" in md
     assert "| trained | 3 | 11 | 100 | 200 | 1.0 |" in md  # mean of 10, 11, 12 updates; 1 minute
+    # an SFT run logs no reward curve, yet has a budget
+    for s in SEEDS:
+        sft = {"step": 1, "loss/sft": 2.0, "train/updates": 1, "time/step_s": 30}
+        (exp / "trained" / f"seed_{s}" / "metrics.jsonl").write_text(json.dumps(sft) + "\n")
+    compare([exp], tmp_path / "out2", n_boot=20)
+    assert "| trained | 3 | 1 | — | — | 0.5 |" in (tmp_path / "out2" / "comparison.md").read_text()
     assert "| untuned |" not in md.split("## Training budget")[1]  # untrained arms have no budget row
 
 

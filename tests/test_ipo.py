@@ -91,8 +91,8 @@ def test_a_few_steps_change_the_adapter_with_finite_losses(tiny_model_dir, promp
 
 def test_update_chunks_by_hand():
     # one pass, all pairs: one update on pairs 0..4 in order (ASTPrompter's); two passes: that twice
-    assert ipo.update_chunks(5, 1, 0, None) == [[0, 1, 2, 3, 4]]
-    assert ipo.update_chunks(5, 2, 0, None) == [[0, 1, 2, 3, 4]] * 2
+    assert ipo.update_chunks(5, 1, 0, np.random.default_rng(0)) == [[0, 1, 2, 3, 4]]
+    assert ipo.update_chunks(5, 2, 0, np.random.default_rng(0)) == [[0, 1, 2, 3, 4]] * 2
     # 2 pairs an update over 5 pairs, 2 passes: 3 updates a pass (2, 2, 1), each pass a permutation of all pairs
     chunks = ipo.update_chunks(5, 2, 2, np.random.default_rng(0))
     assert [len(c) for c in chunks] == [2, 2, 1, 2, 2, 1]

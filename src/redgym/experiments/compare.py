@@ -258,8 +258,9 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
             arm.results.setdefault(MAIN, {})[s] = read_seed(d, s)
             for t in sorted((d / "transfer").glob("*/report.json")):
                 arm.results.setdefault(t.parent.name, {})[s] = read_seed(t.parent, s)
-            if (d / "metrics.jsonl").exists() and (curve := read_curve(d / "metrics.jsonl")):
-                arm.curves[s] = curve
+            if (d / "metrics.jsonl").exists():  # a trained arm (SFT logs no reward curve, but a budget)
+                if curve := read_curve(d / "metrics.jsonl"):
+                    arm.curves[s] = curve
                 arm.budget[s] = read_budget(d / "metrics.jsonl")
         arms.append(arm)
     if not arms:

@@ -186,7 +186,7 @@ def pair_logps(
     return pol, ref
 
 
-def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Generator | None) -> list[list[int]]:
+def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Generator) -> list[list[int]]:
     """The pairs (indices) of each optimizer step of a training step: ``epochs`` passes, each one update on all
     pairs in order (``per_update`` 0), or a shuffled order cut into updates of ``per_update`` pairs."""
     if not n_pairs:
