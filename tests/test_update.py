@@ -63,6 +63,7 @@ def run(tiny_lm, ep, c, whole_groups=False, extra=None, lr=0.0):
     policy = SimpleNamespace(model=tiny_lm.model, tokenizer=tiny_lm.tokenizer)
     opt = torch.optim.SGD(tiny_lm.model.parameters(), lr=lr)
     sched, counters, rows = CountingSched(), {}, []
+    frame = SimpleNamespace(policy=policy, cfg=c, acc=Acc(), opt=opt, sched=sched)  # the run frame's parts it reads
 
     def recording(out, mb):  # the extra term: records the micro batch's samples, adds 0.5 (or ``extra``)
         rows.append(sorted(int(r) for r in mb["row"][:, 0]))
@@ -70,18 +71,7 @@ def run(tiny_lm, ep, c, whole_groups=False, extra=None, lr=0.0):
         return value, {"extra": value}
 
     stats = clipped_epochs(
-        ep,
-        policy,
-        c,
-        Acc(),
-        opt,
-        sched,
-        counters,
-        0,
-        np.random.default_rng(0),
-        recording,
-        ("row",),
-        whole_groups=whole_groups,
+        ep, frame, counters, 0, np.random.default_rng(0), recording, ("row",), whole_groups=whole_groups
     )
     return stats, sched.steps, rows, counters
 

@@ -43,7 +43,7 @@ from redgym.trainers.memory import release_memory
 from redgym.trainers.policy import Policy, train_sampling
 from redgym.trainers.run import end_step, finish_run, start_run
 from redgym.trainers.train_config import TrainConfig
-from redgym.trainers.update import clipped_epochs
+from redgym.trainers.update import ExtraLoss, clipped_epochs
 
 
 @dataclass
@@ -179,37 +179,22 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
     ep.tensors = t
 
 
-def update(
-    ep: Episodes, policy: Policy, cfg: GRPOConfig, acc, opt, sched, counters: dict, step: int, rng: np.random.Generator
-) -> dict[str, float]:
-    """Step 4: the shared clipped update (``update.clipped_epochs``) with the sequence advantage on every token,
-    + beta * k3 KL to the reference."""
+def kl_to_reference(cfg: GRPOConfig) -> ExtraLoss:
+    """GRPO's own term of step 4's shared update (``update.clipped_epochs``): beta * the per-token k3 KL to the
+    reference, logged as "kl"."""
 
-    def kl_to_reference(out, mb):
+    def term(out, mb):
         kl = masked_mean(kl_k3(out.logps, mb["ref"]), mb["mask"])
         return cfg.kl_coef * kl, {"kl": kl}
 
-    return clipped_epochs(
-        ep,
-        policy,
-        cfg,
-        acc,
-        opt,
-        sched,
-        counters,
-        step,
-        rng,
-        kl_to_reference,
-        ("ref",),
-        whole_groups=cfg.micro_batches == "groups",
-    )
+    return term
 
 
 def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GRPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = start_run(cfg, out, resume)
-    policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
+    policy, adversary, setup, opt = run.policy, run.adversary, run.setup, run.opt
     counters = run.state.get("counters", {})
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
     budget = cfg.max_context_tokens - cfg.max_new_tokens
@@ -241,7 +226,10 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             # 4 clipped surrogate + KL to the reference
             policy.model.train()
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
-            losses = update(kept, policy, cfg, acc, opt, sched, counters, step, rng)
+            grouped = cfg.micro_batches == "groups"
+            losses = clipped_epochs(
+                kept, run, counters, step, rng, kl_to_reference(cfg), ("ref",), whole_groups=grouped
+            )
             kl_seq = float((kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1).mean())  # sequence KL of the sampler, k1
             entropy = float(masked_mean(t["entropy"], t["mask"]))
         # 5 log + checkpoint

@@ -39,7 +39,7 @@ from redgym.trainers.losses import (
 from redgym.trainers.policy import Policy, model_config, train_sampling
 from redgym.trainers.run import end_step, finish_run, log, start_run
 from redgym.trainers.train_config import TrainConfig
-from redgym.trainers.update import clipped_epochs
+from redgym.trainers.update import ExtraLoss, clipped_epochs
 
 
 @dataclass
@@ -140,41 +140,16 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: torch.nn.Module, cf
     ep.tensors = t
 
 
-def ppo_epochs(
-    ep: Episodes,
-    policy: Policy,
-    value_head: torch.nn.Module,
-    cfg: PPOConfig,
-    acc,
-    opt,
-    sched,
-    counters: dict,
-    step: int,
-    rng: np.random.Generator,
-) -> dict[str, float]:
-    """Step 4: the shared clipped update (``update.clipped_epochs``) over shuffled micro batches, + vf_coef * the
-    clipped value loss; gradient clipping covers the value head too."""
+def value_loss(value_head: torch.nn.Module, cfg: PPOConfig) -> ExtraLoss:
+    """PPO's own term of step 4's shared update (``update.clipped_epochs``): vf_coef * the clipped value loss of
+    ``value_head`` on the policy's last hidden states, logged as "value"."""
 
-    def value_loss(out, mb):
+    def term(out, mb):
         values = value_head(out.need_hidden()) * mb["mask"]
         vf = ppo_value_loss(values, mb["values"], mb["returns"], mb["mask"], cfg.clip_range_value)
         return cfg.vf_coef * vf, {"value": vf}
 
-    return clipped_epochs(
-        ep,
-        policy,
-        cfg,
-        acc,
-        opt,
-        sched,
-        counters,
-        step,
-        rng,
-        value_loss,
-        ("values", "returns"),
-        params=list(policy.model.parameters()) + list(value_head.parameters()),
-        with_hidden=True,
-    )
+    return term
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -188,7 +163,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
     """Run (or resume) PPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), value head, optimizer
     run = start_run(cfg, out, resume, make_extra=lambda pol: (ValueHead(model_config(pol.model).hidden_size),))
-    policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
+    policy, adversary, setup, opt = run.policy, run.adversary, run.setup, run.opt
     value_head = run.extra[0]
     counters, kl_coef = run.state.get("counters", {}), run.state.get("kl_coef", cfg.kl_coef)
     sampling = train_sampling(cfg, setup.params)  # the adversary's; the defender keeps setup.params
@@ -218,7 +193,9 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             log.warning("step %d: sequence KL %.2f > kl_stop %.2f; update skipped", step + 1, seq_kl, cfg.kl_stop)
         else:
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step
-            losses = ppo_epochs(ep, policy, value_head, cfg, acc, opt, sched, counters, step, rng)
+            params = [*policy.model.parameters(), *value_head.parameters()]  # clipping covers the value head too
+            term = value_loss(value_head, cfg)
+            losses = clipped_epochs(ep, run, counters, step, rng, term, ("values", "returns"), params, with_hidden=True)
         # 5 log, adapt the KL coefficient, checkpoint
         nan = float("nan")
         metrics = {

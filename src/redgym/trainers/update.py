@@ -10,6 +10,7 @@ written once here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from redgym.trainers.episodes import Episodes, minibatch_tensors
 from redgym.trainers.losses import masked_mean, minibatch_order, ppo_policy_loss, ratio_deviation
 from redgym.trainers.metrics_log import finite_or_skip
 
+if TYPE_CHECKING:
+    from redgym.trainers.run import Run
+
 # extra_loss(out, mb) -> (the term added to the loss, {name: its value to log}); ``out`` is the policy's forward
 # pass over the micro batch, ``mb`` the step's tensors ``names`` cut to it (see ``clipped_epochs``)
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -26,11 +30,7 @@ ExtraLoss = Callable[[object, dict[str, torch.Tensor]], tuple[torch.Tensor, dict
 
 def clipped_epochs(
     ep: Episodes,
-    policy,
-    cfg,
-    acc,
-    opt,
-    sched,
+    run: Run,
     counters: dict,
     step: int,
     rng: np.random.Generator,
@@ -49,7 +49,10 @@ def clipped_epochs(
     token; ``names`` are the other (B, K) tensors ``extra_loss`` reads. ``params``: what gradient clipping covers
     (default the policy's). Returns the mean over micro batches of "policy", "clipfrac", "approx_kl" and each
     extra term, "first_ratio_dev", the ratio's deviation from 1 on the first micro batch (0 when the rollout
-    sampled from this policy), and "updates", the optimizer steps taken."""
+    sampled from this policy), and "updates", the optimizer steps taken. The policy, optimizer, schedule and
+    accelerator are the run frame's (``run``)."""
+    policy, acc, opt, sched = run.policy, run.acc, run.opt, run.sched
+    cfg: Any = run.cfg  # a GRPOConfig or PPOConfig: both hold the epoch, clip and entropy fields read here
     pad = policy.tokenizer.pad_token_id
     t = ep.filled()
     dev = next(policy.model.parameters()).device
