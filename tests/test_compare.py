@@ -169,7 +169,7 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
 
 
 def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
-    from redgym.experiments.compare import read_budget
+    from redgym.experiments.compare import read_budget, read_metrics
 
     rows = [
         {
@@ -197,7 +197,7 @@ def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
     ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "torn')
-    b = read_budget(path)
+    b = read_budget(read_metrics(path))
     assert b == {
         "train/updates": 9,
         "budget/adversary_samples": 128,
@@ -205,7 +205,7 @@ def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
         "time/step_s": pytest.approx(1.5),  # (30 + 60) s in minutes
     }
     path.write_text(json.dumps({"step": 1, "reward/reward": 0.1}) + "\n")  # a run from before the counts
-    assert all(math.isnan(v) for v in read_budget(path).values())
+    assert all(math.isnan(v) for v in read_budget(read_metrics(path)).values())
 
 
 def test_the_budget_table_gives_each_trained_arms_mean_over_seeds(tmp_path):

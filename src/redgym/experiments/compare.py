@@ -180,17 +180,25 @@ def read_seed(folder: Path, seed: int) -> SeedResult:
     return SeedResult(seed, values, convs or None, threshold)
 
 
-def read_curve(path: Path) -> list[tuple[int, float]]:
-    """(step, reward/reward) from a metrics.jsonl; a torn last line of a running job is skipped."""
-    out = []
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a training run's metrics.jsonl that carry a step; a torn last line of a running job is
+    skipped."""
+    rows = []
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if "step" in row and isinstance(row.get("reward/reward"), (int, float)):
-            out.append((int(row["step"]), float(row["reward/reward"])))
-    return out
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def read_curve(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, reward/reward) of ``read_metrics``' rows."""
+    return [
+        (int(r["step"]), float(r["reward/reward"])) for r in rows if isinstance(r.get("reward/reward"), (int, float))
+    ]
 
 
 # (metrics.jsonl key summed over a run's steps, the budget table's column)
@@ -202,21 +210,14 @@ BUDGET = [
 ]
 
 
-def read_budget(path: Path) -> dict[str, float]:
-    """What one training run spent, from its metrics.jsonl: each BUDGET key summed over the steps (seconds turned
-    into minutes), NaN for a key no step logged (runs from before it was logged). A step logged twice (a resumed
-    run redoes the steps after its last checkpoint) counts once, its last entry."""
-    rows: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row.get("step"), int):
-            rows[row["step"]] = row
+def read_budget(rows: list[dict]) -> dict[str, float]:
+    """What one training run spent, from ``read_metrics``' rows: each BUDGET key summed over the steps (seconds
+    turned into minutes), NaN for a key no step logged (runs from before it was logged). A step logged twice (a
+    resumed run redoes the steps after its last checkpoint) counts once, its last entry."""
+    by_step = {r["step"]: r for r in rows if isinstance(r["step"], int)}
     out = {}
     for key, _ in BUDGET:
-        values = [float(r[key]) for r in rows.values() if isinstance(r.get(key), (int, float))]
+        values = [float(r[key]) for r in by_step.values() if isinstance(r.get(key), (int, float))]
         total = float(np.sum(values)) if values else math.nan
         out[key] = total / 60 if key == "time/step_s" else total
     return out
@@ -259,9 +260,10 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
             for t in sorted((d / "transfer").glob("*/report.json")):
                 arm.results.setdefault(t.parent.name, {})[s] = read_seed(t.parent, s)
             if (d / "metrics.jsonl").exists():  # a trained arm (SFT logs no reward curve, but a budget)
-                if curve := read_curve(d / "metrics.jsonl"):
+                rows = read_metrics(d / "metrics.jsonl")
+                if curve := read_curve(rows):
                     arm.curves[s] = curve
-                arm.budget[s] = read_budget(d / "metrics.jsonl")
+                arm.budget[s] = read_budget(rows)
         arms.append(arm)
     if not arms:
         raise RedgymError(f"{folder}: no evaluation reports found (expected <arm>/seed_<s>/report.json)")
