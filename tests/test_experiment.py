@@ -183,6 +183,26 @@ def test_an_interrupted_experiment_resumes_without_redoing_finished_cells(
     assert evaluated == []
 
 
+def test_seeds_run_the_grid_in_parts_and_an_unknown_seed_is_one_line(tiny_model_dir, prompt_file, tmp_path, capsys):
+    """--seeds runs those seeds' cells only (parts started at once share --out); a seed outside the grid stops
+    before any cell."""
+    from redgym.cli import main
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(spec(tiny_model_dir, prompt_file), sort_keys=False))
+    out = tmp_path / "exp"
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--only", "untuned", "--seeds", "1"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed_*")) == ["untuned/seed_1"]
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--only", "untuned", "--seeds", "0,1"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed_*")) == ["untuned/seed_0", "untuned/seed_1"]
+    capsys.readouterr()
+    for bad, msg in (("7", "--seeds: the grid has no seed 7 (seeds: [0, 1])"), ("x", "comma list of integers")):
+        assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "other"), "--seeds", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "other").exists()
+
+
 def test_the_dataset_arm_says_dataset_texts(tiny_model_dir, prompt_file, tmp_path):
     from redgym.cli import main
 

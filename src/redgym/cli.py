@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--config", type=Path, required=True, help="experiment YAML (arms, seeds, shared settings)")
     ex.add_argument("--out", type=Path, required=True, help="experiment folder; finished arms in it are skipped")
     ex.add_argument("--only", default=None, help="comma list of arm names to run now (the grid in parts)")
+    ex.add_argument(
+        "--seeds", default=None, help="comma list of the grid's seeds to run now (parts may run at once into --out)"
+    )
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_e3_commands(sub)
     _add_guard_commands(sub)
@@ -283,7 +286,11 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
 
     refuse_overrides(overrides, "experiment: set fields in the experiment YAML, not on the command line")
     only = [a.strip() for a in args.only.split(",")] if args.only else None
-    out = run_experiment(args.config, args.out, only=only, progress=not args.quiet)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise RedgymError(f"--seeds takes a comma list of integers, got {args.seeds!r}") from None
+    out = run_experiment(args.config, args.out, only=only, progress=not args.quiet, seeds=seeds)
     print(f"comparison: {out / 'comparison.md'}")
     return 0
 

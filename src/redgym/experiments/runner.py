@@ -299,8 +299,11 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
         _evaluate(cfg, folder, cell.arm, adversary_of, progress)
 
 
-def run_experiment(config: Path, out: Path, only: list[str] | None = None, progress: bool = True) -> Path:
-    """Run every unfinished cell of the grid (or of the arms in ``only``), then write the comparison."""
+def run_experiment(
+    config: Path, out: Path, only: list[str] | None = None, progress: bool = True, seeds: list[int] | None = None
+) -> Path:
+    """Run every unfinished cell of the grid (or of the arms in ``only``, at the seeds in ``seeds``), then write the
+    comparison. Parts of one grid may run at once into the same ``out``: each cell has its own folder."""
     exp = load_experiment(config)
     cells = expand_grid(exp)
     names = {c.arm for c in cells}
@@ -309,6 +312,12 @@ def run_experiment(config: Path, out: Path, only: list[str] | None = None, progr
         if unknown:
             raise RedgymError(f"--only: no arm named {unknown[0]!r} (arms: {', '.join(sorted(names))})")
         cells = [c for c in cells if c.arm in only]
+    if seeds is not None:
+        grid_seeds = sorted({c.seed for c in expand_grid(exp)})
+        unknown_seeds = sorted(set(seeds) - set(grid_seeds))
+        if unknown_seeds:
+            raise RedgymError(f"--seeds: the grid has no seed {unknown_seeds[0]} (seeds: {grid_seeds})")
+        cells = [c for c in cells if c.seed in seeds]
     check_writable(out)
     for name in dict.fromkeys(exp.transfer_defenders):  # evaluated last in a cell: a missing package, say so now
         check_known_model(name)
