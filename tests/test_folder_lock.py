@@ -64,3 +64,28 @@ def test_a_command_refused_on_bad_input_leaves_no_folder(tiny_model_dir, prompt_
     assert main(tiny_args(tiny_model_dir, prompt_file, out, "--no_such_field", "1")) == 2
     assert "no_such_field" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_experiment_skips_the_cells_another_command_is_running(tiny_model_dir, prompt_file, tmp_path, caplog):
+    """redgym experiment holds each cell, not its --out: a second command on the same grid runs the cells nobody
+    holds and says which it left to the holder."""
+    import yaml
+
+    from tests.test_experiment import spec
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(spec(tiny_model_dir, prompt_file), sort_keys=False))
+    out = tmp_path / "exp"
+    holder = _holder(out / "untuned" / "seed_0")
+    try:
+        with caplog.at_level("INFO", logger="redgym"):
+            assert main(["experiment", "--config", str(cfg), "--out", str(out), "--only", "untuned", "--quiet"]) == 0
+        assert (out / "untuned" / "seed_1" / "report.json").exists()
+        assert not (out / "untuned" / "seed_0" / "report.json").exists()  # the holder's, untouched
+        assert f"untuned seed 0: skipped, in use by pid {holder.pid}" in caplog.text
+        assert "1 cell(s) were running in another command" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--only", "untuned", "--quiet"]) == 0
+    assert (out / "untuned" / "seed_0" / "report.json").exists()  # once the holder is gone, the next run does it

@@ -411,9 +411,10 @@ COMMANDS = {
     "experiment": cmd_experiment,
     "compare": cmd_compare,
 }
-# Commands that write no run folder of their own (compare reads a running experiment's finished cells), so they take
-# no lock on it; every other command holds its --out / --resume folder while it runs (runfolder.hold_folder).
-UNLOCKED = ("compare", "docs")
+# Commands that take no lock on their --out: compare and docs write no run folder of their own (compare reads a
+# running experiment's finished cells); experiment holds each cell's folder instead, so parts of a grid run side by
+# side. Every other command holds its --out / --resume folder while it runs (runfolder.hold_folder).
+UNLOCKED = ("compare", "docs", "experiment")
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 

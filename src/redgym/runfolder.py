@@ -43,6 +43,10 @@ def check_writable(out: Path) -> None:
 LOCK_FILE, HOLDER_FILE = ".redgym.lock", ".redgym.holder"
 
 
+class FolderInUse(RedgymError):
+    """Another live command holds the folder (``hold_folder``)."""
+
+
 @contextmanager
 def hold_folder(out: Path, command: str):
     """One command per run folder: an advisory lock on ``out`` for the life of the command. The lock is the
@@ -62,7 +66,7 @@ def hold_folder(out: Path, command: str):
             holder = (out / HOLDER_FILE).read_text(encoding="utf-8").strip()
         except OSError:
             holder = "another process"
-        raise RedgymError(f"{out} is in use by {holder}; wait for it to end or write elsewhere") from None
+        raise FolderInUse(f"{out} is in use by {holder}; wait for it to end or write elsewhere") from None
     try:
         atomic_write(out / HOLDER_FILE, f"pid {os.getpid()} (redgym {command})\n")
         yield

@@ -22,6 +22,10 @@ The YAML (typed below, unknown keys are one-line errors):
 Cells run seed by seed (every arm at seed 0 first), so a grid stopped early still holds comparable arms. A cell with
 a ``report.json`` is finished and skipped; a training cell with checkpoints resumes from the latest one. Every
 evaluation uses the same held-out prompts (``split_seed``), the cell's seed, and the ``eval`` settings.
+
+Each cell's folder is held while it runs (``runfolder.hold_folder``), not the experiment folder: several commands
+on one ``--out`` (``--seeds 0`` and ``--seeds 1`` side by side, or the same command twice) share the grid, each
+skipping the cells another one is running.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
 from redgym.models.loading import check_known_model
 from redgym.models.replay import ReplaySpeaker
-from redgym.runfolder import atomic_write, check_writable, write_json
+from redgym.runfolder import FolderInUse, atomic_write, check_writable, hold_folder, write_json
 from redgym.setup import load_adversary, prepare
 from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
@@ -334,11 +338,21 @@ def run_experiment(
         },
     )
     t0 = time.time()
+    elsewhere = []
     for i, cell in enumerate(cells):
         log.info(
             "[%d/%d] %s seed %d (%.1f min so far)", i + 1, len(cells), cell.arm, cell.seed, (time.time() - t0) / 60
         )
-        run_cell(cell, out, exp, progress)
+        try:
+            with hold_folder(out / cell.folder, f"experiment --out {out}: {cell.folder}"):
+                run_cell(cell, out, exp, progress)
+        except FolderInUse as e:
+            if not str(e).startswith(f"{out / cell.folder} is in use"):
+                raise  # a folder inside the cell: not this loop's to skip
+            log.info("%s seed %d: skipped, %s", cell.arm, cell.seed, str(e).split(" is ", 1)[1].split(";")[0])
+            elsewhere.append(cell)
+    if elsewhere:
+        log.info("%d cell(s) were running in another command: rerun this one once they end", len(elsewhere))
     from redgym.experiments.compare import compare
 
     if any((out / exp.baseline_arm).glob("seed_*/report.json")):
