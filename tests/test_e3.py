@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from redgym.cli import main
 from redgym.pipelines.e3 import exploit_experiment
@@ -246,6 +247,26 @@ def test_the_exploit_experiment_has_the_terms_on_in_one_arm_only():
     assert sorted((c.arm, c.seed) for c in cells) == sorted(
         (a, s) for a in ("untuned", "exploit", "exploit_diverse") for s in (0, 1)
     )
+    del ex["diversity"]  # no diversity terms given: no second trained arm
+    assert list(exploit_experiment(ex, "x")["arms"]) == ["untuned", "exploit"]
+
+
+def test_the_exploit_arms_extend_an_experiment_files_arm(tmp_path):
+    """exploit.extends names an experiment file's arm relative to the pipeline file; the written exploit.yaml
+    holds it absolute (it lives in the run folder), and the arm resolves to that arm's kind and train under this
+    section's train."""
+    from redgym.experiments.runner import expand_grid, parse_experiment
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "gain.yaml").write_text(
+        yaml.safe_dump({"arms": {"rl": {"kind": "ppo", "train": {"steps": 9, "lr": 0.001, "kl_coef": 0.3}}}})
+    )
+    pipelines = tmp_path / "pipelines"
+    ex = {"seeds": [0], "extends": "../experiments/gain.yaml:rl", "train": {"steps": 2}}
+    spec = exploit_experiment(ex, "classifier:x#harmful", pipelines)
+    assert spec["arms"]["exploit"] == {"train": {"steps": 2}, "extends": f"{tmp_path / 'experiments'}/gain.yaml:rl"}
+    (cell,) = [c for c in expand_grid(parse_experiment(spec, folder=tmp_path / "elsewhere")) if c.arm == "exploit"]
+    assert cell.kind == "ppo" and (cell.train_cfg.steps, cell.train_cfg.lr, cell.train_cfg.kl_coef) == (2, 0.001, 0.3)
 
 
 def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tmp_path, monkeypatch, capsys):

@@ -11,12 +11,13 @@ The YAML has one section per step:
       shared: {...}         # RunConfig fields of every arm (the scorer is set to the established classifier)
       eval: {...}           # evaluation-only fields
       trainer: grpo
-      train: {...}          # the trainer's fields, both trained arms
+      extends: ../experiments/gain.yaml:grpo   # optional: an experiment file's arm (path from this file's folder)
+      train: {...}          # the trainer's fields (over the extended arm's), both trained arms
       diversity: {...}      # the fields the `diverse` arm adds (diversity, novelty, entropy terms)
 
 The exploit step is a ``redgym experiment`` (its YAML written to ``exploit.yaml``): arms ``untuned``, ``exploit``
-(the harm term alone) and ``exploit_diverse`` (with the diversity terms), over the seeds, on the same held-out
-prompts. Finished steps are skipped when the pipeline runs again; the experiment resumes cell by cell.
+(the harm term alone) and, when ``diversity`` is given, ``exploit_diverse`` (with the diversity terms), over the
+seeds, on the same held-out prompts. Finished steps are skipped when the pipeline runs again; the experiment resumes cell by cell.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ EXPLOIT_KEYS = {
     "split_seed": "seed of the one prompt split every arm is evaluated on (default 0)",
     "shared": "RunConfig fields of every arm (the scorer is set to the established classifier)",
     "eval": "RunConfig fields for the evaluations only",
-    "trainer": "the trainer of both trained arms (default grpo)",
-    "train": "the trainer's config fields, both trained arms",
-    "diversity": "the fields the exploit_diverse arm adds (diversity, novelty and entropy terms)",
+    "trainer": "the trainer of both trained arms (default grpo, or the extended arm's)",
+    "extends": "FILE:ARM, an experiment file's arm both trained arms start from (FILE relative to this file)",
+    "train": "the trainer's config fields, both trained arms (over the extended arm's, key by key)",
+    "diversity": "the fields the exploit_diverse arm adds (diversity, novelty and entropy terms); no arm without it",
     "transfer_defenders": "models each arm's adversary is also evaluated against (default none)",
 }
 
@@ -67,22 +69,27 @@ def load_pipeline(path: Path) -> dict:
     return {name: _section(data, name, where) for name in SECTIONS}
 
 
-def exploit_experiment(ex: dict, scorer: str) -> dict:
-    """The exploit step as an experiment mapping: untuned, the trainer with the harm term alone, and with the
-    diversity terms added; every arm scored by the established classifier."""
-    trainer = ex.get("trainer", "grpo")
+def exploit_experiment(ex: dict, scorer: str, folder: Path = Path(".")) -> dict:
+    """The exploit step as an experiment mapping: untuned, the trainer with the harm term alone, and (given
+    ``diversity``) with the diversity terms added; every arm scored by the established classifier. An ``extends``
+    path is made absolute from ``folder`` (the pipeline file's), since ``exploit.yaml`` is written elsewhere."""
     train = dict(ex.get("train") or {})
+    arm: dict = {"train": train}
+    if "extends" in ex:
+        file, _, name = str(ex["extends"]).rpartition(":")
+        arm["extends"] = f"{(folder / file).resolve()}:{name}" if file else str(ex["extends"])
+    if "trainer" in ex or "extends" not in ex:
+        arm["kind"] = ex.get("trainer", "grpo")
+    arms = {"untuned": {"kind": "untuned"}, "exploit": arm}
+    if ex.get("diversity"):
+        arms["exploit_diverse"] = {**arm, "train": {**train, **ex["diversity"]}}
     return {
         "seeds": ex.get("seeds", [0, 1]),
         "split_seed": ex.get("split_seed", 0),
         "shared": {**(ex.get("shared") or {}), "scorer": scorer},
         "eval": dict(ex.get("eval") or {}),
         "transfer_defenders": ex.get("transfer_defenders", []),
-        "arms": {
-            "untuned": {"kind": "untuned"},
-            "exploit": {"kind": trainer, "train": train},
-            "exploit_diverse": {"kind": trainer, "train": {**train, **(ex.get("diversity") or {})}},
-        },
+        "arms": arms,
     }
 
 
@@ -98,7 +105,7 @@ def pipeline_configs(path: Path, out: Path) -> tuple[ExploreConfig, EstablishCon
     except RedgymError as e:
         raise RedgymError(f"{where}: {e}") from None
     scorer = f"classifier:{out / 'establish' / 'classifier'}#{establish_cfg.positive_label}"
-    experiment = exploit_experiment(spec["exploit"], scorer)
+    experiment = exploit_experiment(spec["exploit"], scorer, Path(path).parent)
     expand_grid(parse_experiment(experiment, f"{where}: exploit"))
     return explore_cfg, establish_cfg, experiment
 
