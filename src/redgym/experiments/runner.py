@@ -309,7 +309,7 @@ def run_experiment(
     """Run every unfinished cell of the grid (or of the arms in ``only``, at the seeds in ``seeds``), then write the
     comparison. Parts of one grid may run at once into the same ``out``: each cell has its own folder."""
     exp = load_experiment(config)
-    cells = expand_grid(exp)
+    cells = grid = expand_grid(exp)
     names = {c.arm for c in cells}
     if only:
         unknown = sorted(set(only) - names)
@@ -317,7 +317,7 @@ def run_experiment(
             raise RedgymError(f"--only: no arm named {unknown[0]!r} (arms: {', '.join(sorted(names))})")
         cells = [c for c in cells if c.arm in only]
     if seeds is not None:
-        grid_seeds = sorted({c.seed for c in expand_grid(exp)})
+        grid_seeds = sorted({c.seed for c in grid})
         unknown_seeds = sorted(set(seeds) - set(grid_seeds))
         if unknown_seeds:
             raise RedgymError(f"--seeds: the grid has no seed {unknown_seeds[0]} (seeds: {grid_seeds})")
@@ -332,6 +332,7 @@ def run_experiment(
         {
             "arms": [a.name for a in exp.arms],
             "seeds": exp.seeds,
+            "arm_seeds": {a: sorted({c.seed for c in grid if c.arm == a}) for a in dict.fromkeys(c.arm for c in grid)},
             "baseline_arm": exp.baseline_arm,
             "transfer_defenders": exp.transfer_defenders,
             "config": str(config),
