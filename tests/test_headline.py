@@ -77,3 +77,18 @@ def test_a_trained_run_reports_its_headline_first(tiny_model_dir, prompt_file, t
     first = next(i for i, line in enumerate(lines) if line.startswith("**Headline.**"))
     assert first < next(i for i, line in enumerate(lines) if line.startswith("- adversary:"))
     assert "trained − untuned on the same prompts" in lines[first]
+
+
+def test_a_checkpoint_of_a_tied_model_prints_no_library_warning(tiny_gpt2_dir, prompt_file, tmp_path, caplog):
+    """GPT-2's (and SmolLM2's) output layer shares the embedding's tensor: saving a checkpoint made accelerate warn
+    "Removed shared tensor ... while saving" on every checkpoint of make demo. The tie is rebuilt on load, so the
+    CLI silences that logger; redgym's own lines still come through."""
+    from redgym.cli import main
+    from tests.conftest import tiny_run_fields
+
+    out = tmp_path / "run"
+    fields = tiny_run_fields(tiny_gpt2_dir, prompt_file, steps=1, checkpoint_every=1)
+    with caplog.at_level("INFO"):
+        assert main(["train", "grpo", "--quiet", "--out", str(out), *fields]) == 0
+    assert list((out / "checkpoints").glob("step_*"))  # a checkpoint was written
+    assert "Removed shared tensor" not in caplog.text

@@ -53,6 +53,9 @@ def _quiet_libraries() -> None:
     huggingface_hub.utils.logging.set_verbosity_error()  # offline hub retries would print multi-line warnings
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("redgym").setLevel(logging.INFO)
+    # accelerate's save_state drops the output layer's tensor, which the embedding shares (tied weights), and warns
+    # at every checkpoint; load_state fills the same model, whose tie holds, so the warning says nothing to act on
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
