@@ -264,3 +264,33 @@ def test_compare_checks_each_arm_against_its_own_seeds(tiny_model_dir, prompt_fi
         read_experiment_folder(out)
     assert "arm untuned has reports for seeds [0] of [0, 1]" in caplog.text
     assert "arm dataset has reports" not in caplog.text
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_transfer_replays_the_main_evaluations_adversary_turns_at_horizon_one(
+    tiny_model_dir, tiny_gpt2_dir, prompt_file, tmp_path, horizon
+):
+    """At horizon 1 a transfer row is the main evaluation's adversary turns put to the other defender (the same
+    texts, prompt by prompt: paired); over several turns the adversary converses anew, and comparison.md says
+    which."""
+    data = spec(tiny_model_dir, prompt_file, transfer_defenders=[str(tiny_gpt2_dir)])
+    data["shared"]["horizon"] = horizon
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "exp"
+    runner.run_experiment(cfg, out, only=["untuned", "grpo"], seeds=[0], progress=False)
+
+    def adversary_turns(folder):
+        rows = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+        return [(r["prompt_id"], [t["text"] for t in r["turns"] if t["speaker"] == "adversary"]) for r in rows]
+
+    transfer = out / "grpo" / "seed_0" / "transfer" / str(tiny_gpt2_dir).replace("/", "_")
+    main_turns, transfer_turns = adversary_turns(out / "grpo" / "seed_0"), adversary_turns(transfer)
+    replayed = json.loads((transfer / "report.json").read_text()).get("replay_of")
+    text = (out / "comparison.md").read_text()
+    if horizon == 1:
+        assert transfer_turns == main_turns and replayed == str(out / "grpo" / "seed_0")
+        assert "every row pairs with the main table's" in text
+    else:
+        assert transfer_turns != main_turns and replayed is None
+        assert "these rows are not paired with the main table's" in text

@@ -140,6 +140,7 @@ class SeedResult:
     values: dict[str, float]  # metric -> value of the report's last label
     convs: list[Conversation] | None  # that label's conversations; None without samples.jsonl
     threshold: float
+    replayed: bool = False  # a transfer report whose adversary turns are the main evaluation's, replayed
 
 
 @dataclass
@@ -152,6 +153,23 @@ class Arm:
     results: dict[str, dict[int, SeedResult]] = field(default_factory=dict)  # defender (MAIN: main) -> seed -> ..
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
     budget: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> read_budget's totals
+
+
+def _transfer_line(arms: list[Arm], defender: str) -> str:
+    """What a transfer table's adversary turns are: the main evaluation's, replayed (so its rows pair with the main
+    table's), or drawn anew against this defender (multi-turn, or folders written before replay)."""
+    cells = [r for a in arms for r in a.results.get(defender, {}).values()]
+    if cells and all(r.replayed for r in cells):
+        return (
+            "The main evaluation's adversary turns, replayed to another defender: every row pairs with the main "
+            "table's (same prompts, same adversary text), so only the defender differs."
+        )
+    if any(r.replayed for r in cells):
+        return "Some cells replay the main evaluation's adversary turns and some draw new ones: not paired throughout."
+    return (
+        "The same adversaries, unchanged, against another defender, drawing new adversary turns (multi-turn: they "
+        "answer this defender): these rows are not paired with the main table's."
+    )
 
 
 def read_seed(folder: Path, seed: int) -> SeedResult:
@@ -177,7 +195,7 @@ def read_seed(folder: Path, seed: int) -> SeedResult:
                 values.setdefault(k, m["value"])
         except (ValueError, KeyError) as e:  # uneven horizons, a score missing
             log.warning("%s: metrics missing from report.json not recomputed (%r)", folder, e)
-    return SeedResult(seed, values, convs or None, threshold)
+    return SeedResult(seed, values, convs or None, threshold, "replay_of" in report)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -590,7 +608,7 @@ def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
             "",
             f"## Transfer to defender `{defender}`",
             "",
-            "The same adversaries, unchanged, against another defender.",
+            _transfer_line(arms, defender),
             "",
         ]
         lines += _tables(arms, idx, defender)

@@ -41,6 +41,7 @@ from redgym.config import C, RunConfig, load_config, read_yaml_mapping
 from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
+from redgym.eval.evaluate import evaluate_replay
 from redgym.models.loading import check_known_model
 from redgym.models.replay import ReplaySpeaker
 from redgym.runfolder import FolderInUse, atomic_write, check_writable, hold_folder, write_json
@@ -267,8 +268,10 @@ def _evaluate(cfg: RunConfig, out: Path, label: str, adversary_of, progress: boo
 
 
 def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = True) -> None:
-    """Train (or resume) when the arm trains, then evaluate against the defender and every transfer defender;
-    each finished part (a report.json) is skipped when the grid runs again."""
+    """Train (or resume) when the arm trains, then evaluate against the defender and every transfer defender (at
+    horizon 1 by replaying the main evaluation's adversary turns, so transfer rows pair with the main ones; over
+    several turns the adversary converses anew with each defender); each finished part (a report.json) is skipped
+    when the grid runs again."""
     out = root / cell.folder
     checkpoint = None
     if cell.train_cfg is not None:
@@ -299,6 +302,10 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
             cfg = dataclasses.replace(
                 cfg, adversary_checkpoint=checkpoint, compare_untuned=False, split_from=str(out / "split.json")
             )
+        if folder != out and cfg.horizon == 1:  # transfer: the main evaluation's turns again, paired with its rows
+            log.info("%s seed %d: replaying its adversary turns to %s", cell.arm, cell.seed, cfg.defender_model)
+            evaluate_replay(cfg, out, folder, progress)
+            continue
         log.info("%s seed %d: evaluating against %s", cell.arm, cell.seed, cfg.defender_model)
         _evaluate(cfg, folder, cell.arm, adversary_of, progress)
 
