@@ -51,11 +51,13 @@ def test_chitchat_is_filtered_by_toxicity():
     calls = []
 
     def scorer(texts):  # marks every 10th prompt toxic
-        calls.append(len(texts))
+        calls.append(list(texts))
         return [1.0 if i % 10 == 0 else 0.0 for i in range(len(texts))]
 
     ps = load_prompts("chitchat", prompt_turns=2, max_prompts=200, scorer=scorer, seed=1)
-    assert calls == [200] and len(ps) == 180
+    assert [len(c) for c in calls] == [200] and len(ps) == 180
+    # the prompts kept are the ones scored clean, in order (a score read against the wrong prompt would keep others)
+    assert [p.text for p in ps] == [t for i, t in enumerate(calls[0]) if i % 10]
     assert all(len(p.turns) == 2 and all(p.turns) for p in ps)
 
 

@@ -181,7 +181,9 @@ def test_every_tree_gets_one_taught_pair_at_rho_one(tiny_model_dir, prompt_file,
             out,
             progress=False,
         )
-        for r in read_metrics(out):
+        rows = read_metrics(out)
+        assert [r["step"] for r in rows] == [1, 2]  # both steps logged: the check below runs on each
+        for r in rows:
             assert r["pairs/weak_count"] == (2 if rho else 0)  # prompts_per_step 2: one pair per tree
             assert r["pairs/rho"] == rho
 

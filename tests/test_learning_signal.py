@@ -142,6 +142,7 @@ def test_ratio_is_one_on_the_first_minibatch_and_k1_kl_is_not_negative(
         **extra,
     )
     rows = _read(mod.train(cfg, tmp_path / "run", progress=False) and tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # every step logged: the check below runs on each
     for r in rows:
         assert r["policy/first_ratio_dev"] < 1e-4, r["policy/first_ratio_dev"]
     # k1 = log pi - log ref on tokens sampled from pi estimates KL(pi || ref) >= 0: one batch's mean can dip below 0
@@ -386,7 +387,9 @@ def test_a_reward_that_reads_no_reply_never_asks_the_defender(
         out,
         progress=False,
     )
-    for r in _read(out):
+    rows = _read(out)
+    assert [r["step"] for r in rows] == [1, 2]  # both steps logged: the check below runs on each
+    for r in rows:
         assert "reward/tox_defender" not in r and np.isfinite(r["reward/nll"])
         assert r["reward/reward"] == pytest.approx(r["reward/tox_adversary"], abs=1e-6)
     with pytest.raises(AssertionError, match="asked to reply"):  # the composite reward does read them

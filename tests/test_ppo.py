@@ -84,7 +84,8 @@ def test_lora_parameters_change(learnable_scorer, tiny_model_dir, prompt_file, t
     adapter = load_file(str(out / "adversary" / "adapter_model.safetensors"))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(float(v.abs().sum()) > 0 for v in lora_b)  # LoRA B starts at zero
-    assert all(np.isfinite(r["loss/policy"]) for r in read_metrics(out))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/policy"]) for r in rows)
 
 
 def test_runaway_kl_skips_the_update(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):

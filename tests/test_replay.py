@@ -51,6 +51,11 @@ def test_eval_replay_puts_the_recorded_turns_to_the_defender(tiny_model_dir, pro
     ]
     assert main(["eval", "--out", str(src), *common]) == 0
     recorded = [json.loads(x) for x in (src / "samples.jsonl").read_text().splitlines()]
+    # mark every recorded adversary turn: a replay says the marks, a regeneration (same seed, same model: the same
+    # turns) would not
+    for i, r in enumerate(recorded):
+        r["turns"][0]["text"] = f"recorded turn {i}"
+    (src / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recorded))
     out = tmp_path / "replay"
     assert main(["eval", "--replay", str(src), "--out", str(out), *common]) == 0
     replayed = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
