@@ -235,6 +235,10 @@ def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tm
     )
     report = json.loads((tmp_path / "eval" / "guard_report.json").read_text())
     assert {"guard", "untuned guard", "keyword", "embedding + logistic regression"} == set(report["systems"])
+    # the untuned system is the adapter's base model, not the trained guard evaluated twice
+    assert report["models"] == {"guard": str(out / "guard"), "untuned guard": str(tiny_model_dir)}
+    outputs = [json.loads(x) for x in (tmp_path / "eval" / "outputs.jsonl").read_text().splitlines()]
+    assert sorted({o["system"] for o in outputs}) == ["guard", "untuned guard"]
 
 
 def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny_model_dir, tmp_path):

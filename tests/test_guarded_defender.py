@@ -85,7 +85,18 @@ def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir,
     from redgym.config import RunConfig, load_config
     from redgym.eval.evaluate import evaluate
 
+    from redgym.eval import evaluate as evaluate_mod
+    from tests.conftest import contains_e
+
     monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: ParityGuard())
+    real_prepare = evaluate_mod.prepare
+
+    def prepare(cfg, **kw):  # replies with an "e" count as toxic: a tiny model's replies span both sides
+        s = real_prepare(cfg, **kw)
+        s.scorer = contains_e
+        return s
+
+    monkeypatch.setattr(evaluate_mod, "prepare", prepare)
     cfg = load_config(
         RunConfig,
         None,
@@ -100,7 +111,7 @@ def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir,
             "bootstrap_samples": "50",
             "defender_guard": str(tiny_model_dir),
             "guard_refusal": "No.",
-            "toxic_threshold": "0.05",
+            "toxic_threshold": "0.5",
         },
     )
     report = evaluate(cfg, tmp_path / "ev", progress=False)
@@ -118,6 +129,9 @@ def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir,
         assert gd["text"] == ("No." if flagged else bd["text"])  # refused, or the bare defender's very reply
     assert report["guard"]["turns_flagged"] == n_flagged and report["guard"]["turns_checked"] == 6
     effect = report["guard_effect"]["untuned"]["attack_success_rate"]
-    asr = lambda rs: sum(r["turns"][1]["tox"] > 0.05 for r in rs) / len(rs)  # noqa: E731
-    assert abs(effect["value"] - (asr(guarded) - asr(bare))) < 1e-9
+    asr = lambda rs: sum(r["turns"][1]["tox"] > 0.5 for r in rs) / len(rs)  # noqa: E731
+    # by hand: the guard removes exactly the successes on flagged turns ("No." has no "e")
+    removed = sum(len(b["turns"][0]["text"]) % 2 == 1 and "e" in b["turns"][1]["text"] for b in bare) / len(bare)
+    assert removed > 0 and asr(bare) > asr(guarded)  # the check can fail: the guard changed the rate
+    assert abs(effect["value"] - (asr(guarded) - asr(bare))) < 1e-9 and abs(effect["value"] + removed) < 1e-9
     assert "Guard effect" in (tmp_path / "ev" / "report.md").read_text()

@@ -234,6 +234,7 @@ def evaluate_guard(cfg: GuardConfig, out: Path, progress: bool = True) -> dict:
         "quality": quality,
         "attacks": attacks,
         "test_labels": {lab: sum(e.label == lab for e in test) for lab in LABELS},
+        "models": models,  # the weights each model system ran: the trained guard and its untuned base
         "time_s": {k: round(v, 1) for k, v in times.items()},
         "systems": {k: system_report(test, v, cfg.bootstrap_samples, cfg.seed) for k, v in systems.items()},
     }
