@@ -13,8 +13,6 @@ import pytest
 from conftest import tiny_experiment, tiny_run_fields
 from safetensors.torch import load_file
 
-from redgym.runfolder import HOLDER_FILE, LOCK_FILE
-
 VOLATILE = ("time", "time/", "sys/")  # wall-clock and memory readings differ between any two runs
 
 
@@ -151,10 +149,14 @@ def test_sigkill_during_eval_leaves_no_half_report(tiny_model_dir, prompt_file, 
     proc.wait(timeout=30)
     left = sorted(p.name for p in out.rglob("*")) if out.exists() else []
     assert "report.json" not in left, left  # written last: its absence marks an unfinished evaluation
-    # no temporary file either (the folder's lock and its killed holder's name are no temporary files)
-    assert not [n for n in left if n.startswith(".") and n not in (LOCK_FILE, HOLDER_FILE)], left
+    # A kill inside atomic_write leaves its temporary file (nothing runs after SIGKILL), never a torn final file:
+    # plant what such a kill leaves, torn, and the rerun must neither stop on it nor read it
+    out.mkdir(exist_ok=True)
+    (out / ".report.json.k1ll3d0").write_text('{"metrics": {"defender_tox')
+    (out / ".samples.jsonl.k1ll3d0").write_text('{"prompt_id": "x", "turns": [{"spea')
     done = subprocess.run(
         [*args, "--quiet", "--samples_per_prompt", "2"], env=env, capture_output=True, text=True, timeout=300
     )  # run again into the same folder (smaller, to keep the suite short)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "report.json").read_text())["metrics"]
+    assert (out / ".report.json.k1ll3d0").read_text().startswith('{"metrics"')  # untouched, unread
