@@ -130,6 +130,7 @@ class FaultProxy:
         self.after, self.passed = after, 0  # the first ``after`` requests in ``methods`` pass, then the faults start
         self.delay_s, self.faulted, self.in_flight, self.max_in_flight = delay_s, 0, 0, 0
         self.lock = threading.Lock()
+        self.auth: list[str | None] = []  # each request's Authorization header, in arrival order
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -150,6 +151,8 @@ class FaultProxy:
 
     def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        with self.lock:
+            self.auth.append(h.headers.get("Authorization"))  # what the client sent, for the API-key test
         if method in self.methods and self.passed >= self.after and (self.faults < 0 or self.faulted < self.faults):
             self.faulted += 1
             return self.fault(h)
@@ -328,6 +331,16 @@ def test_the_api_key_never_reaches_a_file_the_run_writes(served_run, capsys):
     assert not [p.name for p in files if KEY.encode() in p.read_bytes()]
     captured = capsys.readouterr()
     assert KEY not in captured.out + captured.err
+
+
+def test_the_api_key_is_sent_with_every_request(server, served_run, served_dir, tmp_path, monkeypatch):
+    """The key named by defender_api_key_env goes out as a bearer token on every request (the model check and each
+    chat request), read from the environment at run time."""
+    _, _, prompts = served_run
+    proxy = FaultProxy(server, "500", faults=0)  # passes everything through, recording headers
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert main(eval_args(served_dir, prompts, proxy.url, tmp_path / "o", "--defender_api_key_env", KEY_ENV)) == 0
+    assert len(proxy.auth) == 1 + 2 * 2 and set(proxy.auth) == {f"Bearer {KEY}"}  # GET /models + 4 replies
 
 
 def test_a_500_then_success_is_retried_and_counted(server, served_run, served_dir, tmp_path):
