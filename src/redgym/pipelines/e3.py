@@ -17,7 +17,8 @@ The YAML has one section per step:
 
 The exploit step is a ``redgym experiment`` (its YAML written to ``exploit.yaml``): arms ``untuned``, ``exploit``
 (the harm term alone) and, when ``diversity`` is given, ``exploit_diverse`` (with the diversity terms), over the
-seeds, on the same held-out prompts. Finished steps are skipped when the pipeline runs again; the experiment resumes cell by cell.
+seeds, on the same held-out prompts. Finished steps are skipped when the pipeline runs again; the experiment
+resumes cell by cell.
 """
 
 from __future__ import annotations
