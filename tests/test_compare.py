@@ -166,6 +166,21 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
     assert "Transfer to defender `other_defender`" in md and "embedding_diversity" not in md  # no embedder
     for p in ("pareto.png", "reward_curves.png", "toxicity_per_turn.png"):
         assert (out / "plots" / p).stat().st_size > 1000 and f"plots/{p}" in md
+    # the README's short table: the trained arm only, main defender; every adversary turn is clean (0.1), so the
+    # stealth cell equals the gain; adversary toxicity unchanged (0.1 at every seed); NLL -0.5 ± 4.3027 * 0.5 / sqrt(3)
+    headline = (out / "headline.md").read_text().splitlines()
+    gain = "**+0.2000 [+0.1503, +0.2497]** ×2"
+    assert [x for x in headline if x.startswith("| trained")] == [
+        f"| trained | 3 | {gain} | {gain} | +0.0000 [+0.0000, +0.0000] ×1 | -0.5000 [-1.7421, +0.7421] ×0.8333 |"
+    ]
+    assert not [x for x in headline if x.startswith("| untuned")] and "headline.md" in res["files"]
+    # an arm the experiment lists among its ablations stays in the full tables only
+    meta = json.loads((exp / "experiment.json").read_text())
+    (exp / "experiment.json").write_text(json.dumps({**meta, "ablations": ["trained"]}))
+    compare([exp], out, n_boot=50)
+    headline = (out / "headline.md").read_text()
+    assert "| trained |" not in headline and "; 1 ablations in comparison.md." in headline
+    assert "| trained | untuned |" in (out / "comparison.md").read_text()
 
 
 def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):

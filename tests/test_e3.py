@@ -313,13 +313,15 @@ def test_pipeline_e3_runs_end_to_end_and_resumes(tiny_model_dir, prompt_file, tm
     assert "reward/novelty_bleu" not in plain[0]
     stamp = (out / "explore" / "explore.json").stat().st_mtime
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:e3 -->\nSTALE-BLOCK\n<!-- /results:e3 -->\n")
+    readme.write_text("# x\n<!-- results:headline -->\nSTALE-BLOCK\n<!-- /results:headline -->\n")
     assert (
         main(["pipeline", "e3", "--config", str(config), "--out", str(out), "--readme", str(readme), "--quiet"]) == 0
     )  # resumes: nothing redone, then published
     assert (out / "explore" / "explore.json").stat().st_mtime == stamp
     text = readme.read_text()
-    assert "STALE-BLOCK" not in text and "docs/results/e3/report.md" in text and "exploit_diverse" in text
+    assert "STALE-BLOCK" not in text and "| [e3](docs/results/e3.md) | exploit_diverse |" in text
+    page = (tmp_path / "docs" / "results" / "e3.md").read_text()
+    assert "Main defender" in page and "(e3/report.md)" in page  # the exploit's tables, linking the report
     published = (tmp_path / "docs" / "results" / "e3" / "report.md").read_text()
     assert "](clusters.png)" in published and (tmp_path / "docs" / "results" / "e3" / "clusters.png").exists()
 

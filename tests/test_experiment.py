@@ -255,6 +255,7 @@ def test_compare_checks_each_arm_against_its_own_seeds(tiny_model_dir, prompt_fi
         "grpo": [0, 1],
         "grpo_no_nll": [0],
     }
+    assert json.loads((out / "experiment.json").read_text())["ablations"] == ["grpo_no_nll"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="redgym"):
         assert [a.name for a in read_experiment_folder(out)] == ["untuned", "dataset"]

@@ -83,9 +83,8 @@ def test_eval_with_a_guard_pairs_the_same_turns_bare_and_guarded(tiny_model_dir,
 
     from redgym import setup as setup_mod
     from redgym.config import RunConfig, load_config
-    from redgym.eval.evaluate import evaluate
-
     from redgym.eval import evaluate as evaluate_mod
+    from redgym.eval.evaluate import evaluate
     from tests.conftest import contains_e
 
     monkeypatch.setattr(setup_mod, "GuardModel", lambda lm: ParityGuard())

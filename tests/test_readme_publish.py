@@ -12,15 +12,23 @@ def test_demote_and_replace_block():
         replace_block(text, "gain", "x")
 
 
-def test_publish_copies_the_table_and_plots(tmp_path):
-    exp = tmp_path / "runs" / "main"
-    (exp / "plots").mkdir(parents=True)
-    (exp / "plots" / "pareto.png").write_bytes(b"png")
-    (exp / "comparison.md").write_text("# redgym comparison\n\n| arm | x |\n\n![pareto.png](plots/pareto.png)\n")
+def test_publish_puts_the_tables_in_docs_and_every_experiments_rows_in_one_readme_table(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("# title\n<!-- results:main -->\n<!-- /results:main -->\n")
-    publish(exp, readme, "main")
+    readme.write_text("# title\n<!-- results:headline -->\nSTALE\n<!-- /results:headline -->\nend\n")
+    for name, arm in (("main", "grpo"), ("gain", "ppo")):
+        exp = tmp_path / "runs" / name
+        (exp / "plots").mkdir(parents=True)
+        (exp / "plots" / "pareto.png").write_bytes(b"png")
+        (exp / "comparison.md").write_text(f"# redgym comparison\n\n| arm | {name} |\n\n![p](plots/pareto.png)\n")
+        (exp / "headline.md").write_text(f"caption\n\n| arm | seeds |\n|---|---|\n| {arm} | 3 |\n")
+        publish(exp, readme, name)
     text = readme.read_text()
-    assert "### redgym comparison" in text and "| arm | x |" in text
-    assert "![pareto.png](docs/results/main/pareto.png)" in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| experiment | arm | seeds |") and "STALE" not in text and text.endswith("end\n")
+    # one row per experiment's arm, the experiment linking its page, in the pages' name order
+    assert table[2:] == ["| [gain](docs/results/gain.md) | ppo | 3 |", "| [main](docs/results/main.md) | grpo | 3 |"]
+    page = (tmp_path / "docs" / "results" / "main.md").read_text()
+    assert "| arm | main |" in page and "![p](main/pareto.png)" in page  # links resolve from the page
     assert (tmp_path / "docs" / "results" / "main" / "pareto.png").read_bytes() == b"png"
+    publish(tmp_path / "runs" / "main", readme, "main")  # again: the same table, no duplicate rows
+    assert [line for line in readme.read_text().splitlines() if line.startswith("|")] == table

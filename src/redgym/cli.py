@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         type=Path,
         default=None,
-        help="also put comparison.md into this README's block <!-- results:NAME --> (NAME from --section)",
+        help="also publish: comparison.md to docs/results/NAME.md beside this README, its rows into the README's "
+        "results table (block <!-- results:headline -->; NAME from --section)",
     )
     cp.add_argument("--section", default=None, help="README block name (default: the first folder's name)")
     dc = sub.add_parser("docs", help="the config field tables of the docs pages, rendered from the config classes")
@@ -175,7 +176,8 @@ def _add_e3_commands(sub) -> None:
         "--readme",
         type=Path,
         default=None,
-        help="also publish the report and the exploit table into this README's block <!-- results:e3 -->",
+        help="also publish the report and the exploit tables to docs/results/e3*, its rows into this README's "
+        "results table",
     )
     e3.add_argument("--quiet", action="store_true", help="no progress bars")
 

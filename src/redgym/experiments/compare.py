@@ -153,6 +153,7 @@ class Arm:
     results: dict[str, dict[int, SeedResult]] = field(default_factory=dict)  # defender (MAIN: main) -> seed -> ..
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
     budget: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> read_budget's totals
+    ablation: bool = False  # listed under the experiment's ablations (the headline leaves it to the full tables)
 
 
 def _transfer_line(arms: list[Arm], defender: str) -> str:
@@ -274,7 +275,7 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
             continue
         if want is not None and len(dirs) < len(want):
             log.warning("%s: arm %s has reports for seeds %s of %s", folder, name, list(dirs), want)
-        arm = Arm(name, folder, baseline)
+        arm = Arm(name, folder, baseline, ablation=name in (meta.get("ablations") or []))
         for s, d in dirs.items():
             arm.results.setdefault(MAIN, {})[s] = read_seed(d, s)
             for t in sorted((d / "transfer").glob("*/report.json")):
@@ -623,6 +624,46 @@ def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
+# What a reader takes in first: per trained arm, the main gain, the stealth (clean-adversary) gain, and what the
+# adversary paid for it (its own toxicity: echo; its NLL: likelihood), each a difference to the baseline with its CI.
+HEADLINE_COLUMNS = (
+    ("defender_toxicity", "defender toxicity"),
+    ("defender_toxicity_clean_adversary", "after clean adversary turns (stealth)"),
+    ("adversary_toxicity", "adversary toxicity (echo)"),
+    ("adversary_nll", "adversary NLL"),
+)
+
+
+def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
+    """``[arm, seeds, *cells]`` per arm other than its baseline and its ablations, main defender: each
+    HEADLINE_COLUMNS metric's difference to the baseline [95% t CI across seeds] ×ratio, bold where the CI
+    excludes 0."""
+    idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
+    return [
+        [a.name, str(len(a.results[MAIN])), *(_diff_cell(idx.get((a.name, MAIN, m))) for m, _ in HEADLINE_COLUMNS)]
+        for a in arms
+        if a.name != a.baseline and not a.ablation and MAIN in a.results
+    ]
+
+
+HEADLINE_HEAD = ["arm", "seeds", *(title for _, title in HEADLINE_COLUMNS)]
+
+
+def render_headline(arms: list[Arm], rows: list[dict]) -> str:
+    """headline.md: the short table of ``headline_rows`` (the README's row per trained arm comes from it)."""
+    n_abl = sum(a.ablation for a in arms)
+    base = sorted({a.baseline for a in arms})
+    lines = [
+        f"Difference to `{'`, `'.join(base)}` on the same held-out prompts: mean over seeds [95% t CI across seeds] "
+        "×ratio of means, bold where the CI excludes 0" + (f"; {n_abl} ablations in comparison.md." if n_abl else "."),
+        "",
+        "| " + " | ".join(HEADLINE_HEAD) + " |",
+        "|" + "---|" * len(HEADLINE_HEAD),
+        *("| " + " | ".join(r) + " |" for r in headline_rows(arms, rows)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ---- plots -------------------------------------------------------------------------------------------------------
 
 
@@ -717,7 +758,8 @@ def plot_toxicity_per_turn(path: Path, arms: list[Arm], idx: dict) -> bool:
 
 
 def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Compare the arms of one or more experiment folders; writes comparison.csv, comparison.md and plots/.
+    """Compare the arms of one or more experiment folders; writes comparison.csv, comparison.md, headline.md (the
+    README's short table) and plots/.
 
     Returns ``{"rows": [...one dict per (arm, defender, metric), keys COLUMNS...], "arms": [...],
     "baselines": {arm: baseline arm}, "defenders": [...], "files": [...]}``; None in a row marks a cell that does
@@ -745,10 +787,11 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
     ]
     atomic_write(out / "comparison.csv", _csv(rows))
     atomic_write(out / "comparison.md", render_markdown(arms, rows, plots))
+    atomic_write(out / "headline.md", render_headline(arms, rows))
     return {
         "rows": rows,
         "arms": [a.name for a in arms],
         "baselines": {a.name: a.baseline for a in arms},
         "defenders": list(dict.fromkeys(d for a in arms for d in a.results)),
-        "files": ["comparison.csv", "comparison.md"] + [f"plots/{p}" for p in plots],
+        "files": ["comparison.csv", "comparison.md", "headline.md"] + [f"plots/{p}" for p in plots],
     }

@@ -99,6 +99,7 @@ class Arm:
     train: dict = field(default_factory=dict)
     source: str = "rtp"
     seeds: list[int] | None = None
+    ablation_of: str | None = None  # an ablation: the arm it changes
 
 
 @dataclass
@@ -201,6 +202,7 @@ def parse_experiment(data: dict, where: str = "experiment", folder: Path | None 
                 {**base.train, **_mapping(spec.get("train"), f"ablation {name}")},
                 base.source,
                 spec.get("seeds", seeds[:1]),
+                base.name,
             )
         )
     if not arms:
@@ -338,6 +340,7 @@ def run_experiment(
         out / "experiment.json",
         {
             "arms": [a.name for a in exp.arms],
+            "ablations": [a.name for a in exp.arms if a.ablation_of],
             "seeds": exp.seeds,
             "arm_seeds": {a: sorted({c.seed for c in grid if c.arm == a}) for a in dict.fromkeys(c.arm for c in grid)},
             "baseline_arm": exp.baseline_arm,

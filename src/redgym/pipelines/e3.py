@@ -152,9 +152,9 @@ def e3_report(out: Path) -> str:
 
 def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     """Copy the report and its plots to ``docs/results/<name>/`` beside ``readme`` (no generated samples: the
-    report holds numbers and plots only) and fill the README block ``<!-- results:<name> -->`` with the exploit
-    comparison and a link to the report."""
-    from redgym.experiments.readme import replace_block
+    report holds numbers and plots only), the exploit comparison to ``docs/results/<name>.md`` with a link to the
+    report, and its rows into the README's results table."""
+    from redgym.experiments.readme import publish_rows, results_page
 
     target = Path(readme).parent / "docs" / "results" / name
     target.mkdir(parents=True, exist_ok=True)
@@ -169,10 +169,9 @@ def publish_e3(out: Path, readme: Path, name: str = "e3") -> Path:
     for prefix in ("](explore/", "](establish/", "](exploit/plots/"):
         flat = flat.replace(prefix, "](")
     atomic_write(target / "report.md", flat)
-    link = f"docs/results/{name}/report.md"
     comparison = (out / "exploit" / "comparison.md").read_text(encoding="utf-8")
-    comparison = comparison.replace("](plots/", f"](docs/results/{name}/")
+    comparison = comparison.replace("](plots/", f"]({name}/")
     what = "The whole pipeline report (explore clusters, establish F1 and confusion matrix, exploit)"
-    body = f"{what}: [{link}]({link}).\n\n"
-    atomic_write(Path(readme), replace_block(Path(readme).read_text(encoding="utf-8"), name, body + demote(comparison)))
+    atomic_write(results_page(readme, name), f"{what}: [{name}/report.md]({name}/report.md).\n\n" + comparison)
+    publish_rows(readme, name, (out / "exploit" / "headline.md").read_text(encoding="utf-8"))
     return target / "report.md"
