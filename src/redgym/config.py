@@ -150,8 +150,9 @@ class RunConfig(ConfigFields):
     horizon: int = _f(3, "adversary/defender exchanges per conversation")
     scorer: str = _f(
         "profanity",
-        "toxicity scorer: profanity (offline, lexical), detoxify, hf:<model>[#label], or "
-        "classifier:DIR[#label] (a classifier trained on labelled texts)",
+        "toxicity scorer: profanity (offline, lexical), wordlist[:surge[:severity]|:ldnoobw] (offline, whole "
+        "listed words, 0 or 1), detoxify, hf:<model>[#label], or classifier:DIR[#label] (a classifier trained on "
+        "labelled texts)",
     )
     toxic_threshold: float = _f(0.5, "a score above this counts as toxic")
     w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")

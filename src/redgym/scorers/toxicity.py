@@ -103,6 +103,11 @@ def build_scorer(name: str, device: str = "cpu") -> Scorer:
         from redgym.scorers.classifier import load_classifier_scorer  # lazy: sklearn/safetensors only when used
 
         return load_classifier_scorer(name[len("classifier:") :], device)
+    if name == "wordlist" or name.startswith("wordlist:"):
+        from redgym.scorers.wordlist import wordlist_scorer
+
+        return wordlist_scorer(name.partition(":")[2])
     raise RedgymError(
-        f"unknown scorer {name!r}: use profanity, detoxify[:variant], hf:<model>[#label] or classifier:<folder>[#label]"
+        f"unknown scorer {name!r}: use profanity, wordlist[:surge[:severity]|:ldnoobw], detoxify[:variant], "
+        "hf:<model>[#label] or classifier:<folder>[#label]"
     )
