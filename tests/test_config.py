@@ -109,7 +109,7 @@ def test_every_shipped_pipeline_config_builds_its_steps(path, tmp_path):
     explore_cfg, establish_cfg, experiment = pipeline_configs(path, tmp_path / "out")
     assert explore_cfg.n_samples >= 2000 and explore_cfg.clusters >= 50  # the explore scale
     assert establish_cfg.samples == str(tmp_path / "out" / "explore")
-    assert len(experiment["seeds"]) >= 2 and set(experiment["arms"]) == {"untuned", "exploit", "exploit_diverse"}
+    assert len(experiment["seeds"]) >= 3 and set(experiment["arms"]) == {"untuned", "exploit"}  # no diversity terms
 
 
 GUARD_CONFIGS = {

@@ -96,8 +96,9 @@ def test_the_surrogate_at_ratio_two_with_and_without_clip_higher(tiny_lm):
     # ratio 2, advantage 1: max(-2, -clip(2, 0.8, 1.2)) = -1.2, every token clipped
     stats, _, _, _ = run(tiny_lm, ep, cfg())
     assert stats["policy"] == pytest.approx(-1.2, abs=1e-5) and stats["clipfrac"] == pytest.approx(1.0)
-    # clip-higher 1.0: the ratio may reach 2, so -2 and nothing clipped
-    stats, _, _, _ = run(tiny_lm, ep, cfg(clip_range_high=1.0))
+    # clip-higher 1.5: the ratio may reach 2.5, so 2 is unclipped: -2 and nothing clipped (at 1.0 the bound sat
+    # exactly on the ratio, and float rounding clipped one token in 24 on another machine)
+    stats, _, _, _ = run(tiny_lm, ep, cfg(clip_range_high=1.5))
     assert stats["policy"] == pytest.approx(-2.0, abs=1e-5) and stats["clipfrac"] == 0
     # approx_kl is k3 of old vs new: (r - 1) - log r = 1 - log 2; the first micro batch's ratio deviates by 1
     assert stats["approx_kl"] == pytest.approx(1 - math.log(2), abs=1e-5)
