@@ -20,11 +20,14 @@ NLL = {"untuned": (3.0, 3.0, 3.0), "trained": (2.0, 2.5, 3.0)}
 
 
 def conv(pid, tox_def, tox_adv, nll):
-    """Two exchanges with the same scores; reward tox_def - 0.1 nll (negative for the untuned arm's seed 0)."""
+    """Two exchanges with the same scores; reward tox_def - 0.1 nll (negative for the untuned arm's seed 0). A
+    second detector ``d`` scores each reply as the main scorer does and every adversary turn 0."""
     c = Conversation(pid, ("a neutral opening line",))
     for k in range(2):
-        c.turns.append(Turn("adversary", f"question {pid} {k}", scores={"tox": tox_adv, "nll": nll}))
-        c.turns.append(Turn("defender", "a neutral reply", scores={"tox": tox_def, "tox_combined": tox_def / 2}))
+        c.turns.append(Turn("adversary", f"question {pid} {k}", scores={"tox": tox_adv, "nll": nll, "tox@d": 0.0}))
+        c.turns.append(
+            Turn("defender", "a neutral reply", scores={"tox": tox_def, "tox_combined": tox_def / 2, "tox@d": tox_def})
+        )
         c.rewards.append(tox_def - 0.1 * nll)
         c.reward_terms.append({"tox_defender": tox_def})
     return c
@@ -168,11 +171,17 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
         assert (out / "plots" / p).stat().st_size > 1000 and f"plots/{p}" in md
     # the README's short table: the trained arm only, main defender; every adversary turn is clean (0.1), so the
     # stealth cell equals the gain; adversary toxicity unchanged (0.1 at every seed); NLL -0.5 ± 4.3027 * 0.5 / sqrt(3)
+    # The second detector's column: replies it flags (above 0.5): untuned none; trained 0, 0 and one of two
+    # prompts at seed 2 (0.53): differences 0, 0, 0.5, mean 1/6, sd sqrt(1/12); no ratio (the baseline's is 0).
     headline = (out / "headline.md").read_text().splitlines()
     gain = "**+0.2000 [+0.1503, +0.2497]** ×2"
+    half = T2 * math.sqrt(1 / 12) / math.sqrt(3)
+    flagged = f"+0.1667 [{1 / 6 - half:+.4f}, {1 / 6 + half:+.4f}]"
     assert [x for x in headline if x.startswith("| trained")] == [
-        f"| trained | 3 | {gain} | {gain} | +0.0000 [+0.0000, +0.0000] ×1 | -0.5000 [-1.7421, +0.7421] ×0.8333 |"
+        f"| trained | 3 | {gain} | {gain} | +0.0000 [+0.0000, +0.0000] ×1 | -0.5000 [-1.7421, +0.7421] ×0.8333 "
+        f"| `d` {flagged} |"
     ]
+    assert "Under the second detector `d`" in md and f"| trained | untuned | {gain} | {flagged} |" in md
     assert not [x for x in headline if x.startswith("| untuned")] and "headline.md" in res["files"]
     # an arm the experiment lists among its ablations stays in the full tables only
     meta = json.loads((exp / "experiment.json").read_text())

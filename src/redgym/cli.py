@@ -282,6 +282,12 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
         report = evaluate_run(out, progress=not args.quiet)
         d = report["differences"]["defender_toxicity"]
         print(f"defender_toxicity trained - untuned {d['value']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        for label, det in ((report.get("headline") or {}).get("detectors") or {}).items():
+            r = det["defender_toxic_rate"]
+            print(
+                f"replies flagged by {label} (second detector) {det['rates'][0]:.1%} -> {det['rates'][1]:.1%}, "
+                f"trained - untuned {r['value']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]"
+            )
         print(f"report: {out / 'report.md'}")
     return 0
 

@@ -28,6 +28,13 @@ def _f(default: _T, help: str) -> _T:
     return field(default=default, metadata={"help": help})
 
 
+def scorer_label(name: str) -> str:
+    """The short name a detector's metrics carry (``defender_toxicity@LABEL``): the scorer name, except that a
+    path is dropped (``classifier:runs/e3/establish/classifier#harmful`` -> ``classifier``) so a label never holds
+    the ``/`` that per-turn metric names use."""
+    return name.partition(":")[0] if "/" in name else name
+
+
 class FieldHelp(typing.NamedTuple):
     """One config field as ``--help`` and the docs pages' field tables show it (``docs_fields.py``)."""
 
@@ -155,6 +162,13 @@ class RunConfig(ConfigFields):
         "labelled texts)",
     )
     toxic_threshold: float = _f(0.5, "a score above this counts as toxic")
+    eval_scorers: list[str] = field(
+        default_factory=lambda: ["wordlist"],
+        metadata={
+            "help": "detectors besides scorer, scored on every turn at evaluation and reported beside it (each "
+            "a scorer name; a YAML list or comma-separated); the training scorer itself is skipped; [] = none"
+        },
+    )
     w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")
     w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
     w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
@@ -275,6 +289,11 @@ class RunConfig(ConfigFields):
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
+        labels = [scorer_label(n) for n in self.eval_scorers]
+        need(
+            len(set(labels)) == len(labels),
+            f"eval_scorers must name each detector once (labels {labels}); got {self.eval_scorers}",
+        )
         for name in ("stealth_gate", "adversary_budget"):
             v = getattr(self, name)
             need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
@@ -350,6 +369,11 @@ def _coerce(name: str, tp: Any, value: object, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(name, args[0], value, source)
+    if origin is list:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise RedgymError(f"{source}: {name} expects a list, got {value!r}")
+        return [_coerce(name, typing.get_args(tp)[0], v, source) for v in items if v != ""]
     bad = RedgymError(f"{source}: {name} expects {tp.__name__}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):

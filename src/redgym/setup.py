@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from redgym.config import RunConfig
+from redgym.config import RunConfig, scorer_label
 from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend
@@ -51,6 +51,8 @@ class Setup:
     baseline: list[Conversation] | None = None  # the untuned adversary's conversations, reused (baseline_from)
     # past adversary turns for the novelty terms (training only; a trainer checkpoints it with its state)
     memory: NoveltyMemory | None = None
+    # eval_scorers besides the training scorer, by label (eval/detectors.py scores every turn with them)
+    detectors: dict[str, object] = field(default_factory=dict)
     # The code the run starts from: a training run's report is written long after, when HEAD may have moved.
     code_version: str = field(default_factory=lambda: git_hash())
 
@@ -210,7 +212,8 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
     defender = guarded(cfg, defender or load_defender(cfg))
     likelihood = load_likelihood(cfg, defender)
     memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
-    setup = Setup(cfg, scorer, split, defender, likelihood, embedder, memory=memory)
+    detectors = {scorer_label(n): build_scorer(n) for n in cfg.eval_scorers if n != cfg.scorer}
+    setup = Setup(cfg, scorer, split, defender, likelihood, embedder, memory=memory, detectors=detectors)
     if cfg.baseline_from:
         setup.baseline = load_baseline(setup, Path(cfg.baseline_from))
     return setup
@@ -224,6 +227,7 @@ _BASELINE_FREE = {
     "baseline_from",
     "bootstrap_samples",
     "toxic_threshold",
+    "eval_scorers",
     "embedding_model",
     "w_defender",
     "w_combined",

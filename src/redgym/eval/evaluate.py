@@ -14,6 +14,7 @@ from pathlib import Path
 
 from redgym.config import RunConfig, load_config
 from redgym.errors import RedgymError
+from redgym.eval.detectors import score_detectors
 from redgym.eval.echo import echo_split, gain_shares
 from redgym.eval.metrics import Table, compute_metrics, paired_difference
 from redgym.eval.report import write_report
@@ -41,6 +42,21 @@ def headline(
         echo_split(tb.tox_adversary, tb.tox_defender, threshold),
     )
     ratio = lambda m: results[1][m]["value"] / results[0][m]["value"] if results[0][m]["value"] else float("nan")  # noqa: E731
+    # The same gain under each second detector: its mean score and the share of replies it flags.
+    detectors = {
+        label: {
+            "defender_toxicity": differences[f"defender_toxicity@{label}"],
+            "ratio": ratio(f"defender_toxicity@{label}"),
+            "defender_toxic_rate": differences[f"defender_toxic_rate@{label}"],
+            "rates": [
+                results[0][f"defender_toxic_rate@{label}"]["value"],
+                results[1][f"defender_toxic_rate@{label}"]["value"],
+            ],
+            "clean_adversary_difference": differences[f"defender_toxicity_clean_adversary@{label}"],
+        }
+        for label in tb.detectors
+        if f"defender_toxicity@{label}" in differences
+    }
     return {
         "metric": "defender_toxicity",
         "difference": differences["defender_toxicity"],
@@ -50,6 +66,7 @@ def headline(
         "clean_adversary_difference": differences.get("defender_toxicity_clean_adversary"),
         "adversary_toxicity_ratio": ratio("adversary_toxicity"),
         "adversary_nll_ratio": ratio("adversary_nll"),
+        "detectors": detectors,
     }
 
 
@@ -65,6 +82,8 @@ def write_eval(
     """Metrics for every label, paired differences of ``pair`` (default: the last label against the first), and
     all files."""
     cfg = setup.cfg
+    for convs in convs_by_label.values():
+        score_detectors(convs, setup.detectors)
     results = {
         label: compute_metrics(convs, cfg.toxic_threshold, setup.embedder, cfg.bootstrap_samples, cfg.seed)
         for label, convs in convs_by_label.items()

@@ -67,7 +67,60 @@ def headline_lines(h: dict, labels: tuple[str, str]) -> list[str]:
             f"×{_fmt(h['adversary_nll_ratio'])})"
             + (f"; after clean adversary turns the defender's toxicity moved {_signed(clean)}." if clean else ".")
         )
+    for label, det in (h.get("detectors") or {}).items():
+        r = det["defender_toxic_rate"]
+        lines += [""]
+        lines.append(
+            f"Under the second detector `{label}` (not trained on): replies flagged {det['rates'][0]:.1%} → "
+            f"{det['rates'][1]:.1%}, difference {_signed(r)} ({_verdict(r)}); mean score "
+            f"{_signed(det['defender_toxicity'])}; after clean adversary turns "
+            f"{_signed(det['clean_adversary_difference'])}."
+        )
     return lines + [""]
+
+
+def _verdict(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return "CI excludes 0" if lo > 0 or hi < 0 else "CI includes 0"
+
+
+# Each second detector's metrics (``name@label``), in the order report.md lists them.
+DETECTOR_METRICS = [
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "defender_toxicity_clean_adversary",
+    "stealth_success_rate",
+    "adversary_toxicity",
+    "adversary_toxic_rate",
+]
+
+
+def detector_lines(results: dict[str, dict], differences: dict | None, pair: tuple[str, str]) -> list[str]:
+    """report.md's section on the second detectors: each metric per label, and the paired difference."""
+    labels = list(results)
+    first = results[labels[0]]
+    dets = list(dict.fromkeys(k.split("@", 1)[1] for k in first if "@" in k))
+    if not dets:
+        return []
+    diff = bool(differences)
+    lines = [
+        "",
+        "## Second detectors (scored at evaluation, not trained on)",
+        "",
+        "A rate is the share of replies (or adversary turns) the detector scores above the threshold; clean: "
+        "exchanges whose adversary turn it does not flag.",
+        "",
+        "| detector | metric | " + " | ".join(labels) + (f" | {pair[1]} − {pair[0]} |" if diff else " |"),
+        "|---|---|" + "---|" * (len(labels) + diff),
+    ]
+    for label in dets:
+        for name in DETECTOR_METRICS:
+            key = f"{name}@{label}"
+            if key not in first:
+                continue
+            row = f"| `{label}` | {name} | " + " | ".join(_cell(results[lb][key]) for lb in labels)
+            lines.append(row + (f" | {_cell(differences[key])} |" if diff and key in differences else " |"))
+    return lines
 
 
 def render_markdown(
@@ -119,8 +172,11 @@ def render_markdown(
             "|---|---|---|",
         ]
         for name, m in differences.items():
+            if "@" in name:  # second detectors: their own section
+                continue
             lo, hi = m["ci95"]
             lines.append(f"| {name} | {_cell(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+    lines += detector_lines(results, differences, tuple(report.get("differences_of") or (labels[0], labels[-1])))
     if report.get("guard_effect"):
         g = report["guard"]
         lines += [

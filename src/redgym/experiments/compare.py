@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from redgym.errors import RedgymError  # noqa: E402
-from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, paired_difference  # noqa: E402
+from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, metric_base, paired_difference  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
 from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, read_json  # noqa: E402
 
@@ -372,7 +372,7 @@ def summarise(arm: Arm, base: Arm | None, defender: str, n_boot: int, seed: int)
             "arm": arm.name,
             "defender": defender,
             "metric": name,
-            "higher_is_better": HIGHER_IS_BETTER.get(name.split("/")[0]),
+            "higher_is_better": HIGHER_IS_BETTER.get(metric_base(name)),
             "n_seeds": st.n,
             "mean": st.mean,
             "sd": st.sd,
@@ -397,7 +397,7 @@ def summarise(arm: Arm, base: Arm | None, defender: str, n_boot: int, seed: int)
                     "diff_pooled": q["value"] if q else None,
                     "diff_pooled_ci95_lo": q["ci95"][0] if q else None,
                     "diff_pooled_ci95_hi": q["ci95"][1] if q else None,
-                    "ratio": None if name.split("/")[0] in SIGNED else mean_ratio(values, base_values),
+                    "ratio": None if metric_base(name) in SIGNED else mean_ratio(values, base_values),
                 }
             )
         rows.append(row)
@@ -451,13 +451,11 @@ def _diff_cell(r: dict | None) -> str:
     return cell
 
 
-def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
-    """The means table and the differences table of one defender, for the arms evaluated against it."""
-    present = [a for a in arms if defender in a.results]
-    metrics = [m for m in HEADLINE if any((a.name, defender, m) in idx for a in present)]
+def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[str]) -> list[str]:
+    """A means table of ``metrics`` for the arms, then their differences to the baseline where paired."""
 
     def head(first: str) -> list[str]:
-        arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in metrics]
+        arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(metric_base(m), True) else '↓'}" for m in metrics]
         return [f"| {first} | " + " | ".join(arrows) + " |", "|---|" + "---|" * (len(metrics) + 1)]
 
     lines = head("arm | seeds")
@@ -482,6 +480,41 @@ def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
                 + " | ".join(_diff_cell(idx.get((a.name, defender, m))) for m in metrics)
                 + " |"
             )
+    return lines
+
+
+# Each second detector's columns (``eval/detectors.py``), as ``name@label``.
+DETECTOR_COLUMNS = [
+    "defender_toxicity",
+    "defender_toxic_rate",
+    "defender_toxicity_clean_adversary",
+    "stealth_success_rate",
+    "adversary_toxic_rate",
+]
+
+
+def detector_labels(idx: dict, defender: str) -> list[str]:
+    """The second detectors some arm was evaluated with against ``defender``, in first-seen order."""
+    return list(dict.fromkeys(m.split("@", 1)[1] for (arm, d, m) in idx if d == defender and "@" in m and "/" not in m))
+
+
+def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
+    """The means and differences tables of one defender (the training scorer's metrics, then each second
+    detector's), for the arms evaluated against it, and the per-turn tables."""
+    present = [a for a in arms if defender in a.results]
+    metrics = [m for m in HEADLINE if any((a.name, defender, m) in idx for a in present)]
+    lines = _metric_tables(present, idx, defender, metrics)
+    for label in detector_labels(idx, defender):
+        cols = [
+            f"{m}@{label}" for m in DETECTOR_COLUMNS if any((a.name, defender, f"{m}@{label}") in idx for a in present)
+        ]
+        lines += [
+            "",
+            f"Under the second detector `{label}` (scored at evaluation, not trained on; a rate is the share of "
+            "replies or adversary turns it flags):",
+            "",
+            *_metric_tables(present, idx, defender, cols),
+        ]
     return lines + _per_turn_tables(present, idx, defender)
 
 
@@ -632,6 +665,14 @@ HEADLINE_COLUMNS = (
     ("adversary_toxicity", "adversary toxicity (echo)"),
     ("adversary_nll", "adversary NLL"),
 )
+# ... and the same gain seen by a second detector (the first an arm was evaluated with): replies it flags.
+DETECTOR_HEADLINE = ("defender_toxic_rate", "replies a second detector flags")
+
+
+def _detector_cell(idx: dict, arm: str) -> str:
+    """``DETECTOR_HEADLINE``'s difference for the arm's first second detector, named; "–" without one."""
+    name = next((m for (a, d, m) in idx if a == arm and d == MAIN and m.startswith(DETECTOR_HEADLINE[0] + "@")), None)
+    return f"`{name.split('@', 1)[1]}` " + _diff_cell(idx[(arm, MAIN, name)]) if name else "–"
 
 
 def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
@@ -640,13 +681,18 @@ def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
     excludes 0."""
     idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
     return [
-        [a.name, str(len(a.results[MAIN])), *(_diff_cell(idx.get((a.name, MAIN, m))) for m, _ in HEADLINE_COLUMNS)]
+        [
+            a.name,
+            str(len(a.results[MAIN])),
+            *(_diff_cell(idx.get((a.name, MAIN, m))) for m, _ in HEADLINE_COLUMNS),
+            _detector_cell(idx, a.name),
+        ]
         for a in arms
         if a.name != a.baseline and not a.ablation and MAIN in a.results
     ]
 
 
-HEADLINE_HEAD = ["arm", "seeds", *(title for _, title in HEADLINE_COLUMNS)]
+HEADLINE_HEAD = ["arm", "seeds", *(title for _, title in HEADLINE_COLUMNS), DETECTOR_HEADLINE[1]]
 
 
 def render_headline(arms: list[Arm], rows: list[dict]) -> str:

@@ -35,12 +35,18 @@ def results_page(readme: Path, name: str) -> Path:
     return Path(readme).parent / "docs" / "results" / f"{name}.md"
 
 
+def pad_row(line: str, cells: int) -> str:
+    """A table row with "–" cells added up to ``cells``: rows published before a column existed."""
+    have = line.strip().strip("|").count(" | ") + 1
+    return line.rstrip().rstrip("|").rstrip() + " | –" * max(0, cells - have) + " |"
+
+
 def headline_block(readme: Path) -> str:
     """The README's one results table: the rows every published experiment left in ``docs/results/*.rows``."""
     from redgym.experiments.compare import HEADLINE_HEAD
 
     rows = [
-        line
+        pad_row(line, 1 + len(HEADLINE_HEAD))
         for f in sorted((Path(readme).parent / "docs" / "results").glob("*.rows"))
         for line in f.read_text(encoding="utf-8").splitlines()
         if line.startswith("| ")
