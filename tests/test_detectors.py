@@ -159,3 +159,40 @@ def test_an_unknown_eval_scorer_is_one_line_before_any_generation(tiny_model_dir
     assert main(["train", "grpo", "--quiet", "--out", str(out), *fields, "--eval_scorers", "wordlist,nonsense"]) == 2
     assert "unknown scorer 'nonsense'" in capsys.readouterr().err
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_rescore_adds_a_detector_to_a_finished_run_and_changes_nothing_else(tiny_model_dir, prompt_file, tmp_path):
+    from profanity_check import predict_prob
+
+    from redgym.cli import main
+    from tests.conftest import tiny_run_fields
+
+    out = tmp_path / "exp" / "arm" / "seed_0"
+    fields = tiny_run_fields(
+        tiny_model_dir, prompt_file, steps=1, eval_after="true", bootstrap_samples=20, scorer="wordlist", eval_scorers=""
+    )
+    assert main(["train", "grpo", "--quiet", "--out", str(out), *fields]) == 0
+    before = json.loads((out / "report.json").read_text())
+    assert not [k for k in before["results"]["trained"] if "@" in k]
+    assert main(["rescore", str(tmp_path / "exp"), "--eval_scorers", "profanity,wordlist"]) == 0
+    after = json.loads((out / "report.json").read_text())
+    for label in ("untuned", "trained"):
+        old, new = before["results"][label], after["results"][label]
+        assert {k: v for k, v in new.items() if "@" not in k} == old  # the training scorer's numbers untouched
+        assert sorted(k for k in new if "@" in k) == sorted(
+            f"{m}@profanity"
+            for m in (
+                "defender_toxicity",
+                "defender_toxic_rate",
+                "defender_toxicity_clean_adversary",
+                "stealth_success_rate",
+                "adversary_toxicity",
+                "adversary_toxic_rate",
+            )
+        )
+        rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        advs = [t["text"] for r in rows if r["adversary"] == label for t in r["turns"] if t["speaker"] == "adversary"]
+        assert new["adversary_toxicity@profanity"]["value"] == pytest.approx(float(predict_prob(advs).mean()))
+    assert "defender_toxicity@profanity" in after["differences"] and after["rescored_with"] == ["profanity"]
+    assert "second detector `profanity`" in (out / "report.md").read_text()
+    assert main(["rescore", str(tmp_path / "nothing_here")]) == 2

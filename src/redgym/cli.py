@@ -32,7 +32,7 @@ from redgym.guard.train import GuardTrainConfig
 from redgym.pipelines.establish import EstablishConfig
 from redgym.pipelines.exploit import ExploitKeys
 from redgym.pipelines.explore import ExploreConfig
-from redgym.runfolder import hold_folder
+from redgym.runfolder import FolderInUse, hold_folder
 from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
 
@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default=None, help="comma list of the grid's seeds to run now (parts may run at once into --out)"
     )
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    rs = sub.add_parser(
+        "rescore",
+        help="score finished evaluations again with second detectors (every report.json under the folders), "
+        "generating nothing",
+    )
+    rs.add_argument("dirs", type=Path, nargs="+", help="run or experiment folders")
+    rs.add_argument(
+        "--eval_scorers",
+        default=",".join(RunConfig().eval_scorers),
+        help="comma list of scorer names (default %(default)s); the run's training scorer is skipped",
+    )
     _add_e3_commands(sub)
     _add_guard_commands(sub)
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
@@ -306,6 +317,28 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_rescore(args, overrides: dict[str, str]) -> int:
+    from redgym.eval.evaluate import rescore_run
+
+    refuse_overrides(overrides, "rescore takes --eval_scorers only")
+    names = [n.strip() for n in args.eval_scorers.split(",") if n.strip()]
+    if not names:
+        raise RedgymError("rescore: --eval_scorers names no scorer")
+    folders = sorted({p.parent for d in args.dirs for p in Path(d).rglob("report.json")})
+    if not folders:
+        raise RedgymError(f"rescore: no report.json under {', '.join(map(str, args.dirs))}")
+    done = 0
+    for folder in folders:
+        try:
+            with hold_folder(folder, "rescore"):
+                rescore_run(folder, names)
+            done += 1
+        except FolderInUse as e:
+            print(f"{folder}: skipped ({e})", file=sys.stderr)
+    print(f"rescored {done} of {len(folders)} evaluations with {', '.join(names)}")
+    return 0
+
+
 def cmd_compare(args, overrides: dict[str, str]) -> int:
     from redgym.experiments.compare import compare
 
@@ -421,11 +454,12 @@ COMMANDS = {
     "train": cmd_train,
     "experiment": cmd_experiment,
     "compare": cmd_compare,
+    "rescore": cmd_rescore,
 }
 # Commands that take no lock on their --out: compare and docs write no run folder of their own (compare reads a
-# running experiment's finished cells); experiment holds each cell's folder instead, so parts of a grid run side by
-# side. Every other command holds its --out / --resume folder while it runs (runfolder.hold_folder).
-UNLOCKED = ("compare", "docs", "experiment")
+# running experiment's finished cells); experiment and rescore hold each cell's folder instead, so parts of a grid
+# run side by side. Every other command holds its --out / --resume folder while it runs (runfolder.hold_folder).
+UNLOCKED = ("compare", "docs", "experiment", "rescore")
 # Which config class a shipped configs/<kind>_*.yaml file is read with (tests load every shipped config).
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"eval": RunConfig, **{name: cls for name, (cls, _) in TRAINERS.items()}}
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from redgym.config import RunConfig, load_config
+from redgym.config import RunConfig, load_config, scorer_label
 from redgym.errors import RedgymError
 from redgym.eval.detectors import score_detectors
 from redgym.eval.echo import echo_split, gain_shares
@@ -23,7 +23,15 @@ from redgym.models.http import OpenAIChat
 from redgym.models.lm import LM
 from redgym.models.replay import ScriptedSpeaker
 from redgym.rollout.records import Conversation
-from redgym.runfolder import CONTENT_WARNING, check_writable, read_jsonl, run_metadata, save_config, write_json
+from redgym.runfolder import (
+    CONTENT_WARNING,
+    check_writable,
+    read_json,
+    read_jsonl,
+    run_metadata,
+    save_config,
+    write_json,
+)
 from redgym.setup import Setup, load_adversary, prepare, run_adversary
 
 log = logging.getLogger(__name__)
@@ -236,3 +244,36 @@ def evaluate_run(run_dir: Path, progress: bool = True, overrides: dict | None = 
     values.update(overrides or {})
     cfg = load_config(RunConfig, None, values)
     return evaluate(cfg, run_dir, progress, title="trained vs untuned adversary", n_samples=10)
+
+
+def rescore_run(folder: Path, eval_scorers: list[str]) -> dict:
+    """Score a finished evaluation's conversations (``folder``'s samples.jsonl) with second detectors, generating
+    nothing: every turn gains the detectors' scores, report.json their metrics, paired differences and headline
+    line, report.md its section. What a run was trained and first evaluated with is left as it was; a detector it
+    already carries is not scored again. Returns the rewritten report."""
+    from redgym.scorers.toxicity import build_scorer
+
+    report = read_json(folder / "report.json", "rescore")
+    cfg = report.get("config") or {}
+    scorer, threshold = cfg.get("scorer"), float(cfg.get("toxic_threshold", 0.5))
+    n_boot, seed = int(cfg.get("bootstrap_samples", 1000)), int(report.get("seed", cfg.get("seed", 0)))
+    detectors = {scorer_label(n): build_scorer(n) for n in eval_scorers if n != scorer}
+    convs = {label: [Conversation.from_json(r) for r in rows] for label, rows in read_samples(folder).items()}
+    results, labels = report["results"], list(report["results"])
+    if set(convs) != set(labels):
+        raise RedgymError(f"rescore: {folder}'s samples.jsonl holds {sorted(convs)}, its report {sorted(labels)}")
+    for label, cs in convs.items():
+        score_detectors(cs, detectors)
+        new = compute_metrics(cs, threshold, None, n_boot, seed)
+        results[label].update({k: v for k, v in new.items() if "@" in k})
+    report["metrics"] = results[labels[-1]]
+    if report.get("differences"):
+        a, b = report.get("differences_of") or (labels[0], labels[-1])
+        new = paired_difference(convs[a], convs[b], n_boot, seed, threshold)
+        report["differences"].update({k: v for k, v in new.items() if "@" in k})
+        if report.get("headline"):
+            top = headline(convs[a], convs[b], [results[a], results[b]], report["differences"], threshold)
+            report["headline"]["detectors"] = top["detectors"]
+    report["rescored_with"] = sorted(set(report.get("rescored_with", [])) | set(detectors))
+    write_report(folder, report, convs, report.get("differences"), n_samples=5)
+    return report
