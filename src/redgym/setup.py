@@ -31,7 +31,7 @@ from redgym.rollout.reward import RewardWeights, reweight, score_conversations
 from redgym.runfolder import git_hash
 from redgym.scorers.embeddings import load_embedder
 from redgym.scorers.novelty import NoveltyMemory
-from redgym.scorers.toxicity import build_scorer
+from redgym.scorers.toxicity import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Setup:
     # past adversary turns for the novelty terms (training only; a trainer checkpoints it with its state)
     memory: NoveltyMemory | None = None
     # eval_scorers besides the training scorer, by label (eval/detectors.py scores every turn with them)
-    detectors: dict[str, object] = field(default_factory=dict)
+    detectors: dict[str, Scorer] = field(default_factory=dict)
     # The code the run starts from: a training run's report is written long after, when HEAD may have moved.
     code_version: str = field(default_factory=lambda: git_hash())
 

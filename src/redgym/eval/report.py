@@ -1,4 +1,4 @@
-"""Write an evaluation's results: report.json, report.md, samples.jsonl and PNG plots.
+"""Write an evaluation's results: report.json, report.md, report.html (eval/html.py), samples.jsonl and PNG plots.
 
 Several results (e.g. ``untuned`` and ``trained`` adversaries on the same prompts) can share one report; with
 two, report.md shows them side by side with the ratio of each metric and the paired differences.
@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen here; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
+from redgym.eval.html import render_html  # noqa: E402
 from redgym.eval.metrics import Table  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
 from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, write_json, write_jsonl  # noqa: E402
@@ -119,7 +120,7 @@ def detector_lines(results: dict[str, dict], differences: dict | None, pair: tup
             if key not in first:
                 continue
             row = f"| `{label}` | {name} | " + " | ".join(_cell(results[lb][key]) for lb in labels)
-            lines.append(row + (f" | {_cell(differences[key])} |" if diff and key in differences else " |"))
+            lines.append(row + (f" | {_cell(differences[key])} |" if differences and key in differences else " |"))
     return lines
 
 
@@ -280,4 +281,16 @@ def write_report(
     )
     last = list(convs_by_label)[-1]
     atomic_write(out / "report.md", render_markdown(report, results, differences, convs_by_label[last], n_samples))
+    labels = list(results)
+    pair = tuple(report.get("differences_of") or (labels[0], labels[-1]))
+    dets = list(dict.fromkeys(k.split("@", 1)[1] for k in results[labels[0]] if "@" in k))
+    page = render_html(
+        report,
+        convs_by_label,
+        headline_lines(report["headline"], pair) if report.get("headline") else [],
+        HEADLINE,
+        [f"{m}@{d}" for d in dets for m in DETECTOR_METRICS],
+        [out / "plots" / "toxicity_per_turn.png", out / "plots" / "toxicity_vs_nll.png"],
+    )
+    atomic_write(out / "report.html", page)
     write_json(out / "report.json", report)  # last: its presence marks a finished evaluation

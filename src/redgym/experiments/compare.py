@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from redgym.errors import RedgymError  # noqa: E402
+from redgym.eval.html import experiment_html  # noqa: E402
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, metric_base, paired_difference  # noqa: E402
 from redgym.rollout.records import Conversation  # noqa: E402
 from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, check_writable, read_json  # noqa: E402
@@ -154,6 +156,7 @@ class Arm:
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
     budget: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> read_budget's totals
     ablation: bool = False  # listed under the experiment's ablations (the headline leaves it to the full tables)
+    cells: dict[int, Path] = field(default_factory=dict)  # seed -> the cell's run folder (main defender)
 
 
 def _transfer_line(arms: list[Arm], defender: str) -> str:
@@ -277,6 +280,7 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
             log.warning("%s: arm %s has reports for seeds %s of %s", folder, name, list(dirs), want)
         arm = Arm(name, folder, baseline, ablation=name in (meta.get("ablations") or []))
         for s, d in dirs.items():
+            arm.cells[s] = d
             arm.results.setdefault(MAIN, {})[s] = read_seed(d, s)
             for t in sorted((d / "transfer").glob("*/report.json")):
                 arm.results.setdefault(t.parent.name, {})[s] = read_seed(t.parent, s)
@@ -805,7 +809,8 @@ def plot_toxicity_per_turn(path: Path, arms: list[Arm], idx: dict) -> bool:
 
 def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> dict:
     """Compare the arms of one or more experiment folders; writes comparison.csv, comparison.md, headline.md (the
-    README's short table) and plots/.
+    README's short table), report.html (comparison.md as one offline page, linking every cell's report.html) and
+    plots/.
 
     Returns ``{"rows": [...one dict per (arm, defender, metric), keys COLUMNS...], "arms": [...],
     "baselines": {arm: baseline arm}, "defenders": [...], "files": [...]}``; None in a row marks a cell that does
@@ -834,10 +839,16 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
     atomic_write(out / "comparison.csv", _csv(rows))
     atomic_write(out / "comparison.md", render_markdown(arms, rows, plots))
     atomic_write(out / "headline.md", render_headline(arms, rows))
+    cells = {
+        a.name: {s: os.path.relpath(d / "report.html", out) for s, d in a.cells.items() if (d / "report.html").exists()}
+        for a in arms
+    }
+    page = experiment_html("redgym comparison", (out / "comparison.md").read_text(encoding="utf-8"), out, cells)
+    atomic_write(out / "report.html", page)
     return {
         "rows": rows,
         "arms": [a.name for a in arms],
         "baselines": {a.name: a.baseline for a in arms},
         "defenders": list(dict.fromkeys(d for a in arms for d in a.results)),
-        "files": ["comparison.csv", "comparison.md", "headline.md"] + [f"plots/{p}" for p in plots],
+        "files": ["comparison.csv", "comparison.md", "headline.md", "report.html"] + [f"plots/{p}" for p in plots],
     }
