@@ -193,7 +193,7 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
 
 
 def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
-    from redgym.experiments.compare import read_budget, read_metrics
+    from redgym.experiments.folders import read_budget, read_metrics
 
     rows = [
         {

@@ -241,7 +241,7 @@ def test_a_transfer_defender_whose_package_is_missing_stops_the_experiment_befor
 def test_compare_checks_each_arm_against_its_own_seeds(tiny_model_dir, prompt_file, tmp_path, caplog):
     """An arm configured with fewer seeds than the experiment is complete at those (no warning); an arm missing
     one of its seeds is named with what it has and what it should have."""
-    from redgym.experiments.compare import read_experiment_folder
+    from redgym.experiments.folders import read_experiment_folder
 
     data = spec(tiny_model_dir, prompt_file)
     data["arms"]["dataset"]["seeds"] = [1]

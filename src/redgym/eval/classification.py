@@ -13,13 +13,9 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no screen here; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from redgym.runfolder import atomic_savefig  # noqa: E402
+from redgym.eval.plots import plt, save
 
 Label = str | None
 Metric = Callable[[Sequence[str], Sequence[Label]], float]
@@ -147,8 +143,6 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: str | Path) -> Path:
     threshold = cm.max() / 2 if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(int(v)), ha="center", va="center", color="white" if v > threshold else "black")
-    fig.tight_layout()
     path = Path(path)
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path

@@ -15,6 +15,7 @@ import html
 import re
 from pathlib import Path
 
+from redgym.eval.formatting import ci_text, excludes_zero
 from redgym.eval.metrics import HIGHER_IS_BETTER, metric_base
 from redgym.rollout.records import Conversation, Turn
 from redgym.runfolder import CONTENT_WARNING
@@ -73,19 +74,11 @@ SCRIPT = """
 E = html.escape
 
 
-def _num(x: float | None) -> str:
-    return "nan" if x is None or x != x else f"{x:.4f}"
-
-
 def _cell(m: dict | None, signed: bool = False) -> str:
     if not m:
         return "–"
-    lo, hi = m["ci95"]
-    f = (lambda x: "nan" if x is None or x != x else f"{x:+.4f}") if signed else _num  # noqa: E731
-    text = f"{f(m['value'])} [{f(lo)}, {f(hi)}]"
-    if signed and lo is not None and hi is not None and (lo > 0 or hi < 0):
-        return f'<span class="yes">{text}</span>'
-    return text
+    text = ci_text(m, sign=signed)
+    return f'<span class="yes">{text}</span>' if signed and excludes_zero(m) else text
 
 
 def inline_markdown(text: str) -> str:

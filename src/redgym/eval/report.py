@@ -9,15 +9,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no screen here; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-
-from redgym.eval.html import render_html  # noqa: E402
-from redgym.eval.metrics import Table  # noqa: E402
-from redgym.rollout.records import Conversation  # noqa: E402
-from redgym.runfolder import CONTENT_WARNING, atomic_savefig, atomic_write, write_json, write_jsonl  # noqa: E402
+from redgym.eval.formatting import ci_text, excludes_zero, num, verdict
+from redgym.eval.html import render_html
+from redgym.eval.metrics import Table
+from redgym.eval.plots import errorbar_turns, plt, save
+from redgym.rollout.records import Conversation
+from redgym.runfolder import CONTENT_WARNING, atomic_write, write_json, write_jsonl
 
 HEADLINE = [
     "reward",
@@ -37,52 +34,36 @@ HEADLINE = [
 ]
 
 
-def _fmt(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
-
-
-def _cell(m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"{_fmt(m['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
-def _signed(m: dict) -> str:
-    lo, hi = m["ci95"]
-    return f"{m['value']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
 def headline_lines(h: dict, labels: tuple[str, str]) -> list[str]:
     """The report's first result, in words: the gain, whether its CI excludes 0, and how much of it is echo."""
     d = h["difference"]
-    lo, hi = d["ci95"]
-    verdict = "its 95% CI excludes 0" if lo > 0 or hi < 0 else "its 95% CI includes 0: no effect resolved"
+    resolved = "its 95% CI excludes 0" if excludes_zero(d) else "its 95% CI includes 0: no effect resolved"
     lines = [
-        f"**Headline.** Defender toxicity, {labels[1]} − {labels[0]} on the same prompts: {_signed(d)} "
-        f"(×{_fmt(h['ratio'])}); {verdict}.",
+        f"**Headline.** Defender toxicity, {labels[1]} − {labels[0]} on the same prompts: {ci_text(d, sign=True)} "
+        f"(×{num(h['ratio'])}); {resolved}.",
     ]
     if not math.isnan(h["echo_share"]):
         clean = h.get("clean_adversary_difference")
         lines[0] += (
             f" Echo: {h['echo_share']:.0%} of that change follows toxic adversary turns and {h['clean_share']:.0%} "
-            f"clean ones (the adversary's own toxicity ×{_fmt(h['adversary_toxicity_ratio'])}, its NLL "
-            f"×{_fmt(h['adversary_nll_ratio'])})"
-            + (f"; after clean adversary turns the defender's toxicity moved {_signed(clean)}." if clean else ".")
+            f"clean ones (the adversary's own toxicity ×{num(h['adversary_toxicity_ratio'])}, its NLL "
+            f"×{num(h['adversary_nll_ratio'])})"
+            + (
+                f"; after clean adversary turns the defender's toxicity moved {ci_text(clean, sign=True)}."
+                if clean
+                else "."
+            )
         )
     for label, det in (h.get("detectors") or {}).items():
         r = det["defender_toxic_rate"]
         lines += [""]
         lines.append(
             f"Under the second detector `{label}` (not trained on): replies flagged {det['rates'][0]:.1%} → "
-            f"{det['rates'][1]:.1%}, difference {_signed(r)} ({_verdict(r)}); mean score "
-            f"{_signed(det['defender_toxicity'])}; after clean adversary turns "
-            f"{_signed(det['clean_adversary_difference'])}."
+            f"{det['rates'][1]:.1%}, difference {ci_text(r, sign=True)} ({verdict(r)}); mean score "
+            f"{ci_text(det['defender_toxicity'], sign=True)}; after clean adversary turns "
+            f"{ci_text(det['clean_adversary_difference'], sign=True)}."
         )
     return lines + [""]
-
-
-def _verdict(m: dict) -> str:
-    lo, hi = m["ci95"]
-    return "CI excludes 0" if lo > 0 or hi < 0 else "CI includes 0"
 
 
 # Each second detector's metrics (``name@label``), in the order report.md lists them.
@@ -119,8 +100,8 @@ def detector_lines(results: dict[str, dict], differences: dict | None, pair: tup
             key = f"{name}@{label}"
             if key not in first:
                 continue
-            row = f"| `{label}` | {name} | " + " | ".join(_cell(results[lb][key]) for lb in labels)
-            lines.append(row + (f" | {_cell(differences[key])} |" if differences and key in differences else " |"))
+            row = f"| `{label}` | {name} | " + " | ".join(ci_text(results[lb][key]) for lb in labels)
+            lines.append(row + (f" | {ci_text(differences[key])} |" if differences and key in differences else " |"))
     return lines
 
 
@@ -158,10 +139,10 @@ def render_markdown(
         if name not in results[labels[0]]:
             continue
         row = f"| {name} {'↑' if results[labels[0]][name]['higher_is_better'] else '↓'} | "
-        row += " | ".join(_cell(results[lb][name]) for lb in labels)
+        row += " | ".join(ci_text(results[lb][name]) for lb in labels)
         if len(labels) == 2:
             a, b = results[labels[0]][name]["value"], results[labels[1]][name]["value"]
-            row += f" | {_fmt(b / a) if a else 'n/a'}"
+            row += f" | {num(b / a) if a else 'n/a'}"
         lines.append(row + " |")
     if differences:
         first, last = report.get("differences_of") or (labels[0], labels[-1])
@@ -176,7 +157,7 @@ def render_markdown(
             if "@" in name:  # second detectors: their own section
                 continue
             lo, hi = m["ci95"]
-            lines.append(f"| {name} | {_cell(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+            lines.append(f"| {name} | {ci_text(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
     lines += detector_lines(results, differences, tuple(report.get("differences_of") or (labels[0], labels[-1])))
     if report.get("guard_effect"):
         g = report["guard"]
@@ -189,7 +170,7 @@ def render_markdown(
             "|---|---|---|",
         ]
         for label, d in report["guard_effect"].items():
-            lines.append(f"| {label} | {_cell(d['attack_success_rate'])} | {_cell(d['defender_toxicity'])} |")
+            lines.append(f"| {label} | {ci_text(d['attack_success_rate'])} | {ci_text(d['defender_toxicity'])} |")
     h = cfg["horizon"]
     lines += [
         "",
@@ -202,7 +183,7 @@ def render_markdown(
         for k in range(1, h + 1):
             key = f"{name}/turn_{k}"
             if key in results[labels[0]]:
-                lines.append(f"| {name} | {k} | " + " | ".join(_cell(results[lb][key]) for lb in labels) + " |")
+                lines.append(f"| {name} | {k} | " + " | ".join(ci_text(results[lb][key]) for lb in labels) + " |")
     lines += [
         "",
         "## Plots",
@@ -237,15 +218,12 @@ def plot_toxicity_per_turn(path: Path, results: dict[str, dict], horizon: int) -
     for i, (label, metrics) in enumerate(results.items()):
         ms = [metrics[f"defender_toxicity/turn_{k}"] for k in turns]
         vals = [m["value"] for m in ms]
-        err = [[v - m["ci95"][0] for v, m in zip(vals, ms)], [m["ci95"][1] - v for v, m in zip(vals, ms)]]
-        ax.errorbar([k + 0.08 * i for k in turns], vals, yerr=err, marker="o", capsize=3, label=label)
+        below, above = [v - m["ci95"][0] for v, m in zip(vals, ms)], [m["ci95"][1] - v for v, m in zip(vals, ms)]
+        errorbar_turns(ax, turns, vals, below, above, label=label, i=i)
     ax.set_xlabel("turn")
     ax.set_ylabel("defender toxicity (mean, 95% CI)")
-    ax.set_xticks(turns)
     ax.legend()
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_toxicity_vs_nll(path: Path, convs_by_label: dict[str, list[Conversation]]) -> None:
@@ -256,9 +234,7 @@ def plot_toxicity_vs_nll(path: Path, convs_by_label: dict[str, list[Conversation
     ax.set_xlabel("adversary NLL under the defender (nats/token)")
     ax.set_ylabel("defender toxicity")
     ax.legend()
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_report(

@@ -43,7 +43,7 @@ def pad_row(line: str, cells: int) -> str:
 
 def headline_block(readme: Path) -> str:
     """The README's one results table: the rows every published experiment left in ``docs/results/*.rows``."""
-    from redgym.experiments.compare import HEADLINE_HEAD
+    from redgym.experiments.comparison_report import HEADLINE_HEAD
 
     rows = [
         pad_row(line, 1 + len(HEADLINE_HEAD))

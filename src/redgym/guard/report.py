@@ -22,6 +22,7 @@ from pathlib import Path
 
 from redgym.config import read_yaml_mapping
 from redgym.errors import RedgymError
+from redgym.eval.formatting import ci_text, excludes_zero
 from redgym.experiments.readme import demote, replace_block
 from redgym.runfolder import CONTENT_WARNING, atomic_write, read_json
 
@@ -67,8 +68,7 @@ def _json(folder: str | None, name: str) -> dict | None:
 
 
 def ci(m: dict, digits: int = 3, sign: bool = False) -> str:
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f"{f.format(m['value'])} [{f.format(m['ci95'][0])}, {f.format(m['ci95'][1])}]"
+    return ci_text(m, digits, sign)
 
 
 def attack_cell(report: dict | None) -> str:
@@ -82,7 +82,7 @@ def attack_cell(report: dict | None) -> str:
     r = report["results"]
     bare, guarded = r[label]["attack_success_rate"]["value"], r[f"{label}+guard"]["attack_success_rate"]["value"]
     d = effect[label]["attack_success_rate"]
-    excludes = d["ci95"][1] < 0 or d["ci95"][0] > 0
+    excludes = excludes_zero(d)
     g = report.get("guard", {})
     return (
         f"{bare:.4f} → {guarded:.4f}, Δ {ci(d, 4, sign=True)}{' (CI excludes 0)' if excludes else ''}; "

@@ -26,7 +26,6 @@ from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
 from redgym.runfolder import (
     CONTENT_WARNING,
-    atomic_savefig,
     atomic_write,
     check_writable,
     save_config,
@@ -85,10 +84,7 @@ def project_2d(emb: np.ndarray) -> np.ndarray:
 
 
 def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from redgym.eval.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.scatter(xy[:, 0], xy[:, 1], c=cluster_ids, cmap="tab20", s=6, alpha=0.5, linewidths=0)
@@ -103,9 +99,7 @@ def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, p
     )
     ax.set_title(f"{len(xy)} target outputs, {len(np.unique(cluster_ids))} k-means clusters (PCA of embeddings)")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def sample_outputs(cfg: ExploreConfig, progress: bool = True) -> list[dict]:
