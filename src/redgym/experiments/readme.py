@@ -9,16 +9,11 @@ rebuilds the README's one results table, the block between ``<!-- results:headli
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from redgym.errors import RedgymError
+from redgym.eval.markdown import table
 from redgym.runfolder import atomic_write
-
-
-def demote(markdown: str, levels: int = 2) -> str:
-    """Every ATX heading ``levels`` deeper (``# x`` -> ``### x``), so a comparison nests under a README section."""
-    return re.sub(r"(?m)^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", markdown)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -59,8 +54,7 @@ def headline_block(readme: Path) -> str:
             "defender's toxicity after clean adversary turns. Each experiment's link holds every metric, transfer, "
             "budget, ablation and plot.",
             "",
-            "| experiment | " + " | ".join(HEADLINE_HEAD) + " |",
-            "|---|" + "---|" * len(HEADLINE_HEAD),
+            *table(["experiment", *HEADLINE_HEAD], []),
             *rows,
         ]
     )

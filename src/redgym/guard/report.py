@@ -23,7 +23,8 @@ from pathlib import Path
 from redgym.config import read_yaml_mapping
 from redgym.errors import RedgymError
 from redgym.eval.formatting import ci_text, excludes_zero
-from redgym.experiments.readme import demote, replace_block
+from redgym.eval.markdown import demote, table
+from redgym.experiments.readme import replace_block
 from redgym.runfolder import CONTENT_WARNING, atomic_write, read_json
 
 NOT_RUN = "not run"
@@ -102,26 +103,29 @@ def system_cells(s: dict, quality: dict | None) -> list[str]:
 
 
 def guard_table(rows: list[Row]) -> str:
-    head = (
-        "| guard | F1 (harmful) | precision | recall | unparseable | reasoning quality | attack success, "
-        "GRPO adversary: bare → guarded | attack success, red-teamer trained against this guard |"
-    )
-    lines = [head, "|" + "---|" * 8]
+    head = [
+        "guard",
+        "F1 (harmful)",
+        "precision",
+        "recall",
+        "unparseable",
+        "reasoning quality",
+        "attack success, GRPO adversary: bare → guarded",
+        "attack success, red-teamer trained against this guard",
+    ]
+    body = []
     first = None
     for row in rows:
         ev = _json(row.eval, "guard_report.json")
         first = first or ev
         cells = system_cells(ev["systems"]["guard"], ev.get("quality", {}).get("guard")) if ev else [NOT_RUN] * 5
         redteam = attack_cell(_json(row.redteam, "report.json")) if row.redteam else "—"
-        lines.append(
-            f"| {row.name} | " + " | ".join(cells + [attack_cell(_json(row.asr, "report.json")), redteam]) + " |"
-        )
+        body.append([row.name, *cells, attack_cell(_json(row.asr, "report.json")), redteam])
     if first:
         for name, s in first["systems"].items():
             if name != "guard":
-                cells = system_cells(s, first.get("quality", {}).get(name))
-                lines.append(f"| baseline: {name} | " + " | ".join(cells + ["—", "—"]) + " |")
-    return "\n".join(lines)
+                body.append([f"baseline: {name}", *system_cells(s, first.get("quality", {}).get(name)), "—", "—"])
+    return "\n".join(table(head, body))
 
 
 def render(rows: list[Row]) -> str:

@@ -30,7 +30,7 @@ import yaml
 
 from redgym.config import load_config, read_yaml_mapping
 from redgym.errors import RedgymError
-from redgym.experiments.readme import demote
+from redgym.eval.markdown import demote
 from redgym.experiments.runner import run_experiment
 from redgym.pipelines.establish import EstablishConfig, establish
 from redgym.pipelines.explore import ExploreConfig, explore
