@@ -124,6 +124,20 @@ def test_pairs_prefer_the_higher_reward_and_respect_the_threshold(tiny_lm):
     assert ipo.pairs_from_groups([group([0.0, 0.05])], tiny_lm, 0.1) == []
 
 
+def test_all_pairing_teaches_each_sibling_over_every_one_it_beats(tiny_lm):
+    r = np.array([0.9, 0.1, 0.1, 0.5])
+    assert ipo.sibling_pairs(r, 0.2) == [(0, 1)]
+    assert ipo.sibling_pairs(r, 0.2, "all") == [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2)]
+    assert ipo.sibling_pairs(r, 0.5, "all") == [(0, 1), (0, 2)]  # 0.9 - 0.5 = 0.4 is not over 0.5
+    assert ipo.sibling_pairs(np.array([0.2, 0.2]), 0.0, "all") == []  # ties never pair
+
+    turns = [Turn("adversary", f"t{i}", [i + 1], [0.0]) for i in range(4)]
+    group = SiblingGroup([("prompt", "hi")], 0, turns, turns, {"reward": r})
+    pairs = ipo.pairs_from_groups([group], tiny_lm, 0.2, "all")
+    assert [(p.chosen, p.rejected) for p in pairs] == [([1], [2]), ([1], [3]), ([1], [4]), ([4], [2]), ([4], [3])]
+    assert [p.chosen_reward - p.rejected_reward for p in pairs] == pytest.approx([0.8, 0.8, 0.4, 0.4, 0.4])
+
+
 def test_rho_anneals_linearly_to_zero(tiny_model_dir, prompt_file):
     cfg = tiny_cfg(tiny_model_dir, prompt_file, weak_supervision=0.5, steps=10)
     assert [ipo.weak_rate(cfg, s) for s in (0, 5, 10)] == [0.5, 0.25, 0.0]

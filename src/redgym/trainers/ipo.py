@@ -43,8 +43,13 @@ from redgym.trainers.train_config import TrainConfig
 class IPOConfig(TrainConfig):
     loss: str = _f("ipo", "preference loss: ipo or dpo (sigmoid)")
     beta: float = _f(0.01, "IPO/DPO beta (IPO regresses the log-ratio margin to 1/(2 beta))")
-    samples_per_node: int = _f(2, "adversary samples per tree node; pairs are best vs worst sibling")
+    samples_per_node: int = _f(2, "adversary samples per tree node; pairs are siblings (pairing)")
     pair_threshold: float = _f(0.0, "siblings make a pair only when their rewards differ by more than this")
+    pairing: str = _f(
+        "best_worst",
+        "which siblings pair up: best_worst (one pair per node, ASTPrompter's) or all (every sibling over every "
+        "sibling it beats by more than pair_threshold: a rare good sample is taught against each of the others)",
+    )
     max_pairs_per_step: int = _f(16, "pairs trained on per step, largest reward margins first (0 = all)")
     weak_supervision: float = _f(0.5, "probability rho that a tree gets one taught (weak-supervision) pair (0 = off)")
     weak_anneal: bool = _f(True, "anneal rho linearly to 0 over the run's steps")
@@ -75,6 +80,8 @@ class IPOConfig(TrainConfig):
             raise RedgymError(f"config: loss must be ipo or dpo, got {self.loss!r}")
         if self.beta <= 0 or self.samples_per_node < 2 or not 0 <= self.weak_supervision <= 1:
             raise RedgymError("config: beta must be > 0, samples_per_node >= 2, weak_supervision in [0, 1]")
+        if self.pairing not in PAIRINGS:
+            raise RedgymError(f"config: pairing must be {' or '.join(PAIRINGS)}, got {self.pairing!r}")
         if self.weak_candidates < 1:
             raise RedgymError(f"config: weak_candidates must be >= 1, got {self.weak_candidates}")
         if self.ipo_epochs < 1 or self.pairs_per_update < 0:
@@ -96,20 +103,33 @@ class PreferencePair:
     weak: bool = False
 
 
-def pairs_from_groups(groups: list[SiblingGroup], adversary: LM, threshold: float) -> list[PreferencePair]:
-    """Best vs worst sibling of each group, kept when the reward gap exceeds ``threshold``."""
+PAIRINGS = ("best_worst", "all")
+
+
+def sibling_pairs(rewards: np.ndarray, threshold: float, pairing: str = "best_worst") -> list[tuple[int, int]]:
+    """(chosen, rejected) sibling indices from their rewards: the best over the worst (``best_worst``), or every
+    sibling over every one it beats (``all``), each only when the gap exceeds ``threshold``; ``all`` lists them by
+    chosen sibling, then rejected, in index order. E.g. rewards [0.9, 0.1, 0.1, 0.5], threshold 0.2: best_worst
+    [(0, 1)] (the first of the tied worst); all [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2)]."""
+    if pairing == "best_worst":
+        hi, lo = int(np.argmax(rewards)), int(np.argmin(rewards))
+        return [(hi, lo)] if rewards[hi] - rewards[lo] > threshold else []
+    n = len(rewards)
+    return [(i, j) for i in range(n) for j in range(n) if rewards[i] - rewards[j] > threshold]
+
+
+def pairs_from_groups(
+    groups: list[SiblingGroup], adversary: LM, threshold: float, pairing: str = "best_worst"
+) -> list[PreferencePair]:
+    """The preference pairs of each group's siblings (``sibling_pairs``), after the group's shared context."""
     pairs = []
     for g in groups:
         r = g.scores["reward"]
-        hi, lo = int(np.argmax(r)), int(np.argmin(r))
-        if r[hi] - r[lo] > threshold:
+        context = adversary.render(g.history, "adversary")
+        for hi, lo in sibling_pairs(r, threshold, pairing):
             pairs.append(
                 PreferencePair(
-                    adversary.render(g.history, "adversary"),
-                    g.adversary[hi].token_ids,
-                    g.adversary[lo].token_ids,
-                    float(r[hi]),
-                    float(r[lo]),
+                    context, g.adversary[hi].token_ids, g.adversary[lo].token_ids, float(r[hi]), float(r[lo])
                 )
             )
     return pairs
@@ -313,7 +333,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         t_roll = time.time() - t0
         release_memory()  # the rollout's generation caches, before training activations are allocated
         run.observe_adversary_toxicity(np.concatenate([g.scores["tox_adversary"] for g in groups]))
-        pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold)
+        pairs = pairs_from_groups(groups, adversary, cfg.pair_threshold, cfg.pairing)
         pairs.sort(key=lambda p: p.rejected_reward - p.chosen_reward)  # largest margin first
         if cfg.max_pairs_per_step:
             pairs = pairs[: cfg.max_pairs_per_step]
