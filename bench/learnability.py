@@ -70,7 +70,8 @@ def main() -> None:
         run_experiment(args.config, args.out, only=[exp.baseline_arm, args.arm])
     except RedgymError as e:
         raise SystemExit(f"redgym: {e}") from None
-    rows = [seed_row(args.out, args.arm, exp.baseline_arm, s, 1000, 0.5) for s in exp.seeds]
+    seeds = next(a for a in exp.arms if a.name == args.arm).seeds or exp.seeds  # an ablation may run fewer
+    rows = [seed_row(args.out, args.arm, exp.baseline_arm, s, 1000, 0.5) for s in seeds]
     print(f"\n{args.arm} vs {exp.baseline_arm}, held-out adversary turns ({time.time() - t0:.0f} s this run)")
     print(
         f"{'seed':>4} {'steps':>5} {'train min':>9} {'adv tox untuned':>15} {'trained':>8} {'ratio':>6} "
