@@ -196,6 +196,11 @@ def make_split(cfg: RunConfig, scorer) -> Split:
     return split_prompts(prompts, cfg.dev_fraction, cfg.test_fraction, cfg.data_seed)
 
 
+def build_detectors(names: list[str], training_scorer: str | None) -> dict[str, Scorer]:
+    """The second detectors by label (``config.scorer_label``): each named scorer but the one trained on."""
+    return {scorer_label(n): build_scorer(n) for n in names if n != training_scorer}
+
+
 def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | None = None) -> Setup:
     """Load scorer, prompts, split, embedder, (unless given) the defender, and the likelihood model; failures are
     one-line RedgymErrors."""
@@ -212,7 +217,7 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
     defender = guarded(cfg, defender or load_defender(cfg))
     likelihood = load_likelihood(cfg, defender)
     memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
-    detectors = {scorer_label(n): build_scorer(n) for n in cfg.eval_scorers if n != cfg.scorer}
+    detectors = build_detectors(cfg.eval_scorers, cfg.scorer)
     setup = Setup(cfg, scorer, split, defender, likelihood, embedder, memory=memory, detectors=detectors)
     if cfg.baseline_from:
         setup.baseline = load_baseline(setup, Path(cfg.baseline_from))

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from redgym.config import RunConfig, load_config, scorer_label
+from redgym.config import RunConfig, load_config
 from redgym.errors import RedgymError
 from redgym.eval.detectors import score_detectors
 from redgym.eval.echo import echo_split, gain_shares
@@ -32,7 +32,7 @@ from redgym.runfolder import (
     save_config,
     write_json,
 )
-from redgym.setup import Setup, load_adversary, prepare, run_adversary
+from redgym.setup import Setup, build_detectors, load_adversary, prepare, run_adversary
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +252,11 @@ def rescore_run(folder: Path, eval_scorers: list[str]) -> dict:
     nothing: every turn gains the detectors' scores, report.json their metrics, paired differences and headline
     line, report.md its section. What a run was trained and first evaluated with is left as it was; a detector it
     already carries is not scored again. Returns the rewritten report."""
-    from redgym.scorers.toxicity import build_scorer
-
     report = read_json(folder / "report.json", "rescore")
     cfg = report.get("config") or {}
     scorer, threshold = cfg.get("scorer"), float(cfg.get("toxic_threshold", 0.5))
     n_boot, seed = int(cfg.get("bootstrap_samples", 1000)), int(report.get("seed", cfg.get("seed", 0)))
-    detectors = {scorer_label(n): build_scorer(n) for n in eval_scorers if n != scorer}
+    detectors = build_detectors(eval_scorers, scorer)
     convs = {label: [Conversation.from_json(r) for r in rows] for label, rows in read_samples(folder).items()}
     results, labels = report["results"], list(report["results"])
     if set(convs) != set(labels):

@@ -6,6 +6,11 @@ from __future__ import annotations
 import math
 
 
+def finite(x: float | None) -> bool:
+    """A value that is there and a number (not None, NaN or infinite)."""
+    return x is not None and math.isfinite(x)
+
+
 def num(x: float | None, digits: int = 4, sign: bool = False) -> str:
     """``x`` to ``digits`` decimals (``+`` for a difference); "nan" for NaN, "" for a cell that does not apply."""
     if x is None:

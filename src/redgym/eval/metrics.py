@@ -46,6 +46,12 @@ def metric_base(name: str) -> str:
     return name.split("/")[0].split("@")[0]
 
 
+def metric_detectors(names) -> list[str]:
+    """The second detectors' labels among metric names (``defender_toxicity@wordlist`` -> ``wordlist``), in
+    first-seen order."""
+    return list(dict.fromkeys(n.split("/")[0].split("@", 1)[1] for n in names if "@" in n))
+
+
 @dataclass
 class Table:
     """Scores of N conversations with H exchanges each, as (N, H) arrays, and the adversary texts."""

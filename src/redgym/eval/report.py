@@ -12,7 +12,7 @@ from pathlib import Path
 from redgym.eval.formatting import ci_text, excludes_zero, num, verdict
 from redgym.eval.html import render_html
 from redgym.eval.markdown import table
-from redgym.eval.metrics import Table
+from redgym.eval.metrics import Table, metric_detectors
 from redgym.eval.plots import errorbar_turns, plt, save
 from redgym.rollout.records import Conversation
 from redgym.runfolder import CONTENT_WARNING, atomic_write, write_json, write_jsonl
@@ -82,7 +82,7 @@ def detector_lines(results: dict[str, dict], differences: dict | None, pair: tup
     """report.md's section on the second detectors: each metric per label, and the paired difference."""
     labels = list(results)
     first = results[labels[0]]
-    dets = list(dict.fromkeys(k.split("@", 1)[1] for k in first if "@" in k))
+    dets = metric_detectors(first)
     if not dets:
         return []
     diff = bool(differences)
@@ -267,7 +267,7 @@ def write_report(
     atomic_write(out / "report.md", render_markdown(report, results, differences, convs_by_label[last], n_samples))
     labels = list(results)
     pair = tuple(report.get("differences_of") or (labels[0], labels[-1]))
-    dets = list(dict.fromkeys(k.split("@", 1)[1] for k in results[labels[0]] if "@" in k))
+    dets = metric_detectors(results[labels[0]])
     page = render_html(
         report,
         convs_by_label,

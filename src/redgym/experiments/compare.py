@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from redgym.eval.formatting import finite
 from redgym.eval.html import experiment_html
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, metric_base, paired_difference
 from redgym.experiments.comparison_report import (
@@ -94,14 +95,10 @@ def t_interval(values: Iterable[float], level: float = 0.95) -> SeedStats:
     return SeedStats(n, mean, sd, mean - half, mean + half)
 
 
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
 def seed_differences(arm: dict[int, float], base: dict[int, float]) -> dict[int, float]:
     """``arm[s] - base[s]`` for every seed s where both values are finite: the arm and its baseline share the
     seed's prompts and sampling draws, so per-seed differences cancel what the seed does to both."""
-    return {s: arm[s] - base[s] for s in sorted(arm) if s in base and _finite(arm[s]) and _finite(base[s])}
+    return {s: arm[s] - base[s] for s in sorted(arm) if s in base and finite(arm[s]) and finite(base[s])}
 
 
 def mean_ratio(arm: dict[int, float], base: dict[int, float]) -> float:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from redgym.eval.formatting import excludes_zero, num
+from redgym.eval.formatting import excludes_zero, finite, num
 from redgym.eval.markdown import table
-from redgym.eval.metrics import HIGHER_IS_BETTER, metric_base
+from redgym.eval.metrics import HIGHER_IS_BETTER, metric_base, metric_detectors
 from redgym.eval.plots import errorbar_turns, plt, save
 from redgym.experiments.folders import BUDGET, MAIN, Arm
 from redgym.runfolder import CONTENT_WARNING
@@ -28,10 +28,6 @@ HEADLINE = [
     "distinct_2",
     "embedding_diversity",
 ]
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def _transfer_line(arms: list[Arm], defender: str) -> str:
@@ -108,7 +104,7 @@ DETECTOR_COLUMNS = [
 
 def detector_labels(idx: dict, defender: str) -> list[str]:
     """The second detectors some arm was evaluated with against ``defender``, in first-seen order."""
-    return list(dict.fromkeys(m.split("@", 1)[1] for (arm, d, m) in idx if d == defender and "@" in m and "/" not in m))
+    return metric_detectors(m for (_, d, m) in idx if d == defender)
 
 
 def _tables(arms: list[Arm], idx: dict, defender: str) -> list[str]:
@@ -211,7 +207,7 @@ def _budget_table(arms: list[Arm]) -> list[str]:
     ]
 
     def cell(a: Arm, key: str) -> str:
-        v = [b[key] for b in a.budget.values() if _finite(b[key])]
+        v = [b[key] for b in a.budget.values() if finite(b[key])]
         return "—" if not v else f"{np.mean(v):.1f}" if key == "time/step_s" else f"{np.mean(v):.0f}"
 
     return lines + table(
@@ -320,10 +316,10 @@ def render_headline(arms: list[Arm], rows: list[dict]) -> str:
 def _stat(idx: dict, arm: str, metric: str) -> tuple[float, float, float] | None:
     """(mean, error below, error above) of a row, zero errors where the interval is NaN (one seed)."""
     r = idx.get((arm, MAIN, metric))
-    if r is None or not _finite(r["mean"]):
+    if r is None or not finite(r["mean"]):
         return None
     m, lo, hi = r["mean"], r["ci95_lo"], r["ci95_hi"]
-    return m, (m - lo if _finite(lo) else 0.0), (hi - m if _finite(hi) else 0.0)
+    return m, (m - lo if finite(lo) else 0.0), (hi - m if finite(hi) else 0.0)
 
 
 def plot_pareto(path: Path, arms: list[Arm], idx: dict) -> bool:
