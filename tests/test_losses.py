@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from redgym.trainers.losses import dpo_loss, ipo_loss, preference_margin
+from redgym.trainers.losses import chosen_nll_anchor, dpo_loss, ipo_loss, preference_margin
 
 # pair 1: h = (-1 - -1.5) - (-2 - -1.5) = 1.0 ; pair 2: h = 0
 PC, PR = torch.tensor([-1.0, 0.0]), torch.tensor([-2.0, 0.0])
@@ -24,6 +24,18 @@ def test_dpo_loss_by_hand():
     # -log sigmoid(0.5 * 1) = log(1 + e^-0.5) ; -log sigmoid(0) = log 2
     out = dpo_loss(PC, PR, RC, RR, beta=0.5)
     assert out.shape == (2,) and out.tolist() == pytest.approx([math.log1p(math.exp(-0.5)), math.log(2)])
+
+
+def test_chosen_nll_anchor_by_hand():
+    # losses [1, 0], chosen log-probs [-2, -4], weight 0.5: [1 + 1, 0 + 2]
+    out = chosen_nll_anchor(torch.tensor([1.0, 0.0]), torch.tensor([-2.0, -4.0]), 0.5)
+    assert out.tolist() == pytest.approx([2.0, 2.0])
+    pc = torch.tensor([-1.0], requires_grad=True)  # at IPO's target the pair loss pulls no more; the anchor does
+    chosen_nll_anchor(
+        ipo_loss(pc, torch.tensor([-3.0]), torch.tensor([-1.0]), torch.tensor([-1.0]), 0.25), pc, 0.5
+    ).sum().backward()
+    assert pc.grad.item() == pytest.approx(-0.5)
+    assert chosen_nll_anchor(torch.tensor([1.0]), torch.tensor([-2.0]), 0.0).tolist() == [1.0]
 
 
 def test_preference_losses_push_the_margin_the_right_way():

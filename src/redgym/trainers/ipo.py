@@ -31,7 +31,7 @@ from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import budget_counts, pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
-from redgym.trainers.losses import PREFERENCE_LOSSES, preference_margin
+from redgym.trainers.losses import PREFERENCE_LOSSES, chosen_nll_anchor, preference_margin
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, sequence_logps, train_sampling
@@ -62,6 +62,11 @@ class IPOConfig(TrainConfig):
     length_normalize: bool = _f(
         False, "per-token mean log-probs in the loss, so beta means the same at every utterance length"
     )
+    chosen_nll: float = _f(
+        0.0,
+        "weight of the chosen utterance's NLL under the policy added to each pair's loss (RPO's anchor; the same "
+        "sum or per-token mean as the loss): 0 = off, ASTPrompter's",
+    )
     ipo_epochs: int = _f(
         1,
         "passes over each step's pairs (the reference is frozen, so a pair's loss stays well defined as the policy "
@@ -84,6 +89,8 @@ class IPOConfig(TrainConfig):
             raise RedgymError(f"config: pairing must be {' or '.join(PAIRINGS)}, got {self.pairing!r}")
         if self.weak_candidates < 1:
             raise RedgymError(f"config: weak_candidates must be >= 1, got {self.weak_candidates}")
+        if self.chosen_nll < 0:
+            raise RedgymError(f"config: chosen_nll must be >= 0, got {self.chosen_nll}")
         if self.ipo_epochs < 1 or self.pairs_per_update < 0:
             raise RedgymError(
                 f"config: ipo_epochs must be >= 1 and pairs_per_update >= 0, got {self.ipo_epochs} and "
@@ -254,7 +261,9 @@ def update(
                     policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
                 )
                 n = len(mb)
-                losses = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
+                losses = chosen_nll_anchor(
+                    loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta), pol[:n], cfg.chosen_nll
+                )
                 loss = losses.sum() / len(part)
                 if not finite_or_skip(loss, counters, step):
                     continue

@@ -50,6 +50,14 @@ def dpo_loss(
     return -F.logsigmoid(beta * h)
 
 
+def chosen_nll_anchor(losses: torch.Tensor, policy_chosen_logps: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pair preference loss plus ``weight`` times the chosen utterance's NLL under the policy (RPO, Pang et al.
+    2024): the margin may grow only while the chosen text stays likely, not by pushing both log-probs down (where
+    the freed mass goes to text neither sibling said). E.g. losses [1, 0], chosen log-probs [-2, -4], weight 0.5:
+    [2, 2]. Weight 0 returns ``losses`` unchanged."""
+    return losses - weight * policy_chosen_logps if weight else losses
+
+
 PreferenceLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {"ipo": ipo_loss, "dpo": dpo_loss}
 
