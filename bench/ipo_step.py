@@ -14,15 +14,17 @@ kept. The last line is ``BENCH key=value ...`` with ratio = update seconds / flo
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from redgym.models.lm import LM, left_padded
 from redgym.trainers.ipo import IPOConfig, PreferencePair, update
-from redgym.trainers.policy import Policy, build_policy
-from redgym.trainers.run import optimizer_and_schedule
+from redgym.trainers.policy import Policy
+from redgym.trainers.run import start_frame
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,15 +59,11 @@ def floor(policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]],
 
 def main() -> None:
     args = parse_args()
-    from accelerate import Accelerator
-
     torch.manual_seed(0)
     cfg = IPOConfig()
     t_load = time.perf_counter()
-    policy = build_policy(cfg)
-    acc = Accelerator(cpu=next(policy.model.parameters()).device.type == "cpu")
-    opt, sched = optimizer_and_schedule(cfg, policy.model)
-    policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
+    frame = start_frame(cfg, Path(tempfile.mkdtemp()), False, cfg.adversary_model)  # the trainer's own set-up
+    policy = frame.policy
     adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, "plain", cfg.max_context_tokens)
     tok = policy.tokenizer
     vocab = len(tok)
@@ -88,7 +86,7 @@ def main() -> None:
     for r in range(args.repeats):
         floors.append(floor(policy, pairs, ctx_ids, per_mb))
         t0 = time.perf_counter()
-        stats, _ = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, r)
+        stats, _, _ = update(pairs, frame, adversary, cfg, counters, r)
         updates.append(time.perf_counter() - t0)
         assert len(stats["loss"]) == args.pairs and all(map(torch.isfinite, torch.tensor(stats["loss"])))
         print(f"  repeat {r + 1}: floor {floors[-1]:.2f}s  update {updates[-1]:.2f}s", flush=True)

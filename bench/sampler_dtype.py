@@ -51,7 +51,7 @@ def main() -> None:
     out = {}
     for dtype in ("float32", "bfloat16"):
         cfg = load_config(TrainConfig, None, {"dtype": dtype, "device": args.device})
-        policy = build_policy(cfg)
+        policy = build_policy(cfg, cfg.adversary_model)
         if policy.sampler is None:  # the trainers refuse a bf16 merged copy; build one here to measure it
             import copy
 

@@ -28,7 +28,7 @@ def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
     mb, ckpt = SETTINGS[name]
     torch.manual_seed(0)
     cfg = IPOConfig(micro_batch_size=mb, gradient_checkpointing=ckpt)
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, cfg.adversary_model)
     rss_loaded = peak_rss_gb()
     vocab = policy.model.config.vocab_size
     ctx = torch.randint(100, vocab, (pairs, ctx_len)).tolist()

@@ -514,20 +514,20 @@ def test_a_second_round_reuses_the_first_rounds_traces_and_rationalises_only_the
 def test_the_guard_samples_from_a_merged_copy_that_matches_the_policy(tiny_model_dir, tmp_path):
     import torch
 
-    from redgym.guard.train import GuardTrainConfig, start_frame
+    from redgym.guard.train import GuardTrainConfig, start_guard
 
     cfg = GuardTrainConfig(guard_model=str(tiny_model_dir), guard_format="plain", max_context_tokens=64)
-    f = start_frame(cfg, tmp_path / "g", resume=False)
-    assert f.guard.lm.model is f.policy.sampler.model  # peft-free: sampling does not pay for the adapter layers
+    f, guard = start_guard(cfg, tmp_path / "g", resume=False)
+    assert guard.lm.model is f.policy.sampler.model  # peft-free: sampling does not pay for the adapter layers
     with torch.no_grad():
         for name, p in f.policy.model.named_parameters():
             if "lora_B" in name:
                 p.add_(0.05 * torch.randn_like(p))  # as if an update had happened
     ids = torch.tensor([[1, 5, 7, 9, 11]])
     f.policy.model.eval()
-    before = f.guard.lm.model(ids).logits
+    before = guard.lm.model(ids).logits
     f.policy.sync_sampler()
-    after, policy = f.guard.lm.model(ids).logits, f.policy.model(ids).logits
+    after, policy = guard.lm.model(ids).logits, f.policy.model(ids).logits
     assert not torch.allclose(before, policy, atol=1e-4)  # stale until synced
     assert torch.allclose(after, policy, atol=1e-4)
 

@@ -66,8 +66,8 @@ def test_a_few_steps_change_the_adapter_with_finite_losses(tiny_model_dir, promp
 
     real_build = run.build_policy
 
-    def spy_build(cfg):
-        policy = real_build(cfg)
+    def spy_build(cfg, name):
+        policy = real_build(cfg, name)
         before.update(lora_params(policy.model))
         return policy
 
@@ -263,7 +263,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_model_dir, prompt_file, tmp
 
 def test_fast_generation_copy_matches_the_peft_model(tiny_model_dir, prompt_file):
     cfg = tiny_cfg(tiny_model_dir, prompt_file)
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, cfg.adversary_model)
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
@@ -283,7 +283,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, prompt_
     grads = {}
     for ckpt in (False, True):
         torch.manual_seed(0)
-        policy = build_policy(tiny_cfg(tiny_model_dir, prompt_file, gradient_checkpointing=ckpt))
+        policy = build_policy(tiny_cfg(tiny_model_dir, prompt_file, gradient_checkpointing=ckpt), str(tiny_model_dir))
         with torch.no_grad():
             for n, p in policy.model.named_parameters():
                 if "lora_B" in n:

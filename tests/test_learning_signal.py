@@ -54,7 +54,7 @@ def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_size
     adapter policy's log-probs, not the base model's (a bf16 merge loses most of such an update)."""
     cfg = _cfg(TrainConfig, tiny_model_dir, prompt_file)
     assert cfg.dtype == "auto"
-    policy = build_policy(cfg)
+    policy = build_policy(cfg, cfg.adversary_model)
     assert policy.sampler is not None  # float32 on the CPU: the fast merged copy is on
     with torch.no_grad():
         for n, p in policy.model.named_parameters():
@@ -73,7 +73,7 @@ def test_merged_sampler_reproduces_the_adapter_policy_after_a_learning_rate_size
 
 
 def test_bf16_training_samples_through_the_adapter(tiny_model_dir, prompt_file):
-    policy = build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype="bfloat16"))
+    policy = build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype="bfloat16"), str(tiny_model_dir))
     assert policy.sampler is None and policy.generation_model is policy.model
 
 
@@ -657,4 +657,7 @@ def test_policy_knows_whether_its_weights_are_float32(dtype, float32, tiny_model
     # pass round differently, so the first ratio would not be 1
     from redgym.trainers.policy import build_policy
 
-    assert build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype=dtype)).float32 is float32
+    assert (
+        build_policy(_cfg(TrainConfig, tiny_model_dir, prompt_file, dtype=dtype), str(tiny_model_dir)).float32
+        is float32
+    )

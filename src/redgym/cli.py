@@ -488,11 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redgym: error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:  # SIGINT/SIGTERM: the step finished and its checkpoint is saved
-        again = (
-            f"resume with: redgym train {args.trainer} --resume {e.out}"
-            if args.command == "train"
-            else "rerun the same command: finished parts are skipped and this training resumes"
-        )
+        if args.command == "train":
+            again = f"resume with: redgym train {args.trainer} --resume {e.out}"
+        elif args.command == "guard":
+            again = f"resume with: redgym guard train --stage {args.stage} --resume {e.out}"
+        else:
+            again = "rerun the same command: finished parts are skipped and this training resumes"
         print(f"redgym: {e}; {again}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

@@ -80,17 +80,30 @@ class ConfigFields:
 
 
 @dataclass
-class RunConfig(ConfigFields):
+class DeviceConfig(ConfigFields):
+    """Where and in what precision the models run, and the run's seed: every command's first part."""
+
+    dtype: str = _f(
+        "auto", "auto (float32 on CPU, bf16/fp16 on CUDA; bench/sampler_dtype.py), bfloat16, float16 or float32"
+    )
+    device: str = _f("auto", "auto (cuda when present), cpu or cuda")
+    seed: int = _f(0, "the run's seed: splits, sampling, batches, initialisation and bootstrap")
+
+    def validate(self) -> None:
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise RedgymError(f"config: dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise RedgymError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class RunConfig(DeviceConfig):
     # --- models -------------------------------------------------------------------------------------------
     adversary_model: str = _f("smollm2-135m", "adversary LM: a known name, a local HF folder, a .gguf file or a hub id")
     defender_model: str = _f("smollm2-135m", "defender LM (frozen), same forms as adversary_model")
     adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
     adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
     defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
-    dtype: str = _f(
-        "auto", "auto (float32 on CPU, bf16/fp16 on CUDA; bench/sampler_dtype.py), bfloat16, float16 or float32"
-    )
-    device: str = _f("auto", "auto (cuda when present), cpu or cuda")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
     defender_guard: str | None = _f(
         None,
@@ -252,10 +265,10 @@ class RunConfig(ConfigFields):
     n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
     samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
-    seed: int = _f(0, "seed for splits, sampling and bootstrap")
 
     def validate(self) -> None:
         """Check values that a type alone cannot; raise RedgymError with one line."""
+        super().validate()
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -266,14 +279,6 @@ class RunConfig(ConfigFields):
                 getattr(self, name) in ("plain", "chat"),
                 f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}",
             )
-        need(
-            self.dtype in ("auto", "bfloat16", "float16", "float32"),
-            f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}",
-        )
-        need(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            f"device must be auto, cpu or cuda, got {self.device!r}",
-        )
         need(
             self.tox_transform in ("none", "logit"), f"tox_transform must be none or logit, got {self.tox_transform!r}"
         )

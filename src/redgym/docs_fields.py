@@ -8,7 +8,8 @@ A docs page holds a table between ``<!-- fields:NAME -->`` and ``<!-- /fields:NA
     redgym docs --check      # one line and exit 2 when a block differs from the code (tests/test_docs.py)
 
 A class's table lists the fields its own body declares (new ones, and a parent's field it redefines, such as
-GRPOConfig's ``horizon``) and names the parent whose table holds the rest. Sits just below ``cli`` (it reads the
+GRPOConfig's ``horizon``) and names the parents whose tables hold the rest (a config made of parts, such as
+``TrainConfig(OptimConfig, RunConfig)``, names each). Sits just below ``cli`` (it reads the
 config classes of every layer) and above ``pipelines`` and ``guard``.
 """
 
@@ -18,7 +19,7 @@ import inspect
 import re
 from pathlib import Path
 
-from redgym.config import ConfigFields, FieldHelp, RunConfig
+from redgym.config import ConfigFields, DeviceConfig, FieldHelp, RunConfig
 from redgym.errors import RedgymError
 from redgym.experiments.runner import ABLATION_KEYS, ARM_KEYS, EXPERIMENT_KEYS
 from redgym.guard.evaluate import GuardConfig
@@ -30,11 +31,13 @@ from redgym.pipelines.exploit import ExploitKeys
 from redgym.pipelines.explore import ExploreConfig
 from redgym.runfolder import atomic_write
 from redgym.trainers.registry import TRAINERS
-from redgym.trainers.train_config import TrainConfig
+from redgym.trainers.train_config import OptimConfig, TrainConfig
 
 # Every config class a command reads, by block name (a new trainer in TRAINERS needs a block, or --check fails).
 _READ_BY_COMMANDS: tuple[type[ConfigFields], ...] = (
+    DeviceConfig,
     RunConfig,
+    OptimConfig,
     TrainConfig,
     *(cls for cls, _ in TRAINERS.values()),
     ExploreConfig,
@@ -59,9 +62,15 @@ def own_fields(cls: type[ConfigFields]) -> list[FieldHelp]:
     return [h for h in cls.fields_help() if h.name in declared]
 
 
-def parent(cls: type[ConfigFields]) -> type[ConfigFields] | None:
-    """The nearest base class that has a table of its own, if any."""
-    return next((b for b in cls.__mro__[1:] if b in CLASSES.values()), None)
+def parents(cls: type[ConfigFields]) -> list[type[ConfigFields]]:
+    """For each direct base (a config built of parts has several: ``TrainConfig(OptimConfig, RunConfig)``), the
+    nearest class along it that has a table of its own."""
+    found: list[type[ConfigFields]] = []
+    for base in cls.__bases__:
+        up = next((b for b in base.__mro__ if b in CLASSES.values()), None)
+        if up is not None and up not in found:
+            found.append(up)
+    return found
 
 
 def fields_epilog(cls: type[ConfigFields], title: str = "config fields (override any with --field value)") -> str:
@@ -94,8 +103,8 @@ def fields_table(cls: type[ConfigFields]) -> str:
     """A markdown table (field | type | default | help) of the fields ``cls`` declares, under one line saying where
     the class lives and which table holds the rest."""
     where = f"`{cls.__name__}` (`src/{cls.__module__.replace('.', '/')}.py`)"
-    up = parent(cls)
-    head = f"Fields of {where}" + (f", besides those of `{up.__name__}`" if up else "") + ":"
+    ups = " and ".join(f"`{b.__name__}`" for b in parents(cls))
+    head = f"Fields of {where}" + (f", besides those of {ups}" if ups else "") + ":"
     rows = [
         f"| {_code(h.name)} | {_cell(h.type)} | {_code(repr(h.default))} | {_cell(h.help)} |" for h in own_fields(cls)
     ]

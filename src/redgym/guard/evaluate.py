@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from redgym.config import ConfigFields, _f
+from redgym.config import DeviceConfig, _f
 from redgym.errors import RedgymError
 from redgym.eval.classification import Metric, bootstrap_ci, confusion_matrix, plot_confusion
 from redgym.guard.data import (
@@ -39,11 +39,9 @@ LABELS = [HARMFUL, SAFE]
 
 
 @dataclass
-class GuardConfig(ConfigFields):
+class GuardConfig(DeviceConfig):
     guard_model: str = _f("smollm2-135m", "the guard: a known model name, a folder, or a trained guard's adapter")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
-    dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
-    device: str = _f("auto", "auto, cpu or cuda")
     test_set: str = _f("default", "default (the shipped held-out set) or a .jsonl of {text, label[, category]}")
     train_set: str = _f("default", "default or a guard training file (ChatML-style), for the embedding baseline")
     test_fraction: float = _f(0.25, "default sets: share of each source held out")
@@ -58,7 +56,6 @@ class GuardConfig(ConfigFields):
     embedding_model: str = _f("minilm", "embedder of the embedding baseline")
     max_context_tokens: int = _f(512, "request context is cut from the left to this many tokens")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% CIs")
-    seed: int = _f(0, "seed of the default split, the test sample and the bootstrap")
     attacks: str | None = _f(
         None,
         "also report the share of this red-team run folder's successful attack turns "
@@ -67,6 +64,7 @@ class GuardConfig(ConfigFields):
     attack_threshold: float = _f(0.5, "a defender reply above this toxicity makes its adversary turn an attack")
 
     def validate(self) -> None:
+        super().validate()
         if self.guard_format not in ("chat", "plain"):
             raise RedgymError(f"config: guard_format must be chat or plain, got {self.guard_format!r}")
         if self.max_new_tokens < 2 or self.batch_size < 1 or not 0 < self.test_fraction < 1:

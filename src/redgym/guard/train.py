@@ -23,14 +23,12 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import set_seed
 
-from redgym.config import ConfigFields, _f
+from redgym.config import _f
 from redgym.errors import RedgymError
 from redgym.guard.data import (
     HARMFUL,
@@ -45,18 +43,15 @@ from redgym.guard.data import (
     read_guard_train,
 )
 from redgym.models.guard import GuardModel
-from redgym.models.lm import LM, SamplingParams, continuation_forward, continuation_logprobs, left_padded
+from redgym.models.lm import LM, SamplingParams, continuation_logprobs, left_padded
 from redgym.models.loading import adapter_base
-from redgym.runfolder import check_writable, read_jsonl, save_config, write_json, write_jsonl
-from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from redgym.trainers.metrics_log import MetricsLog, finite_or_skip
-from redgym.trainers.policy import Policy, build_policy, sequence_logps
-from redgym.trainers.run import make_accelerator, optimizer_and_schedule
-from redgym.trainers.train_config import TrainConfig
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
-    from accelerate.scheduler import AcceleratedScheduler
+from redgym.runfolder import read_jsonl, write_json, write_jsonl
+from redgym.trainers.distributed import accumulate_locally
+from redgym.trainers.metrics_log import finite_or_skip
+from redgym.trainers.policy import sequence_logps
+from redgym.trainers.run import Frame, end_frame_step, finish_run, start_frame
+from redgym.trainers.sft import sft_update
+from redgym.trainers.train_config import OptimConfig
 
 RATIONALE_ASK = (
     "Request: {text}\n\nThis request is {label}. In one or two sentences, explain why answering it is {label}."
@@ -64,7 +59,11 @@ RATIONALE_ASK = (
 
 
 @dataclass
-class GuardTrainConfig(ConfigFields):
+class GuardTrainConfig(OptimConfig):
+    """The guard's own fields over the optimisation, adapter and bookkeeping every trained model shares
+    (``OptimConfig``: steps, lr, LoRA, checkpoints, ...); its run goes through the trainers' frame
+    (``trainers/run.start_frame``, ``end_frame_step``)."""
+
     guard_model: str = _f("smollm2-135m", "the base model the guard is trained from")
     guard_format: str = _f("chat", "how the guard sees the request: chat or plain")
     train_set: str = _f(
@@ -89,28 +88,10 @@ class GuardTrainConfig(ConfigFields):
         "rationalisation: keep a trace that moves the model's own label towards the "
         "known one, compared with no reasoning (false: its own label must be it)",
     )
-    steps: int = _f(100, "optimizer steps")
+    lr: float = _f(2e-4, "AdamW learning rate (the guard's default; the adversary's is 1e-4)")
     batch_size: int = _f(16, "examples per step")
-    micro_batch_size: int = _f(4, "examples per forward/backward pass")
-    lr: float = _f(2e-4, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    warmup_steps: int = _f(5, "linear learning-rate warmup steps")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha")
-    lora_targets: str = _f("all-linear", "LoRA target modules")
-    fast_generation: bool = _f(
-        True,
-        "sample traces and DPO candidates from a peft-free copy with the adapter merged "
-        "in (~1.7x faster on CPU, float32 only; trainers/policy.MergedCopy)",
-    )
-    dtype: str = _f("auto", "auto (float32 on CPU), bfloat16, float16 or float32")
-    device: str = _f("auto", "auto, cpu or cuda")
     max_context_tokens: int = _f(512, "prompt + answer tokens at most")
     max_new_tokens: int = _f(96, "dpo: tokens of each sampled answer (reasoning + label line)")
-    checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
-    seed: int = _f(0, "seed of the split, the rationales, the batches and LoRA's initialisation")
     # --- stage dpo (guard_model: the SFT guard's folder, which is also the reference) ------------------------
     dpo_samples: int = _f(4, "dpo: completions sampled per input, ranked by reasoning quality")
     dpo_temperature: float = _f(1.0, "dpo: sampling temperature of the completions")
@@ -121,31 +102,13 @@ class GuardTrainConfig(ConfigFields):
     embedding_model: str = _f("minilm", "dpo: embedder of the relevance term")
 
     def validate(self) -> None:
+        super().validate()  # OptimConfig's: steps, micro_batch_size, lr, ...
         if self.guard_format not in ("chat", "plain"):
             raise RedgymError(f"config: guard_format must be chat or plain, got {self.guard_format!r}")
-        if min(self.steps, self.batch_size, self.micro_batch_size, self.rationale_tries) < 1 or self.lr <= 0:
-            raise RedgymError("config: steps, batch_size, micro_batch_size, rationale_tries >= 1 and lr > 0")
+        if min(self.batch_size, self.rationale_tries) < 1:
+            raise RedgymError("config: batch_size and rationale_tries must be >= 1")
         if self.dpo_samples < 2 or self.dpo_temperature <= 0 or self.dpo_beta <= 0:
             raise RedgymError("config: dpo_samples >= 2, dpo_temperature > 0 and dpo_beta > 0")
-
-    def policy_config(self) -> TrainConfig:
-        """The fields the shared policy / optimizer / accelerator code reads, under their trainer names."""
-        return TrainConfig(
-            adversary_model=self.guard_model,
-            defender_model=self.guard_model,
-            dtype=self.dtype,
-            device=self.device,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps,
-            steps=self.steps,
-            lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_targets=self.lora_targets,
-            fast_generation=self.fast_generation,
-            micro_batch_size=self.micro_batch_size,
-            seed=self.seed,
-        )
 
 
 @torch.no_grad()
@@ -297,66 +260,25 @@ def encode(guard: GuardModel, examples: list[GuardExample], budget: int) -> tupl
     return ctx, answers
 
 
-@dataclass
-class Frame:
-    """What both stages set up the same way: accelerator, policy (LoRA over ``guard_model``; its reference is
-    ``guard_model`` itself), optimizer, the guard view of the policy, the step to start from, the metrics log."""
-
-    acc: Accelerator
-    policy: Policy
-    opt: torch.optim.Optimizer  # accelerate's AcceleratedOptimizer (a torch Optimizer)
-    sched: AcceleratedScheduler
-    guard: GuardModel
-    start: int
-    counters: dict[str, Any]
-    metrics_log: MetricsLog
-
-
-def start_frame(cfg: GuardTrainConfig, out: Path, resume: bool) -> Frame:
-    check_writable(out)
-    pcfg = cfg.policy_config()
-    acc = make_accelerator(pcfg, out)
-    if acc.num_processes > 1:
+def start_guard(cfg: GuardTrainConfig, out: Path, resume: bool) -> tuple[Frame, GuardModel]:
+    """Step 0 of both stages: the trainers' frame over ``guard_model`` (LoRA; its reference is ``guard_model``
+    itself; saved to ``out/guard``), and the guard view of the policy. The guard view samples (traces, DPO
+    candidates) from the peft-free merged copy when there is one; every loss goes through ``policy.model``, and
+    ``sync_sampler()`` brings the copy up to date before each sampling."""
+    f = start_frame(cfg, out, resume, cfg.guard_model, model_dir="guard")
+    if f.acc.num_processes > 1:
         raise RedgymError("redgym guard train runs in one process: start it with redgym, not accelerate launch")
-    set_seed(cfg.seed)
-    policy = build_policy(pcfg)
-    opt, sched = optimizer_and_schedule(pcfg, policy.model)
-    policy.model, opt, sched = acc.prepare(policy.model, opt, sched)
-    # the guard view samples (traces, DPO candidates) from the peft-free merged copy when there is one; every loss
-    # goes through policy.model, and sync_sampler() brings the copy up to date before each sampling
-    guard = GuardModel(
-        LM(policy.generation_model, policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens),
-        max_new_tokens=cfg.max_new_tokens,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    start, counters = 0, {}
-    if resume and (ckpt := latest_checkpoint(out)):
-        state = load_checkpoint(acc, ckpt)
-        start, counters = state["step"], state.get("counters", {})
-    policy.sync_sampler()
-    return Frame(acc, policy, opt, sched, guard, start, counters, MetricsLog(out, acc))
+    lm = LM(f.policy.generation_model, f.policy.tokenizer, cfg.guard_model, cfg.guard_format, cfg.max_context_tokens)
+    return f, GuardModel(lm, max_new_tokens=cfg.max_new_tokens)
 
 
-def end_step(f: Frame, cfg: GuardTrainConfig, out: Path, step: int, metrics: dict) -> None:
-    """Optimizer step, log, and a checkpoint every ``checkpoint_every`` steps and at the end."""
-    if cfg.max_grad_norm > 0:
-        f.acc.clip_grad_norm_(f.policy.model.parameters(), cfg.max_grad_norm)
-    f.opt.step()
-    f.sched.step()
-    f.opt.zero_grad()
-    f.metrics_log.log(
-        step + 1,
-        {
-            **metrics,
-            "train/lr": f.sched.get_last_lr()[0],
-            "train/nonfinite_skipped": f.counters.get("nonfinite_skipped", 0),
-        },
-    )
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-        save_checkpoint(
-            f.acc, out, step + 1, f.policy, {"counters": f.counters}, cfg.keep_checkpoints, model_dir="guard"
-        )
+def step_metrics(f: Frame, counters: dict, **metrics: float) -> dict[str, float]:
+    """A step's metrics with the learning rate in effect at its end and the non-finite batches skipped so far."""
+    return {
+        **metrics,
+        "train/lr": f.opt.param_groups[0]["lr"],
+        "train/nonfinite_skipped": counters.get("nonfinite_skipped", 0),
+    }
 
 
 def read_examples(path: Path) -> list[GuardExample]:
@@ -393,32 +315,28 @@ def train_guard(
 
 def train_sft(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     # 0 setup: policy (LoRA over the base), the examples (rationalised once, then reused)
-    f = start_frame(cfg, out, resume)
-    examples = cached_examples(cfg, f.guard, out, progress)
-    ctx, answers = encode(f.guard, examples, cfg.max_context_tokens)
-    pad = f.policy.tokenizer.pad_token_id
+    f, guard = start_guard(cfg, out, resume)
+    counters = f.state.get("counters", {})
+    examples = cached_examples(cfg, guard, out, progress)
+    ctx, answers = encode(guard, examples, cfg.max_context_tokens)
     metrics: dict[str, float] = {}
-    for step in tqdm(
-        range(f.start, cfg.steps), desc="guard sft", initial=f.start, total=cfg.steps, disable=not progress
-    ):
+    for step in f.steps("guard sft", progress):
         t0 = time.time()
         # 1 the step's examples: a pure function of (seed, step), so a resumed run draws the same ones
         batch = np.random.default_rng([cfg.seed, step]).integers(len(examples), size=cfg.batch_size)
-        n_tokens = sum(len(answers[i]) for i in batch)
         # 2-3 mean NLL of the answers (the prompt carries no loss), micro-batches accumulated into one update
-        f.policy.model.train()
-        losses = []
-        for s in range(0, len(batch), cfg.micro_batch_size):
-            mb = batch[s : s + cfg.micro_batch_size]
-            o = continuation_forward(f.policy.model, [ctx[i] for i in mb], [answers[i] for i in mb], pad)
-            loss = -(o.logps * o.mask).sum() / n_tokens
-            if finite_or_skip(loss, f.counters, step):
-                f.acc.backward(loss)
-                losses.append(float(loss.detach()))
-        # 4 update, log, checkpoint
-        metrics = {"loss/sft": float(np.sum(losses)) if losses else float("nan"), "time/step_s": time.time() - t0}
-        end_step(f, cfg, out, step, metrics)
-    f.acc.end_training()
+        losses = sft_update(
+            f, [ctx[i] for i in batch], [answers[i] for i in batch], cfg.micro_batch_size, counters, step
+        )
+        # 4 log, checkpoint
+        metrics = step_metrics(
+            f,
+            counters,
+            **{"loss/sft": float(np.sum(losses)) if losses else float("nan"), "time/step_s": time.time() - t0},
+        )
+        if end_frame_step(f, step, metrics, {"counters": counters}):
+            break
+    finish_run(f)
     return metrics
 
 
@@ -436,7 +354,8 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
     from redgym.trainers.losses import dpo_loss, preference_margin
 
     # 0 setup: policy (LoRA over the SFT guard), the base model that scores coherence, the embedder, the inputs
-    f = start_frame(cfg, out, resume)
+    f, guard = start_guard(cfg, out, resume)
+    counters = f.state.get("counters", {})
     base, base_tok = load_model(_base_model(cfg), cfg.dtype, cfg.device)
     base_lm = LM(base, base_tok, _base_model(cfg), "plain", cfg.max_context_tokens)
     embed = load_embedder(cfg.embedding_model)
@@ -445,9 +364,9 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         if cfg.train_set == "default"
         else read_guard_train(cfg.train_set)
     )
-    lm, pad = f.guard.lm, f.policy.tokenizer.pad_token_id
+    lm, pad = guard.lm, f.policy.tokenizer.pad_token_id
     params = SamplingParams(
-        max_new_tokens=f.guard.max_new_tokens,
+        max_new_tokens=guard.max_new_tokens,
         min_new_tokens=1,
         temperature=cfg.dpo_temperature,
         top_p=1.0,
@@ -455,9 +374,7 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         repetition_penalty=1.0,
     )
     metrics: dict[str, float] = {}
-    for step in tqdm(
-        range(f.start, cfg.steps), desc="guard dpo", initial=f.start, total=cfg.steps, disable=not progress
-    ):
+    for step in f.steps("guard dpo", progress):
         t0 = time.time()
         # 1 the step's inputs, each answered dpo_samples times by the policy
         batch = [
@@ -466,7 +383,7 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         k = cfg.dpo_samples
         f.policy.model.eval()
         f.policy.sync_sampler()  # the candidates come from the current policy
-        prompts = [f.guard.prompt(e.text) for e in batch for _ in range(k)]
+        prompts = [guard.prompt(e.text) for e in batch for _ in range(k)]
         gen = lm.generate(prompts, params)
         parsed = [parse_guard_output(t) for t in gen.texts]
         # 2 reasoning quality of every completion; best vs worst per input
@@ -486,26 +403,30 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
         # 3 DPO loss on (prompt, better completion, worse completion) against the SFT guard
         f.policy.model.train()
         losses, margins = [], []
-        for s in range(0, len(pairs), cfg.micro_batch_size):
-            mb = pairs[s : s + cfg.micro_batch_size]
-            ctx = [
-                lm.encode_context(
-                    prompts[i * k], cfg.max_context_tokens - cfg.max_new_tokens, add_special_tokens=lm.fmt == "plain"
-                )
-                for i, _, _ in mb
-            ]
-            chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
-            rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
-            # chosen and rejected in one pass each: packed, their shared context runs once
-            pc, pr = sequence_logps(f.policy.model, ctx + ctx, chosen + rejected, pad).split(len(mb))
-            with torch.no_grad():
-                rc, rr = sequence_logps(f.policy.reference, ctx + ctx, chosen + rejected, pad).split(len(mb))
-            loss = dpo_loss(pc, pr, rc, rr, cfg.dpo_beta).sum() / max(1, len(pairs))
-            if finite_or_skip(loss, f.counters, step):
-                f.acc.backward(loss)
-                losses.append(float(loss.detach()))
-                margins += preference_margin(pc, pr, rc, rr).detach().tolist()
-        # 4 update, log, checkpoint
+        with accumulate_locally(f.acc, f.policy.model):
+            for s in range(0, len(pairs), cfg.micro_batch_size):
+                mb = pairs[s : s + cfg.micro_batch_size]
+                ctx = [
+                    lm.encode_context(
+                        prompts[i * k],
+                        cfg.max_context_tokens - cfg.max_new_tokens,
+                        add_special_tokens=lm.fmt == "plain",
+                    )
+                    for i, _, _ in mb
+                ]
+                chosen = [gen.token_ids[i * k + b] for i, b, _ in mb]
+                rejected = [gen.token_ids[i * k + w] for i, _, w in mb]
+                # chosen and rejected in one pass each: packed, their shared context runs once
+                pc, pr = sequence_logps(f.policy.model, ctx + ctx, chosen + rejected, pad).split(len(mb))
+                with torch.no_grad():
+                    rc, rr = sequence_logps(f.policy.reference, ctx + ctx, chosen + rejected, pad).split(len(mb))
+                loss = dpo_loss(pc, pr, rc, rr, cfg.dpo_beta).sum() / max(1, len(pairs))
+                if finite_or_skip(loss, counters, step):
+                    f.acc.backward(loss)
+                    losses.append(float(loss.detach()))
+                    margins += preference_margin(pc, pr, rc, rr).detach().tolist()
+            f.optimizer_step(trained=bool(losses))
+        # 4 log, checkpoint
         metrics = {
             "loss/dpo": float(np.sum(losses)) if losses else float("nan"),
             "pairs/count": len(pairs),
@@ -515,8 +436,9 @@ def train_dpo(cfg: GuardTrainConfig, out: Path, resume: bool = False, progress: 
             "guard/unparseable": float(np.mean([lab is None for _, lab in parsed])),
             "time/step_s": time.time() - t0,
         }
-        end_step(f, cfg, out, step, metrics)
-    f.acc.end_training()
+        if end_frame_step(f, step, step_metrics(f, counters, **metrics), {"counters": counters}):
+            break
+    finish_run(f)
     return metrics
 
 

@@ -30,12 +30,12 @@ from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import budget_counts, pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
-from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
+from redgym.trainers.distributed import accumulate_locally, rank_share
 from redgym.trainers.losses import PREFERENCE_LOSSES, chosen_nll_anchor, preference_margin
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, sequence_logps, train_sampling
-from redgym.trainers.run import batch_indices, end_step, finish_run, start_run
+from redgym.trainers.run import Frame, batch_indices, end_step, finish_run, start_run
 from redgym.trainers.train_config import TrainConfig
 
 
@@ -228,20 +228,13 @@ def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Gen
 
 
 def update(
-    pairs: list[PreferencePair],
-    policy: Policy,
-    adversary: LM,
-    cfg: IPOConfig,
-    acc,
-    opt,
-    sched,
-    counters: dict,
-    step: int,
+    pairs: list[PreferencePair], f: Frame, adversary: LM, cfg: IPOConfig, counters: dict, step: int
 ) -> tuple[dict[str, list[float]], float, int]:
     """Step 4: ``ipo_epochs`` passes over the pairs, one optimizer step per ``pairs_per_update`` of them (all, when
     0), each the IPO/DPO loss accumulated over micro batches; returns the per-pair loss, margin and KL lists, the
     last update's gradient norm (nan when clipping is off or nothing trained) and the number of optimizer steps."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
+    policy, acc = f.policy, f.acc
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     policy.model.train()
@@ -273,14 +266,7 @@ def update(
                 stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
                 per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
                 stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
-            all_reduce_grads(acc, policy.model.parameters())
-            if acc.sync_gradients and cfg.max_grad_norm > 0 and trained:
-                grad_norm = float(acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm))
-            else:
-                grad_norm = float("nan")
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+            grad_norm = f.optimizer_step(trained)
     return stats, grad_norm, len(chunks)
 
 
@@ -288,15 +274,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = start_run(cfg, out, resume)
-    policy, defender, adversary, setup, acc, opt, sched = (
-        run.policy,
-        run.defender,
-        run.adversary,
-        run.setup,
-        run.acc,
-        run.opt,
-        run.sched,
-    )
+    policy, defender, adversary, setup, acc, opt = run.policy, run.defender, run.adversary, run.setup, run.acc, run.opt
     pool = (
         weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer) if cfg.weak_supervision > 0 else []
     )
@@ -362,7 +340,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             cfg.weak_candidates,
         )
         # 4 IPO/DPO loss: ipo_epochs passes, one optimizer step per pairs_per_update pairs (micro-batches accumulated)
-        stats, grad_norm, n_updates = update(pairs, policy, adversary, cfg, acc, opt, sched, counters, step)
+        stats, grad_norm, n_updates = update(pairs, run, adversary, cfg, counters, step)
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
         reliability = pair_reliability([reply_terms(g.scores, weights) for g in groups])[0]

@@ -14,7 +14,7 @@ from redgym.config import RunConfig
 from redgym.models.ct2 import ct2_lm
 from redgym.models.lm import LM, SamplingParams, continuation_logprobs
 from redgym.models.loading import load_model
-from redgym.trainers.train_config import TrainConfig
+from redgym.trainers.train_config import OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -110,7 +110,7 @@ def model_config(model: torch.nn.Module) -> PretrainedConfig:
     return config
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: OptimConfig):
     """The peft ``LoraConfig`` of the adversary's adapter (rank, alpha, dropout, target modules)."""
     from peft import LoraConfig
 
@@ -124,8 +124,10 @@ def lora_config(cfg: TrainConfig):
     )
 
 
-def build_policy(cfg: TrainConfig) -> Policy:
-    model, tok = load_model(cfg.adversary_model, cfg.dtype, cfg.device)
+def build_policy(cfg: OptimConfig, name: str) -> Policy:
+    """The model trained from ``name`` (a known model, a folder, an adapter): LoRA over it with the adapter-off
+    view as the reference, or all of it with a frozen copy as the reference (``lora: false``)."""
+    model, tok = load_model(name, cfg.dtype, cfg.device)
     if not cfg.lora:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -145,7 +147,7 @@ def build_policy(cfg: TrainConfig) -> Policy:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, lora, autocast_adapter_dtype=True)
-    peft_model.peft_config["default"].base_model_name_or_path = cfg.adversary_model  # reload by redgym name
+    peft_model.peft_config["default"].base_model_name_or_path = name  # reload by redgym name
     sampler = MergedCopy(frozen) if frozen is not None else None
     return Policy(peft_model, tok, AdapterOff(peft_model), sampler, frozen)
 

@@ -1,4 +1,7 @@
-"""The shared frame of a training run: set-up and resume, prompt schedule, optimizer, step bookkeeping, the end."""
+"""The shared frame of a training run: set-up and resume, prompt schedule, optimizer, step bookkeeping, the end.
+
+``Frame`` / ``start_frame`` / ``end_frame_step`` are every trained model's (the guard's too); ``Run`` / ``start_run`` /
+``end_step`` add what a red-team trainer has beside: the defender, the prompts and scorer, the reward's schedule."""
 
 from __future__ import annotations
 
@@ -27,12 +30,12 @@ from redgym.rollout.reward import (
 )
 from redgym.runfolder import write_json
 from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from redgym.trainers.distributed import check_parallelism, mean_over_ranks
+from redgym.trainers.distributed import all_reduce_grads, check_parallelism, mean_over_ranks
 from redgym.trainers.memory import peak_rss_gb, release_memory, rss_gb
 from redgym.trainers.metrics_log import MetricsLog
 from redgym.trainers.policy import Policy, build_policy, defender_lm
 from redgym.trainers.stop import StopRequest
-from redgym.trainers.train_config import TrainConfig
+from redgym.trainers.train_config import OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -53,7 +56,7 @@ def batch_indices(n: int, per_step: int, step: int, seed: int) -> np.ndarray:
     return np.array(out)
 
 
-def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+def make_accelerator(cfg: OptimConfig, out: Path) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -89,7 +92,7 @@ class StepClock:
 
 
 def optimizer_and_schedule(
-    cfg: TrainConfig, model: torch.nn.Module, clock: StepClock | None = None
+    cfg: OptimConfig, model: torch.nn.Module, clock: StepClock | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -100,18 +103,16 @@ def optimizer_and_schedule(
     return opt, sched
 
 
-@dataclass
-class Run:
-    """What both trainers set up the same way: accelerator, policy, defender, prompts/scorer, optimizer, the
-    adversary LM used for sampling, the step to start from, and the state restored from a checkpoint."""
+@dataclass(kw_only=True)
+class Frame:
+    """What every training run sets up the same way, the red-team trainers' and the guard's: accelerator, policy,
+    optimizer and schedule, the metrics log, the step to start from and the state restored with it, the stop
+    request. The trained model is saved to ``out/<model_dir>`` at each checkpoint."""
 
-    cfg: TrainConfig
+    cfg: OptimConfig
     out: Path
     acc: Accelerator
     policy: Policy
-    defender: ChatBackend
-    adversary: LM
-    setup: Setup
     opt: torch.optim.Optimizer  # accelerate's AcceleratedOptimizer (a torch Optimizer)
     sched: AcceleratedScheduler
     metrics_log: MetricsLog
@@ -120,14 +121,12 @@ class Run:
     extra: list[torch.nn.Module]
     t_start: float
     clock: StepClock
+    model_dir: str = "adversary"
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
-    http_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # a server's counts at the last step's end
     bar: Any = None  # the progress bar of ``steps``
-    multiplier: float = 0.0  # adversary_budget's Lagrange multiplier (checkpointed with the step's state)
 
     def steps(self, name: str, progress: bool):
-        """The training steps still to run, behind a progress bar (its postfix: a server defender's requests so
-        far), each begun with ``begin_step``."""
+        """The training steps still to run, behind a progress bar, each begun with ``begin_step``."""
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
@@ -140,6 +139,44 @@ class Run:
         for step in self.bar:
             self.begin_step(step)
             yield step
+
+    def begin_step(self, step: int) -> None:
+        """Every trainer's first act in a step: the learning rate takes this step's place in the schedule now (the
+        decay counts training steps), so the step's first update already uses it, in a fresh and a resumed run."""
+        self.clock.step = step
+        inner = getattr(self.sched, "scheduler", self.sched)  # accelerate wraps the torch scheduler
+        for group, base, factor in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+            group["lr"] = base * factor(inner.last_epoch)
+
+    def optimizer_step(self, trained: bool = True) -> float:
+        """The end of one update whose micro-batches were accumulated under ``accumulate_locally``: gradients
+        averaged over the processes, clipped to ``max_grad_norm`` (when something was trained), one optimizer and
+        schedule step. Returns the gradient norm before clipping (nan when not clipped)."""
+        all_reduce_grads(self.acc, self.policy.model.parameters())
+        grad_norm = float("nan")
+        if self.acc.sync_gradients and self.cfg.max_grad_norm > 0 and trained:
+            grad_norm = float(self.acc.clip_grad_norm_(self.policy.model.parameters(), self.cfg.max_grad_norm))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
+        return grad_norm
+
+    def checkpoint_state(self, state: dict) -> dict:
+        """What a checkpoint saves beside the weights: the step's ``state`` (a subclass adds its own)."""
+        return state
+
+
+@dataclass(kw_only=True)
+class Run(Frame):
+    """A red-team trainer's frame: also the defender, the prompts/scorer set-up, the adversary LM used for
+    sampling, a server defender's request counts and the adversary-budget multiplier."""
+
+    cfg: TrainConfig
+    defender: ChatBackend
+    adversary: LM
+    setup: Setup
+    http_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # a server's counts at the last step's end
+    multiplier: float = 0.0  # adversary_budget's Lagrange multiplier (checkpointed with the step's state)
 
     def http_metrics(self, counters: dict) -> dict[str, float]:
         """A server defender's request, retry, failure and token counts: this step's (``http/*``) and the run's so
@@ -169,14 +206,6 @@ class Run:
             log.warning("step %d skipped, nothing trained: %s", step + 1, e)
             return None
 
-    def begin_step(self, step: int) -> None:
-        """Every trainer's first act in a step: the learning rate takes this step's place in the schedule now (the
-        decay counts training steps), so the step's first update already uses it, in a fresh and a resumed run."""
-        self.clock.step = step
-        inner = getattr(self.sched, "scheduler", self.sched)  # accelerate wraps the torch scheduler
-        for group, base, factor in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
-            group["lr"] = base * factor(inner.last_epoch)
-
     def curriculum_alpha(self, step: int) -> float:
         """How far the reward has annealed from the adversary's own toxicity to the configured one (1 = there)."""
         return anneal_fraction(step, self.cfg.reward_curriculum_steps)
@@ -194,33 +223,35 @@ class Run:
         mean = mean_over_ranks(self.acc, {"tox": float(np.mean(tox))})["tox"]
         self.multiplier = multiplier_update(self.multiplier, mean, self.cfg.adversary_budget, self.cfg.multiplier_lr)
 
+    def checkpoint_state(self, state: dict) -> dict:
+        """The step's state, the adversary-budget multiplier and the novelty terms' history (resumed with it)."""
+        if self.cfg.adversary_budget is not None:
+            state = {**state, "multiplier": self.multiplier}
+        if self.setup.memory is not None:
+            state = {**state, "novelty_memory": self.setup.memory.state_dict()}
+        return state
 
-def start_run(
-    cfg: TrainConfig,
+
+def start_frame(
+    cfg: OptimConfig,
     out: Path,
     resume: bool,
+    model: str,
     make_extra: Callable[[Policy], Sequence[torch.nn.Module]] | None = None,
-) -> Run:
-    """Step 0 of every trainer. ``make_extra(policy)`` returns modules (e.g. a value head) trained and
-    checkpointed with the policy."""
+    model_dir: str = "adversary",
+) -> Frame:
+    """Step 0 of every training run: accelerator, the policy (LoRA over ``model``, or all of it), the optimizer
+    and schedule, the latest checkpoint when resuming, ``config.yaml``. ``make_extra(policy)`` returns modules
+    (e.g. a value head) trained and checkpointed with the policy."""
     from redgym.runfolder import check_writable, save_config
-    from redgym.setup import prepare
 
     check_writable(out)
     acc = make_accelerator(cfg, out)
     check_parallelism(acc)
     if not acc.is_main_process:  # each message once: the main process logs, the others only on errors
         logging.getLogger("redgym").setLevel(logging.ERROR)
-    if cfg.prompts_per_step % acc.num_processes:
-        raise RedgymError(
-            f"prompts_per_step {cfg.prompts_per_step} does not split over {acc.num_processes} "
-            "processes; make it a multiple"
-        )
     set_seed(cfg.seed)  # LoRA/value-head init and rollout sampling; a resumed run restores the saved RNG states
-    policy = build_policy(cfg)
-    # a local defender shares the policy's base weights; a server defender is set up (and checked) by prepare
-    defender = defender_lm(cfg, policy) if cfg.defender_backend == "local" else None
-    setup = prepare(cfg, need_embedder=False, defender=defender)
+    policy = build_policy(cfg, model)
     dev = next(policy.model.parameters()).device
     extra = [m.to(dev) for m in (make_extra(policy) if make_extra else ())]
     clock = StepClock()
@@ -228,80 +259,114 @@ def start_run(
     policy.model, *extra, opt, sched = acc.prepare(policy.model, *extra, opt, sched)
     if acc.num_processes > 1:  # same initial weights (DDP broadcast them), each process its own sampling stream
         set_seed(cfg.seed + acc.process_index)
-    adversary = LM(
-        policy.generation_model, policy.tokenizer, cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens
-    )
     start, state = 0, {}
     if resume and (ckpt := latest_checkpoint(out)):
         state = load_checkpoint(acc, ckpt)
         start = state["step"]
-        if setup.memory is not None and "novelty_memory" in state:
-            setup.memory.load_state_dict(state["novelty_memory"])
         log.info("resumed from %s at step %d", ckpt, start)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(out, cfg)
-        # the split this run trains on; its evaluation tests on these held-out prompts, never recomputing them
-        write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
     acc.wait_for_everyone()
     metrics_log = MetricsLog(out, acc)
     metrics_log.keep_until(start)
+    policy.sync_sampler()
+    return Frame(
+        cfg=cfg,
+        out=out,
+        acc=acc,
+        policy=policy,
+        opt=opt,
+        sched=sched,
+        metrics_log=metrics_log,
+        start=start,
+        state=state,
+        extra=extra,
+        t_start=time.time(),
+        clock=clock,
+        model_dir=model_dir,
+    )
+
+
+def start_run(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    make_extra: Callable[[Policy], Sequence[torch.nn.Module]] | None = None,
+) -> Run:
+    """Step 0 of every red-team trainer: the frame (``start_frame``), then the defender, the prompts, scorer and
+    reward (``setup.prepare``) and the split this run trains on (``split.json``)."""
+    from redgym.setup import prepare
+
+    f = start_frame(cfg, out, resume, cfg.adversary_model, make_extra)
+    if cfg.prompts_per_step % f.acc.num_processes:
+        raise RedgymError(
+            f"prompts_per_step {cfg.prompts_per_step} does not split over {f.acc.num_processes} "
+            "processes; make it a multiple"
+        )
+    # a local defender shares the policy's base weights; a server defender is set up (and checked) by prepare
+    defender = defender_lm(cfg, f.policy) if cfg.defender_backend == "local" else None
+    setup = prepare(cfg, need_embedder=False, defender=defender)
+    if setup.memory is not None and "novelty_memory" in f.state:
+        setup.memory.load_state_dict(f.state["novelty_memory"])
+    adversary = LM(
+        f.policy.generation_model, f.policy.tokenizer, cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens
+    )
+    if f.acc.is_main_process:  # the split this run trains on; its evaluation tests on these held-out prompts
+        write_json(out / "split.json", setup.split.to_json(cfg.prompts, cfg.data_seed))
+    f.acc.wait_for_everyone()
+    fields = {k.name: getattr(f, k.name) for k in dataclasses.fields(Frame)}
     # setup.defender: the defender behind its guard when defender_guard is set (a red-teamer trained against it)
     return Run(
-        cfg,
-        out,
-        acc,
-        policy,
-        setup.defender,
-        adversary,
-        setup,
-        opt,
-        sched,
-        metrics_log,
-        start,
-        state,
-        extra,
-        time.time(),
-        clock,
-        multiplier=float(state.get("multiplier", cfg.multiplier_init)),
+        **fields,
+        defender=setup.defender,
+        adversary=adversary,
+        setup=setup,
+        multiplier=float(f.state.get("multiplier", cfg.multiplier_init)),
     )
 
 
 def end_step(run: Run, step: int, metrics: dict, state: dict) -> bool:
-    """Step 5's bookkeeping: log, checkpoint every N steps / at the end / when out of time. True = stop now."""
+    """Step 5 of a red-team trainer: the reward's schedule and a server defender's counts in the step's metrics,
+    then ``end_frame_step``. True = stop now."""
     cfg = run.cfg
-    metrics["time/train_min"] = (time.time() - run.t_start) / 60
     if cfg.reward_curriculum_steps:
         metrics["reward/curriculum_alpha"] = run.curriculum_alpha(step)
     if cfg.adversary_budget is not None:  # the value the next step's rewards use, resumed from the checkpoint
         metrics["reward/multiplier"] = run.multiplier
-        state = {**state, "multiplier": run.multiplier}
-    release_memory()
-    metrics["sys/peak_rss_gb"] = peak_rss_gb()
-    metrics["sys/rss_gb"] = rss_gb()
     metrics.update(run.http_metrics(state.get("counters", {})))
     if run.bar is not None and "http/total_requests" in metrics:
         run.bar.set_postfix(requests=int(metrics["http/total_requests"]), refresh=False)
-    metrics.update(mean_over_ranks(run.acc, metrics))
+    return end_frame_step(run, step, metrics, state)
+
+
+def end_frame_step(f: Frame, step: int, metrics: dict, state: dict) -> bool:
+    """A step's bookkeeping: time and memory in its metrics (averaged over the processes; ``budget/*`` summed), the
+    log, a checkpoint every ``checkpoint_every`` steps / at the end / when out of time or asked to stop (SIGINT,
+    SIGTERM: ``TrainingStopped`` after it). True = stop now (out of time)."""
+    cfg = f.cfg
+    metrics["time/train_min"] = (time.time() - f.t_start) / 60
+    release_memory()
+    metrics["sys/peak_rss_gb"] = peak_rss_gb()
+    metrics["sys/rss_gb"] = rss_gb()
+    metrics.update(mean_over_ranks(f.acc, metrics))
     for k in [k for k in metrics if k.startswith("budget/")]:  # a step's cost is the sum over processes
-        metrics[k] = metrics[k] * run.acc.num_processes
-    run.metrics_log.log(step + 1, metrics)
-    out_of_time = cfg.max_minutes > 0 and time.time() - run.t_start > 60 * cfg.max_minutes
-    signum = run.stop.requested(run.acc)
+        metrics[k] = metrics[k] * f.acc.num_processes
+    f.metrics_log.log(step + 1, metrics)
+    out_of_time = cfg.max_minutes > 0 and time.time() - f.t_start > 60 * cfg.max_minutes
+    signum = f.stop.requested(f.acc)
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time or signum:
-        if run.setup.memory is not None:  # the novelty terms' history resumes with the policy
-            state = {**state, "novelty_memory": run.setup.memory.state_dict()}
-        save_checkpoint(run.acc, run.out, step + 1, run.policy, state, cfg.keep_checkpoints)
+        save_checkpoint(f.acc, f.out, step + 1, f.policy, f.checkpoint_state(state), cfg.keep_checkpoints, f.model_dir)
     if signum and step + 1 < cfg.steps:
-        finish_run(run)
-        raise TrainingStopped(step + 1, signum, run.out)
+        finish_run(f)
+        raise TrainingStopped(step + 1, signum, f.out)
     if out_of_time:
         log.info("wall-clock budget of %.1f min reached after step %d", cfg.max_minutes, step + 1)
     return out_of_time
 
 
-def finish_run(run: Run) -> None:
-    """Step 6: close trackers, give the signals back. Evaluation is the caller's (``redgym train`` runs
+def finish_run(f: Frame) -> None:
+    """The last step: close trackers, give the signals back. Evaluation is the caller's (``redgym train`` runs
     ``evaluate_run`` after it)."""
-    run.stop.restore()
-    run.acc.end_training()
+    f.stop.restore()
+    f.acc.end_training()

@@ -22,9 +22,9 @@ from redgym.config import _f
 from redgym.data.weak import clean_openings, weak_pool
 from redgym.errors import RedgymError
 from redgym.models.lm import continuation_forward
-from redgym.trainers.distributed import accumulate_locally, all_reduce_grads, rank_share
+from redgym.trainers.distributed import accumulate_locally, rank_share
 from redgym.trainers.metrics_log import finite_or_skip
-from redgym.trainers.run import end_step, finish_run, start_run
+from redgym.trainers.run import Frame, end_step, finish_run, start_run
 from redgym.trainers.train_config import TrainConfig
 
 
@@ -44,11 +44,33 @@ class SFTConfig(TrainConfig):
             raise RedgymError(f"config: weak_kind must be toxic_rest or clean_opening, got {self.weak_kind!r}")
 
 
+def sft_update(
+    f: Frame, ctx: list[list[int]], target: list[list[int]], micro_batch_size: int, counters: dict, step: int
+) -> list[float]:
+    """Steps 2-3 of supervised fine-tuning (this trainer's and the guard's): the mean token NLL of each target
+    given its context, over all the step's target tokens, accumulated over micro batches into one optimizer step.
+    Returns the micro batches' losses, whose sum is the step's mean NLL (a non-finite one is skipped, counted)."""
+    model, acc, pad = f.policy.model, f.acc, f.policy.tokenizer.pad_token_id
+    model.train()
+    losses: list[float] = []
+    n_tokens = sum(len(t) for t in target)
+    with accumulate_locally(acc, model):
+        for i in range(0, len(ctx), micro_batch_size):
+            o = continuation_forward(model, ctx[i : i + micro_batch_size], target[i : i + micro_batch_size], pad)
+            loss = -(o.logps * o.mask).sum() / n_tokens
+            if not finite_or_skip(loss, counters, step):
+                continue
+            acc.backward(loss)
+            losses.append(float(loss.detach()))
+        f.optimizer_step(trained=bool(losses))
+    return losses
+
+
 def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) SFT into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA), the taught examples
     run = start_run(cfg, out, resume)
-    policy, adversary, setup, acc, opt, sched = run.policy, run.adversary, run.setup, run.acc, run.opt, run.sched
+    policy, adversary, setup, acc, opt = run.policy, run.adversary, run.setup, run.acc, run.opt
     if cfg.weak_kind == "clean_opening":  # (training prompt's history, opening): said where a conversation stands
         openings = clean_openings(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
         train = setup.split.train
@@ -58,7 +80,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
             ((first,), rest)
             for first, rest in weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer)
         ]
-    tok, pad = policy.tokenizer, policy.tokenizer.pad_token_id
+    tok = policy.tokenizer
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     counters = run.state.get("counters", {})
     metrics: dict[str, float] = {}
@@ -75,25 +97,7 @@ def train(cfg: SFTConfig, out: Path, resume: bool = False, progress: bool = True
         ]
         target = [tok(rest, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens] for _, rest in batch]
         # 2-3 mean token NLL of the taught rests, accumulated over micro-batches into one update
-        policy.model.train()
-        losses = []
-        n_tokens = sum(len(t) for t in target)
-        with accumulate_locally(acc, policy.model):
-            for i in range(0, len(batch), cfg.micro_batch_size):
-                o = continuation_forward(
-                    policy.model, ctx[i : i + cfg.micro_batch_size], target[i : i + cfg.micro_batch_size], pad
-                )
-                loss = -(o.logps * o.mask).sum() / n_tokens
-                if not finite_or_skip(loss, counters, step):
-                    continue
-                acc.backward(loss)
-                losses.append(float(loss.detach()))
-            all_reduce_grads(acc, policy.model.parameters())
-            if acc.sync_gradients and cfg.max_grad_norm > 0 and losses:
-                acc.clip_grad_norm_(policy.model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+        losses = sft_update(run, ctx, target, cfg.micro_batch_size, counters, step)
         # 4 log + checkpoint
         metrics = {
             "loss/sft": float(np.sum(losses)) if losses else float("nan"),

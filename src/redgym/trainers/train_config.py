@@ -1,4 +1,5 @@
-"""The fields every trainer config shares (optimisation, adapter, bookkeeping) and their checks."""
+"""The fields every trained model's run shares (``OptimConfig``: optimisation, adapter, bookkeeping; the red-team
+trainers and the guard), and what the red-team trainers add over ``RunConfig`` (``TrainConfig``)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from redgym.config import RunConfig, _f
+from redgym.config import DeviceConfig, RunConfig, _f
 from redgym.errors import RedgymError
 
 
 @dataclass
-class TrainConfig(RunConfig):
+class OptimConfig(DeviceConfig):
+    """A trained LM's optimisation, adapter and bookkeeping: what ``trainers/run.start_frame`` reads."""
+
     # --- optimisation --------------------------------------------------------------------------------------
     steps: int = _f(100, "optimizer steps")
     max_minutes: float = _f(0.0, "stop after the step that crosses this wall-clock budget (0 = no limit)")
-    prompts_per_step: int = _f(8, "training prompts rolled out per step")
     lr: float = _f(1e-4, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(5, "linear learning-rate warmup over the first N optimizer steps")
@@ -25,17 +27,6 @@ class TrainConfig(RunConfig):
         "has found its reward is easily pushed off it by full-size late updates; 0 = constant after warmup",
     )
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
-    http_skip_failed_steps: bool = _f(
-        False,
-        "defender_backend openai: a step whose defender requests fail after their retries is skipped (untrained, "
-        "counted in http/skipped_steps) instead of stopping the run at its last checkpoint",
-    )
-    reward_curriculum_steps: int = _f(
-        0,
-        "the reward starts as the adversary's own toxicity (exact: the trainer "
-        "learns it fast, and the defender's toxicity follows it) and anneals "
-        "linearly to the configured reward over the first N steps; 0 = off",
-    )
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
     micro_batch_size: int = _f(
         4,
@@ -58,26 +49,15 @@ class TrainConfig(RunConfig):
         "+2 model copies in memory; float32 only (a bf16 merge rounds small updates "
         "away, so bf16/fp16 runs sample through peft); false = sample through peft",
     )
-    on_policy_sampling: bool = _f(
-        True,
-        "sample training rollouts from exactly the distribution the loss uses "
-        "(temperature only: no top_p, top_k, repetition penalty or minimum "
-        "length); evaluation keeps them",
-    )
     # --- bookkeeping -----------------------------------------------------------------------------------------
     checkpoint_every: int = _f(25, "save a resumable checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (oldest deleted first)")
     log_with: str = _f("none", "extra metric sink: none, tensorboard or wandb")
-    eval_after: bool = _f(
-        True, "redgym train: evaluate trained vs untuned adversary on the run's test prompts when training ends"
-    )
 
     def validate(self) -> None:
         super().validate()
-        if self.steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
-            raise RedgymError("config: steps, prompts_per_step, micro_batch_size and grad_accum must be >= 1")
-        if self.reward_curriculum_steps < 0:
-            raise RedgymError(f"config: reward_curriculum_steps must be >= 0, got {self.reward_curriculum_steps}")
+        if self.steps < 1 or self.micro_batch_size < 1 or self.grad_accum < 1:
+            raise RedgymError("config: steps, micro_batch_size and grad_accum must be >= 1")
         if self.lr <= 0:
             raise RedgymError(f"config: lr must be > 0, got {self.lr}")
         if not 0 <= self.lr_decay_steps <= self.steps:
@@ -86,3 +66,38 @@ class TrainConfig(RunConfig):
             raise RedgymError(f"config: log_with must be none, tensorboard or wandb, got {self.log_with!r}")
         if self.load_in_4bit and not torch.cuda.is_available():
             raise RedgymError("config: load_in_4bit needs CUDA (bitsandbytes); it is not available here")
+
+
+@dataclass
+class TrainConfig(OptimConfig, RunConfig):
+    """A red-team trainer's config: the run's models, rollout, reward and evaluation (``RunConfig``), how the
+    adversary is optimised (``OptimConfig``), and the fields below. ``validate`` runs both parts' checks."""
+
+    prompts_per_step: int = _f(8, "training prompts rolled out per step")
+    http_skip_failed_steps: bool = _f(
+        False,
+        "defender_backend openai: a step whose defender requests fail after their retries is skipped (untrained, "
+        "counted in http/skipped_steps) instead of stopping the run at its last checkpoint",
+    )
+    reward_curriculum_steps: int = _f(
+        0,
+        "the reward starts as the adversary's own toxicity (exact: the trainer "
+        "learns it fast, and the defender's toxicity follows it) and anneals "
+        "linearly to the configured reward over the first N steps; 0 = off",
+    )
+    on_policy_sampling: bool = _f(
+        True,
+        "sample training rollouts from exactly the distribution the loss uses "
+        "(temperature only: no top_p, top_k, repetition penalty or minimum "
+        "length); evaluation keeps them",
+    )
+    eval_after: bool = _f(
+        True, "redgym train: evaluate trained vs untuned adversary on the run's test prompts when training ends"
+    )
+
+    def validate(self) -> None:
+        super().validate()  # OptimConfig's, then RunConfig's, then DeviceConfig's (once)
+        if self.prompts_per_step < 1:
+            raise RedgymError(f"config: prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        if self.reward_curriculum_steps < 0:
+            raise RedgymError(f"config: reward_curriculum_steps must be >= 0, got {self.reward_curriculum_steps}")
