@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from redgym.models.lm import LM, left_padded
+from redgym.models.forward import left_padded
+from redgym.models.lm import LM
 from redgym.trainers.ipo import IPOConfig, PreferencePair, update
 from redgym.trainers.policy import Policy
 from redgym.trainers.run import start_frame

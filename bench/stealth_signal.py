@@ -79,7 +79,7 @@ def toxic_token_ids(tokenizer, min_weight: float) -> list[int]:
 def dense_signal(lm, histories, replies: list[list[str]], tox_ids: list[int], temperature: float, batch: int):
     """(N, R) expected toxic-token counts: for each sampled reply, the defender's probability (its softmax at the
     sampling temperature) of a token in ``tox_ids`` at every position of the reply, summed."""
-    from redgym.models.lm import continuation_forward
+    from redgym.models.forward import continuation_forward
 
     tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
     head = lm.model.get_output_embeddings()

@@ -5,7 +5,7 @@ import torch
 
 from redgym.models import load_model
 from redgym.models.attention import NAME
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 
 
 def test_loaded_models_use_it_and_agree_with_transformers_sdpa_forward_and_backward(tiny_model_dir):

@@ -98,7 +98,7 @@ def test_training_rollouts_sample_from_the_plain_tempered_softmax(tiny_model_dir
 def test_on_policy_rollouts_have_the_log_probs_the_loss_uses(tiny_model_dir, prompt_file, tiny_lm):
     """The log-prob of each sampled token under the distribution it was drawn from equals the trainer's tempered
     log-prob only with on-policy sampling; ASTPrompter's top-p / repetition penalty make them differ."""
-    from redgym.models.lm import continuation_forward
+    from redgym.models.forward import continuation_forward
     from redgym.rollout.engine import generate_turns
 
     evals = SamplingParams(max_new_tokens=6, min_new_tokens=2, temperature=0.7, top_p=0.5, repetition_penalty=1.3)

@@ -253,7 +253,7 @@ def test_a_cache_that_cannot_be_spliced_by_column_is_not_kept(tiny_lm):
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicSlidingWindowLayer
 
-    from redgym.models.lm import KeptCache
+    from redgym.models.kv_cache import KeptCache
 
     enc = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
     sliding = DynamicCache()

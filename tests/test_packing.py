@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from redgym.models import load_model
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_inputs
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 from redgym.trainers.episodes import Episodes, pad_right_aligned
 from redgym.trainers.update import clipped_epochs
 

@@ -42,8 +42,9 @@ from redgym.guard.data import (
     parse_guard_output,
     read_guard_train,
 )
+from redgym.models.forward import continuation_logprobs, left_padded
 from redgym.models.guard import GuardModel
-from redgym.models.lm import LM, SamplingParams, continuation_logprobs, left_padded
+from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import adapter_base
 from redgym.runfolder import read_jsonl, write_json, write_jsonl
 from redgym.trainers.distributed import accumulate_locally

@@ -37,7 +37,8 @@ import torch
 
 from redgym.errors import RedgymError
 from redgym.models.base import Generation, SamplingParams
-from redgym.models.lm import LM, run_length
+from redgym.models.kv_cache import run_length
+from redgym.models.lm import LM
 from redgym.models.loading import cache_dir, resolve_model_path, save_atomically
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
 """A causal LM with the two operations redgym needs: batched sampling with log-probs, and continuation NLL.
 
+The forward pass that training and scoring share is ``models/forward.py``; the key-value cache kept between the
+``generate`` calls of a rollout batch is ``models/kv_cache.py``.
+
 Conversations reach this layer as ``(speaker, text)`` pairs, so models know nothing of rollouts or trainers.
 """
 
@@ -8,14 +11,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList
-from transformers.cache_utils import DynamicLayer
 
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
+from redgym.models.forward import continuation_logprobs
+from redgym.models.kv_cache import KeptCache, run_length
 from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_inputs
 from redgym.models.sampling import CandidateSampler
 
@@ -298,201 +301,3 @@ class LM(ChatBackend, LikelihoodBackend):
             for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
                 computed[i] = v
         return [computed[i] if v is None else v for i, v in enumerate(known)]
-
-
-@dataclass
-class KeptCache:
-    """A ``generate`` call's key-value cache with the tokens behind each row: row r's tokens (its context and the
-    tokens it generated, up to its stop) sit in columns ``starts[r]`` onwards, ``tokens[r]`` right-padded with -1."""
-
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (rows, heads, columns, dim)
-    tokens: torch.Tensor  # (rows, L) long
-    starts: list[int]
-
-    @classmethod
-    def of(cls, cache, enc: dict[str, torch.Tensor], new: list[list[int]]) -> KeptCache | None:
-        """The cache ``generate`` returned, for contexts ``enc`` and new tokens ``new``; None for a cache that cannot
-        be spliced by column (a sliding window layer keeps only its last tokens)."""
-        if not isinstance(cache, DynamicCache) or not all(type(la) is DynamicLayer for la in cache.layers):
-            return None
-        layers = [(la.keys, la.values) for la in cache.layers if la.keys is not None and la.values is not None]
-        if len(layers) < len(cache.layers) or not layers:
-            return None
-        columns = layers[0][0].shape[2]
-        attn = enc["attention_mask"]
-        width = attn.shape[1]
-        rows, starts = [], []
-        for b in range(attn.shape[0]):
-            starts.append(width - int(attn[b].sum()))
-            rows.append((enc["input_ids"][b, starts[-1] :].tolist() + new[b])[: columns - starts[-1]])
-        tokens = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
-        for r, row in enumerate(rows):
-            tokens[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return cls(layers, tokens, starts)
-
-    def reusable(self, rows: list[list[int]], limit: list[int], chunk: int = 16) -> tuple[list[int], list[int]]:
-        """For each token row: how many of its leading tokens a kept row holds (at most ``limit``), and which row."""
-        width = min(self.tokens.shape[1], max(len(r) for r in rows))
-        held, src = [], []
-        for s in range(0, len(rows), chunk):
-            part = torch.full((len(rows[s : s + chunk]), width), -2, dtype=torch.long)
-            for i, row in enumerate(rows[s : s + chunk]):
-                part[i, : min(width, len(row))] = torch.tensor(row[:width], dtype=torch.long)
-            same = part[:, None, :] == self.tokens[None, :, :width]  # (rows, kept rows, width)
-            common = same.to(torch.int32).cumprod(-1).sum(-1)  # length of the common prefix
-            best, which = common.max(-1)
-            held += best.tolist()
-            src += which.tolist()
-        return [min(h, m) for h, m in zip(held, limit)], src
-
-    def past(self, offsets: list[int], src: list[int], start: int) -> DynamicCache:
-        """A cache of ``start`` columns for rows whose first token sits in column ``offsets[u]``: the columns from
-        there to ``start`` copied from kept row ``src[u]`` (the row holds those tokens), the padding left zero."""
-        pairs = []
-        for keys, values in self.layers:
-            k = keys.new_zeros((len(src), keys.shape[1], start, keys.shape[3]))
-            v = values.new_zeros((len(src), values.shape[1], start, values.shape[3]))
-            for u, (off, r) in enumerate(zip(offsets, src)):
-                if (c := start - off) > 0:
-                    k[u, :, off:] = keys[r, :, self.starts[r] : self.starts[r] + c]
-                    v[u, :, off:] = values[r, :, self.starts[r] : self.starts[r] + c]
-            pairs.append((k, v))
-        return DynamicCache(pairs)
-
-
-def run_length(rows: list) -> int:
-    """k when ``rows`` are runs of k identical rows (G samples of one prompt, K replies to one turn), else 1."""
-    n = len(rows)
-    for k in range(n, 1, -1):
-        if n % k == 0 and all(rows[i] == rows[i - i % k] for i in range(n)):
-            return k
-    return 1
-
-
-@dataclass
-class ContinuationOutput:
-    """Per-token quantities at the K continuation positions of a batch, right-aligned, all (B, K) but ``hidden``.
-
-    logps:   log p(token | prefix) at the given temperature (differentiable when grads are on)
-    mask:    1 on real continuation tokens, 0 on padding
-    entropy: entropy of the next-token distribution (computed when asked)
-    hidden:  (B, K, H) last hidden state at the position *predicting* each token (for a value head)
-    """
-
-    logps: torch.Tensor
-    mask: torch.Tensor
-    entropy: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-
-    def need_entropy(self) -> torch.Tensor:
-        """``entropy``, which the forward pass computed (``with_entropy=True``)."""
-        if self.entropy is None:
-            raise ValueError("continuation_forward was called without with_entropy=True")
-        return self.entropy
-
-    def need_hidden(self) -> torch.Tensor:
-        """``hidden``, which the forward pass kept (``with_hidden=True``)."""
-        if self.hidden is None:
-            raise ValueError("continuation_forward was called without with_hidden=True")
-        return self.hidden
-
-
-def left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention mask, position ids) of token rows left-padded to one width, so every row ends at the last
-    position; explicit position ids keep absolute-position models (GPT-2) correct."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r) :] = torch.tensor(r)
-        attn[b, width - len(r) :] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0)
-
-
-def continuation_forward(
-    model,
-    ctx_ids: list[list[int]],
-    cont_ids: list[list[int]],
-    pad_id: int,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    with_hidden: bool = False,
-    packed: bool | None = None,
-) -> ContinuationOutput:
-    """One forward pass over (context + continuation) rows; quantities at the continuation positions.
-
-    Packed (models/packing.py; ``packed`` None: where the model takes a custom mask): shared prefixes run once, no
-    padding. Otherwise rows are left-padded so every continuation ends at the last position. Either way explicit
-    position ids keep absolute-position models (GPT-2) correct, and only the positions predicting a continuation
-    token are projected to the vocabulary.
-    """
-    if can_pack(model) if packed is None else packed:
-        return _packed_continuation_forward(model, ctx_ids, cont_ids, pad_id, temperature, with_entropy, with_hidden)
-    dev = next(model.parameters()).device
-    ids, attn, pos = left_padded([x + c for x, c in zip(ctx_ids, cont_ids)], pad_id, dev)
-    k = max(len(c) for c in cont_ids)
-    cmask = torch.zeros((len(cont_ids), k))
-    for b, c in enumerate(cont_ids):
-        cmask[b, k - len(c) :] = 1
-    cmask = cmask.to(dev)
-    out = model(
-        input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1, output_hidden_states=with_hidden
-    )
-    logp_all = torch.log_softmax(out.logits[:, :-1].float() / temperature, -1)  # (B, K, V)
-    logps = logp_all.gather(-1, ids[:, -k:, None]).squeeze(-1) * cmask
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * cmask if with_entropy else None
-    hidden = out.hidden_states[-1][:, -(k + 1) : -1] if with_hidden else None
-    return ContinuationOutput(logps, cmask, entropy, hidden)
-
-
-def _packed_continuation_forward(
-    model,
-    ctx_ids: list[list[int]],
-    cont_ids: list[list[int]],
-    pad_id: int,
-    temperature: float,
-    with_entropy: bool,
-    with_hidden: bool,
-) -> ContinuationOutput:
-    """``continuation_forward`` over packed rows; the outputs laid out as the padded path's (right-aligned)."""
-    param = next(model.parameters())
-    packs = pack_rows(ctx_ids, cont_ids)
-    ids, mask, pos, kept = packed_inputs(packs, pad_id, param.dtype, param.device)
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=kept, output_hidden_states=with_hidden
-    )
-    # every continuation token: the kept position predicting it (flat over packs), its id, its place in (B, K)
-    k = max(len(c) for c in cont_ids)
-    src: list[int] = []
-    target: list[int] = []
-    dest: list[int] = []
-    for b, predictors in kept_logit_rows(packs, kept).items():
-        src += predictors
-        target += cont_ids[b]
-        dest += range(b * k + k - len(cont_ids[b]), (b + 1) * k)
-    dev = param.device
-    src_t, dest_t = torch.tensor(src, device=dev), torch.tensor(dest, device=dev)
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, src_t)  # (N, V): one row per token
-    logp_all = torch.log_softmax(logits.float() / temperature, -1)
-    flat = logp_all.gather(-1, torch.tensor(target, device=dev)[:, None]).squeeze(-1)
-
-    def laid_out(values: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (B, K, ...), zero where no token
-        empty = values.new_zeros((len(cont_ids) * k, *values.shape[1:]))
-        return empty.index_copy(0, dest_t, values).reshape(len(cont_ids), k, *values.shape[1:])
-
-    cmask = laid_out(torch.ones_like(flat))
-    entropy = laid_out(-(logp_all.exp() * logp_all).sum(-1)) if with_entropy else None
-    hidden = None
-    if with_hidden:
-        last = out.hidden_states[-1][:, -kept:]  # (P, kept, H): the kept positions
-        hidden = laid_out(last.reshape(-1, last.shape[-1]).index_select(0, src_t))
-    return ContinuationOutput(laid_out(flat), cmask, entropy, hidden)
-
-
-def continuation_logprobs(
-    model, ctx_ids: list[list[int]], cont_ids: list[list[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logps, mask)``, both (B, K): per-token log p(continuation | context), right-aligned."""
-    out = continuation_forward(model, ctx_ids, cont_ids, pad_id)
-    return out.logps, out.mask

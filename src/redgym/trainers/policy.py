@@ -12,7 +12,8 @@ import torch
 
 from redgym.config import RunConfig
 from redgym.models.ct2 import ct2_lm
-from redgym.models.lm import LM, SamplingParams, continuation_logprobs
+from redgym.models.forward import continuation_logprobs
+from redgym.models.lm import LM, SamplingParams
 from redgym.models.loading import load_model
 from redgym.trainers.train_config import OptimConfig, TrainConfig
 

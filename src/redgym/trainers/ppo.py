@@ -24,7 +24,7 @@ import torch
 
 from redgym.config import _f
 from redgym.errors import RedgymError
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 from redgym.rollout.reward import budget_counts, pair_reliability, term_means
 from redgym.trainers.episodes import Episodes, episodes_from, pad_right_aligned, roll_out, sibling_reply_terms
 from redgym.trainers.losses import (

@@ -21,7 +21,7 @@ import numpy as np
 from redgym.config import _f
 from redgym.data.weak import clean_openings, weak_pool
 from redgym.errors import RedgymError
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 from redgym.trainers.distributed import accumulate_locally, rank_share
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.run import Frame, end_step, finish_run, start_run

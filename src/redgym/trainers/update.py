@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from redgym.models.lm import continuation_forward
+from redgym.models.forward import continuation_forward
 from redgym.trainers.episodes import Episodes, minibatch_tensors
 from redgym.trainers.losses import masked_mean, minibatch_order, ppo_policy_loss, ratio_deviation
 from redgym.trainers.metrics_log import finite_or_skip
