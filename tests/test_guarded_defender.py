@@ -45,7 +45,15 @@ def test_the_guard_refuses_exactly_the_flagged_turns(tiny_lm):
     assert [r == "I can't help with that." for r in replies] == [True, False, False, True]
     assert sorted(guard.asked) == sorted(turns)  # the guard saw exactly the adversary turns being answered
     assert (guarded.n_checked, guarded.n_flagged) == (4, 2)
-    assert guarded._last_turn == {}  # the turns rendered for a call are not kept after it (a long run grew them)
+    # the turn comes with each context, not from what render left: contexts rendered earlier, answered later and in
+    # another order, are checked by their own turns (a render-side memo, cleared by each generate, lost them)
+    histories = [[("prompt", "hi"), ("adversary", t)] for t in turns]
+    contexts = [guarded.render(h, "defender") for h in histories]
+    guarded.generate(contexts[:1], SamplingParams(max_new_tokens=2))
+    guard.asked.clear()
+    answered = guarded.generate(contexts[::-1], SamplingParams(max_new_tokens=2))
+    assert sorted(guard.asked) == sorted(turns)
+    assert [r == "I can't help with that." for r in answered.texts] == [True, False, False, True][::-1]
     assert guarded.continuation_nll(["hi\n"], ["there"]) == tiny_lm.continuation_nll(["hi\n"], ["there"])
 
 

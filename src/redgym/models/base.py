@@ -45,6 +45,26 @@ class Generation:
     sample_logprobs: list[list[float]] | None = None
 
 
+class Context(str):
+    """A rendered context, the text a backend's ``generate`` answers, that also carries the conversation it renders
+    (``history``): what ``generate`` needs of the conversation (the adversary turn it answers: a guard's question,
+    the turn whose NLL the reply's own forward pass gives) comes with its argument, not from state ``render`` left
+    behind. Everywhere else it is the string it equals; a plain ``str`` context simply has no history."""
+
+    history: tuple[tuple[str, str], ...]
+
+    def __new__(cls, text: str, history) -> Context:
+        self = super().__new__(cls, text)
+        self.history = tuple(history)
+        return self
+
+
+def last_turn(context: str, speaker: str = "adversary") -> str | None:
+    """The last utterance of ``speaker`` in the conversation a ``Context`` renders (None: none, or a plain str)."""
+    history = getattr(context, "history", ())
+    return next((t for s, t in reversed(history) if s == speaker), None)
+
+
 def render_plain(history: list[tuple[str, str]]) -> str:
     """Raw transcript, one utterance a line; the model continues after the last newline (as with GPT-2)."""
     return "".join(text + "\n" for _, text in history)

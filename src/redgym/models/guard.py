@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from redgym.models.base import ChatBackend, Generation, SamplingParams
+from redgym.models.base import ChatBackend, Context, Generation, SamplingParams, last_turn
 from redgym.models.lm import LM
 
 HARMFUL, SAFE = "harmful", "safe"
@@ -104,26 +104,23 @@ class GuardedDefender:
     """A defender (any ``ChatBackend``) behind a guard. Quacks like the wrapped defender (every attribute not defined
     here is the defender's); only ``render`` and ``generate`` differ.
 
-    ``render`` remembers the last adversary turn of each context it renders, so ``generate`` can ask the guard
-    about exactly the turns it is answering; ``n_checked`` / ``n_flagged`` count them.
+    ``render`` returns the defender's context carrying the conversation (``Context``), so ``generate`` asks the
+    guard about exactly the adversary turns its own argument answers; ``n_checked`` / ``n_flagged`` count them.
     """
 
     def __init__(self, defender: ChatBackend, guard: GuardModel, refusal: str, batch_size: int = 16):
         self.defender, self.guard, self.refusal, self.batch_size = defender, guard, refusal, batch_size
-        self._last_turn: dict[str, str] = {}
         self.n_checked = self.n_flagged = 0
 
     def __getattr__(self, name):
         return getattr(self.defender, name)
 
-    def render(self, history: list[tuple[str, str]], me: str) -> str:
+    def render(self, history: list[tuple[str, str]], me: str) -> Context:
         context = self.defender.render(history, me)
-        self._last_turn[context] = next((t for s, t in reversed(history) if s == "adversary"), "")
-        return context
+        return context if isinstance(context, Context) else Context(context, history)
 
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
-        turns = [self._last_turn.get(c, "") for c in contexts]
-        self._last_turn = {}  # rendered just before this call; kept no longer (it grew with every turn of a run)
+        turns = [last_turn(c) or "" for c in contexts]
         unique = sorted(set(turns))
         flagged = {t for t, (_, lab) in zip(unique, self.guard.classify(unique, self.batch_size)) if lab == HARMFUL}
         self.n_checked += len(turns)

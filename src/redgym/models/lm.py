@@ -16,7 +16,15 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList
 
 from redgym.errors import RedgymError
-from redgym.models.base import ChatBackend, Generation, LikelihoodBackend, SamplingParams, chat_messages, render_plain
+from redgym.models.base import (
+    ChatBackend,
+    Context,
+    Generation,
+    LikelihoodBackend,
+    SamplingParams,
+    chat_messages,
+    render_plain,
+)
 from redgym.models.forward import continuation_logprobs
 from redgym.models.kv_cache import KeptCache, run_length
 from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_inputs
@@ -36,9 +44,11 @@ class LM(ChatBackend, LikelihoodBackend):
 
     With ``remember_turn_nll`` on (set up when this LM, a plain-format defender, also scores the reward's NLL term),
     replying to an adversary turn costs no extra forward pass for its NLL: the reply's context *is* the plain
-    transcript followed by that turn, so ``generate`` runs the context's forward pass itself, keeps the turn's
-    per-token log-probs from it, and hands the key-value cache to ``generate``; ``continuation_nll`` then reads the
-    remembered value instead of running the same context again. A value is remembered only when the context's
+    transcript followed by that turn (``render`` returns a ``Context`` carrying the conversation, so ``generate``
+    reads the turn from its own argument: ``turn_split``). ``generate`` runs the context's forward pass itself, keeps
+    the turn's per-token log-probs from it (a memo keyed by the exact (transcript, turn) pair), and hands the
+    key-value cache to ``generate``; ``continuation_nll`` then reads the remembered value instead of running the
+    same context again. A value is remembered only when the context's
     tokens start with exactly the (context, turn) tokens ``continuation_nll`` would score, so results are unchanged.
 
     Identical contexts side by side (GRPO's G samples of one prompt, K replies to one turn) share that forward pass
@@ -65,7 +75,6 @@ class LM(ChatBackend, LikelihoodBackend):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
         self.max_context_tokens = max_context_tokens
         self.remember_turn_nll = remember_turn_nll
-        self._splits: dict[str, tuple[str, str]] = {}  # rendered context -> (plain transcript before, adversary turn)
         self._turn_nll: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._keeping = 0  # open keep_cache() scopes
         self._kept: KeptCache | None = None  # the last generate call's cache, while keeping
@@ -81,14 +90,18 @@ class LM(ChatBackend, LikelihoodBackend):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def render(self, history: list[tuple[str, str]], me: str) -> str:
-        """Context text for this model, speaking as ``me``, given the conversation so far."""
-        if self.fmt != "plain":
-            return render_chat(history, me, self.tokenizer)
-        text = render_plain(history)
-        if self.remember_turn_nll and history and history[-1][0] == "adversary":
-            self._splits[text] = (render_plain(history[:-1]), history[-1][1])  # for generate's turn NLL
-        return text
+    def render(self, history: list[tuple[str, str]], me: str) -> Context:
+        """Context text for this model, speaking as ``me``, given the conversation so far (carrying it)."""
+        text = render_plain(history) if self.fmt == "plain" else render_chat(history, me, self.tokenizer)
+        return Context(text, history)
+
+    def turn_split(self, context: str) -> tuple[str, str] | None:
+        """(the plain transcript before it, the adversary turn) when ``context`` is a plain transcript ending in an
+        adversary turn and this LM remembers turn NLLs: the pair whose NLL the reply's forward pass gives."""
+        history = getattr(context, "history", ())
+        if not (self.remember_turn_nll and self.fmt == "plain" and history and history[-1][0] == "adversary"):
+            return None
+        return render_plain(list(history[:-1])), history[-1][1]
 
     @contextmanager
     def keep_cache(self) -> Iterator[None]:
@@ -119,10 +132,10 @@ class LM(ChatBackend, LikelihoodBackend):
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         """Sample one continuation per context, all in one ``generate`` call (left padding)."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
-        splits, self._splits = self._splits, {}
+        splits = [self.turn_split(c) for c in contexts]
         k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
-        prefill = splits or k > 1 or self._kept is not None
-        past = self._prefill(enc, [splits.get(c) for c in contexts], k) if prefill else None
+        prefill = any(splits) or k > 1 or self._kept is not None
+        past = self._prefill(enc, splits, k) if prefill else None
         # Sampling: CandidateSampler draws each token from the top-k candidates (models/sampling.py) and generate's
         # greedy choice takes it; temperature 0: transformers' greedy decoding (a classifier's answer).
         sampler = CandidateSampler(params, self.stop_ids, enc["input_ids"].shape[1]) if params.temperature > 0 else None
