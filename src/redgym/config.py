@@ -97,11 +97,33 @@ class DeviceConfig(ConfigFields):
 
 
 @dataclass
-class RunConfig(DeviceConfig):
+class EvalConfig(ConfigFields):
+    """What only an evaluation reads: the adversary evaluated, where its test prompts come from, how many are rolled
+    out, the untuned baseline and the bootstrap. A training run reads them only for the evaluation after it; an
+    experiment's arm sets them under ``eval``, never under ``train`` (``experiments/runner.py``)."""
+
+    adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
+    split_from: str | None = _f(
+        None,
+        "use this run folder's split.json (or a split.json path) instead of computing "
+        "the split; default: the trained adversary's run folder when it has one",
+    )
+    compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
+    baseline_from: str | None = _f(
+        None,
+        "reuse the untuned adversary's scored conversations from this earlier "
+        "run folder instead of generating them again (settings must match)",
+    )
+    n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
+    samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
+    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
+
+
+@dataclass
+class RunConfig(EvalConfig, DeviceConfig):
     # --- models -------------------------------------------------------------------------------------------
     adversary_model: str = _f("smollm2-135m", "adversary LM: a known name, a local HF folder, a .gguf file or a hub id")
     defender_model: str = _f("smollm2-135m", "defender LM (frozen), same forms as adversary_model")
-    adversary_checkpoint: str | None = _f(None, "trained adversary to load: a LoRA adapter or full model folder")
     adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
     defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
@@ -250,21 +272,6 @@ class RunConfig(DeviceConfig):
         "seed of the prompt split and max_prompts sample (None = seed); fix it to "
         "vary the seed over one set of test prompts",
     )
-    split_from: str | None = _f(
-        None,
-        "use this run folder's split.json (or a split.json path) instead of computing "
-        "the split; default: the trained adversary's run folder when it has one",
-    )
-    # --- evaluation -----------------------------------------------------------------------------------------
-    compare_untuned: bool = _f(True, "with adversary_checkpoint, also evaluate the untuned adversary side by side")
-    baseline_from: str | None = _f(
-        None,
-        "reuse the untuned adversary's scored conversations from this earlier "
-        "run folder instead of generating them again (settings must match)",
-    )
-    n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
-    samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
-    bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
 
     def validate(self) -> None:
         """Check values that a type alone cannot; raise RedgymError with one line."""

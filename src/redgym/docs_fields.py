@@ -19,7 +19,7 @@ import inspect
 import re
 from pathlib import Path
 
-from redgym.config import ConfigFields, DeviceConfig, FieldHelp, RunConfig
+from redgym.config import ConfigFields, DeviceConfig, EvalConfig, FieldHelp, RunConfig
 from redgym.errors import RedgymError
 from redgym.experiments.runner import ABLATION_KEYS, ARM_KEYS, EXPERIMENT_KEYS
 from redgym.guard.evaluate import GuardConfig
@@ -36,6 +36,7 @@ from redgym.trainers.train_config import OptimConfig, TrainConfig
 # Every config class a command reads, by block name (a new trainer in TRAINERS needs a block, or --check fails).
 _READ_BY_COMMANDS: tuple[type[ConfigFields], ...] = (
     DeviceConfig,
+    EvalConfig,
     RunConfig,
     OptimConfig,
     TrainConfig,

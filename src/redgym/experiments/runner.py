@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redgym.config import C, RunConfig, load_config, read_yaml_mapping
+from redgym.config import C, EvalConfig, RunConfig, load_config, read_yaml_mapping
 from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
@@ -53,16 +53,9 @@ from redgym.trainers.train_config import TrainConfig
 log = logging.getLogger("redgym.experiment")
 
 KINDS = ("untuned", "dataset", *TRAINERS)
-# RunConfig fields that only an evaluation reads: under an arm's train they would silently do nothing.
-EVAL_ONLY = {
-    "n_eval_prompts",
-    "samples_per_prompt",
-    "bootstrap_samples",
-    "compare_untuned",
-    "baseline_from",
-    "adversary_checkpoint",
-    "split_from",
-}
+# RunConfig fields that only an evaluation reads (its EvalConfig part): under an arm's train they would silently do
+# nothing.
+EVAL_ONLY = {f.name for f in dataclasses.fields(EvalConfig)}
 # The experiment file's keys, one line of help each: `redgym experiment --help` and docs/experiments.md show these
 # tables, and a key outside them is a one-line error.
 EXPERIMENT_KEYS = {
