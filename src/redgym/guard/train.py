@@ -180,7 +180,7 @@ def rationalise(
                 bar.refresh()
             for s in range(0, len(idx), batch_size):
                 part = idx[s : s + batch_size]
-                asks = [
+                asks: list[str] = [
                     lm.render([("user", RATIONALE_ASK.format(text=todo[i].text, label=todo[i].label))], "guard")
                     for i in part
                 ]

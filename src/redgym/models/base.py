@@ -10,6 +10,7 @@ HTTP server); only that backend's own ``generate`` reads it, so rollouts never n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -53,7 +54,7 @@ class Context(str):
 
     history: tuple[tuple[str, str], ...]
 
-    def __new__(cls, text: str, history) -> Context:
+    def __new__(cls, text: str, history: Iterable[tuple[str, str]]) -> Context:
         self = super().__new__(cls, text)
         self.history = tuple(history)
         return self

@@ -141,7 +141,6 @@ class CT2LM(LM):
 
     def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
         """One continuation per context, one engine call for the batch."""
-        self._splits = {}  # no prefill here: the NLL term is computed by continuation_nll
         starts = self._context_tokens(contexts, self.max_context_tokens - params.max_new_tokens)
         rows = self._sample_rows(starts, params)
         # The engine's minimum length counts from the batch's shortest context: a row with a longer one that
