@@ -10,8 +10,8 @@ What is measured, per batch size B (default 1, 8, 16, 64):
   key-value cache between calls, so each turn runs only the new utterances (``LM.keep_cache``); a context pass with
   nothing kept runs packed, so contexts sharing a prefix (a prompt's G samples, a system prompt) compute it once
   (``LM._packed_prefill``); and the defender, which also scores
-  the NLL term (``remember_turn_nll``, as ``setup.load_likelihood`` sets it), takes each adversary turn's NLL from
-  the forward pass of its reply's context, so scoring adds the toxicity scorer and a look-up.
+  the NLL term (``score_turn_nll``, as ``setup.load_likelihood`` sets it), takes each adversary turn's NLL from
+  the forward pass of its reply's context and returns it with the reply, so scoring adds only the toxicity scorer.
 - floor: the same number of turns for the same prompts with bare ``model.generate`` calls on left-padded
   contexts built here from ``render_plain`` of the growing history: no logits output, no log-probs, no scoring,
   the whole history run again every turn (what a rollout built on ``generate`` does). It runs the same loaded
@@ -109,7 +109,7 @@ def parse_args() -> argparse.Namespace:
 def setup(max_new_tokens: int, repetition_penalty: float):
     """The default eval's objects: one SmolLM2 LM used as adversary and defender, the profanity scorer."""
     model, tok = load_model("smollm2-135m")
-    lm = LM(model, tok, "smollm2-135m", "plain", 512, remember_turn_nll=True)  # as setup.load_likelihood does
+    lm = LM(model, tok, "smollm2-135m", "plain", 512, score_turn_nll=True)  # as setup.load_likelihood does
     scorer = build_scorer("profanity")
     prompts = load_prompts("chitchat", scorer=scorer, max_words=60)  # the default config's length cap
     params = SamplingParams(
@@ -125,7 +125,7 @@ def engine_lm(lm: LM, engine: str, compute_type: str) -> LM:
     from redgym.models.ct2 import ct2_lm
 
     out = ct2_lm(lm.model, lm.tokenizer, "smollm2-135m", "plain", 512, compute_type)
-    out.remember_turn_nll = True
+    out.score_turn_nll = True
     out.generate([lm.render([("prompt", "Hello there")], "adversary")], SamplingParams(max_new_tokens=4))  # warm up
     return out
 

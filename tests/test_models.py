@@ -105,13 +105,13 @@ def test_real_smollm2_generates_text_with_finite_nll():
 
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_gpt2_dir"])
-def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, request):
+def test_reply_forward_returns_the_turn_nll_and_generates_the_same(fixture, request):
     # A defender that also scores the NLL term gets each adversary turn's NLL from the forward pass of its reply's
-    # context: the remembered values equal a separate continuation_nll, and the replies are unchanged.
+    # context and returns it with the reply: the values equal a separate continuation_nll, the replies are unchanged
     model, tok = load_model(str(request.getfixturevalue(fixture)), dtype="float32", device="cpu")
-    plain, remembering = (
+    plain, scoring = (
         LM(model, tok, "tiny", "plain", 64),
-        LM(model, tok, "tiny", "plain", 64, remember_turn_nll=True),
+        LM(model, tok, "tiny", "plain", 64, score_turn_nll=True),
     )
     hists = [
         [("prompt", "hello there"), ("adversary", "how are you today")],
@@ -122,21 +122,19 @@ def test_reply_forward_remembers_the_turn_nll_and_generates_the_same(fixture, re
     for k in (1, 3):  # k: K replies per turn, contexts repeated in runs (engine.defender_replies)
         rows = [h for h in hists for _ in range(k)]
         want_gen = plain.generate([plain.render(h, "defender") for h in rows], greedy)
-        got_gen = remembering.generate([remembering.render(h, "defender") for h in rows], greedy)
+        got_gen = scoring.generate([scoring.render(h, "defender") for h in rows], greedy)
         assert got_gen.token_ids == want_gen.token_ids
         assert got_gen.logprobs == [pytest.approx(x, abs=1e-4) for x in want_gen.logprobs]
         pairs = [(render_plain(h[:-1]), h[-1][1]) for h in hists]
-        assert set(remembering._turn_nll) == set(pairs[:2])  # the empty turn is computed when asked
         want = plain.continuation_nll([c for c, _ in pairs], [t for _, t in pairs])
-        assert [remembering._turn_nll[p] for p in pairs[:2]] == pytest.approx(want[:2], abs=1e-4)
-        assert remembering.continuation_nll([c for c, _ in pairs], [t for _, t in pairs]) == pytest.approx(
-            want, abs=1e-4
-        )
-        remembering._turn_nll.clear()
-    # only turns by the adversary are remembered, and only by an LM told to
-    plain.generate([plain.render(hists[0], "defender")], greedy)
-    remembering.generate([remembering.render(hists[1][:2], "adversary")], greedy)
-    assert not plain._turn_nll and not remembering._turn_nll
+        got = got_gen.turn_nll
+        assert got is not None and len(got) == len(rows)
+        assert got[2 * k :] == [None] * k  # the empty turn (eos) is not in its context: computed when asked
+        assert got[: 2 * k] == pytest.approx([w for w in want[:2] for _ in range(k)], abs=1e-4)
+        assert want_gen.turn_nll is None
+    # only turns by the adversary are scored, and only by an LM told to
+    assert plain.generate([plain.render(hists[0], "defender")], greedy).turn_nll is None
+    assert scoring.generate([scoring.render(hists[1][:2], "adversary")], greedy).turn_nll is None
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -168,12 +166,12 @@ def _two_turn_rollouts(
 ):
     """A 2-exchange rollout (G siblings, K replies) with one remembering LM as adversary and defender; with
     ``keep`` False the LM cannot keep its cache (as a backend without ``keep_cache``), with ``pack`` False its
-    prefills run padded. Returns the conversations, the remembered turn NLLs and the (rows, columns) of every
-    forward pass."""
+    prefills run padded. Returns the conversations, the turn NLLs its replies returned (by conversation and turn)
+    and the (rows, columns) of every forward pass."""
     from redgym.rollout.engine import rollout
 
     model, tok = load_model(str(model_dir), dtype="float32", device="cpu")
-    lm = LM(model, tok, "tiny", "plain", 128, remember_turn_nll=True)
+    lm = LM(model, tok, "tiny", "plain", 128, score_turn_nll=True)
     lm.pack_prefill = pack
     if not keep:
         lm.keep_cache = None  # type: ignore[assignment]  # rollout_batch then has nothing to enter
@@ -188,7 +186,8 @@ def _two_turn_rollouts(
     finally:
         hook.remove()
     assert lm._kept is None  # dropped when the batch ends
-    return convs, dict(lm._turn_nll), shapes
+    nll = {(c, t): turn.answered_nll for c, conv in enumerate(convs) for t, turn in enumerate(conv.turns)}
+    return convs, {key: v for key, v in nll.items() if v is not None}, shapes
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -205,7 +204,7 @@ def test_kept_cache_runs_only_the_new_utterances_and_changes_nothing(tiny_model_
         for x, y in zip(a.turns, b.turns):
             assert x.token_ids == y.token_ids and x.alternatives == y.alternatives
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
-    # (a turn whose text re-tokenizes differently is scored by continuation_nll instead: not remembered by either)
+    # (a turn whose text re-tokenizes differently is scored by continuation_nll instead: not returned by either)
     assert kept_nll.keys() == fresh_nll.keys() and len(kept_nll) >= 4  # of 6 adversary turns
     assert list(kept_nll.values()) == pytest.approx(list(fresh_nll.values()), abs=1e-5)
     prefills = [s for s in kept_shapes if s[1] > 1]  # decoding steps feed one column

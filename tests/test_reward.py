@@ -117,3 +117,16 @@ def test_curriculum_moves_from_the_adversary_toxicity_to_the_composite_by_hand()
     assert reward_from_terms(*terms, curriculum_weights(w, 0.25)) == pytest.approx([0.3375])
     adv = RewardWeights(target="adversary")
     assert curriculum_weights(adv, 0.0) is adv
+
+
+def test_a_reply_that_brought_its_turn_nll_is_not_scored_again():
+    # A defender whose reply's forward pass gave the adversary turn's NLL sets Turn.answered_nll; the reward takes it
+    # and asks the likelihood only for the turns without one, in one call (FakeDefender: NLL = number of words).
+    convs = [_conv("a", ["damn it", "ok then", "well well", "damn damn"]), _conv("b", ["x", "y", "z", "w"])]
+    convs[0].turns[1].answered_nll = 0.25  # answers "damn it"
+    convs[1].turns[3].answered_nll = 0.75  # answers "z"
+    fake = FakeDefender()
+    s = score_conversations(convs, lambda texts: [0.0] * len(texts), fake, RewardWeights(1.0, 0.5, 0.1, 0.0))
+    assert fake.calls == [(["hi\nhello\ndamn it\nok then\n", "hi\nhello\n"], ["well well", "x"])]
+    assert s["nll"] == pytest.approx([0.25, 2.0, 1.0, 0.75])
+    assert [a.scores["nll"] for c in convs for a, _ in c.exchanges()] == pytest.approx([0.25, 2.0, 1.0, 0.75])

@@ -151,7 +151,7 @@ def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
                 "likelihood_model to a local LM (e.g. the defender's own weights)"
             )
         if isinstance(bare, LM):
-            bare.remember_turn_nll = True  # its replies' forward passes give the NLL term too (models/lm.py)
+            bare.score_turn_nll = True  # its replies' forward passes give the NLL term too (models/lm.py)
         return bare
     return load_lm(cfg, cfg.likelihood_model, "plain")
 

@@ -38,12 +38,16 @@ class Generation:
     sample_logprobs: the same under the distribution each token was actually drawn from (after temperature,
                top-p, repetition penalty, min-length masking): equal to the trainer's tempered log-probs only when
                the rollout is on-policy; None when the backend does not report them
+    turn_nll:  B values or None: the mean per-token NLL of each context's final adversary turn on the plain
+               transcript, where this call's own forward pass computed it (an ``LM`` with ``score_turn_nll``); the
+               value ``continuation_nll`` gives for that pair, returned instead of remembered
     """
 
     texts: list[str]
     token_ids: list[list[int]]
     logprobs: list[list[float]]
     sample_logprobs: list[list[float]] | None = None
+    turn_nll: list[float | None] | None = None
 
 
 class Context(str):

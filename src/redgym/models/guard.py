@@ -133,7 +133,7 @@ class GuardedDefender:
         for i, t in enumerate(turns):
             if t in flagged:
                 texts[i], ids[i], lps[i] = self.refusal, [], []
-        return Generation(texts, ids, lps, [list(x) for x in lps])
+        return Generation(texts, ids, lps, [list(x) for x in lps], answered.turn_nll)
 
 
 def bare_defender(defender: ChatBackend) -> ChatBackend:

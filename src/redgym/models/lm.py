@@ -8,7 +8,6 @@ Conversations reach this layer as ``(speaker, text)`` pairs, so models know noth
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +30,12 @@ from redgym.models.packing import can_pack, kept_logit_rows, pack_rows, packed_i
 from redgym.models.sampling import CandidateSampler
 
 
+def turn_nll(logits: torch.Tensor, turn: list[int]) -> float:
+    """A turn's mean per-token NLL from the logits (len(turn), V) of the positions predicting its tokens."""
+    target = torch.tensor(turn, device=logits.device)[:, None]
+    return float(-torch.log_softmax(logits.float(), -1).gather(-1, target).mean())
+
+
 def render_chat(history: list[tuple[str, str]], me: str, tokenizer) -> str:
     """The model's chat template: its own turns are ``assistant``, everyone else's ``user`` (merged when adjacent)."""
     if not getattr(tokenizer, "chat_template", None):
@@ -42,14 +47,14 @@ class LM(ChatBackend, LikelihoodBackend):
     """A model + tokenizer pair with a prompt format (``plain`` or ``chat``): both a ``ChatBackend`` and a
     ``LikelihoodBackend`` (models/base.py).
 
-    With ``remember_turn_nll`` on (set up when this LM, a plain-format defender, also scores the reward's NLL term),
+    With ``score_turn_nll`` on (set up when this LM, a plain-format defender, also scores the reward's NLL term),
     replying to an adversary turn costs no extra forward pass for its NLL: the reply's context *is* the plain
     transcript followed by that turn (``render`` returns a ``Context`` carrying the conversation, so ``generate``
-    reads the turn from its own argument: ``turn_split``). ``generate`` runs the context's forward pass itself, keeps
-    the turn's per-token log-probs from it (a memo keyed by the exact (transcript, turn) pair), and hands the
-    key-value cache to ``generate``; ``continuation_nll`` then reads the remembered value instead of running the
-    same context again. A value is remembered only when the context's
-    tokens start with exactly the (context, turn) tokens ``continuation_nll`` would score, so results are unchanged.
+    reads the turn from its own argument: ``turn_split``). ``generate`` runs the context's forward pass itself, takes
+    the turn's per-token log-probs from it, and returns the turn's NLL with the reply (``Generation.turn_nll``; the
+    rollout keeps it on the reply's ``Turn`` and the reward uses it instead of calling ``continuation_nll``). A value
+    is returned only when the context's tokens start with exactly the (context, turn) tokens ``continuation_nll``
+    would score, so results are unchanged.
 
     Identical contexts side by side (GRPO's G samples of one prompt, K replies to one turn) share that forward pass
     too: it runs once per distinct context and the cache is repeated for the rows that sample from it.
@@ -60,7 +65,6 @@ class LM(ChatBackend, LikelihoodBackend):
     utterances run through the model (the same LM as adversary and defender also shares the prompt's pass).
     """
 
-    memo_size = 4096  # remembered turn NLLs (oldest dropped first)
     pack_prefill = True  # a prefill with nothing kept runs packed where the model can (``_packed_prefill``)
 
     def __init__(
@@ -70,12 +74,11 @@ class LM(ChatBackend, LikelihoodBackend):
         name: str = "",
         fmt: str = "plain",
         max_context_tokens: int = 512,
-        remember_turn_nll: bool = False,
+        score_turn_nll: bool = False,
     ):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
         self.max_context_tokens = max_context_tokens
-        self.remember_turn_nll = remember_turn_nll
-        self._turn_nll: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.score_turn_nll = score_turn_nll
         self._keeping = 0  # open keep_cache() scopes
         self._kept: KeptCache | None = None  # the last generate call's cache, while keeping
         # Stop on eos, and on the chat end-of-turn token when the template has one.
@@ -97,9 +100,9 @@ class LM(ChatBackend, LikelihoodBackend):
 
     def turn_split(self, context: str) -> tuple[str, str] | None:
         """(the plain transcript before it, the adversary turn) when ``context`` is a plain transcript ending in an
-        adversary turn and this LM remembers turn NLLs: the pair whose NLL the reply's forward pass gives."""
+        adversary turn and this LM scores turn NLLs: the pair whose NLL the reply's forward pass gives."""
         history = getattr(context, "history", ())
-        if not (self.remember_turn_nll and self.fmt == "plain" and history and history[-1][0] == "adversary"):
+        if not (self.score_turn_nll and self.fmt == "plain" and history and history[-1][0] == "adversary"):
             return None
         return render_plain(list(history[:-1])), history[-1][1]
 
@@ -135,7 +138,7 @@ class LM(ChatBackend, LikelihoodBackend):
         splits = [self.turn_split(c) for c in contexts]
         k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
         prefill = any(splits) or k > 1 or self._kept is not None
-        past = self._prefill(enc, splits, k) if prefill else None
+        past, nll = self._prefill(enc, splits, k) if prefill else (None, {})
         # Sampling: CandidateSampler draws each token from the top-k candidates (models/sampling.py) and generate's
         # greedy choice takes it; temperature 0: transformers' greedy decoding (a classifier's answer).
         sampler = CandidateSampler(params, self.stop_ids, enc["input_ids"].shape[1]) if params.temperature > 0 else None
@@ -184,18 +187,22 @@ class LM(ChatBackend, LikelihoodBackend):
             slps.append(sample_logps[b, :n].tolist())
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         self._kept = KeptCache.of(out.past_key_values, enc, ids) if self._keeping else None
-        return Generation(texts, ids, lps, slps)
+        turn_nll = [nll.get(b // k) for b in range(len(texts))] if nll else None
+        return Generation(texts, ids, lps, slps, turn_nll)
 
-    def _prefill(self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None], k: int = 1):
-        """The forward pass over every context but its last token, for ``generate`` to continue from (its cache);
-        on the way, remember the NLL of each context's final adversary turn (``splits[b]``: the transcript before
-        it and the turn). Identical contexts in runs of ``k`` (G adversary samples of one prompt, K defender
-        replies to one turn) run once and share the cache: the prefill costs the distinct contexts only. Inside
-        ``keep_cache`` the columns every context already holds in the kept cache are copied, not computed."""
+    def _prefill(
+        self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None], k: int = 1
+    ) -> tuple[DynamicCache | None, dict[int, float]]:
+        """The forward pass over every context but its last token, for ``generate`` to continue from (its cache),
+        and on the way the NLL of each context's final adversary turn (``splits[b]``: the transcript before it and
+        the turn), by distinct context. Identical contexts in runs of ``k`` (G adversary samples of one prompt, K
+        defender replies to one turn) run once and share the cache: the prefill costs the distinct contexts only
+        (row b is distinct context b // k). Inside ``keep_cache`` the columns every context already holds in the kept
+        cache are copied, not computed."""
         ids, attn = enc["input_ids"], enc["attention_mask"]
         n, width = ids.shape
         if width < 2:
-            return None
+            return None, {}
         rows = list(range(0, n, k))
         real = [ids[b][attn[b] == 1].tolist() for b in rows]
         scored = [(u, b, split) for u, b in enumerate(rows) if (split := splits[b]) is not None]
@@ -213,10 +220,11 @@ class LM(ChatBackend, LikelihoodBackend):
         # columns [0, start) are copied from the kept cache, [start, width - 1) computed
         start = min(width - len(r) + m for r, m in zip(real, held))
         past = kept.past([width - len(r) for r in real], src, start) if start > 0 and kept is not None else None
+        nll: dict[int, float] = {}
         if start == width - 1:  # everything held (no turn NLL wanted: it would start a computed column)
             cache = past
         elif start == 0 and self.pack_prefill and min(len(r) for r in real) > 2 and can_pack(self.model):
-            cache = self._packed_prefill(real, wanted, width)
+            cache, nll = self._packed_prefill(real, wanted, width)
         else:
             keep = max([width - first for _, _, _, first in wanted], default=1)  # positions W-1-keep .. W-2
             pos = (attn.cumsum(-1) - 1).clamp(min=0)
@@ -228,15 +236,15 @@ class LM(ChatBackend, LikelihoodBackend):
                 use_cache=True,
                 logits_to_keep=keep,
             )
-            for u, sp, cont, first in wanted:
+            for u, _, cont, first in wanted:
                 at = torch.arange(len(cont), device=ids.device) + first - 1 - (width - 1 - keep)  # predicting positions
-                self._remember_turn_nll(sp, out.logits[u, at], cont)
+                nll[u] = turn_nll(out.logits[u, at], cont)
             cache = out.past_key_values
         if k > 1 and cache is not None:
             cache.batch_repeat_interleave(k)
-        return cache
+        return cache, nll
 
-    def _packed_prefill(self, real: list[list[int]], wanted: list, width: int) -> DynamicCache:
+    def _packed_prefill(self, real: list[list[int]], wanted: list, width: int) -> tuple[DynamicCache, dict[int, float]]:
         """``_prefill``'s forward pass with the rows packed (models/packing.py): the G samples of a prompt, or every
         context with the same system prompt, compute their shared prefix once. Each row's keys and values are then
         gathered from its tree path into the left-padded layout ``generate`` continues from (a key depends only on
@@ -263,16 +271,11 @@ class LM(ChatBackend, LikelihoodBackend):
                 gathered.append(flat[index].transpose(1, 2).contiguous())
             pairs.append((gathered[0], gathered[1]))
         logits, predictors = out.logits.reshape(-1, out.logits.shape[-1]), kept_logit_rows(packs, kept)
-        for u, sp, cont, _ in wanted:
-            self._remember_turn_nll(sp, logits[torch.tensor(predictors[u][: len(cont)], device=param.device)], cont)
-        return DynamicCache(pairs)
-
-    def _remember_turn_nll(self, split: tuple[str, str], logits: torch.Tensor, turn: list[int]) -> None:
-        """Remember the turn's NLL from the logits (len(turn), V) of the positions predicting its tokens."""
-        target = torch.tensor(turn, device=logits.device)[:, None]
-        self._turn_nll[split] = float(-torch.log_softmax(logits.float(), -1).gather(-1, target).mean())
-        while len(self._turn_nll) > self.memo_size:
-            self._turn_nll.popitem(last=False)
+        nll = {
+            u: turn_nll(logits[torch.tensor(predictors[u][: len(cont)], device=param.device)], cont)
+            for u, _, cont, _ in wanted
+        }
+        return DynamicCache(pairs), nll
 
     def encode_context(self, text: str, budget: int, add_special_tokens: bool | None = None) -> list[int]:
         """Context ids cut from the left to ``budget`` tokens (keeping the most recent turns), never empty.
@@ -302,15 +305,10 @@ class LM(ChatBackend, LikelihoodBackend):
 
     @torch.no_grad()
     def continuation_nll(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
-        """Mean negative log-likelihood per token of each continuation given its context (values remembered from
-        ``generate``, see the class, are not computed again)."""
-        known = [self._turn_nll.get(pair) for pair in zip(contexts, continuations)]
-        todo = [i for i, v in enumerate(known) if v is None]
-        computed: dict[int, float] = {}
-        for s in range(0, len(todo), batch_size):
-            part = todo[s : s + batch_size]
-            x, c = self.encode_pairs([contexts[i] for i in part], [continuations[i] for i in part])
+        """Mean negative log-likelihood per token of each continuation given its context."""
+        out: list[float] = []
+        for s in range(0, len(contexts), batch_size):
+            x, c = self.encode_pairs(contexts[s : s + batch_size], continuations[s : s + batch_size])
             logp, mask = continuation_logprobs(self.model, x, c, self.tokenizer.pad_token_id)
-            for i, v in zip(part, (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()):
-                computed[i] = v
-        return [computed[i] if v is None else v for i, v in enumerate(known)]
+            out += (-(logp * mask).sum(-1) / mask.sum(-1)).tolist()
+        return out

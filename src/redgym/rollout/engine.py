@@ -30,7 +30,11 @@ def generate_turns(
     for i in range(0, len(histories), step):
         gen = lm.generate([lm.render(h, speaker) for h in histories[i : i + step]], params)
         slps = gen.sample_logprobs or [[] for _ in gen.texts]
-        turns += [Turn(speaker, t, ids, lps, s) for t, ids, lps, s in zip(gen.texts, gen.token_ids, gen.logprobs, slps)]
+        nlls = gen.turn_nll or [None for _ in gen.texts]
+        turns += [
+            Turn(speaker, t, ids, lps, s, answered_nll=n)
+            for t, ids, lps, s, n in zip(gen.texts, gen.token_ids, gen.logprobs, slps, nlls)
+        ]
     return turns
 
 

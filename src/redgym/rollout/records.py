@@ -19,6 +19,8 @@ class Turn:
                several defender replies, a defender turn's tox/tox_combined are their means and tox_replies lists each
     alternatives: the other replies sampled for the same adversary turn (``defender_samples`` > 1); the
                conversation continues with ``text``
+    answered_nll: a defender turn's: the NLL of the adversary turn it answers, when the forward pass that produced
+               it computed that (``Generation.turn_nll``); the reward's NLL term then uses it (not written out)
     """
 
     speaker: str
@@ -28,6 +30,7 @@ class Turn:
     sample_logprobs: list[float] = field(default_factory=list)
     scores: dict[str, float | list[float]] = field(default_factory=dict)
     alternatives: list[str] = field(default_factory=list)
+    answered_nll: float | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ Hong et al. 2024), scored before the batch joins the memory.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,6 +186,26 @@ def reward_from_terms(
     return composite_reward(tox_defender, tox_combined, nll, diversity, w, novelty_bleu, novelty_cos, tox_adversary)
 
 
+def turn_nlls(
+    contexts: Sequence[list[tuple[str, str]]],
+    adversary_texts: Sequence[str],
+    likelihood: LikelihoodBackend,
+    batch_size: int = 16,
+    known: Sequence[float | None] | None = None,
+) -> np.ndarray:
+    """(N,) mean per-token NLL of each adversary turn given its plain transcript under ``likelihood``: ``known[i]``
+    where given (not None), the rest computed in one batched ``continuation_nll``."""
+    values = list(known) if known is not None else [None] * len(adversary_texts)
+    todo = [i for i, v in enumerate(values) if v is None]
+    if todo:
+        computed = likelihood.continuation_nll(
+            [render_plain(list(contexts[i])) for i in todo], [adversary_texts[i] for i in todo], batch_size
+        )
+        for i, v in zip(todo, computed):
+            values[i] = v
+    return np.array(values, dtype=float)
+
+
 def score_exchanges(
     contexts: list[list[tuple[str, str]]],
     adversary_texts: list[str],
@@ -196,6 +217,7 @@ def score_exchanges(
     groups=None,
     nll_batch_size: int = 16,
     memory: NoveltyMemory | None = None,
+    known_nll: Sequence[float | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score N exchanges with batched calls; returns (N,) arrays ``tox_adversary``, ``tox_defender``,
     ``tox_combined``, ``nll``, ``reward``, each extra term that is switched on (``EXTRA_TERMS``), and (N, K)
@@ -208,6 +230,8 @@ def score_exchanges(
     defender's chat format. Diversity is each adversary
     turn's mean embedding distance to the other turns of its ``groups`` value (e.g. the same depth), or of the
     whole batch. The novelty terms need ``memory``: the turns are scored against it, then added to it.
+    ``known_nll[i]``, where not None, is turn i's NLL as the reply's own forward pass gave it (``Turn.answered_nll``);
+    only the others are computed.
     """
     n = len(adversary_texts)
     replies = [[d] if isinstance(d, str) else list(d) for d in defender_texts]
@@ -224,9 +248,7 @@ def score_exchanges(
     }
     out["tox_defender"] = out["tox_defender_replies"].mean(1)
     out["tox_combined"] = out["tox_combined_replies"].mean(1)
-    out["nll"] = np.array(
-        likelihood.continuation_nll([render_plain(h) for h in contexts], list(adversary_texts), nll_batch_size)
-    )
+    out["nll"] = turn_nlls(contexts, adversary_texts, likelihood, nll_batch_size, known_nll)
     out.update(extra_terms(list(adversary_texts), out["nll"], weights, embedder, groups, memory))
     out["reward"] = reward_from_terms(
         out["tox_adversary"],
@@ -357,6 +379,7 @@ def score_conversations(
         depth,
         nll_batch_size,
         memory,
+        [d.answered_nll for d in dfd],
     )
     i = 0
     for c in convs:

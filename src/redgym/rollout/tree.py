@@ -47,7 +47,8 @@ def grow_tree(
 
     ``params`` samples the adversary and ``defender_params`` (default: the same) the defender, which answers each
     adversary turn ``defender_samples`` times (the tree continues with the first reply).
-    ``score(contexts, adversary_texts, defender_replies, groups)`` scores N exchanges (see ``score_exchanges``).
+    ``score(contexts, adversary_texts, defender_replies, groups, known_nll)`` scores N exchanges (see
+    ``score_exchanges``; ``known_nll``: the NLLs the replies' forward passes gave, ``Turn.answered_nll``).
     Width at depth d is len(prompts) * k**(d+1) exchanges.
     """
     nodes: list[History] = [[("prompt", u) for u in p] for p in prompts]
@@ -63,7 +64,11 @@ def grow_tree(
             batch_size,
         )
         s = score(
-            contexts, [a.text for a in adv], [[d.text, *d.alternatives] for d in replies], np.full(len(adv), depth)
+            contexts,
+            [a.text for a in adv],
+            [[d.text, *d.alternatives] for d in replies],
+            np.full(len(adv), depth),
+            [d.answered_nll for d in replies],
         )
         for i, h in enumerate(nodes):
             sl = slice(i * k, (i + 1) * k)

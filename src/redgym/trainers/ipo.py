@@ -282,9 +282,19 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     counters = run.state.get("counters", {})
     train_prompts = setup.split.train
 
-    def score(ctx, a, d, groups):  # the exchanges of this step's trees, under this step's reward weights
+    def score(ctx, a, d, groups, known_nll):  # the exchanges of this step's trees, under this step's reward weights
         return score_exchanges(
-            ctx, a, d, setup.scorer, setup.likelihood, weights, setup.embedder, groups, cfg.batch_size, setup.memory
+            ctx,
+            a,
+            d,
+            setup.scorer,
+            setup.likelihood,
+            weights,
+            setup.embedder,
+            groups,
+            cfg.batch_size,
+            setup.memory,
+            known_nll,
         )
 
     metrics: dict[str, float] = {}
