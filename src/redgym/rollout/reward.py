@@ -195,7 +195,7 @@ def turn_nlls(
 ) -> np.ndarray:
     """(N,) mean per-token NLL of each adversary turn given its plain transcript under ``likelihood``: ``known[i]``
     where given (not None), the rest computed in one batched ``continuation_nll``."""
-    values = list(known) if known is not None else [None] * len(adversary_texts)
+    values: list[float | None] = list(known) if known is not None else [None] * len(adversary_texts)
     todo = [i for i, v in enumerate(values) if v is None]
     if todo:
         computed = likelihood.continuation_nll(
