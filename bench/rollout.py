@@ -7,7 +7,7 @@ What is measured, per batch size B (default 1, 8, 16, 64):
   adversary turn), timed together. Four things make it cheaper than the floor, all exact (models/lm.py,
   models/sampling.py, models/packing.py): each token is drawn from the top-k candidates (the same distribution as
   transformers' processors, without their passes over the whole vocabulary); within a batch the LM keeps its
-  key-value cache between calls, so each turn runs only the new utterances (``LM.keep_cache``); a context pass with
+  key-value cache between calls, so each turn runs only the new utterances (``Generation.kept``); a context pass with
   nothing kept runs packed, so contexts sharing a prefix (a prompt's G samples, a system prompt) compute it once
   (``LM._packed_prefill``); and the defender, which also scores
   the NLL term (``score_turn_nll``, as ``setup.load_likelihood`` sets it), takes each adversary turn's NLL from

@@ -165,7 +165,7 @@ def _two_turn_rollouts(
     model_dir, sampling: SamplingParams, keep: bool, k: int = 2, generations: int = 2, pack: bool = True
 ):
     """A 2-exchange rollout (G siblings, K replies) with one remembering LM as adversary and defender; with
-    ``keep`` False the LM cannot keep its cache (as a backend without ``keep_cache``), with ``pack`` False its
+    ``keep`` False the LM cannot keep its cache (as a backend without ``keeps_cache``), with ``pack`` False its
     prefills run padded. Returns the conversations, the turn NLLs its replies returned (by conversation and turn)
     and the (rows, columns) of every forward pass."""
     from redgym.rollout.engine import rollout
@@ -174,7 +174,7 @@ def _two_turn_rollouts(
     lm = LM(model, tok, "tiny", "plain", 128, score_turn_nll=True)
     lm.pack_prefill = pack
     if not keep:
-        lm.keep_cache = None  # type: ignore[assignment]  # rollout_batch then has nothing to enter
+        lm.keeps_cache = False  # rollout_batch then hands no cache from call to call
     prompts = [("a", ("hello there, how are you",)), ("b", ("we could go to the park today or maybe",)), ("c", ("no",))]
     shapes: list[tuple[int, int]] = []
     hook = model.register_forward_pre_hook(
@@ -185,7 +185,6 @@ def _two_turn_rollouts(
         convs = rollout([p for p in prompts for _ in range(generations)], lm, lm, 2, sampling, 8, False, "", k)
     finally:
         hook.remove()
-    assert lm._kept is None  # dropped when the batch ends
     nll = {(c, t): turn.answered_nll for c, conv in enumerate(convs) for t, turn in enumerate(conv.turns)}
     return convs, {key: v for key, v in nll.items() if v is not None}, shapes
 
@@ -238,14 +237,16 @@ def test_a_packed_prefill_runs_fewer_positions_and_changes_nothing(tiny_model_di
     assert len(prefill) == len(padded_prefill) == 4 and sum(prefill) < sum(padded_prefill)
 
 
-def test_no_cache_is_kept_outside_a_rollout(tiny_lm):
+def test_a_cache_is_returned_only_when_asked_and_the_lm_holds_none(tiny_lm):
     greedy = SamplingParams(max_new_tokens=3, min_new_tokens=3, temperature=0)
-    tiny_lm.generate(["hello there"], greedy)
-    assert tiny_lm._kept is None
-    with tiny_lm.keep_cache():
-        tiny_lm.generate(["hello there"], greedy)
-        assert tiny_lm._kept is not None and tiny_lm._kept.tokens.shape[0] == 1
-    assert tiny_lm._kept is None
+    assert tiny_lm.generate(["hello there"], greedy).kept is None
+    first = tiny_lm.generate(["hello there"], greedy, keep=True)
+    assert first.kept is not None and first.kept.tokens.shape[0] == 1
+    # the next call starts from it: the same reply as from scratch, and the returned cache holds the new context
+    again = tiny_lm.generate(["hello there " + first.texts[0]], greedy, kept=first.kept, keep=True)
+    fresh = tiny_lm.generate(["hello there " + first.texts[0]], greedy)
+    assert again.token_ids == fresh.token_ids and again.kept.tokens.shape[0] == 1
+    assert not [k for k, v in vars(tiny_lm).items() if "kept" in k or "keep" in k]  # no cache held by the LM
 
 
 def test_a_cache_that_cannot_be_spliced_by_column_is_not_kept(tiny_lm):

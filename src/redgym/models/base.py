@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Generation:
     turn_nll:  B values or None: the mean per-token NLL of each context's final adversary turn on the plain
                transcript, where this call's own forward pass computed it (an ``LM`` with ``score_turn_nll``); the
                value ``continuation_nll`` gives for that pair, returned instead of remembered
+    kept:      what the backend's next ``generate`` call may start from, when asked to keep it (``LM``: its
+               key-value cache, a ``KeptCache``); None otherwise
     """
 
     texts: list[str]
@@ -48,6 +50,7 @@ class Generation:
     logprobs: list[list[float]]
     sample_logprobs: list[list[float]] | None = None
     turn_nll: list[float | None] | None = None
+    kept: Any = None
 
 
 class Context(str):

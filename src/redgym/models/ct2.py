@@ -128,6 +128,8 @@ def load_generator(source: Path, name: str, compute_type: str, device: str):
 class CT2LM(LM):
     """``LM`` (rendering, tokenizer, continuation NLL in PyTorch) whose ``generate`` runs on CTranslate2."""
 
+    keeps_cache = False  # the engine keeps no cache between calls: generate ignores kept and keep
+
     def __init__(self, model, tokenizer, generator, name: str = "", fmt: str = "plain", max_context_tokens: int = 512):
         super().__init__(model, tokenizer, name, fmt, max_context_tokens)
         self.generator = generator
@@ -139,7 +141,9 @@ class CT2LM(LM):
         ids = tok(contexts, truncation=True, max_length=budget, add_special_tokens=self.fmt == "plain")["input_ids"]
         return [tok.convert_ids_to_tokens(row) for row in ids]
 
-    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
+    def generate(
+        self, contexts: list[str], params: SamplingParams = SamplingParams(), kept=None, keep: bool = False
+    ) -> Generation:
         """One continuation per context, one engine call for the batch."""
         starts = self._context_tokens(contexts, self.max_context_tokens - params.max_new_tokens)
         rows = self._sample_rows(starts, params)

@@ -119,7 +119,9 @@ class GuardedDefender:
         context = self.defender.render(history, me)
         return context if isinstance(context, Context) else Context(context, history)
 
-    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
+    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams(), **keeping) -> Generation:
+        """The defender's replies, the flagged turns' replaced by the refusal; ``keeping`` (an ``LM`` defender's
+        ``kept``/``keep``) goes to the defender."""
         turns = [last_turn(c) or "" for c in contexts]
         unique = sorted(set(turns))
         flagged = {t for t, (_, lab) in zip(unique, self.guard.classify(unique, self.batch_size)) if lab == HARMFUL}
@@ -128,12 +130,12 @@ class GuardedDefender:
         # The defender answers every context, flagged or not, and the flagged answers are then dropped: the random
         # stream stays the bare defender's, so with the same seed a guarded and a bare evaluation see the same
         # adversary turns and the same replies to unflagged turns (paired turn by turn, eval/evaluate.py).
-        answered = self.defender.generate(list(contexts), params)
+        answered = self.defender.generate(list(contexts), params, **keeping)
         texts, ids, lps = list(answered.texts), list(answered.token_ids), list(answered.logprobs)
         for i, t in enumerate(turns):
             if t in flagged:
                 texts[i], ids[i], lps[i] = self.refusal, [], []
-        return Generation(texts, ids, lps, [list(x) for x in lps], answered.turn_nll)
+        return Generation(texts, ids, lps, [list(x) for x in lps], answered.turn_nll, answered.kept)
 
 
 def bare_defender(defender: ChatBackend) -> ChatBackend:

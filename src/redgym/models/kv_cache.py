@@ -1,6 +1,6 @@
-"""A ``generate`` call's key-value cache kept for the next call inside ``LM.keep_cache()`` (a rollout batch: fixed
-weights, growing histories): which token prefixes it holds, and the cache the next call starts from. A value
-``LM.generate`` keeps while its ``keep_cache`` scope is open and drops when it closes."""
+"""A ``generate`` call's key-value cache kept for the next call (a rollout batch: fixed weights, growing histories):
+which token prefixes it holds, and the cache the next call starts from. A value: ``LM.generate(keep=True)`` returns
+it (``Generation.kept``), the batch hands it to the next call (``kept=``) and drops it when it ends."""
 
 from __future__ import annotations
 

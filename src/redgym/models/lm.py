@@ -8,9 +8,6 @@ Conversations reach this layer as ``(speaker, text)`` pairs, so models know noth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 
@@ -59,13 +56,15 @@ class LM(ChatBackend, LikelihoodBackend):
     Identical contexts side by side (GRPO's G samples of one prompt, K replies to one turn) share that forward pass
     too: it runs once per distinct context and the cache is repeated for the rows that sample from it.
 
-    Inside ``keep_cache()`` (a rollout batch: the weights do not change, the histories only grow) each ``generate``
-    call keeps its key-value cache, and the next call takes from it every context's longest prefix of tokens it
-    already holds: a multi-turn conversation's next context is the last one plus the replies, so only the new
+    Asked to keep it (``keep=True``: a rollout batch, where the weights do not change and the histories only
+    grow), ``generate`` returns its key-value cache (``Generation.kept``), and a call given it (``kept=``) takes from
+    it every context's longest prefix of tokens it already holds: a multi-turn conversation's next context is the
+    last one plus the replies, so only the new
     utterances run through the model (the same LM as adversary and defender also shares the prompt's pass).
     """
 
     pack_prefill = True  # a prefill with nothing kept runs packed where the model can (``_packed_prefill``)
+    keeps_cache = True  # generate takes kept= and keep= (a rollout batch hands the cache from call to call)
 
     def __init__(
         self,
@@ -79,8 +78,6 @@ class LM(ChatBackend, LikelihoodBackend):
         self.model, self.tokenizer, self.name, self.fmt = model, tokenizer, name, fmt
         self.max_context_tokens = max_context_tokens
         self.score_turn_nll = score_turn_nll
-        self._keeping = 0  # open keep_cache() scopes
-        self._kept: KeptCache | None = None  # the last generate call's cache, while keeping
         # Stop on eos, and on the chat end-of-turn token when the template has one.
         stops = {tokenizer.eos_token_id}
         for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
@@ -106,18 +103,6 @@ class LM(ChatBackend, LikelihoodBackend):
             return None
         return render_plain(list(history[:-1])), history[-1][1]
 
-    @contextmanager
-    def keep_cache(self) -> Iterator[None]:
-        """Within: ``generate`` starts each context from the longest token prefix the previous call's cache holds
-        (see the class). Only for a span in which the weights stay fixed; the cache is dropped on leaving."""
-        self._keeping += 1
-        try:
-            yield
-        finally:
-            self._keeping -= 1
-            if not self._keeping:
-                self._kept = None
-
     def _encode_left(self, contexts: list[str], budget: int) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         tok.truncation_side = "left"  # keep the most recent turns when a conversation outgrows the window
@@ -132,13 +117,21 @@ class LM(ChatBackend, LikelihoodBackend):
         return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
-    def generate(self, contexts: list[str], params: SamplingParams = SamplingParams()) -> Generation:
-        """Sample one continuation per context, all in one ``generate`` call (left padding)."""
+    def generate(
+        self,
+        contexts: list[str],
+        params: SamplingParams = SamplingParams(),
+        kept: KeptCache | None = None,
+        keep: bool = False,
+    ) -> Generation:
+        """Sample one continuation per context, all in one ``generate`` call (left padding). ``kept``: a previous
+        call's cache to start from (only while the weights are unchanged); ``keep``: return this call's
+        (``Generation.kept``), see the class."""
         enc = self._encode_left(contexts, self.max_context_tokens - params.max_new_tokens)
         splits = [self.turn_split(c) for c in contexts]
         k = run_length([tuple(r) for r in enc["input_ids"].tolist()])  # G samples of one prompt, K replies
-        prefill = any(splits) or k > 1 or self._kept is not None
-        past, nll = self._prefill(enc, splits, k) if prefill else (None, {})
+        prefill = any(splits) or k > 1 or kept is not None
+        past, nll = self._prefill(enc, splits, k, kept) if prefill else (None, {})
         # Sampling: CandidateSampler draws each token from the top-k candidates (models/sampling.py) and generate's
         # greedy choice takes it; temperature 0: transformers' greedy decoding (a classifier's answer).
         sampler = CandidateSampler(params, self.stop_ids, enc["input_ids"].shape[1]) if params.temperature > 0 else None
@@ -186,19 +179,24 @@ class LM(ChatBackend, LikelihoodBackend):
             lps.append(logps[b, :n].tolist())
             slps.append(sample_logps[b, :n].tolist())
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        self._kept = KeptCache.of(out.past_key_values, enc, ids) if self._keeping else None
         turn_nll = [nll.get(b // k) for b in range(len(texts))] if nll else None
-        return Generation(texts, ids, lps, slps, turn_nll)
+        return Generation(
+            texts, ids, lps, slps, turn_nll, KeptCache.of(out.past_key_values, enc, ids) if keep else None
+        )
 
     def _prefill(
-        self, enc: dict[str, torch.Tensor], splits: list[tuple[str, str] | None], k: int = 1
+        self,
+        enc: dict[str, torch.Tensor],
+        splits: list[tuple[str, str] | None],
+        k: int = 1,
+        kept: KeptCache | None = None,
     ) -> tuple[DynamicCache | None, dict[int, float]]:
         """The forward pass over every context but its last token, for ``generate`` to continue from (its cache),
         and on the way the NLL of each context's final adversary turn (``splits[b]``: the transcript before it and
         the turn), by distinct context. Identical contexts in runs of ``k`` (G adversary samples of one prompt, K
         defender replies to one turn) run once and share the cache: the prefill costs the distinct contexts only
-        (row b is distinct context b // k). Inside ``keep_cache`` the columns every context already holds in the kept
-        cache are copied, not computed."""
+        (row b is distinct context b // k). The columns every context already holds in a ``kept`` cache are copied,
+        not computed."""
         ids, attn = enc["input_ids"], enc["attention_mask"]
         n, width = ids.shape
         if width < 2:
@@ -215,7 +213,6 @@ class LM(ChatBackend, LikelihoodBackend):
             if real[u][: len(ctx) + len(cont)] == ctx + cont and len(real[u]) > len(ctx) + len(cont):
                 wanted.append((u, sp, cont, width - len(real[u]) + len(ctx)))
                 limit[u] = min(limit[u], len(ctx) - 1)
-        kept = self._kept
         held, src = kept.reusable(real, limit) if kept is not None else ([0] * len(real), [0] * len(real))
         # columns [0, start) are copied from the kept cache, [start, width - 1) computed
         start = min(width - len(r) + m for r, m in zip(real, held))

@@ -9,12 +9,23 @@ trained on, while the defender keeps the evaluation settings), and each adversar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from redgym.models.base import ChatBackend, SamplingParams
 from redgym.rollout.records import Conversation, Turn
+
+
+def generate_kept(lm: ChatBackend, contexts: list[str], params: SamplingParams, kept: dict[int, Any] | None):
+    """``lm.generate``; with ``kept`` (a rollout batch's caches, by backend) a backend that can keep its key-value
+    cache (``keeps_cache``: ``LM``) starts from the one its previous call in the batch returned, and this call's
+    replaces it."""
+    if kept is None or not getattr(lm, "keeps_cache", False):
+        return lm.generate(contexts, params)
+    gen = lm.generate(contexts, params, kept=kept.get(id(lm)), keep=True)  # type: ignore[call-arg]
+    kept[id(lm)] = gen.kept
+    return gen
 
 
 def generate_turns(
@@ -23,12 +34,14 @@ def generate_turns(
     speaker: str,
     params: SamplingParams,
     batch_size: int | None = None,
+    kept: dict[int, Any] | None = None,
 ) -> list[Turn]:
-    """One new turn by ``speaker`` for each history; one generate call per ``batch_size`` rows (default: all)."""
+    """One new turn by ``speaker`` for each history; one generate call per ``batch_size`` rows (default: all);
+    ``kept``: see ``generate_kept``."""
     step = batch_size or max(1, len(histories))
     turns: list[Turn] = []
     for i in range(0, len(histories), step):
-        gen = lm.generate([lm.render(h, speaker) for h in histories[i : i + step]], params)
+        gen = generate_kept(lm, [lm.render(h, speaker) for h in histories[i : i + step]], params, kept)
         slps = gen.sample_logprobs or [[] for _ in gen.texts]
         nlls = gen.turn_nll or [None for _ in gen.texts]
         turns += [
@@ -44,11 +57,17 @@ def defender_replies(
     params: SamplingParams,
     k: int = 1,
     batch_size: int | None = None,
+    kept: dict[int, Any] | None = None,
 ) -> list[Turn]:
     """One defender turn per history, sampled ``k`` times in one batch: the first reply is the turn, the other
     k - 1 texts are its ``alternatives``."""
     flat = generate_turns(
-        defender, [h for h in histories for _ in range(k)], "defender", params, batch_size * k if batch_size else None
+        defender,
+        [h for h in histories for _ in range(k)],
+        "defender",
+        params,
+        batch_size * k if batch_size else None,
+        kept,
     )
     out = []
     for i in range(len(histories)):
@@ -70,19 +89,17 @@ def rollout_batch(
     """Extend each conversation by ``horizon`` (adversary, defender) exchanges, in place.
 
     ``params`` samples the adversary, ``defender_params`` (default: the same) the defender. A backend that can keep
-    its key-value cache between calls (``LM.keep_cache``) keeps it for the batch: each turn then runs only the new
-    utterances through the model, not the whole history again."""
-    with ExitStack() as scope:
-        for speaker in {id(adversary): adversary, id(defender): defender}.values():
-            if (keep := getattr(speaker, "keep_cache", None)) is not None:
-                scope.enter_context(keep())
-        for _ in range(horizon):
-            for c, turn in zip(convs, generate_turns(adversary, [c.history() for c in convs], "adversary", params)):
-                c.turns.append(turn)
-            histories = [c.history() for c in convs]
-            replies = defender_replies(defender, histories, defender_params or params, defender_samples)
-            for c, turn in zip(convs, replies):
-                c.turns.append(turn)
+    its key-value cache between calls (``LM``) hands it from call to call within the batch (``kept``, dropped when
+    the batch ends): each turn then runs only the new utterances through the model, not the whole history again."""
+    kept: dict[int, Any] = {}  # by backend: the cache its last call returned (one, when adversary is defender)
+    for _ in range(horizon):
+        adv = generate_turns(adversary, [c.history() for c in convs], "adversary", params, kept=kept)
+        for c, turn in zip(convs, adv):
+            c.turns.append(turn)
+        histories = [c.history() for c in convs]
+        replies = defender_replies(defender, histories, defender_params or params, defender_samples, kept=kept)
+        for c, turn in zip(convs, replies):
+            c.turns.append(turn)
 
 
 def rollout(
