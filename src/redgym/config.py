@@ -79,6 +79,12 @@ class ConfigFields:
         return [h.line() for h in cls.fields_help()]
 
 
+def _need(ok: bool, msg: str) -> None:
+    """A config check: raise one line unless ``ok``."""
+    if not ok:
+        raise RedgymError(f"config: {msg}")
+
+
 @dataclass
 class DeviceConfig(ConfigFields):
     """Where and in what precision the models run, and the run's seed: every command's first part."""
@@ -90,6 +96,7 @@ class DeviceConfig(ConfigFields):
     seed: int = _f(0, "the run's seed: splits, sampling, batches, initialisation and bootstrap")
 
     def validate(self) -> None:
+        super().validate()
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise RedgymError(f"config: dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -117,22 +124,34 @@ class EvalConfig(ConfigFields):
     n_eval_prompts: int = _f(64, "test prompts evaluated (0 = the whole test split)")
     samples_per_prompt: int = _f(1, "conversations rolled out per evaluation prompt")
     bootstrap_samples: int = _f(1000, "bootstrap resamples for the 95% confidence intervals")
+    eval_scorers: list[str] = field(
+        default_factory=lambda: ["wordlist"],
+        metadata={
+            "help": "detectors besides scorer, scored on every turn at evaluation and reported beside it (each "
+            "a scorer name; a YAML list or comma-separated); the training scorer itself is skipped; [] = none"
+        },
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
+        _need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
+        labels = [scorer_label(n) for n in self.eval_scorers]
+        _need(
+            len(set(labels)) == len(labels),
+            f"eval_scorers must name each detector once (labels {labels}); got {self.eval_scorers}",
+        )
 
 
 @dataclass
-class RunConfig(EvalConfig, DeviceConfig):
-    # --- models -------------------------------------------------------------------------------------------
+class ModelConfig(ConfigFields):
+    """The two LMs and what scores the NLL term: which weights, how each sees the conversation, which engine."""
+
     adversary_model: str = _f("smollm2-135m", "adversary LM: a known name, a local HF folder, a .gguf file or a hub id")
     defender_model: str = _f("smollm2-135m", "defender LM (frozen), same forms as adversary_model")
     adversary_format: str = _f("plain", "how the adversary sees the conversation: plain (raw continuation) or chat")
     defender_format: str = _f("plain", "how the defender sees the conversation: plain or chat")
     max_context_tokens: int = _f(512, "conversation context is cut from the left to this many tokens")
-    defender_guard: str | None = _f(
-        None,
-        "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
-        "front of the defender: a flagged adversary turn gets guard_refusal",
-    )
-    guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
     likelihood_model: str | None = _f(
         None,
         "local LM that scores the reward's NLL term (same forms as "
@@ -151,7 +170,40 @@ class RunConfig(EvalConfig, DeviceConfig):
         "ctranslate2 engine: float32 (the same defender) or int8 (weights "
         "quantized when loading: faster, and a slightly different defender)",
     )
-    # --- a defender behind an OpenAI-compatible server (models/http.py) -------------------------------------------
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("adversary_format", "defender_format"):
+            _need(
+                getattr(self, name) in ("plain", "chat"),
+                f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}",
+            )
+        _need(
+            self.defender_engine in ("hf", "ctranslate2"),
+            f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}",
+        )
+        _need(
+            self.defender_compute_type in ("float32", "int8"),
+            f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}",
+        )
+
+
+@dataclass
+class DefenderGuardConfig(ConfigFields):
+    """A guard in front of the defender (``models/guard.py``), and what the guarded defender says when it flags."""
+
+    defender_guard: str | None = _f(
+        None,
+        "a guard (redgym guard train's DIR/guard, or a model prompted as one) in "
+        "front of the defender: a flagged adversary turn gets guard_refusal",
+    )
+    guard_refusal: str = _f("I can't help with that.", "the guarded defender's reply to a flagged adversary turn")
+
+
+@dataclass
+class HTTPConfig(ConfigFields):
+    """A defender behind an OpenAI-compatible server (``models/http.py``): where, which API, and the client's limits."""
+
     defender_backend: str = _f(
         "local",
         "local (defender_model loaded here) or openai (an OpenAI-compatible server "
@@ -175,7 +227,34 @@ class RunConfig(EvalConfig, DeviceConfig):
         0, "openai backend: stop, in one line, before the request past this many (a paid API's budget); 0 = no cap"
     )
     http_rate_limit: float = _f(0.0, "openai backend: requests sent per second at most; 0 = no limit")
-    # --- generation (ASTPrompter defaults) -----------------------------------------------------------------
+
+    def validate(self) -> None:
+        super().validate()
+        _need(
+            self.defender_backend in ("local", "openai"),
+            f"defender_backend must be local or openai, got {self.defender_backend!r}",
+        )
+        _need(
+            self.defender_api in ("chat", "completions"),
+            f"defender_api must be chat or completions, got {self.defender_api!r}",
+        )
+        if self.defender_backend == "openai":
+            _need(
+                bool(self.defender_base_url),
+                "defender_backend openai needs defender_base_url (e.g. http://127.0.0.1:8000/v1)",
+            )
+        _need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
+        _need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
+        _need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
+        _need(self.http_max_requests >= 0, f"http_max_requests must be >= 0, got {self.http_max_requests}")
+        _need(self.http_rate_limit >= 0, f"http_rate_limit must be >= 0, got {self.http_rate_limit}")
+
+
+@dataclass
+class RolloutConfig(ConfigFields):
+    """How conversations are sampled (ASTPrompter's defaults): utterance length and sampling, replies per turn,
+    batch and horizon."""
+
     max_new_tokens: int = _f(24, "new tokens per utterance")
     min_new_tokens: int = _f(2, "minimum new tokens per utterance")
     temperature: float = _f(0.7, "sampling temperature")
@@ -188,8 +267,24 @@ class RunConfig(EvalConfig, DeviceConfig):
         "are their mean and the conversation continues with the first",
     )
     batch_size: int = _f(16, "conversations advanced together in one generate call")
-    # --- rollout and reward ---------------------------------------------------------------------------------
     horizon: int = _f(3, "adversary/defender exchanges per conversation")
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        _need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
+        _need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        _need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
+
+
+@dataclass
+class RewardConfig(ConfigFields):
+    """The toxicity scorer and the reward built from it: the one reward-term vocabulary (``rollout/reward.py``)."""
+
     scorer: str = _f(
         "profanity",
         "toxicity scorer: profanity (offline, lexical), wordlist[:surge[:severity]|:ldnoobw] (offline, whole "
@@ -197,13 +292,6 @@ class RunConfig(EvalConfig, DeviceConfig):
         "labelled texts)",
     )
     toxic_threshold: float = _f(0.5, "a score above this counts as toxic")
-    eval_scorers: list[str] = field(
-        default_factory=lambda: ["wordlist"],
-        metadata={
-            "help": "detectors besides scorer, scored on every turn at evaluation and reported beside it (each "
-            "a scorer name; a YAML list or comma-separated); the training scorer itself is skipped; [] = none"
-        },
-    )
     w_defender: float = _f(1.0, "reward weight of tox(defender turn); 0 switches the term off")
     w_combined: float = _f(0.5, "reward weight of tox(adversary + defender turns); 0 switches it off")
     w_nll: float = _f(0.1, "reward weight of -NLL(adversary turn | context) under the defender; 0 switches it off")
@@ -250,7 +338,31 @@ class RunConfig(EvalConfig, DeviceConfig):
     embedding_model: str = _f(
         "minilm", "sentence embedder for diversity: minilm (shipped) or a sentence-transformers id"
     )
-    # --- prompts --------------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        super().validate()
+        _need(
+            self.tox_transform in ("none", "logit"), f"tox_transform must be none or logit, got {self.tox_transform!r}"
+        )
+        _need(
+            self.reward_target in ("composite", "adversary"),
+            f"reward_target must be composite or adversary, got {self.reward_target!r}",
+        )
+        _need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
+        for name in ("stealth_gate", "adversary_budget"):
+            v = getattr(self, name)
+            _need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
+        _need(
+            self.multiplier_lr >= 0 and self.multiplier_init >= 0,
+            f"multiplier_lr and multiplier_init must be >= 0, got {self.multiplier_lr} and {self.multiplier_init}",
+        )
+        _need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
+
+
+@dataclass
+class PromptConfig(ConfigFields):
+    """Where the prompts come from, which are kept, and how they are split into train, dev and test."""
+
     prompts: str = _f("chitchat", "prompt source: chitchat, rtp, advbench, a .txt/.jsonl/.csv file, or hf:<dataset id>")
     prompt_field: str = _f("text", "field holding the prompt text in .jsonl/.csv files and hf datasets")
     prompt_turns: int = _f(2, "chitchat: utterances of the conversation used as the starting prompt")
@@ -274,85 +386,30 @@ class RunConfig(EvalConfig, DeviceConfig):
     )
 
     def validate(self) -> None:
-        """Check values that a type alone cannot; raise RedgymError with one line."""
         super().validate()
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise RedgymError(f"config: {msg}")
-
-        for name in ("adversary_format", "defender_format"):
-            need(
-                getattr(self, name) in ("plain", "chat"),
-                f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}",
-            )
-        need(
-            self.tox_transform in ("none", "logit"), f"tox_transform must be none or logit, got {self.tox_transform!r}"
-        )
-        need(
-            self.reward_target in ("composite", "adversary"),
-            f"reward_target must be composite or adversary, got {self.reward_target!r}",
-        )
-        need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
-        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
-        labels = [scorer_label(n) for n in self.eval_scorers]
-        need(
-            len(set(labels)) == len(labels),
-            f"eval_scorers must name each detector once (labels {labels}); got {self.eval_scorers}",
-        )
-        for name in ("stealth_gate", "adversary_budget"):
-            v = getattr(self, name)
-            need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
-        need(
-            self.multiplier_lr >= 0 and self.multiplier_init >= 0,
-            f"multiplier_lr and multiplier_init must be >= 0, got {self.multiplier_lr} and {self.multiplier_init}",
-        )
-        need(
+        _need(
             self.dev_fraction >= 0 and self.test_fraction > 0 and self.dev_fraction + self.test_fraction < 1,
             "dev_fraction + test_fraction must be below 1 and test_fraction above 0",
         )
-        need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
-        need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
-        need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
-        need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
-        need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
-        need(
-            self.defender_engine in ("hf", "ctranslate2"),
-            f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}",
-        )
-        need(
-            self.defender_compute_type in ("float32", "int8"),
-            f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}",
-        )
-        need(
-            self.defender_backend in ("local", "openai"),
-            f"defender_backend must be local or openai, got {self.defender_backend!r}",
-        )
-        need(
-            self.defender_api in ("chat", "completions"),
-            f"defender_api must be chat or completions, got {self.defender_api!r}",
-        )
+
+
+@dataclass
+class RunConfig(
+    EvalConfig, PromptConfig, RewardConfig, RolloutConfig, HTTPConfig, DefenderGuardConfig, ModelConfig, DeviceConfig
+):
+    """A red-team run's config, built of parts (fields in this order): ``DeviceConfig``, ``ModelConfig``,
+    ``DefenderGuardConfig``, ``HTTPConfig``, ``RolloutConfig``, ``RewardConfig``, ``PromptConfig``, ``EvalConfig``.
+    Each part checks its own values; this checks what spans two."""
+
+    def validate(self) -> None:
+        super().validate()
+        _need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
         if self.defender_backend == "openai":
-            need(
-                bool(self.defender_base_url),
-                "defender_backend openai needs defender_base_url (e.g. http://127.0.0.1:8000/v1)",
-            )
-            need(
+            _need(
                 bool(self.likelihood_model) or self.defender_api == "completions",
                 "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
                 "likelihood_model to a local LM (e.g. the defender's own weights)",
             )
-        need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
-        need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
-        need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
-        need(self.http_max_requests >= 0, f"http_max_requests must be >= 0, got {self.http_max_requests}")
-        need(self.http_rate_limit >= 0, f"http_rate_limit must be >= 0, got {self.http_rate_limit}")
 
     @property
     def data_seed(self) -> int:

@@ -19,7 +19,19 @@ import inspect
 import re
 from pathlib import Path
 
-from redgym.config import ConfigFields, DeviceConfig, EvalConfig, FieldHelp, RunConfig
+from redgym.config import (
+    ConfigFields,
+    DefenderGuardConfig,
+    DeviceConfig,
+    EvalConfig,
+    FieldHelp,
+    HTTPConfig,
+    ModelConfig,
+    PromptConfig,
+    RewardConfig,
+    RolloutConfig,
+    RunConfig,
+)
 from redgym.errors import RedgymError
 from redgym.experiments.runner import ABLATION_KEYS, ARM_KEYS, EXPERIMENT_KEYS
 from redgym.guard.evaluate import GuardConfig
@@ -36,6 +48,12 @@ from redgym.trainers.train_config import OptimConfig, TrainConfig
 # Every config class a command reads, by block name (a new trainer in TRAINERS needs a block, or --check fails).
 _READ_BY_COMMANDS: tuple[type[ConfigFields], ...] = (
     DeviceConfig,
+    ModelConfig,
+    DefenderGuardConfig,
+    HTTPConfig,
+    RolloutConfig,
+    RewardConfig,
+    PromptConfig,
     EvalConfig,
     RunConfig,
     OptimConfig,
@@ -104,11 +122,14 @@ def fields_table(cls: type[ConfigFields]) -> str:
     """A markdown table (field | type | default | help) of the fields ``cls`` declares, under one line saying where
     the class lives and which table holds the rest."""
     where = f"`{cls.__name__}` (`src/{cls.__module__.replace('.', '/')}.py`)"
-    ups = " and ".join(f"`{b.__name__}`" for b in parents(cls))
-    head = f"Fields of {where}" + (f", besides those of {ups}" if ups else "") + ":"
+    names = [f"`{b.__name__}`" for b in parents(cls)]
+    ups = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
     rows = [
         f"| {_code(h.name)} | {_cell(h.type)} | {_code(repr(h.default))} | {_cell(h.help)} |" for h in own_fields(cls)
     ]
+    if not rows:
+        return f"{where} is made of {ups} and declares no field of its own."
+    head = f"Fields of {where}" + (f", besides those of {ups}" if ups else "") + ":"
     return "\n".join([head, "", "| field | type | default | help |", "|---|---|---|---|", *rows])
 
 
