@@ -32,7 +32,7 @@ def test_unknown_key_names_the_closest_field(tmp_path):
         ("horizon", "2.5", "horizon expects int"),
         ("temperature", "hot", "temperature expects float"),
         ("horizon", "0", "horizon must be >= 1"),
-        ("adversary_format", "xml", "adversary_format must be 'plain' or 'chat'"),
+        ("adversary_format", "xml", "adversary_format must be plain or chat, got 'xml'"),
     ],
 )
 def test_bad_values_are_one_line_errors(key, value, msg):

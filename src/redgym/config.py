@@ -79,10 +79,16 @@ class ConfigFields:
         return [h.line() for h in cls.fields_help()]
 
 
-def _need(ok: bool, msg: str) -> None:
-    """A config check: raise one line unless ``ok``."""
+def need(ok: object, msg: str) -> None:
+    """A config check, for every config class's ``validate``: raise one line unless ``ok``."""
     if not ok:
         raise RedgymError(f"config: {msg}")
+
+
+def one_of(cfg: object, name: str, *choices: str) -> None:
+    """A config check: field ``name`` of ``cfg`` is one of ``choices`` (``config: NAME must be A, B or C, got X``)."""
+    value = getattr(cfg, name)
+    need(value in choices, f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
 
 
 @dataclass
@@ -97,8 +103,7 @@ class DeviceConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise RedgymError(f"config: dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        one_of(self, "dtype", "auto", "bfloat16", "float16", "float32")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise RedgymError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -134,10 +139,10 @@ class EvalConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        _need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
-        _need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
+        need(self.samples_per_prompt >= 1, "samples_per_prompt must be >= 1")
+        need(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         labels = [scorer_label(n) for n in self.eval_scorers]
-        _need(
+        need(
             len(set(labels)) == len(labels),
             f"eval_scorers must name each detector once (labels {labels}); got {self.eval_scorers}",
         )
@@ -173,19 +178,10 @@ class ModelConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("adversary_format", "defender_format"):
-            _need(
-                getattr(self, name) in ("plain", "chat"),
-                f"{name} must be 'plain' or 'chat', got {getattr(self, name)!r}",
-            )
-        _need(
-            self.defender_engine in ("hf", "ctranslate2"),
-            f"defender_engine must be hf or ctranslate2, got {self.defender_engine!r}",
-        )
-        _need(
-            self.defender_compute_type in ("float32", "int8"),
-            f"defender_compute_type must be float32 or int8, got {self.defender_compute_type!r}",
-        )
+        one_of(self, "adversary_format", "plain", "chat")
+        one_of(self, "defender_format", "plain", "chat")
+        one_of(self, "defender_engine", "hf", "ctranslate2")
+        one_of(self, "defender_compute_type", "float32", "int8")
 
 
 @dataclass
@@ -230,24 +226,18 @@ class HTTPConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        _need(
-            self.defender_backend in ("local", "openai"),
-            f"defender_backend must be local or openai, got {self.defender_backend!r}",
-        )
-        _need(
-            self.defender_api in ("chat", "completions"),
-            f"defender_api must be chat or completions, got {self.defender_api!r}",
-        )
+        one_of(self, "defender_backend", "local", "openai")
+        one_of(self, "defender_api", "chat", "completions")
         if self.defender_backend == "openai":
-            _need(
+            need(
                 bool(self.defender_base_url),
                 "defender_backend openai needs defender_base_url (e.g. http://127.0.0.1:8000/v1)",
             )
-        _need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
-        _need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
-        _need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
-        _need(self.http_max_requests >= 0, f"http_max_requests must be >= 0, got {self.http_max_requests}")
-        _need(self.http_rate_limit >= 0, f"http_rate_limit must be >= 0, got {self.http_rate_limit}")
+        need(self.http_timeout_s > 0, f"http_timeout_s must be > 0, got {self.http_timeout_s}")
+        need(self.http_max_retries >= 0, f"http_max_retries must be >= 0, got {self.http_max_retries}")
+        need(self.http_concurrency >= 1, f"http_concurrency must be >= 1, got {self.http_concurrency}")
+        need(self.http_max_requests >= 0, f"http_max_requests must be >= 0, got {self.http_max_requests}")
+        need(self.http_rate_limit >= 0, f"http_rate_limit must be >= 0, got {self.http_rate_limit}")
 
 
 @dataclass
@@ -271,14 +261,14 @@ class RolloutConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        _need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
-        _need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        _need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
-        _need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        _need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        _need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
-        _need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
+        need(self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}")
+        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.defender_samples >= 1, f"defender_samples must be >= 1, got {self.defender_samples}")
 
 
 @dataclass
@@ -341,22 +331,17 @@ class RewardConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        _need(
-            self.tox_transform in ("none", "logit"), f"tox_transform must be none or logit, got {self.tox_transform!r}"
-        )
-        _need(
-            self.reward_target in ("composite", "adversary"),
-            f"reward_target must be composite or adversary, got {self.reward_target!r}",
-        )
-        _need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
+        one_of(self, "tox_transform", "none", "logit")
+        one_of(self, "reward_target", "composite", "adversary")
+        need(0 <= self.toxic_threshold <= 1, f"toxic_threshold must be in [0, 1], got {self.toxic_threshold}")
         for name in ("stealth_gate", "adversary_budget"):
             v = getattr(self, name)
-            _need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
-        _need(
+            need(v is None or 0 <= v <= 1, f"{name} must be in [0, 1] or None, got {v}")
+        need(
             self.multiplier_lr >= 0 and self.multiplier_init >= 0,
             f"multiplier_lr and multiplier_init must be >= 0, got {self.multiplier_lr} and {self.multiplier_init}",
         )
-        _need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
+        need(self.novelty_memory >= 1, f"novelty_memory must be >= 1, got {self.novelty_memory}")
 
 
 @dataclass
@@ -387,7 +372,7 @@ class PromptConfig(ConfigFields):
 
     def validate(self) -> None:
         super().validate()
-        _need(
+        need(
             self.dev_fraction >= 0 and self.test_fraction > 0 and self.dev_fraction + self.test_fraction < 1,
             "dev_fraction + test_fraction must be below 1 and test_fraction above 0",
         )
@@ -403,9 +388,9 @@ class RunConfig(
 
     def validate(self) -> None:
         super().validate()
-        _need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
+        need(self.max_context_tokens > self.max_new_tokens, "max_context_tokens must exceed max_new_tokens")
         if self.defender_backend == "openai":
-            _need(
+            need(
                 bool(self.likelihood_model) or self.defender_api == "completions",
                 "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
                 "likelihood_model to a local LM (e.g. the defender's own weights)",

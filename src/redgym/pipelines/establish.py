@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from redgym.config import RunConfig, _f
+from redgym.config import RunConfig, _f, need
 from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
@@ -68,11 +68,6 @@ class EstablishConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-
-        def need(ok, msg: str) -> None:
-            if not ok:
-                raise RedgymError(f"config: {msg}")
-
         need(self.samples, "samples: name an explore folder or a .jsonl file")
         need(
             len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels),

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from redgym.config import RunConfig, _f
+from redgym.config import RunConfig, _f, one_of
 from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
 from redgym.runfolder import (
@@ -50,8 +50,7 @@ class ExploreConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.source not in ("prompts", "free"):
-            raise RedgymError(f"config: source must be prompts or free, got {self.source!r}")
+        one_of(self, "source", "prompts", "free")
         if self.n_samples < 2 or not 2 <= self.clusters <= self.n_samples or self.per_cluster < 1:
             raise RedgymError("config: need n_samples >= clusters >= 2 and per_cluster >= 1")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from redgym.config import _f
+from redgym.config import _f, one_of
 from redgym.errors import RedgymError
 from redgym.models.forward import continuation_forward
 from redgym.rollout.reward import budget_counts, pair_reliability, term_means
@@ -128,12 +128,9 @@ class GRPOConfig(TrainConfig):
                 f"config: train_per_prompt must be 0 (all) or in [2, generations_per_prompt], got "
                 f"{self.train_per_prompt}"
             )
-        if self.scale_rewards not in ("none", "group", "batch"):
-            raise RedgymError(f"config: scale_rewards must be none, group or batch, got {self.scale_rewards!r}")
-        if self.micro_batches not in ("shuffled", "groups"):
-            raise RedgymError(f"config: micro_batches must be shuffled or groups, got {self.micro_batches!r}")
-        if self.advantages not in ("mean", "rank"):
-            raise RedgymError(f"config: advantages must be mean or rank, got {self.advantages!r}")
+        one_of(self, "scale_rewards", "none", "group", "batch")
+        one_of(self, "micro_batches", "shuffled", "groups")
+        one_of(self, "advantages", "mean", "rank")
         if not 0 <= self.negative_weight <= 1:
             raise RedgymError(f"config: negative_weight must be in [0, 1], got {self.negative_weight}")
         if self.min_group_range < 0:

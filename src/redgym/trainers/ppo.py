@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from redgym.config import _f
+from redgym.config import _f, one_of
 from redgym.errors import RedgymError
 from redgym.models.forward import continuation_forward
 from redgym.rollout.reward import budget_counts, pair_reliability, term_means
@@ -73,8 +73,7 @@ class PPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.kl_estimator not in ("k1", "k3"):
-            raise RedgymError(f"config: kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        one_of(self, "kl_estimator", "k1", "k3")
         if self.ppo_epochs < 1 or not 0 < self.clip_range < 1 or self.generations_per_prompt < 1:
             raise RedgymError("config: ppo_epochs and generations_per_prompt must be >= 1 and clip_range in (0, 1)")
         if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
