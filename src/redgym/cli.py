@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(RunConfig().eval_scorers),
         help="comma list of scorer names (default %(default)s); the run's training scorer is skipped",
     )
+    ar = sub.add_parser(
+        "archive",
+        help="copy an experiment folder without its generated text (numbers, ids and per-turn scores only), small "
+        "enough to commit: compare tables it, and experiment --out on a copy of it runs only the unfinished cells",
+    )
+    ar.add_argument("src", type=Path, help="experiment (or evaluation) folder")
+    ar.add_argument("dest", type=Path, help="the archive (an earlier archive of the same folder is updated)")
     _add_e3_commands(sub)
     _add_guard_commands(sub)
     cp = sub.add_parser("compare", help="compare experiment folders: comparison.md, comparison.csv, plots")
@@ -317,6 +324,15 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_archive(args, overrides: dict[str, str]) -> int:
+    from redgym.experiments.archive import archive_experiment
+
+    refuse_overrides(overrides, "archive takes two folders only")
+    cells = archive_experiment(args.src, args.dest)
+    print(f"archived {len(cells)} evaluations of {args.src} to {args.dest} (no generated text: scores.jsonl)")
+    return 0
+
+
 def cmd_rescore(args, overrides: dict[str, str]) -> int:
     from redgym.eval.evaluate import rescore_run
 
@@ -455,6 +471,7 @@ COMMANDS = {
     "experiment": cmd_experiment,
     "compare": cmd_compare,
     "rescore": cmd_rescore,
+    "archive": cmd_archive,
 }
 # Commands that take no lock on their --out: compare and docs write no run folder of their own (compare reads a
 # running experiment's finished cells); experiment and rescore hold each cell's folder instead, so parts of a grid

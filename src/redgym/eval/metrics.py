@@ -39,6 +39,9 @@ HIGHER_IS_BETTER = {
     "self_bleu": False,
     "embedding_diversity": True,
 }
+# The metrics computed from the adversary's text rather than from scores (an archive, which keeps no text, has them
+# only as its reports computed them: experiments/archive.py)
+TEXT_METRICS = frozenset({"distinct_1", "distinct_2", "self_bleu", "embedding_diversity"})
 
 
 def metric_base(name: str) -> str:

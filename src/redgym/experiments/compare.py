@@ -23,7 +23,7 @@ from scipy import stats
 
 from redgym.eval.formatting import finite
 from redgym.eval.html import experiment_html
-from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics, metric_base, paired_difference
+from redgym.eval.metrics import HIGHER_IS_BETTER, TEXT_METRICS, compute_metrics, metric_base, paired_difference
 from redgym.experiments.comparison_report import (
     plot_pareto,
     plot_reward_curves,
@@ -115,17 +115,21 @@ def mean_ratio(arm: dict[int, float], base: dict[int, float]) -> float:
 
 
 def _pooled(runs: dict[int, SeedResult], n_boot: int, seed: int) -> dict[str, dict]:
-    """compute_metrics over all seeds' conversations; a prompt evaluated at several seeds is one cluster."""
+    """compute_metrics over all seeds' conversations; a prompt evaluated at several seeds is one cluster. Without
+    the text (an archive's scores), the metrics of the text are left out."""
     pooled: list[Conversation] = []
     for r in runs.values():
         if r.convs is None:
             return {}
         pooled += r.convs
     try:
-        return compute_metrics(pooled, next(iter(runs.values())).threshold, n_boot=n_boot, seed=seed)
+        out = compute_metrics(pooled, next(iter(runs.values())).threshold, n_boot=n_boot, seed=seed)
     except ValueError as e:  # horizons differ between seeds
         log.warning("pooled metrics skipped: %s", e)
         return {}
+    if all(r.has_text for r in runs.values()):
+        return out
+    return {k: v for k, v in out.items() if metric_base(k) not in TEXT_METRICS}
 
 
 def _pooled_difference(

@@ -7,6 +7,9 @@ An experiment folder holds, per arm and seed, what ``redgym.eval.evaluate.write_
     EXP/<arm>/seed_<s>/report.json, samples.jsonl    the arm's adversary against the main defender
     EXP/<arm>/seed_<s>/metrics.jsonl                 training curve (trained arms only)
     EXP/<arm>/seed_<s>/transfer/<defender>/...       the same adversary against another defender
+
+An archive (``experiments/archive.py``) holds ``scores.jsonl`` (the conversations without their text) in place of
+samples.jsonl: read alike, the metrics computed from text (``TEXT_METRICS``) are then the reports' only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from redgym.errors import RedgymError
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics
+from redgym.experiments.archive import SCORES
 from redgym.rollout.records import Conversation
 from redgym.runfolder import read_json
 
@@ -38,6 +42,7 @@ class SeedResult:
     convs: list[Conversation] | None  # that label's conversations; None without samples.jsonl
     threshold: float
     replayed: bool = False  # a transfer report whose adversary turns are the main evaluation's, replayed
+    has_text: bool = True  # False: an archive's conversations, scores without text (experiments/archive.py)
 
 
 @dataclass
@@ -63,21 +68,24 @@ def read_seed(folder: Path, seed: int) -> SeedResult:
     values = {k: float(m["value"]) if m.get("value") is not None else math.nan for k, m in metrics.items()}
     threshold = float(report.get("config", {}).get("toxic_threshold", 0.5))
     convs = None
-    if (folder / "samples.jsonl").exists():
+    samples = folder / "samples.jsonl"
+    has_text = samples.exists() or not (folder / SCORES).exists()
+    samples = samples if has_text else folder / SCORES
+    if samples.exists():
         try:
-            rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
             convs = [Conversation.from_json(r) for r in rows if label is None or r.get("adversary", label) == label]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise RedgymError(f"cannot read {folder / 'samples.jsonl'} ({e!r})") from None
+            raise RedgymError(f"cannot read {samples} ({e!r})") from None
     # Reports written before a metric existed lack it; the samples hold every score it needs (all but the
     # embedding distance, which needs the embedding model).
-    if convs and not (set(HIGHER_IS_BETTER) - {"embedding_diversity"}) <= set(values):
+    if convs and has_text and not (set(HIGHER_IS_BETTER) - {"embedding_diversity"}) <= set(values):
         try:
             for k, m in compute_metrics(convs, threshold, n_boot=1).items():
                 values.setdefault(k, m["value"])
         except (ValueError, KeyError) as e:  # uneven horizons, a score missing
             log.warning("%s: metrics missing from report.json not recomputed (%r)", folder, e)
-    return SeedResult(seed, values, convs or None, threshold, "replay_of" in report)
+    return SeedResult(seed, values, convs or None, threshold, "replay_of" in report, has_text)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -1,0 +1,72 @@
+"""An experiment folder without its generated text, small enough to commit: ``redgym archive SRC DEST``.
+
+A run folder is git-ignored (it holds what the adversary and the defender said), so a grid that takes longer than
+one session on one machine is lost with the machine unless its finished cells are kept somewhere. An archive keeps,
+for every evaluation under SRC (a folder holding ``report.json``: a cell, or a cell's transfer evaluation), the
+files that carry numbers only, at the same relative path:
+
+    report.json     every metric with its CI, the config and the split's prompt ids
+    metrics.jsonl   the training curve and budget (trained arms)
+    config.yaml     the resolved training config
+    split.json      the split's prompt ids
+    scores.jsonl    samples.jsonl with every utterance's text removed: prompt ids, each turn's speaker, token count
+                    and scores, the rewards and reward terms
+
+and ``experiment.json`` at the top. ``redgym compare DEST`` tables it as it tables SRC (the text-based metrics,
+distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled again), and
+``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest. Adversary weights,
+checkpoints, report.md/.html (they quote samples) and plots are left out.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from redgym.errors import RedgymError
+from redgym.runfolder import atomic_write, read_jsonl, write_jsonl
+
+SCORES = "scores.jsonl"  # an archived cell's conversations without their text
+COPIED = ("report.json", "metrics.jsonl", "config.yaml", "split.json")  # numbers and ids only
+TOP = ("experiment.json",)
+
+
+def without_text(row: dict[str, Any]) -> dict[str, Any]:
+    """A samples.jsonl row with every utterance's text removed (the prompt's, each turn's and each alternative
+    reply's), everything else (ids, speakers, token counts, scores, rewards) kept."""
+    turns = [
+        {
+            **{k: v for k, v in t.items() if k not in ("text", "alternatives")},
+            "text": "",
+            **({"alternatives": [""] * len(t["alternatives"])} if t.get("alternatives") else {}),
+        }
+        for t in row["turns"]
+    ]
+    return {**row, "prompt": [], "turns": turns}
+
+
+def archive_experiment(src: Path, dest: Path) -> list[Path]:
+    """Write DEST as the archive of experiment (or evaluation) folder SRC; returns the evaluation folders archived
+    (relative to SRC). DEST may already hold an earlier archive of SRC: its files are replaced."""
+    if not src.is_dir():
+        raise RedgymError(f"archive: {src} is not a folder")
+    if dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents:
+        raise RedgymError(f"archive: {dest} must lie outside {src}")
+    cells = sorted(p.parent.relative_to(src) for p in src.rglob("report.json"))
+    if not cells:
+        raise RedgymError(f"archive: no evaluation (report.json) under {src}")
+    for name in TOP:
+        if (src / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dest / name)
+    for rel in cells:
+        here, there = src / rel, dest / rel
+        there.mkdir(parents=True, exist_ok=True)
+        for name in COPIED:
+            if (here / name).is_file():
+                atomic_write(there / name, (here / name).read_text())
+        if (here / "samples.jsonl").is_file():
+            rows = read_jsonl(here / "samples.jsonl", "archive", "an evaluation's samples")
+            write_jsonl(there / SCORES, (without_text(r) for r in rows))
+    return cells

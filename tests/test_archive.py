@@ -1,0 +1,85 @@
+"""redgym archive: an experiment folder without its generated text, which compare tables as it tables the folder."""
+
+import json
+import math
+
+import pytest
+from test_compare import make_experiment
+
+from redgym.cli import main
+from redgym.errors import RedgymError
+from redgym.eval.metrics import TEXT_METRICS, metric_base
+from redgym.experiments.archive import archive_experiment, without_text
+from redgym.experiments.compare import compare
+
+
+def test_without_text_removes_every_utterance_and_keeps_every_score():
+    row = {
+        "adversary": "trained",
+        "prompt_id": "p7",
+        "prompt": ["an opening line", "a second line"],
+        "turns": [
+            {"speaker": "adversary", "text": "well damn", "n_tokens": 3, "tox": 0.9, "nll": 2.5},
+            {"speaker": "defender", "text": "oh no", "n_tokens": 2, "tox": 0.1, "alternatives": ["hmm", "sure"]},
+        ],
+        "rewards": [0.4],
+        "reward_terms": [{"tox_defender": 0.1}],
+    }
+    assert without_text(row) == {
+        "adversary": "trained",
+        "prompt_id": "p7",
+        "prompt": [],
+        "turns": [
+            {"speaker": "adversary", "n_tokens": 3, "tox": 0.9, "nll": 2.5, "text": ""},
+            {"speaker": "defender", "n_tokens": 2, "tox": 0.1, "text": "", "alternatives": ["", ""]},
+        ],
+        "rewards": [0.4],
+        "reward_terms": [{"tox_defender": 0.1}],
+    }
+    assert row["turns"][0]["text"] == "well damn"  # the input is left as it was
+
+
+def test_an_archive_holds_no_text_and_compares_as_the_folder_does(tmp_path, capsys):
+    src = make_experiment(tmp_path / "exp", transfer=True)
+    cell = src / "trained" / "seed_0"
+    (cell / "report.md").write_text("samples quoted here")
+    (cell / "adversary").mkdir()
+    (cell / "adversary" / "adapter_model.safetensors").write_bytes(b"weights")
+    texts = set()
+    for path in src.rglob("samples.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            texts |= set(r["prompt"]) | {t["text"] for t in r["turns"]}
+    assert "a neutral reply" in texts and len(texts) > 3
+
+    assert main(["archive", str(src), str(tmp_path / "arch")]) == 0
+    arch = tmp_path / "arch"
+    assert "archived 12 evaluations" in capsys.readouterr().out  # 2 arms x 3 seeds x (main + 1 transfer)
+    files = sorted(p.relative_to(arch).as_posix() for p in arch.rglob("*") if p.is_file())
+    assert {p.rsplit("/", 1)[-1] for p in files} == {"experiment.json", "report.json", "metrics.jsonl", "scores.jsonl"}
+    assert len([p for p in files if p.endswith("scores.jsonl")]) == 12
+    for p in arch.rglob("*"):
+        if p.is_file():
+            content = p.read_text()
+            assert not [t for t in texts if t and t in content], p  # no utterance, prompt or reply survives
+
+    want, got = (compare([d], tmp_path / name, n_boot=50) for d, name in ((src, "c_src"), (arch, "c_arch")))
+    key = lambda r: (r["arm"], r["defender"], r["metric"])  # noqa: E731
+    got_rows = {key(r): r for r in got["rows"]}
+    assert got_rows.keys() == {key(r) for r in want["rows"]}
+    for r in want["rows"]:
+        g = got_rows[key(r)]
+        if metric_base(r["metric"]) in TEXT_METRICS:  # from the reports only: not pooled again without the text
+            assert g["mean"] == pytest.approx(r["mean"]) and g["pooled"] is None and r["pooled"] is not None
+        else:  # every column the same: the scores alone give the pooled and paired numbers
+            for k, v in r.items():
+                assert g[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(g[k])), (key(r), k)
+
+
+def test_archive_refuses_a_folder_without_reports_and_a_destination_inside_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RedgymError, match="no evaluation"):
+        archive_experiment(tmp_path / "empty", tmp_path / "a")
+    src = make_experiment(tmp_path / "exp")
+    with pytest.raises(RedgymError, match="must lie outside"):
+        archive_experiment(src, src / "archive")
