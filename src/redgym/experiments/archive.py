@@ -20,7 +20,6 @@ checkpoints, report.md/.html (they quote samples) and plots are left out.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,13 @@ def archive_experiment(src: Path, dest: Path) -> list[Path]:
         raise RedgymError(f"archive: no evaluation (report.json) under {src}")
     for name in TOP:
         if (src / name).is_file():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, dest / name)
+            atomic_write(dest / name, (src / name).read_bytes())
     for rel in cells:
         here, there = src / rel, dest / rel
         there.mkdir(parents=True, exist_ok=True)
         for name in COPIED:
             if (here / name).is_file():
-                atomic_write(there / name, (here / name).read_text())
+                atomic_write(there / name, (here / name).read_bytes())
         if (here / "samples.jsonl").is_file():
             rows = read_jsonl(here / "samples.jsonl", "archive", "an evaluation's samples")
             write_jsonl(there / SCORES, (without_text(r) for r in rows))
