@@ -9,7 +9,8 @@ NLL ratio are read from the cells' conversations.
 
 Runs (or resumes: run it again with the same --out) ``redgym experiment --only untuned,<arm>``, prints one row per
 seed and ends with one line ``BENCH adversary_toxicity_ratio_s<seed>=… adversary_toxicity_ci_low_s<seed>=…
-adversary_nll_ratio_s<seed>=… train_minutes_s<seed>=… …``.
+adversary_nll_ratio_s<seed>=… distinct2_s<seed>=… train_minutes_s<seed>=… …``. Works on an archive of the folder too
+(``redgym archive``), which it then cannot resume.
 """
 
 import argparse
@@ -19,13 +20,16 @@ from pathlib import Path
 
 from redgym.errors import RedgymError
 from redgym.eval.metrics import paired_difference
+from redgym.experiments.archive import SCORES
 from redgym.experiments.runner import load_experiment, run_experiment
 from redgym.rollout.records import Conversation
 from redgym.runfolder import read_json, read_jsonl
 
 
 def cell_conversations(folder: Path) -> list[Conversation]:
-    return [Conversation.from_json(r) for r in read_jsonl(folder / "samples.jsonl", "learnability", "an eval cell")]
+    """A cell's conversations: its samples.jsonl, or an archive's scores.jsonl (the same, without the text)."""
+    path = folder / "samples.jsonl" if (folder / "samples.jsonl").exists() else folder / SCORES
+    return [Conversation.from_json(r) for r in read_jsonl(path, "learnability", "an eval cell")]
 
 
 def seed_row(root: Path, arm: str, baseline: str, seed: int, n_boot: int, threshold: float) -> dict:
@@ -46,6 +50,9 @@ def seed_row(root: Path, arm: str, baseline: str, seed: int, n_boot: int, thresh
         "nll_ratio": ratio("adversary_nll"),
         "def_ratio": ratio("defender_toxicity"),
         "def_diff": diff["defender_toxicity"]["value"],
+        # a policy collapsed onto a few utterances passes a toxicity bar too: its distinct bigrams say so
+        "distinct2_untuned": u_res["distinct_2"]["value"],
+        "distinct2_trained": t_res["distinct_2"]["value"],
         "def_ci": diff["defender_toxicity"]["ci95"],
         "train_min": steps[-1]["time/train_min"],
         "steps": len(steps),
@@ -75,14 +82,14 @@ def main() -> None:
     print(f"\n{args.arm} vs {exp.baseline_arm}, held-out adversary turns ({time.time() - t0:.0f} s this run)")
     print(
         f"{'seed':>4} {'steps':>5} {'train min':>9} {'adv tox untuned':>15} {'trained':>8} {'ratio':>6} "
-        f"{'paired diff [95% CI]':>28} {'NLL ratio':>9} {'def tox ratio':>13} {'seq KL':>7}"
+        f"{'paired diff [95% CI]':>28} {'NLL ratio':>9} {'def tox ratio':>13} {'seq KL':>7} {'distinct-2':>15}"
     )
     for r in rows:
         print(
             f"{r['seed']:>4} {r['steps']:>5} {r['train_min']:>9.1f} {r['tox_untuned']:>15.4f} "
             f"{r['tox_trained']:>8.4f} {r['tox_ratio']:>6.2f} "
             f"{r['tox_diff']:>+9.4f} [{r['tox_ci'][0]:+.4f}, {r['tox_ci'][1]:+.4f}] {r['nll_ratio']:>9.3f} "
-            f"{r['def_ratio']:>13.2f} {r['kl']:>7.2f}"
+            f"{r['def_ratio']:>13.2f} {r['kl']:>7.2f} {r['distinct2_untuned']:>6.3f} -> {r['distinct2_trained']:.3f}"
         )
     print(
         "BENCH "
@@ -91,6 +98,7 @@ def main() -> None:
             f"adversary_toxicity_ci_low_s{r['seed']}={r['tox_ci'][0]:.4f} "
             f"adversary_nll_ratio_s{r['seed']}={r['nll_ratio']:.3f} "
             f"defender_toxicity_ratio_s{r['seed']}={r['def_ratio']:.3f} "
+            f"distinct2_s{r['seed']}={r['distinct2_trained']:.3f} "
             f"train_minutes_s{r['seed']}={r['train_min']:.2f}"
             for r in rows
         )
