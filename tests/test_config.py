@@ -151,3 +151,14 @@ def test_a_saved_bool_scale_rewards_still_loads(tmp_path):
     assert load_config(GRPOConfig, None, {"scale_rewards": "batch"}).scale_rewards == "batch"
     with pytest.raises(RedgymError, match="none, group or batch"):
         load_config(GRPOConfig, None, {"scale_rewards": "std"})
+
+
+def test_a_command_refuses_a_field_of_a_part_it_does_not_take():
+    # establish rolls nothing out: a rollout or reward field would do nothing there, so it is an unknown key
+    from redgym.pipelines.establish import EstablishConfig
+
+    cfg = load_config(EstablishConfig, None, {"samples": "runs/e3/explore", "scorer": "wordlist", "seed": 3})
+    assert (cfg.scorer, cfg.seed, cfg.batch_size) == ("wordlist", 3, 16)
+    for key in ("horizon", "w_nll", "adversary_model"):
+        with pytest.raises(RedgymError, match=f"unknown config key '{key}'"):
+            load_config(EstablishConfig, None, {"samples": "x", key: "1"})

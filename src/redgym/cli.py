@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from redgym.config import RunConfig, load_config, parse_overrides
+from redgym.config import ConfigFields, RunConfig, load_config, parse_overrides
 from redgym.docs_fields import fields_epilog, keys_epilog, own_fields_epilog, sync
 from redgym.errors import RedgymError, RequestBudgetSpent, ServerError, TrainingStopped
 from redgym.guard.evaluate import GuardConfig
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_e3_commands(sub) -> None:
     """explore, establish, exploit and pipeline e3, each with its fields in --help."""
-    steps: tuple[tuple[str, str, type[RunConfig]], ...] = (
+    steps: tuple[tuple[str, str, type[ConfigFields]], ...] = (
         ("explore", "E3 step 1: sample, embed and cluster what a target says; a subsample to label", ExploreConfig),
         ("establish", "E3 step 2: labels -> a classifier, saved as a scorer", EstablishConfig),
     )
@@ -180,7 +180,8 @@ def _add_e3_commands(sub) -> None:
                 "the YAML has three sections; the command line takes no fields",
                 own_fields_epilog(ExploreConfig, "explore: redgym explore's fields (redgym eval's, and these)"),
                 own_fields_epilog(
-                    EstablishConfig, "establish: redgym establish's fields (redgym eval's, and these; samples is set)"
+                    EstablishConfig,
+                    "establish: redgym establish's fields (its own, with the scorer and device parts; samples is set)",
                 ),
                 keys_epilog(
                     "e3-exploit-keys", "exploit: a redgym experiment of arms untuned, exploit, exploit_diverse"

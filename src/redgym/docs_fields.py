@@ -31,6 +31,7 @@ from redgym.config import (
     RewardConfig,
     RolloutConfig,
     RunConfig,
+    ScorerConfig,
 )
 from redgym.errors import RedgymError
 from redgym.experiments.runner import ABLATION_KEYS, ARM_KEYS, EXPERIMENT_KEYS
@@ -52,6 +53,7 @@ _READ_BY_COMMANDS: tuple[type[ConfigFields], ...] = (
     DefenderGuardConfig,
     HTTPConfig,
     RolloutConfig,
+    ScorerConfig,
     RewardConfig,
     PromptConfig,
     EvalConfig,

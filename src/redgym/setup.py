@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from redgym.config import RunConfig, scorer_label
+from redgym.config import DeviceConfig, RunConfig, scorer_label
 from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend
@@ -104,13 +104,17 @@ def guarded(cfg: RunConfig, defender: ChatBackend) -> ChatBackend:
     if not cfg.defender_guard:
         return defender
     return GuardedDefender(
-        defender, GuardModel(load_lm(cfg, cfg.defender_guard, "chat")), cfg.guard_refusal, cfg.batch_size
+        defender,
+        GuardModel(load_lm(cfg, cfg.defender_guard, "chat", cfg.max_context_tokens)),
+        cfg.guard_refusal,
+        cfg.batch_size,
     )
 
 
-def load_lm(cfg: RunConfig, name: str, fmt: str) -> LM:
-    model, tok = load_model(name, cfg.dtype, cfg.device)
-    return LM(model, tok, name, fmt, cfg.max_context_tokens)
+def load_lm(device: DeviceConfig, name: str, fmt: str, max_context_tokens: int) -> LM:
+    """Model ``name`` as an ``LM`` in format ``fmt``, loaded where and in what precision ``device`` says."""
+    model, tok = load_model(name, device.dtype, device.device)
+    return LM(model, tok, name, fmt, max_context_tokens)
 
 
 def load_defender(cfg: RunConfig) -> ChatBackend:
@@ -122,7 +126,7 @@ def load_defender(cfg: RunConfig) -> ChatBackend:
             return ct2_lm(
                 model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens, cfg.defender_compute_type
             )
-        return load_lm(cfg, cfg.defender_model, cfg.defender_format)
+        return load_lm(cfg, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     server = OpenAIChat(
         cfg.defender_model,
         cfg.defender_base_url or "",
@@ -153,7 +157,7 @@ def load_likelihood(cfg: RunConfig, defender: ChatBackend) -> LikelihoodBackend:
         if isinstance(bare, LM):
             bare.score_turn_nll = True  # its replies' forward passes give the NLL term too (models/lm.py)
         return bare
-    return load_lm(cfg, cfg.likelihood_model, "plain")
+    return load_lm(cfg, cfg.likelihood_model, "plain", cfg.max_context_tokens)
 
 
 def split_file(cfg: RunConfig) -> Path | None:
@@ -299,7 +303,7 @@ def load_adversary(setup: Setup, checkpoint: str | None = None) -> LM:
             return lm
         if model == cfg.adversary_model:
             return LM(lm.model, lm.tokenizer, lm.name, cfg.adversary_format, cfg.max_context_tokens)
-    return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format)
+    return load_lm(cfg, checkpoint or cfg.adversary_model, cfg.adversary_format, cfg.max_context_tokens)
 
 
 def run_adversary(

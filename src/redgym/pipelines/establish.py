@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from redgym.config import RunConfig, _f, need
+from redgym.config import DeviceConfig, ScorerConfig, _f, need
 from redgym.data.labels import pyrit_harm_sets, read_labelled_csv
 from redgym.errors import RedgymError
 from redgym.eval.classification import classification_summary, cohen_kappa, macro_f1, plot_confusion
@@ -41,7 +41,11 @@ from redgym.setup import load_lm
 
 
 @dataclass
-class EstablishConfig(RunConfig):
+class EstablishConfig(ScorerConfig, DeviceConfig):
+    """E3 step 2: what it labels, how, and the classifier it trains. It rolls nothing out and trains no adversary,
+    so it takes the scorer and device parts only, not a red-team run's (``redgym establish --horizon 3`` is an
+    unknown key)."""
+
     samples: str = _f("", "an explore folder, or a .jsonl file of {id, text} rows, to label")
     use_all: bool = _f(True, "label every explored sample (all_samples.jsonl); false = the balanced subsample")
     labels_from: str = _f("scorer", "label source: scorer (thresholded), judge (an LM asked) or human (a filled CSV)")
@@ -61,6 +65,9 @@ class EstablishConfig(RunConfig):
     cv_folds: int = _f(5, "cross-validation folds on the training part")
     holdout_fraction: float = _f(0.25, "share of labelled texts held out for the final scores")
     pyrit_check: bool = _f(True, "also score the classifier on PyRIT's human-scored harm sets (harmful = positive)")
+    batch_size: int = _f(16, "texts per judge or embedder call")
+    max_context_tokens: int = _f(512, "the judge's context is cut from the left to this many tokens")
+    bootstrap_samples: int = _f(1000, "bootstrap resamples for the classifier scores' and kappa's 95% CIs")
 
     @property
     def labels(self) -> list[str]:
@@ -109,7 +116,11 @@ def label_texts(cfg: EstablishConfig, source: str, rows: list[dict]) -> dict[str
         scores = build_scorer(cfg.scorer)(texts)
         return {r["id"]: cfg.positive_label if s > cfg.toxic_threshold else other for r, s in zip(rows, scores)}
     judge = Judge(
-        load_lm(cfg, cfg.judge_model, cfg.judge_format), labels, cfg.judge_question, cfg.judge_calibrate, cfg.batch_size
+        load_lm(cfg, cfg.judge_model, cfg.judge_format, cfg.max_context_tokens),
+        labels,
+        cfg.judge_question,
+        cfg.judge_calibrate,
+        cfg.batch_size,
     )
     return dict(zip((r["id"] for r in rows), judge(texts)))
 

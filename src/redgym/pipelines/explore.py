@@ -104,7 +104,7 @@ def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, p
 def sample_outputs(cfg: ExploreConfig, progress: bool = True) -> list[dict]:
     """The target's outputs: ``n_samples`` rows {id, prompt, text}, generated in batches of ``batch_size``."""
     scorer = build_scorer(cfg.scorer) if cfg.source == "prompts" else None
-    target = load_lm(cfg, cfg.defender_model, cfg.defender_format)
+    target = load_lm(cfg, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     if cfg.source == "prompts":
         train = make_split(cfg, scorer).train
         if not train:
