@@ -83,3 +83,28 @@ def test_archive_refuses_a_folder_without_reports_and_a_destination_inside_it(tm
     src = make_experiment(tmp_path / "exp")
     with pytest.raises(RedgymError, match="must lie outside"):
         archive_experiment(src, src / "archive")
+
+
+def test_an_experiment_goes_on_from_its_archive(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    # The next machine copies the archive and runs the same experiment into it: finished cells are skipped, the
+    # rest run, and the comparison reads archived and new cells alike.
+    import yaml
+    from test_experiment import spec
+
+    from redgym.experiments import runner
+
+    data = spec(tiny_model_dir, prompt_file)
+    data["seeds"], data["ablations"] = [0], {}
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    runner.run_experiment(cfg, tmp_path / "runs", only=["untuned"], progress=False)
+    archive_experiment(tmp_path / "runs", tmp_path / "arch")
+    assert not (tmp_path / "arch" / "untuned" / "seed_0" / "samples.jsonl").exists()
+
+    evaluated = []
+    real_eval = runner._evaluate
+    monkeypatch.setattr(runner, "_evaluate", lambda c, folder, *a: (evaluated.append(folder), real_eval(c, folder, *a)))
+    out = runner.run_experiment(cfg, tmp_path / "arch", only=["untuned", "dataset"], progress=False)
+    assert evaluated == [out / "dataset" / "seed_0"]  # the archived untuned cell was not run again
+    table = (out / "comparison.md").read_text()
+    assert "| dataset | untuned |" in table  # the new cell differenced against the archived baseline

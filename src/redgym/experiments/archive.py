@@ -12,9 +12,9 @@ files that carry numbers only, at the same relative path:
     scores.jsonl    samples.jsonl with every utterance's text removed: prompt ids, each turn's speaker, token count
                     and scores, the rewards and reward terms
 
-and ``experiment.json`` at the top. ``redgym compare DEST`` tables it as it tables SRC (the text-based metrics,
-distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled again), and
-``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest. Adversary weights,
+and ``experiment.json`` and ``experiment.yaml`` at the top. ``redgym compare DEST`` tables it as it tables SRC
+(the text-based metrics, distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled
+again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest. Adversary weights,
 checkpoints, report.md/.html (they quote samples) and plots are left out.
 """
 
@@ -28,7 +28,7 @@ from redgym.runfolder import atomic_write, read_jsonl, write_jsonl
 
 SCORES = "scores.jsonl"  # an archived cell's conversations without their text
 COPIED = ("report.json", "metrics.jsonl", "config.yaml", "split.json")  # numbers and ids only
-TOP = ("experiment.json",)
+TOP = ("experiment.json", "experiment.yaml")
 
 
 def without_text(row: dict[str, Any]) -> dict[str, Any]:
