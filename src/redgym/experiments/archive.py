@@ -14,8 +14,8 @@ files that carry numbers only, at the same relative path:
 
 and ``experiment.json`` and ``experiment.yaml`` at the top. ``redgym compare DEST`` tables it as it tables SRC
 (the text-based metrics, distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled
-again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest. Adversary weights,
-checkpoints, report.md/.html (they quote samples) and plots are left out.
+again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest.
+Adversary weights, checkpoints, report.md/.html (they quote samples) and plots are left out.
 """
 
 from __future__ import annotations
