@@ -162,3 +162,13 @@ def test_a_command_refuses_a_field_of_a_part_it_does_not_take():
     for key in ("horizon", "w_nll", "adversary_model"):
         with pytest.raises(RedgymError, match=f"unknown config key '{key}'"):
             load_config(EstablishConfig, None, {"samples": "x", key: "1"})
+
+
+def test_explore_takes_the_run_parts_it_uses_and_refuses_the_rest():
+    from redgym.pipelines.explore import ExploreConfig
+
+    cfg = load_config(ExploreConfig, None, {"defender_model": "m", "prompts": "rtp", "max_new_tokens": 8, "seed": 2})
+    assert (cfg.defender_model, cfg.prompts, cfg.max_new_tokens, cfg.data_seed) == ("m", "rtp", 8, 2)
+    for key in ("w_nll", "n_eval_prompts", "defender_base_url", "defender_guard"):  # reward, eval, HTTP, guard
+        with pytest.raises(RedgymError, match=f"unknown config key '{key}'"):
+            load_config(ExploreConfig, None, {key: "1"})

@@ -178,7 +178,10 @@ def _add_e3_commands(sub) -> None:
         epilog="\n\n".join(
             [
                 "the YAML has three sections; the command line takes no fields",
-                own_fields_epilog(ExploreConfig, "explore: redgym explore's fields (redgym eval's, and these)"),
+                own_fields_epilog(
+                    ExploreConfig,
+                    "explore: redgym explore's fields (its own, with the model, rollout, scorer, prompt, device parts)",
+                ),
                 own_fields_epilog(
                     EstablishConfig,
                     "establish: redgym establish's fields (its own, with the scorer and device parts; samples is set)",

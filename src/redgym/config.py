@@ -354,8 +354,9 @@ class RewardConfig(ConfigFields):
 
 
 @dataclass
-class PromptConfig(ConfigFields):
-    """Where the prompts come from, which are kept, and how they are split into train, dev and test."""
+class PromptConfig(DeviceConfig):
+    """Where the prompts come from, which are kept, and how they are split into train, dev and test (by
+    ``data_seed``: ``split_seed``, else the run's ``seed``, hence the device part beneath it)."""
 
     prompts: str = _f("chitchat", "prompt source: chitchat, rtp, advbench, a .txt/.jsonl/.csv file, or hf:<dataset id>")
     prompt_field: str = _f("text", "field holding the prompt text in .jsonl/.csv files and hf datasets")
@@ -386,6 +387,11 @@ class PromptConfig(ConfigFields):
             "dev_fraction + test_fraction must be below 1 and test_fraction above 0",
         )
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the prompt split (``split_seed``, else ``seed``)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
 
 @dataclass
 class RunConfig(
@@ -413,11 +419,6 @@ class RunConfig(
                 "defender_backend openai with defender_api chat cannot score the reward's NLL term: set "
                 "likelihood_model to a local LM (e.g. the defender's own weights)",
             )
-
-    @property
-    def data_seed(self) -> int:
-        """The seed of the prompt split (``split_seed``, else ``seed``)."""
-        return self.seed if self.split_seed is None else self.split_seed
 
 
 def _type_name(tp: object) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from redgym.config import DeviceConfig, RunConfig, scorer_label
+from redgym.config import DeviceConfig, PromptConfig, RolloutConfig, RunConfig, scorer_label
 from redgym.data.prompts import Prompt, Split, load_prompts, split_from_json, split_prompts
 from redgym.errors import RedgymError
 from redgym.models.base import ChatBackend, LikelihoodBackend
@@ -69,7 +69,7 @@ class Setup:
         return [p for p in test for _ in range(self.cfg.samples_per_prompt)]
 
 
-def eval_params(c: RunConfig) -> SamplingParams:
+def eval_params(c: RolloutConfig) -> SamplingParams:
     """Evaluation sampling (ASTPrompter's settings), used by both speakers in evaluation and by the defender in
     training."""
     return SamplingParams(
@@ -176,7 +176,9 @@ def split_file(cfg: RunConfig) -> Path | None:
     return None
 
 
-def make_split(cfg: RunConfig, scorer) -> Split:
+def make_split(cfg: PromptConfig, scorer, path: Path | None = None) -> Split:
+    """The prompts ``cfg`` names, split into train, dev and test by ``cfg.data_seed``, or as the split file at
+    ``path`` has them (``split_file``: a run's own held-out prompts)."""
     prompts = load_prompts(
         cfg.prompts,
         field=cfg.prompt_field,
@@ -189,7 +191,6 @@ def make_split(cfg: RunConfig, scorer) -> Split:
         scorer=scorer,
         seed=cfg.data_seed,
     )
-    path = split_file(cfg)
     if path is not None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -209,7 +210,7 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
     """Load scorer, prompts, split, embedder, (unless given) the defender, and the likelihood model; failures are
     one-line RedgymErrors."""
     scorer = build_scorer(cfg.scorer)
-    split = make_split(cfg, scorer)
+    split = make_split(cfg, scorer, split_file(cfg))
     if cfg.n_eval_prompts > len(split.test):
         log.warning(
             "n_eval_prompts %d exceeds the test split; evaluating all %d test prompts",

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from redgym.config import RunConfig, _f, one_of
+from redgym.config import DeviceConfig, ModelConfig, PromptConfig, RolloutConfig, ScorerConfig, _f, one_of
 from redgym.data.labels import write_labelling_csv
 from redgym.errors import RedgymError
 from redgym.runfolder import (
@@ -38,7 +38,11 @@ from redgym.setup import eval_params, load_lm, make_split
 
 
 @dataclass
-class ExploreConfig(RunConfig):
+class ExploreConfig(PromptConfig, ScorerConfig, RolloutConfig, ModelConfig, DeviceConfig):
+    """E3 step 1: the target (``defender_model``) answers prompts or talks freely; what it says is embedded,
+    clustered and subsampled. The parts it uses: the models (the target), rollout sampling, the scorer and embedder,
+    the prompts and their split, and the device beneath them; no reward, HTTP, guard or evaluation field."""
+
     source: str = _f(
         "prompts",
         "what the target continues: prompts (the training split of `prompts`) or free "
