@@ -5,17 +5,16 @@ one session on one machine is lost with the machine unless its finished cells ar
 for every evaluation under SRC (a folder holding ``report.json``: a cell, or a cell's transfer evaluation), the
 files that carry numbers only, at the same relative path:
 
-    report.json     every metric with its CI, the config and the split's prompt ids
+    report.json     every metric with its CI, the config and the ids of the test prompts evaluated
     metrics.jsonl   the training curve and budget (trained arms)
     config.yaml     the resolved training config
-    split.json      the split's prompt ids
     scores.jsonl    samples.jsonl with every utterance's text removed: prompt ids, each turn's speaker, token count
                     and scores, the rewards and reward terms
 
 and ``experiment.json`` and ``experiment.yaml`` at the top. ``redgym compare DEST`` tables it as it tables SRC
 (the text-based metrics, distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled
 again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest.
-Adversary weights, checkpoints, report.md/.html (they quote samples) and plots are left out.
+Adversary weights, checkpoints, split.json, report.md/.html (they quote samples) and plots are left out.
 """
 
 from __future__ import annotations
@@ -27,7 +26,9 @@ from redgym.errors import RedgymError
 from redgym.runfolder import atomic_write, read_jsonl, write_jsonl
 
 SCORES = "scores.jsonl"  # an archived cell's conversations without their text
-COPIED = ("report.json", "metrics.jsonl", "config.yaml", "split.json")  # numbers and ids only
+# numbers and ids only (split.json, the whole split's ids, the same ~200 kB in every cell, is left out: a finished
+# cell's report names the test prompts it evaluated)
+COPIED = ("report.json", "metrics.jsonl", "config.yaml")
 TOP = ("experiment.json", "experiment.yaml")
 
 
