@@ -282,27 +282,10 @@ def label_index(labels: list[str], positive_label: str | None, requested: str, w
 
 
 def _encoder_scorer(folder: Path, idx: int, device: str, batch_size: int = 32) -> Scorer:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from redgym.scorers.toxicity import load_sequence_classifier, sequence_classifier_scorer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device).eval()
-    except Exception as e:  # noqa: BLE001
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RedgymError(f"classifier {folder}: cannot load the encoder ({reason})") from None
-
-    @torch.no_grad()
-    def score(texts: list[str]) -> list[float]:
-        out: list[float] = []
-        for i in range(0, len(texts), batch_size):
-            enc = tok(
-                list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=512
-            ).to(device)
-            out.extend(model(**enc).logits.double().softmax(-1)[:, idx].tolist())
-        return out
-
-    return score
+    tok, model = load_sequence_classifier(str(folder), device, f"classifier {folder}: cannot load the encoder")
+    return sequence_classifier_scorer(tok, model, idx, device, batch_size)
 
 
 def load_classifier_scorer(spec: str, device: str = "cpu", embedder: Embedder | None = None) -> Scorer:

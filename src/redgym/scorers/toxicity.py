@@ -52,18 +52,43 @@ def detoxify_scorer(variant: str = "original", device: str = "cpu") -> Scorer:
     return score
 
 
-def hf_classifier_scorer(spec: str, device: str = "cpu", batch_size: int = 32) -> Scorer:
-    """``spec`` is ``<model id or folder>[#label]``."""
-    name, _, label = spec.partition("#")
+def load_sequence_classifier(name: str, device: str, failure: str):
+    """(tokenizer, model) of a transformers sequence classifier (a hub id or folder), in eval mode on ``device``; a
+    load failure is one line, ``failure`` followed by the reason."""
     try:
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
+        return tok, AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
     except Exception as e:  # noqa: BLE001
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RedgymError(f"scorer 'hf:{spec}' could not load its classifier ({reason})") from None
+        raise RedgymError(f"{failure} ({reason})") from None
+
+
+def sequence_classifier_scorer(tok, model, idx: int, device: str, batch_size: int, multi_label: bool = False) -> Scorer:
+    """The probability of label ``idx`` (sigmoid for a multi-label model, else softmax), in batches, texts cut to
+    512 tokens."""
+    import torch
+
+    @torch.no_grad()
+    def score(texts: list[str]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(texts), batch_size):
+            enc = tok(
+                list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=512
+            ).to(device)
+            logits = model(**enc).logits.double()
+            probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+            out.extend(probs[:, idx].tolist())
+        return out
+
+    return score
+
+
+def hf_classifier_scorer(spec: str, device: str = "cpu", batch_size: int = 32) -> Scorer:
+    """``spec`` is ``<model id or folder>[#label]``."""
+    name, _, label = spec.partition("#")
+    tok, model = load_sequence_classifier(name, device, f"scorer 'hf:{spec}' could not load its classifier")
     labels = {v.lower(): int(k) for k, v in model.config.id2label.items()}
     if label:
         if label.lower() not in labels:
@@ -75,20 +100,7 @@ def hf_classifier_scorer(spec: str, device: str = "cpu", batch_size: int = 32) -
             raise RedgymError(f"scorer 'hf:{spec}': name the label to score with '#label'; labels are {sorted(labels)}")
         idx = hits[0]
     multi_label = model.config.problem_type == "multi_label_classification"
-
-    @torch.no_grad()
-    def score(texts: list[str]) -> list[float]:
-        out: list[float] = []
-        for i in range(0, len(texts), batch_size):
-            enc = tok(
-                list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=512
-            ).to(device)
-            logits = model(**enc).logits.float()
-            probs = logits.sigmoid() if multi_label else logits.softmax(-1)
-            out.extend(probs[:, idx].tolist())
-        return out
-
-    return score
+    return sequence_classifier_scorer(tok, model, idx, device, batch_size, multi_label)
 
 
 def build_scorer(name: str, device: str = "cpu") -> Scorer:
