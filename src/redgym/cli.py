@@ -58,38 +58,41 @@ def _quiet_libraries() -> None:
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
+def config_command(sub, name: str, text: str, epilog: str, out: str, resumable: bool = False):
+    """A command that reads config fields: ``--config FILE``, ``--out DIR`` (or, ``resumable``, ``--resume DIR``
+    instead), ``--quiet``, and the fields listed in its ``--help`` (``epilog``)."""
+    cmd = sub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+    cmd.add_argument("--config", type=Path, help="YAML file setting config fields")
+    if resumable:
+        where = cmd.add_mutually_exclusive_group(required=True)
+        where.add_argument("--out", type=Path, help=out)
+        where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
+    else:
+        cmd.add_argument("--out", type=Path, required=True, help=out)
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="redgym", description="Learned red-teaming of language models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ev = sub.add_parser(
+    ev = config_command(
+        sub,
         "eval",
-        help="evaluate an adversary against the defender; writes a report",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=fields_epilog(RunConfig),
+        "evaluate an adversary against the defender; writes a report",
+        fields_epilog(RunConfig),
+        "run folder to write the report into",
     )
-    ev.add_argument("--config", type=Path, help="YAML file setting config fields")
-    ev.add_argument("--out", type=Path, required=True, help="run folder to write the report into")
     ev.add_argument(
         "--replay",
         type=Path,
         default=None,
         help="run folder whose recorded adversary turns (samples.jsonl) are put to this defender, none generated",
     )
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     tr = sub.add_parser("train", help="train an adversary")
     trainers = tr.add_subparsers(dest="trainer", required=True, parser_class=_Parser)
     for name, (cls, _) in TRAINERS.items():
-        t = trainers.add_parser(
-            name,
-            help=f"{name} trainer",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=fields_epilog(cls),
-        )
-        t.add_argument("--config", type=Path, help="YAML file setting config fields")
-        where = t.add_mutually_exclusive_group(required=True)
-        where.add_argument("--out", type=Path, help="new run folder")
-        where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
-        t.add_argument("--quiet", action="store_true", help="no progress bars")
+        config_command(trainers, name, f"{name} trainer", fields_epilog(cls), "new run folder", resumable=True)
     ex = sub.add_parser(
         "experiment",
         help="arms x seeds, each a run folder, then comparison.md (resumable)",
@@ -149,12 +152,7 @@ def _add_e3_commands(sub) -> None:
         ("establish", "E3 step 2: labels -> a classifier, saved as a scorer", EstablishConfig),
     )
     for name, text, step_cls in steps:
-        sp = sub.add_parser(
-            name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=fields_epilog(step_cls)
-        )
-        sp.add_argument("--config", type=Path, help="YAML file setting config fields")
-        sp.add_argument("--out", type=Path, required=True, help="output folder")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        config_command(sub, name, text, fields_epilog(step_cls), "output folder")
     xp = sub.add_parser(
         "exploit",
         help="E3 step 3: train an adversary against a classifier with diversity terms",
@@ -208,20 +206,20 @@ def _add_guard_commands(sub) -> None:
     """guard eval, train and report, each with its fields in --help."""
     gd = sub.add_parser("guard", help="a reasoning safety classifier")
     gsub = gd.add_subparsers(dest="guard_command", required=True, parser_class=_Parser)
-    ge = gsub.add_parser(
+    config_command(
+        gsub,
         "eval",
-        help="F1 of the guard and the baselines on held-out requests",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=fields_epilog(GuardConfig),
+        "F1 of the guard and the baselines on held-out requests",
+        fields_epilog(GuardConfig),
+        "output folder",
     )
-    ge.add_argument("--config", type=Path, help="YAML file setting config fields")
-    ge.add_argument("--out", type=Path, required=True, help="output folder")
-    ge.add_argument("--quiet", action="store_true", help="no progress bars")
-    gt = gsub.add_parser(
+    gt = config_command(
+        gsub,
         "train",
-        help="train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=fields_epilog(GuardTrainConfig),
+        "train a guard (LoRA SFT on reasoning + label, then DPO on reasoning quality)",
+        fields_epilog(GuardTrainConfig),
+        "new run folder",
+        resumable=True,
     )
     gt.add_argument(
         "--stage",
@@ -229,11 +227,6 @@ def _add_guard_commands(sub) -> None:
         default="sft",
         help="sft: reasoning + label, loss on the answer; dpo: reasoning quality, from an SFT guard",
     )
-    gt.add_argument("--config", type=Path, help="YAML file setting config fields")
-    where = gt.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, help="new run folder")
-    where.add_argument("--resume", type=Path, help="run folder to continue from its latest checkpoint")
-    gt.add_argument("--quiet", action="store_true", help="no progress bars")
     gr = gsub.add_parser(
         "report",
         help="one table of the guard loop (F1, quality, attack success with and without "
