@@ -143,6 +143,13 @@ def _train_file(tmp_path):
     return path
 
 
+def _sft_guard(out, model_dir, train) -> int:
+    """``redgym guard train`` (SFT) for one step on the tiny model: the guard the eval and DPO tests start from."""
+    args = ["--out", str(out), "--steps", "1", "--guard_model", str(model_dir), "--guard_format", "plain"]
+    args += ["--train_set", str(train), "--batch_size", "2", "--max_context_tokens", "64", "--quiet"]
+    return main(["guard", "train", *args])
+
+
 def test_guard_sft_changes_the_adapter_with_a_finite_loss_and_resumes(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -182,30 +189,7 @@ def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tm
 
     out = tmp_path / "guard"
     train = _train_file(tmp_path)
-    assert (
-        main(
-            [
-                "guard",
-                "train",
-                "--out",
-                str(out),
-                "--steps",
-                "1",
-                "--guard_model",
-                str(tiny_model_dir),
-                "--guard_format",
-                "plain",
-                "--train_set",
-                str(train),
-                "--batch_size",
-                "2",
-                "--max_context_tokens",
-                "64",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _sft_guard(out, tiny_model_dir, train) == 0
     write_guard_jsonl(
         tmp_path / "test.jsonl",
         [GuardExample("<harmful request z>", "harmful"), GuardExample("where is the park", "safe")],
@@ -246,30 +230,7 @@ def test_guard_dpo_from_an_sft_guard_changes_the_adapter_with_a_finite_loss(tiny
 
     sft = tmp_path / "sft"
     train = _train_file(tmp_path)
-    assert (
-        main(
-            [
-                "guard",
-                "train",
-                "--out",
-                str(sft),
-                "--steps",
-                "1",
-                "--guard_model",
-                str(tiny_model_dir),
-                "--guard_format",
-                "plain",
-                "--train_set",
-                str(train),
-                "--batch_size",
-                "2",
-                "--max_context_tokens",
-                "64",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _sft_guard(sft, tiny_model_dir, train) == 0
     dpo = tmp_path / "dpo"
     assert (
         main(
