@@ -20,7 +20,7 @@ from pathlib import Path
 
 from redgym.errors import RedgymError
 from redgym.eval.metrics import paired_difference
-from redgym.experiments.archive import SCORES
+from redgym.experiments.archive import conversations_file
 from redgym.experiments.runner import load_experiment, run_experiment
 from redgym.rollout.records import Conversation
 from redgym.runfolder import read_json, read_jsonl
@@ -28,8 +28,9 @@ from redgym.runfolder import read_json, read_jsonl
 
 def cell_conversations(folder: Path) -> list[Conversation]:
     """A cell's conversations: its samples.jsonl, or an archive's scores.jsonl (the same, without the text)."""
-    path = folder / "samples.jsonl" if (folder / "samples.jsonl").exists() else folder / SCORES
-    return [Conversation.from_json(r) for r in read_jsonl(path, "learnability", "an eval cell")]
+    return [
+        Conversation.from_json(r) for r in read_jsonl(conversations_file(folder)[0], "learnability", "an eval cell")
+    ]
 
 
 def seed_row(root: Path, arm: str, baseline: str, seed: int, n_boot: int, threshold: float) -> dict:

@@ -32,6 +32,15 @@ COPIED = ("report.json", "metrics.jsonl", "config.yaml")
 TOP = ("experiment.json", "experiment.yaml")
 
 
+def conversations_file(folder: Path) -> tuple[Path, bool]:
+    """An evaluation folder's conversations: (its samples.jsonl, True), or in an archive (scores.jsonl, False: no
+    text). The path may not exist (an evaluation written without samples)."""
+    samples = folder / "samples.jsonl"
+    if samples.exists() or not (folder / SCORES).exists():
+        return samples, True
+    return folder / SCORES, False
+
+
 def without_text(row: dict[str, Any]) -> dict[str, Any]:
     """A samples.jsonl row with every utterance's text removed (the prompt's, each turn's and each alternative
     reply's), everything else (ids, speakers, token counts, scores, rewards) kept."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from redgym.errors import RedgymError
 from redgym.eval.metrics import HIGHER_IS_BETTER, compute_metrics
-from redgym.experiments.archive import SCORES
+from redgym.experiments.archive import conversations_file
 from redgym.rollout.records import Conversation
 from redgym.runfolder import read_json
 
@@ -68,9 +68,7 @@ def read_seed(folder: Path, seed: int) -> SeedResult:
     values = {k: float(m["value"]) if m.get("value") is not None else math.nan for k, m in metrics.items()}
     threshold = float(report.get("config", {}).get("toxic_threshold", 0.5))
     convs = None
-    samples = folder / "samples.jsonl"
-    has_text = samples.exists() or not (folder / SCORES).exists()
-    samples = samples if has_text else folder / SCORES
+    samples, has_text = conversations_file(folder)
     if samples.exists():
         try:
             rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
