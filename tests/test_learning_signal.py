@@ -364,15 +364,31 @@ def test_a_reward_curriculum_anneals_from_the_adversary_toxicity_to_the_configur
     assert rows[1]["reward/tox_adversary"] != pytest.approx(rows[1]["reward/tox_defender"])  # the check can fail
 
 
+def test_the_training_defender_is_the_policys_frozen_base_unless_it_is_another_model(
+    tiny_model_dir, tiny_gpt2_dir, prompt_file, tmp_path
+):
+    from redgym.trainers.run import start_run
+
+    run = start_run(_cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file), tmp_path / "same", resume=False)
+    base, tok = run.policy.base
+    assert run.defender.model is base and run.defender.tokenizer is tok  # no second copy in memory
+    assert base is not run.policy.generation_model  # the untouched base, not the sampler the adapter is merged into
+    other = start_run(
+        _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, defender_model=str(tiny_gpt2_dir)), tmp_path / "other", False
+    )
+    assert other.defender.model is not other.policy.base[0] and other.defender.name == str(tiny_gpt2_dir)
+    assert type(other.defender.model).__name__ != type(base).__name__  # the other model's weights, loaded
+
+
 def test_a_reward_that_reads_no_reply_never_asks_the_defender(
     learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
 ):
-    from redgym.trainers import run as run_mod
+    from redgym import setup as setup_mod
 
-    real = run_mod.defender_lm
+    real = setup_mod.load_defender
 
-    def loud(cfg, policy):
-        lm = real(cfg, policy)
+    def loud(cfg, weights=None):
+        lm = real(cfg, weights)
 
         def refuse(*args, **kwargs):
             raise AssertionError("the defender was asked to reply")
@@ -380,7 +396,7 @@ def test_a_reward_that_reads_no_reply_never_asks_the_defender(
         lm.generate = refuse
         return lm
 
-    monkeypatch.setattr(run_mod, "defender_lm", loud)
+    monkeypatch.setattr(setup_mod, "load_defender", loud)
     out = tmp_path / "run"
     grpo.train(
         _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, reward_target="adversary", defender_samples=2),

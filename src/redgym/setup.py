@@ -117,16 +117,18 @@ def load_lm(device: DeviceConfig, name: str, fmt: str, max_context_tokens: int) 
     return LM(model, tok, name, fmt, max_context_tokens)
 
 
-def load_defender(cfg: RunConfig) -> ChatBackend:
-    """The bare defender: ``defender_model`` loaded here, or asked of the server at ``defender_base_url`` (checked
-    to answer now, so a wrong address or key fails before any work)."""
+def load_defender(cfg: RunConfig, weights: tuple | None = None) -> ChatBackend:
+    """The bare defender: ``defender_model`` as a local LM (on the (model, tokenizer) ``weights`` when given: a
+    trainer's frozen base, so the defender is not a second copy in memory; sampled by CTranslate2 when
+    ``defender_engine`` says so, the NLL term staying on the model), or asked of the server at
+    ``defender_base_url`` (checked to answer now, so a wrong address or key fails before any work)."""
     if cfg.defender_backend == "local":
+        model, tok = weights or load_model(cfg.defender_model, cfg.dtype, cfg.device)
         if cfg.defender_engine == "ctranslate2":
-            model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
             return ct2_lm(
                 model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens, cfg.defender_compute_type
             )
-        return load_lm(cfg, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
+        return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     server = OpenAIChat(
         cfg.defender_model,
         cfg.defender_base_url or "",
@@ -206,9 +208,9 @@ def build_detectors(names: list[str], training_scorer: str | None) -> dict[str, 
     return {scorer_label(n): build_scorer(n) for n in names if n != training_scorer}
 
 
-def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | None = None) -> Setup:
-    """Load scorer, prompts, split, embedder, (unless given) the defender, and the likelihood model; failures are
-    one-line RedgymErrors."""
+def prepare(cfg: RunConfig, need_embedder: bool = True, defender_weights: tuple | None = None) -> Setup:
+    """Load scorer, prompts, split, embedder, the defender (a local one on ``defender_weights`` when given, see
+    ``load_defender``), and the likelihood model; failures are one-line RedgymErrors."""
     scorer = build_scorer(cfg.scorer)
     split = make_split(cfg, scorer, split_file(cfg))
     if cfg.n_eval_prompts > len(split.test):
@@ -219,7 +221,7 @@ def prepare(cfg: RunConfig, need_embedder: bool = True, defender: ChatBackend | 
         )
     weights = reward_weights(cfg)
     embedder = load_embedder(cfg.embedding_model) if (need_embedder or weights.needs_embeddings) else None
-    defender = guarded(cfg, defender or load_defender(cfg))
+    defender = guarded(cfg, load_defender(cfg, defender_weights))
     likelihood = load_likelihood(cfg, defender)
     memory = NoveltyMemory(cfg.novelty_memory) if weights.needs_memory else None
     detectors = build_detectors(cfg.eval_scorers, cfg.scorer)

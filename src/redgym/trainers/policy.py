@@ -1,4 +1,4 @@
-"""The adversary policy (LoRA or full): its frozen reference, merged sampler, defender view, on-policy sampling."""
+"""The adversary policy (LoRA or full): its frozen reference, merged sampler, frozen base, on-policy sampling."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from redgym.config import RunConfig
-from redgym.models.ct2 import ct2_lm
 from redgym.models.forward import continuation_logprobs
-from redgym.models.lm import LM, SamplingParams
+from redgym.models.lm import SamplingParams
 from redgym.models.loading import load_model
 from redgym.trainers.train_config import OptimConfig, TrainConfig
 
@@ -91,6 +89,12 @@ class Policy:
             self.sampler.sync(unwrap(self.model))
 
     @property
+    def base(self) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+        """The frozen base weights and tokenizer, for a defender that is the same model (a peft-free copy of them
+        when ``fast_generation`` is on, else the adapter-disabled view): no second copy in memory."""
+        return (self.frozen_sampler if self.frozen_sampler is not None else self.ref_model), self.tokenizer
+
+    @property
     def generation_model(self) -> torch.nn.Module:
         return self.sampler.model if self.sampler is not None else unwrap(self.model)
 
@@ -151,21 +155,6 @@ def build_policy(cfg: OptimConfig, name: str) -> Policy:
     peft_model.peft_config["default"].base_model_name_or_path = name  # reload by redgym name
     sampler = MergedCopy(frozen) if frozen is not None else None
     return Policy(peft_model, tok, AdapterOff(peft_model), sampler, frozen)
-
-
-def defender_lm(cfg: RunConfig, policy: Policy) -> LM:
-    """The frozen defender: the policy's own base weights when it is the same model (a peft-free copy of them
-    when ``fast_generation`` is on, else the adapter-disabled view)."""
-    if cfg.defender_model == cfg.adversary_model:
-        model = policy.frozen_sampler if policy.frozen_sampler is not None else policy.ref_model
-        tok = policy.tokenizer
-    else:
-        model, tok = load_model(cfg.defender_model, cfg.dtype, cfg.device)
-    if cfg.defender_engine == "ctranslate2":  # replies sampled by the engine; the NLL term stays on ``model``
-        return ct2_lm(
-            model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens, cfg.defender_compute_type
-        )
-    return LM(model, tok, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
 
 
 def train_sampling(cfg: TrainConfig, eval_params: SamplingParams) -> SamplingParams:

@@ -33,7 +33,7 @@ from redgym.trainers.checkpoints import latest_checkpoint, load_checkpoint, save
 from redgym.trainers.distributed import all_reduce_grads, check_parallelism, mean_over_ranks
 from redgym.trainers.memory import peak_rss_gb, release_memory, rss_gb
 from redgym.trainers.metrics_log import MetricsLog
-from redgym.trainers.policy import Policy, build_policy, defender_lm
+from redgym.trainers.policy import Policy, build_policy
 from redgym.trainers.stop import StopRequest
 from redgym.trainers.train_config import OptimConfig, TrainConfig
 
@@ -304,9 +304,9 @@ def start_run(
             f"prompts_per_step {cfg.prompts_per_step} does not split over {f.acc.num_processes} "
             "processes; make it a multiple"
         )
-    # a local defender shares the policy's base weights; a server defender is set up (and checked) by prepare
-    defender = defender_lm(cfg, f.policy) if cfg.defender_backend == "local" else None
-    setup = prepare(cfg, need_embedder=False, defender=defender)
+    # a local defender that is the adversary's own model shares the policy's frozen base weights
+    shared = cfg.defender_backend == "local" and cfg.defender_model == cfg.adversary_model
+    setup = prepare(cfg, need_embedder=False, defender_weights=f.policy.base if shared else None)
     if setup.memory is not None and "novelty_memory" in f.state:
         setup.memory.load_state_dict(f.state["novelty_memory"])
     adversary = LM(
