@@ -8,7 +8,12 @@ update adds on top of the floor: the log-softmax gather of the sequence log-prob
 gradient clipping and the optimizer step. Floor and update runs are interleaved and the best of the repeats is
 kept. The last line is ``BENCH key=value ...`` with ratio = update seconds / floor seconds.
 
-    .venv/bin/python bench/ipo_step.py [--pairs 8 --ctx 160 --cont 24 --repeats 3]
+With ``--epochs E`` (``ipo_epochs``, as the experiments set it) the floor passes E times through the policy and
+once through the reference, which does not move within a step (the update computes its log-probs once:
+``ipo.reference_logps``); ``floor_ref_each_epoch_s`` is the floor that passes through it every epoch, as the update
+did before, and ``ref_saving`` = 1 - floor / that floor.
+
+    .venv/bin/python bench/ipo_step.py [--pairs 8 --ctx 160 --cont 24 --repeats 3 --epochs 4 --per-update 2]
 """
 
 from __future__ import annotations
@@ -34,25 +39,32 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ctx", type=int, default=160, help="context tokens per pair (a depth-3 tree node is ~150-250)")
     p.add_argument("--cont", type=int, default=24, help="tokens of each continuation (max_new_tokens)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved floor/update repeats; the best is kept")
+    p.add_argument("--epochs", type=int, default=1, help="ipo_epochs: passes over the pairs in one update call")
+    p.add_argument("--per-update", type=int, default=0, help="pairs_per_update: pairs an optimizer step (0 = all)")
     return p.parse_args()
 
 
-def floor(policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]], per_mb: int) -> float:
-    """Forward+backward through the policy, forward through the reference, same micro-batches; seconds."""
+def floor(
+    policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]], per_mb: int, epochs: int, ref_each: bool
+) -> float:
+    """``epochs`` passes of forward+backward through the policy, and forward through the reference once (every
+    pass with ``ref_each``), same micro-batches; seconds."""
     pad = policy.tokenizer.pad_token_id
     dev = next(policy.model.parameters()).device
     policy.model.train()
     t0 = time.perf_counter()
-    for i in range(0, len(pairs), per_mb):
-        mb, ctx = pairs[i : i + per_mb], ctx_ids[i : i + per_mb]
-        conts = [p.chosen for p in mb] + [p.rejected for p in mb]
-        ids, attn, pos = left_padded([x + c for x, c in zip(ctx + ctx, conts)], pad, dev)  # as the trainer's rows
-        k = len(conts[0])
-        logits = policy.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, -k:].flatten())
-        loss.backward()
-        with torch.no_grad():
-            policy.ref_model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1)
+    for epoch in range(epochs):
+        for i in range(0, len(pairs), per_mb):
+            mb, ctx = pairs[i : i + per_mb], ctx_ids[i : i + per_mb]
+            conts = [p.chosen for p in mb] + [p.rejected for p in mb]
+            ids, attn, pos = left_padded([x + c for x, c in zip(ctx + ctx, conts)], pad, dev)  # the trainer's rows
+            k = len(conts[0])
+            logits = policy.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, -k:].flatten())
+            loss.backward()
+            if epoch == 0 or ref_each:
+                with torch.no_grad():
+                    policy.ref_model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=k + 1)
     seconds = time.perf_counter() - t0
     policy.model.zero_grad(set_to_none=True)
     return seconds
@@ -61,7 +73,7 @@ def floor(policy: Policy, pairs: list[PreferencePair], ctx_ids: list[list[int]],
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    cfg = IPOConfig()
+    cfg = IPOConfig(ipo_epochs=args.epochs, pairs_per_update=args.per_update)
     t_load = time.perf_counter()
     frame = start_frame(cfg, Path(tempfile.mkdtemp()), False, cfg.adversary_model)  # the trainer's own set-up
     policy = frame.policy
@@ -76,26 +88,34 @@ def main() -> None:
     pairs = [PreferencePair(c, ids(args.cont), ids(args.cont), 1.0, 0.0) for c in contexts]
     per_mb = max(1, cfg.micro_batch_size // 2)
     counters: dict = {}
-    floor(policy, pairs[:per_mb], ctx_ids[:per_mb], per_mb)  # warm-up: lazy initialisation untimed
+    floor(policy, pairs[:per_mb], ctx_ids[:per_mb], per_mb, 1, False)  # warm-up: lazy initialisation untimed
     print(
         f"model {cfg.adversary_model} dtype={next(policy.model.parameters()).dtype} threads="
         f"{torch.get_num_threads()} pairs={args.pairs} ctx_tokens={sum(map(len, ctx_ids)) / len(ctx_ids):.0f} "
         f"cont={args.cont} micro_batch={cfg.micro_batch_size} sequences; setup {time.perf_counter() - t_load:.1f}s",
         flush=True,
     )
-    floors, updates = [], []
+    floors, floors_each, updates = [], [], []
     for r in range(args.repeats):
-        floors.append(floor(policy, pairs, ctx_ids, per_mb))
+        floors.append(floor(policy, pairs, ctx_ids, per_mb, args.epochs, False))
+        floors_each.append(floor(policy, pairs, ctx_ids, per_mb, args.epochs, True))
         t0 = time.perf_counter()
         stats, _, _ = update(pairs, frame, adversary, cfg, counters, r)
         updates.append(time.perf_counter() - t0)
-        assert len(stats["loss"]) == args.pairs and all(map(torch.isfinite, torch.tensor(stats["loss"])))
-        print(f"  repeat {r + 1}: floor {floors[-1]:.2f}s  update {updates[-1]:.2f}s", flush=True)
-    f, u = min(floors), min(updates)
-    print(f"\nfloor (fwd+bwd policy, fwd reference) {f:.2f}s | IPO update {u:.2f}s | ratio {u / f:.3f}")
+        assert len(stats["loss"]) == args.pairs * args.epochs and all(map(torch.isfinite, torch.tensor(stats["loss"])))
+        print(
+            f"  repeat {r + 1}: floor {floors[-1]:.2f}s (reference every epoch {floors_each[-1]:.2f}s)  "
+            f"update {updates[-1]:.2f}s",
+            flush=True,
+        )
+    f, fe, u = min(floors), min(floors_each), min(updates)
     print(
-        f"BENCH ipo_update_s={u:.3f} floor_s={f:.3f} ratio={u / f:.3f} pairs={args.pairs} ctx={args.ctx} "
-        f"cont={args.cont}"
+        f"\nfloor (fwd+bwd policy x{args.epochs}, fwd reference once) {f:.2f}s | IPO update {u:.2f}s | "
+        f"ratio {u / f:.3f}"
+    )
+    print(
+        f"BENCH ipo_update_s={u:.3f} floor_s={f:.3f} ratio={u / f:.3f} floor_ref_each_epoch_s={fe:.3f} "
+        f"ref_saving={1 - f / fe:.3f} epochs={args.epochs} pairs={args.pairs} ctx={args.ctx} cont={args.cont}"
     )
 
 

@@ -41,7 +41,7 @@ def one(name: str, pairs: int, ctx_len: int, cont_len: int) -> dict:
         for i in range(0, pairs, per_mb):
             c = ctx[i : i + per_mb]
             n = len(c)
-            pol, _ = pair_logps(policy, c, conts[i : i + n], conts[pairs + i : pairs + i + n], pad)
+            pol = pair_logps(policy.model, c, conts[i : i + n], conts[pairs + i : pairs + i + n], pad)
             pol.sum().backward()
         if rep == 0:
             t0 = time.time()  # the first pass warms up; time the second

@@ -296,3 +296,43 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, prompt_
     assert grads[False].keys() == grads[True].keys() and len(grads[True]) > 0
     for n in grads[False]:
         assert torch.allclose(grads[False][n], grads[True][n], atol=1e-6), n
+
+
+def test_reference_logps_keep_each_pair_on_its_own_row(tiny_model_dir, prompt_file):
+    policy = build_policy(tiny_cfg(tiny_model_dir, prompt_file), str(tiny_model_dir))
+    pad = policy.tokenizer.pad_token_id
+    ctx = [[5, 9, 17], [7, 8, 21, 30, 4], [12]]
+    pairs = [
+        ipo.PreferencePair("a", [2, 41, 3], [11, 12], 1.0, 0.0),
+        ipo.PreferencePair("b", [6], [13, 14, 15, 16], 1.0, 0.0),
+        ipo.PreferencePair("c", [19, 20], [22], 1.0, 0.0),
+    ]
+    for normalize in (False, True):
+        got = ipo.reference_logps(policy, ctx, pairs, pad, 2, normalize)  # micro-batches of 2 pairs, then 1
+        assert got.shape == (3, 2)
+        for row, c, p in zip(got, ctx, pairs):  # each pair alone: (chosen, rejected)
+            want = ipo.pair_logps(policy.reference, [c], [p.chosen], [p.rejected], pad, normalize)
+            assert torch.allclose(row, want, atol=1e-5)
+        assert not torch.allclose(got[0], got[1])  # rows that differ: a row mix-up would show
+
+
+def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from redgym.models.lm import LM
+
+    cfg = tiny_cfg(tiny_model_dir, prompt_file, ipo_epochs=3, pairs_per_update=1, micro_batch_size=4)
+    frame = run.start_frame(cfg, tmp_path / "run", False, cfg.adversary_model)
+    policy = frame.policy
+    adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, "plain", cfg.max_context_tokens)
+    pairs = [ipo.PreferencePair(f"hello there {i}", [5 + i, 9], [17, 33 + i], 1.0, 0.0) for i in range(4)]
+    rows = {"policy": 0, "reference": 0}
+    real = ipo.sequence_logps
+
+    def counted(model, ctx, cont, pad):
+        rows["reference" if model is policy.reference else "policy"] += len(cont)
+        return real(model, ctx, cont, pad)
+
+    monkeypatch.setattr(ipo, "sequence_logps", counted)
+    stats, grad_norm, n_updates = ipo.update(pairs, frame, adversary, cfg, {}, 0)
+    assert n_updates == 12 and len(stats["loss"]) == 12  # 3 epochs x 4 updates of one pair
+    assert rows == {"policy": 12 * 2, "reference": 4 * 2}  # each pair's two texts: every update vs once
+    assert all(np.isfinite(stats["loss"])) and np.isfinite(grad_norm)

@@ -70,7 +70,7 @@ class IPOConfig(TrainConfig):
     ipo_epochs: int = _f(
         1,
         "passes over each step's pairs (the reference is frozen, so a pair's loss stays well defined as the policy "
-        "moves: GRPO's ppo_epochs for preferences)",
+        "moves: GRPO's ppo_epochs for preferences; the reference's log-probs are computed once a step)",
     )
     pairs_per_update: int = _f(
         0,
@@ -194,23 +194,42 @@ def weak_rate(cfg: IPOConfig, step: int) -> float:
 
 
 def pair_logps(
-    policy: Policy,
+    model: torch.nn.Module,
     ctx: list[list[int]],
     chosen: list[list[int]],
     rejected: list[list[int]],
     pad: int,
     length_normalize: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the chosen then the rejected continuations, (2n,) each: under the policy (with gradients) and
-    under the frozen reference; summed over tokens, or their per-token mean with ``length_normalize``."""
+) -> torch.Tensor:
+    """(2n,) log-probs under ``model`` of the chosen then the rejected continuations (with gradients when they are
+    on), summed over tokens, or their per-token mean with ``length_normalize``."""
     conts = chosen + rejected
-    pol = sequence_logps(policy.model, ctx + ctx, conts, pad)
-    with torch.no_grad():
-        ref = sequence_logps(policy.reference, ctx + ctx, conts, pad)
+    logps = sequence_logps(model, ctx + ctx, conts, pad)
     if length_normalize:
-        n = torch.tensor([len(c) for c in conts], dtype=pol.dtype, device=pol.device)
-        pol, ref = pol / n, ref / n
-    return pol, ref
+        logps = logps / torch.tensor([len(c) for c in conts], dtype=logps.dtype, device=logps.device)
+    return logps
+
+
+@torch.no_grad()
+def reference_logps(
+    policy: Policy, ctx: list[list[int]], pairs: list[PreferencePair], pad: int, per_mb: int, length_normalize: bool
+) -> torch.Tensor:
+    """(n, 2): each pair's chosen and rejected log-probs under the frozen reference, once a step (``pair_logps`` in
+    micro-batches of ``per_mb`` pairs): the reference does not move while the step's pairs are trained on, so its
+    passes are not repeated for every epoch."""
+    rows = []
+    for i in range(0, len(pairs), per_mb):
+        mb = pairs[i : i + per_mb]
+        lp = pair_logps(
+            policy.reference,
+            ctx[i : i + per_mb],
+            [p.chosen for p in mb],
+            [p.rejected for p in mb],
+            pad,
+            length_normalize,
+        )
+        rows.append(lp.view(2, -1).T)
+    return torch.cat(rows) if rows else torch.zeros(0, 2)
 
 
 def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Generator) -> list[list[int]]:
@@ -242,22 +261,25 @@ def update(
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
     rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
     chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
+    contexts = [adversary.encode_context(p.context, budget) for p in pairs]
+    refs = reference_logps(policy, contexts, pairs, pad, per_mb, cfg.length_normalize)
     grad_norm = float("nan")
     for chunk in chunks or [[]]:  # no pairs: one empty update, as before (the schedule still steps)
-        part = [pairs[i] for i in chunk]
         trained = False
         with accumulate_locally(acc, policy.model):
-            for i in range(0, len(part), per_mb):
-                mb = part[i : i + per_mb]
-                ctx = [adversary.encode_context(p.context, budget) for p in mb]
-                pol, ref = pair_logps(
-                    policy, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
+            for i in range(0, len(chunk), per_mb):
+                idx = chunk[i : i + per_mb]
+                mb = [pairs[j] for j in idx]
+                ctx = [contexts[j] for j in idx]
+                pol = pair_logps(
+                    policy.model, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
                 )
+                ref = refs[idx].T.reshape(-1).to(pol.device)  # chosen then rejected, as pol
                 n = len(mb)
                 losses = chosen_nll_anchor(
                     loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta), pol[:n], cfg.chosen_nll
                 )
-                loss = losses.sum() / len(part)
+                loss = losses.sum() / len(chunk)
                 if not finite_or_skip(loss, counters, step):
                     continue
                 acc.backward(loss)
