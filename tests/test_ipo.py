@@ -1,6 +1,7 @@
 """The IPO trainer on a tiny random model: it learns, builds pairs correctly, mixes in weak supervision at rate
 rho, survives non-finite losses, and resumes from a checkpoint with the step count intact."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -336,3 +337,38 @@ def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prom
     assert n_updates == 12 and len(stats["loss"]) == 12  # 3 epochs x 4 updates of one pair
     assert rows == {"policy": 12 * 2, "reference": 4 * 2}  # each pair's two texts: every update vs once
     assert all(np.isfinite(stats["loss"])) and np.isfinite(grad_norm)
+
+
+def test_a_reward_that_reads_no_reply_never_asks_the_defender(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from redgym import setup as setup_mod
+
+    real = setup_mod.load_defender
+
+    def loud(cfg, weights=None):  # the run's defender refuses to reply
+        lm = real(cfg, weights)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the defender was asked to reply")
+
+        lm.generate = refuse
+        return lm
+
+    monkeypatch.setattr(setup_mod, "load_defender", loud)
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        prompt_file,
+        horizon=1,
+        steps=2,
+        reward_target="adversary",
+        weak_supervision=0,
+        defender_samples=2,
+        pair_threshold=0.0,
+    )
+    ipo.train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert "reward/tox_defender" not in r and r["budget/defender_replies"] == 0
+        assert r["budget/adversary_samples"] > 0 and r["reward/reward"] == pytest.approx(r["reward/tox_adversary"])
+    with pytest.raises(AssertionError, match="asked to reply"):  # at horizon 2 the next turn's context holds one
+        ipo.train(dataclasses.replace(cfg, horizon=2), tmp_path / "h2", progress=False)

@@ -8,12 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from redgym.models.lm import LM, SamplingParams
-from redgym.models.replay import SilentSpeaker
 from redgym.rollout.engine import rollout_batch
 from redgym.rollout.records import Conversation
 from redgym.rollout.reward import score_conversations
-
-REPLY_KEYS = ("tox_defender", "tox_combined", "tox_defender_replies", "tox_combined_replies")
 
 
 @dataclass
@@ -98,7 +95,7 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     scored (then the adversary-budget multiplier takes its step). Returns the conversations and
     ``score_conversations``' arrays."""
     from redgym.trainers.distributed import rank_share
-    from redgym.trainers.run import batch_indices
+    from redgym.trainers.run import batch_indices, without_replies
 
     cfg, setup, policy = run.cfg, run.setup, run.policy
     train_prompts = setup.split.train
@@ -108,17 +105,12 @@ def roll_out(run, step: int, sampling: SamplingParams, generations: int) -> tupl
     policy.sync_sampler()
     convs = [Conversation(p.id, p.turns) for p in batch for _ in range(generations)]
     weights = run.reward_weights(step)
-    # A reward that does not read the defender's replies, at horizon 1 (no later turn's context holds one), needs
-    # none: the defender stays silent and its terms are left out of the step's scores.
-    silent = cfg.horizon == 1 and not weights.reads_replies
-    defender = SilentSpeaker() if silent else run.defender
-    rollout_batch(
-        convs, run.adversary, defender, cfg.horizon, sampling, setup.params, 1 if silent else cfg.defender_samples
-    )
+    defender, replies, silent = run.who_replies(weights, cfg.horizon)  # silent: the reward reads no reply
+    rollout_batch(convs, run.adversary, defender, cfg.horizon, sampling, setup.params, replies)
     scores = score_conversations(
         convs, setup.scorer, setup.likelihood, weights, setup.embedder, cfg.batch_size, setup.memory
     )
     if silent:
-        scores = {k: v for k, v in scores.items() if k not in REPLY_KEYS}
+        scores = without_replies(scores)
     run.observe_adversary_toxicity(scores.get("tox_adversary", ()))  # adversary_budget: the next step's multiplier
     return convs, scores

@@ -35,7 +35,7 @@ from redgym.trainers.losses import PREFERENCE_LOSSES, chosen_nll_anchor, prefere
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
 from redgym.trainers.policy import Policy, sequence_logps, train_sampling
-from redgym.trainers.run import Frame, batch_indices, end_step, finish_run, start_run
+from redgym.trainers.run import Frame, batch_indices, end_step, finish_run, start_run, without_replies
 from redgym.trainers.train_config import TrainConfig
 
 
@@ -296,7 +296,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
     """Run (or resume) IPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy + frozen reference/defender (shared base weights), prompts, scorer, optimizer
     run = start_run(cfg, out, resume)
-    policy, defender, adversary, setup, acc, opt = run.policy, run.defender, run.adversary, run.setup, run.acc, run.opt
+    policy, adversary, setup, acc, opt = run.policy, run.adversary, run.setup, run.acc, run.opt
     pool = (
         weak_pool(cfg.weak_prompts, setup.scorer, cfg.toxic_threshold, cfg.scorer) if cfg.weak_supervision > 0 else []
     )
@@ -330,21 +330,25 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         # 2 tree rollouts -> online pairs (generation with the adapter on, eval mode)
         policy.model.eval()
         policy.sync_sampler()
+        replier, replies, silent = run.who_replies(weights, cfg.horizon)  # silent: the reward reads no reply
         groups = run.defender_step(
             step,
             counters,
             grow_tree,
             [p.turns for p in batch],
             adversary,
-            defender,
+            replier,
             cfg.horizon,
             cfg.samples_per_node,
             sampling,
             score,
             cfg.batch_size,
             setup.params,
-            cfg.defender_samples,
+            replies,
         )
+        if groups is not None and silent:
+            for g in groups:
+                g.scores = without_replies(g.scores)
         if groups is None:  # a server defender failed the step and http_skip_failed_steps says skip it
             if end_step(run, step, {"time/step_s": time.time() - t0}, {"counters": counters}):
                 break
@@ -375,7 +379,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
         stats, grad_norm, n_updates = update(pairs, run, adversary, cfg, counters, step)
         # 5 log + checkpoint
         online = [p for p in pairs if not p.weak]
-        reliability = pair_reliability([reply_terms(g.scores, weights) for g in groups])[0]
+        reliability = pair_reliability([] if silent else [reply_terms(g.scores, weights) for g in groups])[0]
         step_scores = {k: np.concatenate([g.scores[k] for g in groups]) for k in groups[0].scores}
         rewards = step_scores["reward"]
         metrics = {

@@ -21,6 +21,7 @@ from redgym.errors import RedgymError, ServerError, TrainingStopped
 from redgym.models.base import ChatBackend
 from redgym.models.lm import LM
 from redgym.models.loading import resolve_device
+from redgym.models.replay import SilentSpeaker
 from redgym.rollout.reward import (
     RewardWeights,
     anneal_fraction,
@@ -206,6 +207,15 @@ class Run(Frame):
             log.warning("step %d skipped, nothing trained: %s", step + 1, e)
             return None
 
+    def who_replies(self, weights: RewardWeights, horizon: int) -> tuple[ChatBackend, int, bool]:
+        """Who answers a training step's adversary turns, how many replies each, and whether that is nobody: a
+        reward that does not read the replies (``weights.reads_replies``), at horizon 1 (no later turn's context
+        holds one), gets a ``SilentSpeaker`` and 1, so the step spends nothing on replies nothing uses (drop their
+        terms from its scores: ``without_replies``); otherwise the run's defender, ``defender_samples`` times."""
+        if horizon == 1 and not weights.reads_replies:
+            return SilentSpeaker(), 1, True
+        return self.defender, self.cfg.defender_samples, False
+
     def curriculum_alpha(self, step: int) -> float:
         """How far the reward has annealed from the adversary's own toxicity to the configured one (1 = there)."""
         return anneal_fraction(step, self.cfg.reward_curriculum_steps)
@@ -230,6 +240,14 @@ class Run(Frame):
         if self.setup.memory is not None:
             state = {**state, "novelty_memory": self.setup.memory.state_dict()}
         return state
+
+
+REPLY_KEYS = ("tox_defender", "tox_combined", "tox_defender_replies", "tox_combined_replies")
+
+
+def without_replies(scores: dict) -> dict:
+    """A silent step's scores without the terms of the replies it never drew (``Run.who_replies``)."""
+    return {k: v for k, v in scores.items() if k not in REPLY_KEYS}
 
 
 def start_frame(
