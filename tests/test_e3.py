@@ -37,7 +37,12 @@ def _common(tiny_model_dir, prompt_file):
     ]
 
 
-def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tmp_path):
+def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
+    from redgym.pipelines import explore as explore_mod
+
+    built = []
+    real = explore_mod.build_scorer
+    monkeypatch.setattr(explore_mod, "build_scorer", lambda name: built.append(name) or real(name))
     out = tmp_path / "explore"
     args = [
         "explore",
@@ -64,6 +69,7 @@ def test_explore_writes_a_balanced_labelling_csv(tiny_model_dir, prompt_file, tm
     assert all(r["label"] == "" for r in sub) and (out / "clusters.png").stat().st_size > 0
     summary = json.loads((out / "explore.json").read_text())
     assert summary["n_samples"] == 40 and summary["cluster_sizes"] == sizes.tolist()
+    assert built == ["profanity"]  # one scorer filters the prompts and scores the outputs
 
 
 def test_establish_from_human_labels_saves_a_classifier_that_reloads_as_a_scorer(tiny_model_dir, prompt_file, tmp_path):

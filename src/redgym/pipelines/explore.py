@@ -33,7 +33,7 @@ from redgym.runfolder import (
     write_jsonl,
 )
 from redgym.scorers.embeddings import load_embedder
-from redgym.scorers.toxicity import build_scorer
+from redgym.scorers.toxicity import Scorer, build_scorer
 from redgym.setup import eval_params, load_lm, make_split
 
 
@@ -105,9 +105,9 @@ def plot_clusters(xy: np.ndarray, cluster_ids: np.ndarray, picked: np.ndarray, p
     save(fig, path, dpi=110)
 
 
-def sample_outputs(cfg: ExploreConfig, progress: bool = True) -> list[dict]:
-    """The target's outputs: ``n_samples`` rows {id, prompt, text}, generated in batches of ``batch_size``."""
-    scorer = build_scorer(cfg.scorer) if cfg.source == "prompts" else None
+def sample_outputs(cfg: ExploreConfig, scorer: Scorer, progress: bool = True) -> list[dict]:
+    """The target's outputs: ``n_samples`` rows {id, prompt, text}, generated in batches of ``batch_size``
+    (``scorer`` filters the prompts where ``prompt_max_toxicity`` says so)."""
     target = load_lm(cfg, cfg.defender_model, cfg.defender_format, cfg.max_context_tokens)
     if cfg.source == "prompts":
         train = make_split(cfg, scorer).train
@@ -142,12 +142,13 @@ def explore(cfg: ExploreConfig, out: Path, progress: bool = True) -> dict:
     """Sample, embed, cluster, subsample and write the explore folder; returns ``explore.json``'s dict."""
     check_writable(out)
     t0 = time.time()
-    rows = sample_outputs(cfg, progress)
+    scorer = build_scorer(cfg.scorer)  # filters the prompts, then scores the outputs
+    rows = sample_outputs(cfg, scorer, progress)
     t_sample = time.time() - t0
     texts = [r["text"] for r in rows]
     emb = load_embedder(cfg.embedding_model)(texts)
     ids, dist = kmeans(emb, cfg.clusters, cfg.seed)
-    scores = build_scorer(cfg.scorer)(texts)
+    scores = scorer(texts)
     for r, c, d, s in zip(rows, ids, dist, scores):
         r.update(cluster=int(c), distance=round(float(d), 6), score=float(s))
     picked = balanced_subsample(ids, cfg.per_cluster, cfg.seed)
