@@ -282,7 +282,7 @@ def label_index(labels: list[str], positive_label: str | None, requested: str, w
 
 
 def _encoder_scorer(folder: Path, idx: int, device: str, batch_size: int = 32) -> Scorer:
-    from redgym.scorers.toxicity import load_sequence_classifier, sequence_classifier_scorer
+    from redgym.scorers.sequence_classifier import load_sequence_classifier, sequence_classifier_scorer
 
     tok, model = load_sequence_classifier(str(folder), device, f"classifier {folder}: cannot load the encoder")
     return sequence_classifier_scorer(tok, model, idx, device, batch_size)
