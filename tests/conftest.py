@@ -122,6 +122,26 @@ def learnable_scorer(monkeypatch):
     return contains_e
 
 
+@pytest.fixture()
+def defender_must_not_reply(monkeypatch):
+    """Every run set up during the test gets a defender (``setup.load_defender``) that fails the test when asked to
+    reply: for steps whose reward reads no reply."""
+    from redgym import setup
+
+    real = setup.load_defender
+
+    def refusing(cfg, weights=None):
+        lm = real(cfg, weights)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the defender was asked to reply")
+
+        lm.generate = refuse
+        return lm
+
+    monkeypatch.setattr(setup, "load_defender", refusing)
+
+
 def tiny_experiment(model_dir, prompt_file, samples_per_prompt: int, **grpo_train) -> dict:
     """An experiment file's contents: an untuned arm and a GRPO arm (``grpo_train`` on top of a tiny step), seed 0,
     on the tiny model (the experiment kill and stop tests)."""

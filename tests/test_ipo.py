@@ -339,21 +339,9 @@ def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prom
     assert all(np.isfinite(stats["loss"])) and np.isfinite(grad_norm)
 
 
-def test_a_reward_that_reads_no_reply_never_asks_the_defender(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
-    from redgym import setup as setup_mod
-
-    real = setup_mod.load_defender
-
-    def loud(cfg, weights=None):  # the run's defender refuses to reply
-        lm = real(cfg, weights)
-
-        def refuse(*args, **kwargs):
-            raise AssertionError("the defender was asked to reply")
-
-        lm.generate = refuse
-        return lm
-
-    monkeypatch.setattr(setup_mod, "load_defender", loud)
+def test_a_reward_that_reads_no_reply_never_asks_the_defender(
+    tiny_model_dir, prompt_file, tmp_path, defender_must_not_reply
+):
     cfg = tiny_cfg(
         tiny_model_dir,
         prompt_file,

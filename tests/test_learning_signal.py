@@ -381,22 +381,8 @@ def test_the_training_defender_is_the_policys_frozen_base_unless_it_is_another_m
 
 
 def test_a_reward_that_reads_no_reply_never_asks_the_defender(
-    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, defender_must_not_reply
 ):
-    from redgym import setup as setup_mod
-
-    real = setup_mod.load_defender
-
-    def loud(cfg, weights=None):
-        lm = real(cfg, weights)
-
-        def refuse(*args, **kwargs):
-            raise AssertionError("the defender was asked to reply")
-
-        lm.generate = refuse
-        return lm
-
-    monkeypatch.setattr(setup_mod, "load_defender", loud)
     out = tmp_path / "run"
     grpo.train(
         _cfg(grpo.GRPOConfig, tiny_model_dir, prompt_file, steps=2, reward_target="adversary", defender_samples=2),
