@@ -101,6 +101,14 @@ def prompt_file(tmp_path) -> Path:
     return p
 
 
+def cli_args(command: str, out, model_dir, prompts, **fields) -> list[str]:
+    """A red-team command's arguments on the tiny model (adversary and defender), quiet: ``command`` (e.g. "eval",
+    "train grpo"), then ``--field value`` for each of ``fields`` in order."""
+    args = [*command.split(), "--out", str(out), "--quiet", "--adversary_model", str(model_dir)]
+    args += ["--defender_model", str(model_dir), "--prompts", str(prompts)]
+    return args + [x for k, v in fields.items() for x in (f"--{k}", str(v))]
+
+
 def contains_e(texts):
     """A trivially learnable reward for trainer tests: does the utterance contain an 'e'?"""
     return [float("e" in t) for t in texts]

@@ -143,6 +143,12 @@ def _train_file(tmp_path):
     return path
 
 
+def _guard_args(command: str, out, guard, **fields) -> list[str]:
+    """``redgym guard COMMAND`` on a plain-format guard, then ``--field value`` for each of ``fields``."""
+    args = ["guard", *command.split(), "--out", str(out), "--guard_model", str(guard), "--guard_format", "plain"]
+    return args + [x for k, v in fields.items() for x in (f"--{k}", str(v))]
+
+
 def _sft_guard(out, model_dir, train) -> int:
     """``redgym guard train`` (SFT) for one step on the tiny model: the guard the eval and DPO tests start from."""
     args = ["--out", str(out), "--steps", "1", "--guard_model", str(model_dir), "--guard_format", "plain"]
@@ -194,29 +200,8 @@ def test_a_trained_guard_is_evaluated_beside_its_untuned_base(tiny_model_dir, tm
         tmp_path / "test.jsonl",
         [GuardExample("<harmful request z>", "harmful"), GuardExample("where is the park", "safe")],
     )
-    assert (
-        main(
-            [
-                "guard",
-                "eval",
-                "--out",
-                str(tmp_path / "eval"),
-                "--guard_model",
-                str(out / "guard"),
-                "--guard_format",
-                "plain",
-                "--test_set",
-                str(tmp_path / "test.jsonl"),
-                "--train_set",
-                str(train),
-                "--max_new_tokens",
-                "4",
-                "--bootstrap_samples",
-                "20",
-            ]
-        )
-        == 0
-    )
+    fields = dict(test_set=tmp_path / "test.jsonl", train_set=train, max_new_tokens=4, bootstrap_samples=20)
+    assert main(_guard_args("eval", tmp_path / "eval", out / "guard", **fields)) == 0
     report = json.loads((tmp_path / "eval" / "guard_report.json").read_text())
     assert {"guard", "untuned guard", "keyword", "embedding + logistic regression"} == set(report["systems"])
     # the untuned system is the adapter's base model, not the trained guard evaluated twice
@@ -396,31 +381,8 @@ def test_the_guard_flags_attacks_and_retrains_on_them(tiny_model_dir, tmp_path, 
         return [answers.get(t, "no label line") for t in texts]
 
     monkeypatch.setattr(GuardModel, "generate", scripted)
-    assert (
-        main(
-            [
-                "guard",
-                "eval",
-                "--out",
-                str(tmp_path / "eval"),
-                "--guard_model",
-                str(out / "guard"),
-                "--guard_format",
-                "plain",
-                "--test_set",
-                str(tmp_path / "test.jsonl"),
-                "--baselines",
-                "false",
-                "--attacks",
-                str(attacks),
-                "--max_new_tokens",
-                "4",
-                "--bootstrap_samples",
-                "20",
-            ]
-        )
-        == 0
-    )
+    fields = dict(test_set=tmp_path / "test.jsonl", baselines="false", attacks=attacks, max_new_tokens=4)
+    assert main(_guard_args("eval", tmp_path / "eval", out / "guard", **fields, bootstrap_samples=20)) == 0
     assert set(answers) <= set(asked) and "nice weather" not in asked  # a failed attack is not put to the guard
     a = json.loads((tmp_path / "eval" / "guard_report.json").read_text())["attacks"]
     # 1 of the 3 attacks is flagged (the safe one and the unparseable one are not), 1 of 3 unparseable

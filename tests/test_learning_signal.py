@@ -18,6 +18,7 @@ from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.losses import group_advantages
 from redgym.trainers.policy import build_policy, sequence_logps, train_sampling
 from redgym.trainers.train_config import TrainConfig
+from tests.conftest import cli_args
 
 
 def _cfg(cls, model_dir, prompt_file, **kw):
@@ -445,73 +446,14 @@ def test_eval_of_a_trained_adversary_reads_its_runs_split(tiny_model_dir, prompt
 
     from redgym.cli import main
 
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "grpo",
-                "--out",
-                str(out),
-                "--quiet",
-                "--adversary_model",
-                str(tiny_model_dir),
-                "--defender_model",
-                str(tiny_model_dir),
-                "--prompts",
-                str(prompt_file),
-                "--test_fraction",
-                "0.3",
-                "--max_new_tokens",
-                "3",
-                "--steps",
-                "1",
-                "--prompts_per_step",
-                "2",
-                "--bootstrap_samples",
-                "20",
-                "--max_context_tokens",
-                "64",
-                "--seed",
-                "5",
-            ]
-        )
-        == 0
-    )
+    out, ev = tmp_path / "run", tmp_path / "ev"
+    tiny = dict(test_fraction=0.3, max_new_tokens=3, bootstrap_samples=20, max_context_tokens=64)
+    train = dict(steps=1, prompts_per_step=2, seed=5)
+    assert main(cli_args("train grpo", out, tiny_model_dir, prompt_file, **tiny, **train)) == 0
     split = json.loads((out / "split.json").read_text())
     # an evaluation with another seed would compute another split; the run's own split.json wins
-    ev = tmp_path / "ev"
-    assert (
-        main(
-            [
-                "eval",
-                "--out",
-                str(ev),
-                "--quiet",
-                "--adversary_model",
-                str(tiny_model_dir),
-                "--defender_model",
-                str(tiny_model_dir),
-                "--prompts",
-                str(prompt_file),
-                "--test_fraction",
-                "0.3",
-                "--max_new_tokens",
-                "3",
-                "--horizon",
-                "1",
-                "--bootstrap_samples",
-                "20",
-                "--seed",
-                "1",
-                "--max_context_tokens",
-                "64",
-                "--adversary_checkpoint",
-                str(out / "adversary"),
-            ]
-        )
-        == 0
-    )
+    trained = dict(horizon=1, seed=1, adversary_checkpoint=out / "adversary")
+    assert main(cli_args("eval", ev, tiny_model_dir, prompt_file, **tiny, **trained)) == 0
     assert json.loads((ev / "report.json").read_text())["split"]["test_ids_evaluated"] == split["test"]
     report = json.loads((out / "report.json").read_text())  # eval_after wrote the run's own report
     assert set(report["results"]) == {"untuned", "trained"}
