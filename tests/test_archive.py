@@ -108,3 +108,8 @@ def test_an_experiment_goes_on_from_its_archive(tiny_model_dir, prompt_file, tmp
     assert evaluated == [out / "dataset" / "seed_0"]  # the archived untuned cell was not run again
     table = (out / "comparison.md").read_text()
     assert "| dataset | untuned |" in table  # the new cell differenced against the archived baseline
+    # ... and its archive again, for the machine after: the cell archived earlier keeps its scores as they were
+    archive_experiment(out, tmp_path / "arch2")
+    old, new = (tmp_path / name / "untuned" / "seed_0" / "scores.jsonl" for name in ("arch", "arch2"))
+    assert new.read_bytes() == old.read_bytes() and old.stat().st_size > 0
+    assert (tmp_path / "arch2" / "dataset" / "seed_0" / "scores.jsonl").is_file()

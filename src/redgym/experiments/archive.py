@@ -11,7 +11,8 @@ files that carry numbers only, at the same relative path:
     scores.jsonl    samples.jsonl with every utterance's text removed: prompt ids, each turn's speaker, token count
                     and scores, the rewards and reward terms
 
-and ``experiment.json`` and ``experiment.yaml`` at the top. ``redgym compare DEST`` tables it as it tables SRC
+and ``experiment.json`` and ``experiment.yaml`` at the top. A cell that is itself archived (a grid continued from an
+archive) keeps its scores.jsonl as it is. ``redgym compare DEST`` tables it as it tables SRC
 (the text-based metrics, distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled
 again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest.
 Adversary weights, checkpoints, split.json, report.md/.html (they quote samples) and plots are left out.
@@ -74,7 +75,10 @@ def archive_experiment(src: Path, dest: Path) -> list[Path]:
         for name in COPIED:
             if (here / name).is_file():
                 atomic_write(there / name, (here / name).read_bytes())
-        if (here / "samples.jsonl").is_file():
-            rows = read_jsonl(here / "samples.jsonl", "archive", "an evaluation's samples")
+        conversations, has_text = conversations_file(here)
+        if has_text and conversations.is_file():
+            rows = read_jsonl(conversations, "archive", "an evaluation's samples")
             write_jsonl(there / SCORES, (without_text(r) for r in rows))
+        elif not has_text:  # a cell continued from an earlier archive: its scores as they are
+            atomic_write(there / SCORES, conversations.read_bytes())
     return cells
