@@ -10,7 +10,8 @@ NLL ratio are read from the cells' conversations.
 Runs (or resumes: run it again with the same --out) ``redgym experiment --only untuned,<arm>``, prints one row per
 seed and ends with one line ``BENCH adversary_toxicity_ratio_s<seed>=… adversary_toxicity_ci_low_s<seed>=…
 adversary_nll_ratio_s<seed>=… distinct2_s<seed>=… train_minutes_s<seed>=… …``. Works on an archive of the folder too
-(``redgym archive``), which it then cannot resume.
+(``redgym archive``), which it then cannot resume; one under the repository's ``results/`` (a committed archive)
+is only read, so that nothing is written into it.
 """
 
 import argparse
@@ -74,10 +75,14 @@ def main() -> None:
     if args.arm not in {a.name for a in exp.arms}:
         raise SystemExit(f"learnability: {args.config} has no arm {args.arm!r}")
     t0 = time.time()
-    try:
-        run_experiment(args.config, args.out, only=[exp.baseline_arm, args.arm])
-    except RedgymError as e:
-        raise SystemExit(f"redgym: {e}") from None
+    committed = Path(__file__).resolve().parents[1] / "results"
+    if committed in args.out.resolve().parents:  # a committed archive is read as it is, never resumed into
+        print(f"{args.out}: a committed archive (results/), read without running anything")
+    else:
+        try:
+            run_experiment(args.config, args.out, only=[exp.baseline_arm, args.arm])
+        except RedgymError as e:
+            raise SystemExit(f"redgym: {e}") from None
     seeds = next(a for a in exp.arms if a.name == args.arm).seeds or exp.seeds  # an ablation may run fewer
     rows = [seed_row(args.out, args.arm, exp.baseline_arm, s, 1000, 0.5) for s in seeds]
     print(f"\n{args.arm} vs {exp.baseline_arm}, held-out adversary turns ({time.time() - t0:.0f} s this run)")
