@@ -346,13 +346,13 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             setup.params,
             replies,
         )
-        if groups is not None and silent:
-            for g in groups:
-                g.scores = without_replies(g.scores)
         if groups is None:  # a server defender failed the step and http_skip_failed_steps says skip it
             if end_step(run, step, {"time/step_s": time.time() - t0}, {"counters": counters}):
                 break
             continue
+        if silent:
+            for g in groups:
+                g.scores = without_replies(g.scores)
         t_roll = time.time() - t0
         release_memory()  # the rollout's generation caches, before training activations are allocated
         run.observe_adversary_toxicity(np.concatenate([g.scores["tox_adversary"] for g in groups]))
