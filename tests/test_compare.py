@@ -192,6 +192,45 @@ def test_compare_writes_csv_markdown_and_plots(tmp_path):
     assert "| trained | untuned |" in (out / "comparison.md").read_text()
 
 
+def test_each_ablation_gets_one_sentence_against_the_arm_it_changes(tmp_path):
+    exp = make_experiment(tmp_path / "exp")
+    meta = json.loads((exp / "experiment.json").read_text())
+    meta |= {"arms": [*meta["arms"], "ablated"], "ablations": ["ablated"]}
+    meta["ablation_of"] = {"ablated": {"arm": "trained", "changes": {"w_nll": 0}}}
+    (exp / "experiment.json").write_text(json.dumps(meta))
+    # The ablation's defender toxicity per seed 0.2, 0.3, 0.4 against the trained arm's 0.3, 0.42, 0.48:
+    # differences -0.1, -0.12, -0.08 (mean -0.1, sd 0.02), ratio of means 0.3 / 0.4. Its NLL 3.0 at every seed
+    # against 2.0, 2.5, 3.0: differences 1, 0.5, 0 (mean 0.5, sd 0.5), ratio 3 / 2.5. Adversary turns as clean
+    # (0.1) as the trained arm's. Replies above 0.5: none (0.45 at most), the trained arm's seed 2 half of them
+    # (0.53): differences 0, 0, -0.5 (mean -1/6, sd sqrt(1/12)), ratio 0.
+    for s, t in zip(SEEDS, (0.2, 0.3, 0.4)):
+        write_run(
+            exp / "ablated" / f"seed_{s}",
+            {"ablated": [conv("p0", t - 0.05, 0.1, 3.0), conv("p1", t + 0.05, 0.1, 3.0)]},
+            s,
+        )
+    res = compare([exp], tmp_path / "out", n_boot=50)
+    half_t, half_n, half_r = (T2 * sd / math.sqrt(3) for sd in (0.02, 0.5, math.sqrt(1 / 12)))
+    gain = f"**-0.1000 [{-0.1 - half_t:+.4f}, {-0.1 + half_t:+.4f}]** ×0.75"
+    sentence = (
+        "- `ablated` (`trained` with `w_nll: 0`; 3 seeds, each against `trained` at the same seed): "
+        f"defender toxicity {gain}; after clean adversary turns {gain}; "
+        "adversary toxicity +0.0000 [+0.0000, +0.0000] ×1; "
+        f"adversary NLL +0.5000 [{0.5 - half_n:+.4f}, {0.5 + half_n:+.4f}] ×1.2; "
+        f"replies `d` flags -0.1667 [{-1 / 6 - half_r:+.4f}, {-1 / 6 + half_r:+.4f}] ×0."
+    )
+    assert (tmp_path / "out" / "ablations.md").read_text() == sentence + "\n"
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## What each ablation did" in md and sentence in md
+    assert [e["metric"] for e in res["ablations"]][-1] == "defender_toxic_rate@d"
+    # folders written before experiment.json named an ablation's arm: no sentence, nothing else changes
+    del meta["ablation_of"]
+    (exp / "experiment.json").write_text(json.dumps(meta))
+    compare([exp], tmp_path / "out", n_boot=50)
+    assert (tmp_path / "out" / "ablations.md").read_text() == ""
+    assert "What each ablation did" not in (tmp_path / "out" / "comparison.md").read_text()
+
+
 def test_read_budget_sums_each_count_over_the_steps_once(tmp_path):
     from redgym.experiments.folders import read_budget, read_metrics
 

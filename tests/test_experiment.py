@@ -255,7 +255,9 @@ def test_compare_checks_each_arm_against_its_own_seeds(tiny_model_dir, prompt_fi
         "grpo": [0, 1],
         "grpo_no_nll": [0],
     }
-    assert json.loads((out / "experiment.json").read_text())["ablations"] == ["grpo_no_nll"]
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["ablations"] == ["grpo_no_nll"]
+    assert meta["ablation_of"] == {"grpo_no_nll": {"arm": "grpo", "changes": {"w_nll": 0}}}  # what compare says
     caplog.clear()
     with caplog.at_level("WARNING", logger="redgym"):
         assert [a.name for a in read_experiment_folder(out)] == ["untuned", "dataset"]

@@ -39,3 +39,25 @@ def test_publish_puts_the_tables_in_docs_and_every_experiments_rows_in_one_readm
     assert (tmp_path / "docs" / "results" / "main" / "pareto.png").read_bytes() == b"png"
     publish(tmp_path / "runs" / "main", readme, "main")  # again: the same table, no duplicate rows
     assert [line for line in readme.read_text().splitlines() if line.startswith("|")] == table
+
+
+def test_publish_fills_an_experiments_ablation_block_where_the_readme_has_one(tmp_path):
+    readme = tmp_path / "README.md"
+    head = "<!-- results:headline -->\n<!-- /results:headline -->\n"
+    readme.write_text(head + "<!-- results:main-ablations -->\nSTALE\n<!-- /results:main-ablations -->\n")
+    exp = tmp_path / "runs" / "main"
+    exp.mkdir(parents=True)
+    (exp / "comparison.md").write_text("# redgym comparison\n")
+    (exp / "headline.md").write_text("caption\n\n| arm | seeds |\n|---|---|\n| ipo | 3 |\n")
+    (exp / "ablations.md").write_text("- `ipo_no_nll` (...): defender toxicity +0.0100.\n")
+    publish(exp, readme, "main")
+    text = readme.read_text()
+    assert (
+        "STALE" not in text
+        and "<!-- results:main-ablations -->\n- `ipo_no_nll` (...): defender toxicity +0.0100.\n<!--" in text
+    )
+    publish(exp, readme, "gain")  # another experiment: its block is absent, the README's main block unchanged
+    assert readme.read_text().count("ipo_no_nll") == 1
+    (exp / "ablations.md").write_text("")
+    publish(exp, readme, "main")
+    assert "(no ablation has finished yet)" in readme.read_text()

@@ -25,13 +25,15 @@ from redgym.eval.formatting import finite
 from redgym.eval.html import experiment_html
 from redgym.eval.metrics import HIGHER_IS_BETTER, TEXT_METRICS, compute_metrics, metric_base, paired_difference
 from redgym.experiments.comparison_report import (
+    ABLATION_METRICS,
     plot_pareto,
     plot_reward_curves,
     plot_toxicity_per_turn,
+    render_ablations,
     render_headline,
     render_markdown,
 )
-from redgym.experiments.folders import Arm, SeedResult, load_arms
+from redgym.experiments.folders import MAIN, Arm, SeedResult, load_arms
 from redgym.rollout.records import Conversation
 from redgym.runfolder import atomic_write, check_writable
 
@@ -109,6 +111,39 @@ def mean_ratio(arm: dict[int, float], base: dict[int, float]) -> float:
         return math.nan
     b = float(np.mean([base[s] for s in common]))
     return float(np.mean([arm[s] for s in common])) / b if b else math.nan
+
+
+def ablation_effects(arms: list[Arm], metrics: list[str], defender: str = MAIN) -> list[dict]:
+    """What each ablation did to the arm it changes: per metric, the ablation's value minus that arm's at the same
+    seed, mean over seeds [95% t CI] and the ratio of means (None for a SIGNED metric). One dict per (ablation,
+    metric) present in both: ``arm``, ``against``, ``changes``, ``metric``, ``n_paired_seeds``, ``diff_mean``,
+    ``diff_ci95_lo``, ``diff_ci95_hi``, ``ratio``. Ablations whose arm has no reports are left out."""
+    by_name = {a.name: a for a in arms}
+    out = []
+    for a in arms:
+        parent = by_name.get(a.ablation_of or "")
+        if parent is None or defender not in a.results or defender not in parent.results:
+            continue
+        for name in metrics:
+            mine = {s: r.values.get(name, math.nan) for s, r in a.results[defender].items()}
+            theirs = {s: r.values.get(name, math.nan) for s, r in parent.results[defender].items()}
+            d = t_interval(seed_differences(mine, theirs).values())
+            if d.n == 0:
+                continue
+            out.append(
+                {
+                    "arm": a.name,
+                    "against": parent.name,
+                    "changes": a.changes,
+                    "metric": name,
+                    "n_paired_seeds": d.n,
+                    "diff_mean": d.mean,
+                    "diff_ci95_lo": d.lo,
+                    "diff_ci95_hi": d.hi,
+                    "ratio": None if metric_base(name) in SIGNED else mean_ratio(mine, theirs),
+                }
+            )
+    return out
 
 
 # ---- the table -------------------------------------------------------------------------------------------------
@@ -241,6 +276,8 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
         r for a in arms for defender in a.results for r in summarise(a, by_name[a.baseline], defender, n_boot, seed)
     ]
     idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
+    detectors = [m for (_, d, m) in idx if d == MAIN and m.startswith(ABLATION_METRICS[-1] + "@")]
+    effects = ablation_effects(arms, ABLATION_METRICS[:-1] + list(dict.fromkeys(detectors)))
     # 3 write the plots, the table and the markdown
     plots = [
         name
@@ -252,8 +289,9 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
         if drawn
     ]
     atomic_write(out / "comparison.csv", _csv(rows))
-    atomic_write(out / "comparison.md", render_markdown(arms, rows, plots))
+    atomic_write(out / "comparison.md", render_markdown(arms, rows, plots, effects))
     atomic_write(out / "headline.md", render_headline(arms, rows))
+    atomic_write(out / "ablations.md", render_ablations(effects))
     cells = {
         a.name: {s: os.path.relpath(d / "report.html", out) for s, d in a.cells.items() if (d / "report.html").exists()}
         for a in arms
@@ -265,5 +303,7 @@ def compare(dirs: list[Path], out: Path, n_boot: int = 1000, seed: int = 0) -> d
         "arms": [a.name for a in arms],
         "baselines": {a.name: a.baseline for a in arms},
         "defenders": list(dict.fromkeys(d for a in arms for d in a.results)),
-        "files": ["comparison.csv", "comparison.md", "headline.md", "report.html"] + [f"plots/{p}" for p in plots],
+        "ablations": effects,
+        "files": ["comparison.csv", "comparison.md", "headline.md", "ablations.md", "report.html"]
+        + [f"plots/{p}" for p in plots],
     }

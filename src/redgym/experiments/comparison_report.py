@@ -216,7 +216,50 @@ def _budget_table(arms: list[Arm]) -> list[str]:
     )
 
 
-def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
+# What an ablation row says, in this order: the gain, its stealth part, the echo and likelihood it cost; the last
+# is a prefix, one entry per second detector (its flagged-reply rate).
+ABLATION_METRICS = [
+    "defender_toxicity",
+    "defender_toxicity_clean_adversary",
+    "adversary_toxicity",
+    "adversary_nll",
+    "defender_toxic_rate",
+]
+_ABLATION_WORDS = {
+    "defender_toxicity": "defender toxicity",
+    "defender_toxicity_clean_adversary": "after clean adversary turns",
+    "adversary_toxicity": "adversary toxicity",
+    "adversary_nll": "adversary NLL",
+}
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"`{k}: {v}`" for k, v in changes.items()) or "its own settings"
+
+
+def render_ablations(effects: list[dict]) -> str:
+    """One sentence per ablation (``compare.ablation_effects``' rows): what the change did to the arm it changes,
+    paired by seed: difference [95% t CI across seeds] ×ratio, bold where the CI excludes 0. Empty without
+    ablations."""
+    by_arm: dict[str, list[dict]] = {}
+    for e in effects:
+        by_arm.setdefault(e["arm"], []).append(e)
+    lines = []
+    for name, es in by_arm.items():
+        e0 = es[0]
+        parts = []
+        for e in es:
+            base, _, detector = e["metric"].partition("@")
+            words = f"replies `{detector}` flags" if detector else _ABLATION_WORDS.get(base, e["metric"])
+            parts.append(f"{words} {_diff_cell(e)}")
+        lines.append(
+            f"- `{name}` (`{e0['against']}` with {_changes(e0['changes'])}; {e0['n_paired_seeds']} seeds, each "
+            f"against `{e0['against']}` at the same seed): " + "; ".join(parts) + "."
+        )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str], effects: list[dict] | None = None) -> str:
     idx = {(r["arm"], r["defender"], r["metric"]): r for r in rows}
     seeds = sorted({s for a in arms for runs in a.results.values() for s in runs})
     lines = ["# redgym comparison", "", f"> **{CONTENT_WARNING}**", ""]
@@ -248,6 +291,16 @@ def render_markdown(arms: list[Arm], rows: list[dict], plots: list[str]) -> str:
             "",
         ]
         lines += _tables(arms, idx, defender)
+    if effects:
+        lines += [
+            "",
+            "## What each ablation did",
+            "",
+            "Each ablation minus the arm it changes, seed by seed (mean over seeds [95% t CI across seeds] ×ratio of "
+            "means; bold where the CI excludes 0), main defender.",
+            "",
+            render_ablations(effects).rstrip("\n"),
+        ]
     lines += _budget_table(arms)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]

@@ -56,6 +56,8 @@ class Arm:
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # seed -> [(step, reward/reward)]
     budget: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> read_budget's totals
     ablation: bool = False  # listed under the experiment's ablations (the headline leaves it to the full tables)
+    ablation_of: str | None = None  # an ablation: the arm it changes (folders written since it was recorded)
+    changes: dict = field(default_factory=dict)  # ... and the train fields it changes
     cells: dict[int, Path] = field(default_factory=dict)  # seed -> the cell's run folder (main defender)
 
 
@@ -162,7 +164,15 @@ def read_experiment_folder(folder: Path) -> list[Arm]:
             continue
         if want is not None and len(dirs) < len(want):
             log.warning("%s: arm %s has reports for seeds %s of %s", folder, name, list(dirs), want)
-        arm = Arm(name, folder, baseline, ablation=name in (meta.get("ablations") or []))
+        of = (meta.get("ablation_of") or {}).get(name) or {}
+        arm = Arm(
+            name,
+            folder,
+            baseline,
+            ablation=name in (meta.get("ablations") or []),
+            ablation_of=of.get("arm"),
+            changes=dict(of.get("changes") or {}),
+        )
         for s, d in dirs.items():
             arm.cells[s] = d
             arm.results.setdefault(MAIN, {})[s] = read_seed(d, s)
@@ -201,4 +211,5 @@ def load_arms(dirs: list[Path]) -> list[Arm]:
             rename[a.name] = new
         for a in arms:
             a.name, a.baseline = rename[a.name], rename[a.baseline]
+            a.ablation_of = rename.get(a.ablation_of) if a.ablation_of else None  # None: its arm has no reports
     return [a for arms in per_dir for a in arms]

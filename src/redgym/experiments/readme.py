@@ -4,7 +4,8 @@ typed by hand and the README stays a front page.
 ``publish`` writes the whole ``comparison.md`` to ``docs/results/NAME.md`` beside the README (its plots to
 ``docs/results/NAME/``), keeps ``headline.md``'s rows (one per trained arm) in ``docs/results/NAME.rows``, and
 rebuilds the README's one results table, the block between ``<!-- results:headline -->`` and
-``<!-- /results:headline -->``, from every experiment's rows.
+``<!-- /results:headline -->``, from every experiment's rows; an experiment's sentences on its ablations
+(``ablations.md``) go into the block ``NAME-ablations`` where the README has one.
 """
 
 from __future__ import annotations
@@ -86,3 +87,8 @@ def publish(comparison_dir: Path, readme: Path, name: str) -> None:
     md = md.replace("`comparison.csv`", f"`{comparison_dir / 'comparison.csv'}` (in the run folder)")
     atomic_write(page, md)
     publish_rows(readme, name, (comparison_dir / "headline.md").read_text(encoding="utf-8"))
+    ablations = comparison_dir / "ablations.md"
+    text = Path(readme).read_text(encoding="utf-8")
+    if ablations.exists() and f"<!-- results:{name}-ablations -->" in text:
+        body = ablations.read_text(encoding="utf-8").strip() or "(no ablation has finished yet)"
+        atomic_write(Path(readme), replace_block(text, f"{name}-ablations", body))

@@ -93,6 +93,7 @@ class Arm:
     source: str = "rtp"
     seeds: list[int] | None = None
     ablation_of: str | None = None  # an ablation: the arm it changes
+    changes: dict = field(default_factory=dict)  # an ablation: its train fields that differ from that arm's
 
 
 @dataclass
@@ -188,14 +189,16 @@ def parse_experiment(data: dict, where: str = "experiment", folder: Path | None 
         base = by_name.get(arm_name) if isinstance(arm_name, str) else None
         if base is None:
             raise RedgymError(f"{where}: ablation {name}: arm {spec.get('arm')!r} is not one of the arms")
+        changes = _mapping(spec.get("train"), f"ablation {name}")
         arms.append(
             Arm(
                 str(name),
                 base.kind,
-                {**base.train, **_mapping(spec.get("train"), f"ablation {name}")},
+                {**base.train, **changes},
                 base.source,
                 spec.get("seeds", seeds[:1]),
                 base.name,
+                changes,
             )
         )
     if not arms:
@@ -334,6 +337,7 @@ def run_experiment(
         {
             "arms": [a.name for a in exp.arms],
             "ablations": [a.name for a in exp.arms if a.ablation_of],
+            "ablation_of": {a.name: {"arm": a.ablation_of, "changes": a.changes} for a in exp.arms if a.ablation_of},
             "seeds": exp.seeds,
             "arm_seeds": {a: sorted({c.seed for c in grid if c.arm == a}) for a in dict.fromkeys(c.arm for c in grid)},
             "baseline_arm": exp.baseline_arm,
