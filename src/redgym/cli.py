@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--seeds", default=None, help="comma list of the grid's seeds to run now (parts may run at once into --out)"
     )
+    ex.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="an experiment folder (or archive) whose finished cells with this grid's configs are copied, not rerun "
+        "(repeatable)",
+    )
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
     rs = sub.add_parser(
         "rescore",
@@ -316,7 +324,7 @@ def cmd_experiment(args, overrides: dict[str, str]) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise RedgymError(f"--seeds takes a comma list of integers, got {args.seeds!r}") from None
-    out = run_experiment(args.config, args.out, only=only, progress=not args.quiet, seeds=seeds)
+    out = run_experiment(args.config, args.out, only=only, progress=not args.quiet, seeds=seeds, reuse=args.reuse)
     print(f"comparison: {out / 'comparison.md'}")
     return 0
 

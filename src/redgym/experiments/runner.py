@@ -26,12 +26,18 @@ evaluation uses the same held-out prompts (``split_seed``), the cell's seed, and
 Each cell's folder is held while it runs (``runfolder.hold_folder``), not the experiment folder: several commands
 on one ``--out`` (``--seeds 0`` and ``--seeds 1`` side by side, or the same command twice) share the grid, each
 skipping the cells another one is running.
+
+``--reuse DIR`` (an experiment folder or its archive) copies in the cells DIR finished whose arm, seed, trainer and
+resolved configs equal this grid's (``reuse_cells``): main.yaml's untuned, dataset, sft and grpo cells are gain.yaml's,
+and a grid continued from its own archive needs no copy by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,7 +50,7 @@ from redgym.eval.evaluate import compare as compare_adversaries
 from redgym.eval.evaluate import evaluate_replay
 from redgym.models.loading import check_known_model
 from redgym.models.replay import ReplaySpeaker
-from redgym.runfolder import FolderInUse, atomic_write, check_writable, hold_folder, write_json
+from redgym.runfolder import HOLDER_FILE, LOCK_FILE, FolderInUse, atomic_write, check_writable, hold_folder, write_json
 from redgym.setup import load_adversary, prepare
 from redgym.trainers.checkpoints import latest_checkpoint
 from redgym.trainers.registry import TRAINERS
@@ -308,11 +314,60 @@ def run_cell(cell: Cell, root: Path, exp: ExperimentConfig, progress: bool = Tru
         _evaluate(cfg, folder, cell.arm, adversary_of, progress)
 
 
+def reuse_cells(exp: ExperimentConfig, cells: list[Cell], out: Path, other: Path) -> list[Cell]:
+    """Copy into ``out`` each of ``cells`` that experiment folder (or archive) ``other`` finished with the same arm
+    name, seed, kind, source and resolved train and eval configs, so it is not trained again; returns those copied.
+    A cell ``out`` already holds (finished or partly run) is left as it is. Transfer evaluations come along for the
+    defenders this grid lists (one it lists that ``other`` lacks is evaluated here, which needs ``other``'s
+    samples.jsonl: an archive holds none)."""
+    other = Path(other)
+    if not (other / "experiment.yaml").is_file():
+        raise RedgymError(f"--reuse {other}: no experiment.yaml there (not an experiment folder or its archive)")
+    meta_config = ""
+    if (other / "experiment.json").is_file():
+        meta_config = str(json.loads((other / "experiment.json").read_text(encoding="utf-8")).get("config", ""))
+    # an arm that `extends:` another file names it from the original config's folder, which the copy lacks
+    folder = Path(meta_config).parent if meta_config and Path(meta_config).parent.is_dir() else other
+    theirs = {
+        (c.arm, c.seed): c
+        for c in expand_grid(
+            parse_experiment(
+                read_yaml_mapping(other / "experiment.yaml", "experiment file"), f"--reuse {other}", folder
+            )
+        )
+    }
+    keep = {d.replace("/", "_") for d in exp.transfer_defenders}
+    copied = []
+    for c in cells:
+        src, dst, o = other / c.folder, out / c.folder, theirs.get((c.arm, c.seed))
+        if o is None or not (src / "report.json").is_file() or (dst.exists() and any(dst.iterdir())):
+            continue
+        if (o.kind, o.source, o.train_cfg, o.eval_cfg) != (c.kind, c.source, c.train_cfg, c.eval_cfg):
+            log.info("%s seed %d: not reused from %s (its configs differ)", c.arm, c.seed, other)
+            continue
+
+        def ignore(folder: str, names: list[str], src: Path = src) -> list[str]:
+            skip = [n for n in names if n in (LOCK_FILE, HOLDER_FILE)]  # another command's
+            return skip + ([n for n in names if n not in keep] if Path(folder) == src / "transfer" else [])
+
+        shutil.rmtree(dst, ignore_errors=True)  # an empty folder a stopped command left
+        shutil.copytree(src, dst, ignore=ignore)
+        log.info("%s seed %d: reused from %s", c.arm, c.seed, other)
+        copied.append(c)
+    return copied
+
+
 def run_experiment(
-    config: Path, out: Path, only: list[str] | None = None, progress: bool = True, seeds: list[int] | None = None
+    config: Path,
+    out: Path,
+    only: list[str] | None = None,
+    progress: bool = True,
+    seeds: list[int] | None = None,
+    reuse: list[Path] | None = None,
 ) -> Path:
     """Run every unfinished cell of the grid (or of the arms in ``only``, at the seeds in ``seeds``), then write the
-    comparison. Parts of one grid may run at once into the same ``out``: each cell has its own folder."""
+    comparison. Parts of one grid may run at once into the same ``out``: each cell has its own folder. Cells that a
+    folder in ``reuse`` finished under the same configs are copied, not run (``reuse_cells``)."""
     exp = load_experiment(config)
     cells = grid = expand_grid(exp)
     names = {c.arm for c in cells}
@@ -345,6 +400,8 @@ def run_experiment(
             "config": str(config),
         },
     )
+    for other in reuse or []:
+        reuse_cells(exp, cells, out, other)
     t0 = time.time()
     elsewhere = []
     for i, cell in enumerate(cells):
