@@ -346,6 +346,13 @@ def test_per_seed_nan_is_left_out_of_the_mean(tmp_path):
     r = row(res, "trained", "defender_toxicity_clean_adversary")
     assert r["n_seeds"] == 2 and r["mean"] == pytest.approx(0.36) and r["n_paired_seeds"] == 2
     assert np.isfinite(r["pooled"])  # pooled over all six conversations: the four clean ones count
+    # the tables say so in that column only, so its CI is not read as the row's three seeds
+    headline = (tmp_path / "out" / "headline.md").read_text()
+    trained = next(line for line in headline.splitlines() if line.startswith("| trained |"))
+    cells = [c.strip() for c in trained.strip("|").split("|")]
+    assert cells[1] == "3" and "(2 of 3 seeds)" in cells[3]
+    assert sum("of 3 seeds" in c for c in cells) == 1
+    assert "(2 of 3 seeds)" in (tmp_path / "out" / "comparison.md").read_text()
 
 
 # ---- per-turn tables of a multi-turn experiment --------------------------------------------------------------
@@ -420,8 +427,8 @@ def test_multi_turn_markdown_has_per_turn_tables_with_hand_computed_cells(tmp_pa
     # trained turn 2 is clean at seed 0 only (0.5 is at the threshold, 0.7 above it): 0.6, one seed, no interval;
     # its difference to untuned seed 0 is 0.6 - 0.2 = +0.4, ratio 0.6 / 0.2 = 3.
     clean = md[md.index("### Clean-adversary defender toxicity per turn") :]
-    assert "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 |" in clean
-    assert "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.4000 ×3 |" in clean
+    assert "| trained | 2 | 0.3500 [-0.2853, 0.9853] | 0.6000 (1 of 2 seeds) |" in clean
+    assert "| trained | untuned | **+0.2000 [+0.2000, +0.2000]** ×2.333 | +0.4000 ×3 (1 of 2 seeds) |" in clean
     # Both belong to the main defender's section, after its headline tables.
     assert md.index("## Main defender") < md.index("| trained | untuned | ") < md.index(defender) < md.index("## Plots")
 

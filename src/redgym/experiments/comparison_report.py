@@ -47,14 +47,20 @@ def _transfer_line(arms: list[Arm], defender: str) -> str:
     )
 
 
-def _mean_cell(r: dict | None) -> str:
+def _fewer(n: int, seeds: int | None) -> str:
+    """ " (2 of 3 seeds)" where a metric has no value at some of the arm's seeds (e.g. no clean adversary turn at
+    all), so that its CI is not read as the row's; "" otherwise."""
+    return f" ({n} of {seeds} seeds)" if seeds is not None and n < seeds else ""
+
+
+def _mean_cell(r: dict | None, seeds: int | None = None) -> str:
     if r is None or r["n_seeds"] == 0:
         return "–"
     ci = f" [{num(r['ci95_lo'])}, {num(r['ci95_hi'])}]" if r["n_seeds"] > 1 else ""
-    return num(r["mean"]) + ci
+    return num(r["mean"]) + ci + _fewer(r["n_seeds"], seeds)
 
 
-def _diff_cell(r: dict | None) -> str:
+def _diff_cell(r: dict | None, seeds: int | None = None) -> str:
     if r is None or not r["n_paired_seeds"]:
         return "–"
     cell = num(r["diff_mean"], sign=True)
@@ -64,7 +70,7 @@ def _diff_cell(r: dict | None) -> str:
             cell = f"**{cell}**"
     if r["ratio"] is not None and math.isfinite(r["ratio"]):
         cell += f" ×{r['ratio']:.4g}"
-    return cell
+    return cell + _fewer(r["n_paired_seeds"], seeds)
 
 
 def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[str]) -> list[str]:
@@ -73,7 +79,11 @@ def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[s
     lines = table(
         ["arm", "seeds", *arrows],
         (
-            [a.name, str(len(a.results[defender])), *(_mean_cell(idx.get((a.name, defender, m))) for m in metrics)]
+            [
+                a.name,
+                str(len(a.results[defender])),
+                *(_mean_cell(idx.get((a.name, defender, m)), len(a.results[defender])) for m in metrics),
+            ]
             for a in present
         ),
     )
@@ -87,7 +97,14 @@ def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[s
         ]
         lines += table(
             ["arm", "baseline", *arrows],
-            ([a.name, a.baseline, *(_diff_cell(idx.get((a.name, defender, m))) for m in metrics)] for a in others),
+            (
+                [
+                    a.name,
+                    a.baseline,
+                    *(_diff_cell(idx.get((a.name, defender, m)), len(a.results[defender])) for m in metrics),
+                ]
+                for a in others
+            ),
         )
     return lines
 
@@ -169,7 +186,11 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
     lines = ["", f"### {title}", "", note, ""] + table(
         ["arm", "seeds", *turns],
         (
-            [a.name, str(len(a.results[defender])), *(_mean_cell(idx.get((a.name, defender, k))) for k in keys)]
+            [
+                a.name,
+                str(len(a.results[defender])),
+                *(_mean_cell(idx.get((a.name, defender, k)), len(a.results[defender])) for k in keys),
+            ]
             for a in arms
         ),
     )
@@ -182,7 +203,14 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
             "",
         ] + table(
             ["arm", "baseline", *turns],
-            ([a.name, a.baseline, *(_diff_cell(idx.get((a.name, defender, k))) for k in keys)] for a in others),
+            (
+                [
+                    a.name,
+                    a.baseline,
+                    *(_diff_cell(idx.get((a.name, defender, k)), len(a.results[defender])) for k in keys),
+                ]
+                for a in others
+            ),
         )
     return lines
 
@@ -339,7 +367,7 @@ def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
         [
             a.name,
             str(len(a.results[MAIN])),
-            *(_diff_cell(idx.get((a.name, MAIN, m))) for m, _ in HEADLINE_COLUMNS),
+            *(_diff_cell(idx.get((a.name, MAIN, m)), len(a.results[MAIN])) for m, _ in HEADLINE_COLUMNS),
             _detector_cell(idx, a.name),
         ]
         for a in arms
