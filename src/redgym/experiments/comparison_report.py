@@ -280,8 +280,9 @@ def render_ablations(effects: list[dict]) -> str:
             base, _, detector = e["metric"].partition("@")
             words = f"replies `{detector}` flags" if detector else _ABLATION_WORDS.get(base, e["metric"])
             parts.append(f"{words} {_diff_cell(e)}")
+        n = e0["n_paired_seeds"]
         lines.append(
-            f"- `{name}` (`{e0['against']}` with {_changes(e0['changes'])}; {e0['n_paired_seeds']} seeds, each "
+            f"- `{name}` (`{e0['against']}` with {_changes(e0['changes'])}; {n} seed{'s' if n != 1 else ''}, each "
             f"against `{e0['against']}` at the same seed): " + "; ".join(parts) + "."
         )
     return "\n".join(lines) + ("\n" if lines else "")
