@@ -4,6 +4,7 @@ per-turn, training budgets), headline.md (the README's row per trained arm) and 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +74,21 @@ def _diff_cell(r: dict | None, seeds: int | None = None) -> str:
     return cell + _fewer(r["n_paired_seeds"], seeds)
 
 
+def _cells(
+    cell: Callable[[dict | None, int | None], str], a: Arm, idx: dict, defender: str, keys: Iterable[str]
+) -> list[str]:
+    """``cell`` (``_mean_cell`` or ``_diff_cell``) of each metric in ``keys`` for arm ``a`` on ``defender``, each
+    told the arm's seed count, so that a metric missing at some of its seeds says so."""
+    n = len(a.results[defender])
+    return [cell(idx.get((a.name, defender, k)), n) for k in keys]
+
+
 def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[str]) -> list[str]:
     """A means table of ``metrics`` for the arms, then their differences to the baseline where paired."""
     arrows = [f"{m} {'↑' if HIGHER_IS_BETTER.get(metric_base(m), True) else '↓'}" for m in metrics]
     lines = table(
         ["arm", "seeds", *arrows],
-        (
-            [
-                a.name,
-                str(len(a.results[defender])),
-                *(_mean_cell(idx.get((a.name, defender, m)), len(a.results[defender])) for m in metrics),
-            ]
-            for a in present
-        ),
+        ([a.name, str(len(a.results[defender])), *_cells(_mean_cell, a, idx, defender, metrics)] for a in present),
     )
     others = [a for a in present if a.name != a.baseline]
     if metrics and any((idx.get((a.name, defender, metrics[0])) or {}).get("n_paired_seeds") for a in others):
@@ -97,14 +100,7 @@ def _metric_tables(present: list[Arm], idx: dict, defender: str, metrics: list[s
         ]
         lines += table(
             ["arm", "baseline", *arrows],
-            (
-                [
-                    a.name,
-                    a.baseline,
-                    *(_diff_cell(idx.get((a.name, defender, m)), len(a.results[defender])) for m in metrics),
-                ]
-                for a in others
-            ),
+            ([a.name, a.baseline, *_cells(_diff_cell, a, idx, defender, metrics)] for a in others),
         )
     return lines
 
@@ -185,14 +181,7 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
     turns = [f"turn {k}" for k in range(1, h + 1)]
     lines = ["", f"### {title}", "", note, ""] + table(
         ["arm", "seeds", *turns],
-        (
-            [
-                a.name,
-                str(len(a.results[defender])),
-                *(_mean_cell(idx.get((a.name, defender, k)), len(a.results[defender])) for k in keys),
-            ]
-            for a in arms
-        ),
+        ([a.name, str(len(a.results[defender])), *_cells(_mean_cell, a, idx, defender, keys)] for a in arms),
     )
     others = [a for a in arms if a.name != a.baseline]
     if any((idx.get((a.name, defender, k)) or {}).get("n_paired_seeds") for a in others for k in keys):
@@ -203,14 +192,7 @@ def _per_turn_table(arms: list[Arm], idx: dict, defender: str, metric: str, titl
             "",
         ] + table(
             ["arm", "baseline", *turns],
-            (
-                [
-                    a.name,
-                    a.baseline,
-                    *(_diff_cell(idx.get((a.name, defender, k)), len(a.results[defender])) for k in keys),
-                ]
-                for a in others
-            ),
+            ([a.name, a.baseline, *_cells(_diff_cell, a, idx, defender, keys)] for a in others),
         )
     return lines
 
@@ -368,7 +350,7 @@ def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
         [
             a.name,
             str(len(a.results[MAIN])),
-            *(_diff_cell(idx.get((a.name, MAIN, m)), len(a.results[MAIN])) for m, _ in HEADLINE_COLUMNS),
+            *_cells(_diff_cell, a, idx, MAIN, (m for m, _ in HEADLINE_COLUMNS)),
             _detector_cell(idx, a.name),
         ]
         for a in arms
