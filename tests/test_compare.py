@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -353,6 +354,25 @@ def test_per_seed_nan_is_left_out_of_the_mean(tmp_path):
     assert cells[1] == "3" and "(2 of 3 seeds)" in cells[3]
     assert sum("of 3 seeds" in c for c in cells) == 1
     assert "(2 of 3 seeds)" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_second_detector_missing_at_a_seed_says_so_in_the_headline(tmp_path):
+    # Trained seed 2 was evaluated without detector `d` (no `tox@d` score on any turn, so no `d` metric): the
+    # headline's detector cell is a difference over seeds 0 and 1 only, and says so; the main metrics keep all three.
+    exp = make_experiment(tmp_path / "exp")
+    folder = exp / "trained" / "seed_2"
+    shutil.rmtree(folder)
+    convs = {arm: seed_convs(arm, 2) for arm in ("untuned", "trained")}
+    for c in convs["trained"]:
+        for t in c.turns:
+            del t.scores["tox@d"]
+    write_run(folder, convs, 2)
+    compare([exp], tmp_path / "out", n_boot=20)
+    headline = (tmp_path / "out" / "headline.md").read_text()
+    trained = next(line for line in headline.splitlines() if line.startswith("| trained |"))
+    cells = [c.strip() for c in trained.strip("|").split("|")]
+    assert cells[-1].startswith("`d` ") and cells[-1].endswith("(2 of 3 seeds)")
+    assert sum("of 3 seeds" in c for c in cells) == 1
 
 
 # ---- per-turn tables of a multi-turn experiment --------------------------------------------------------------

@@ -335,10 +335,11 @@ HEADLINE_COLUMNS = (
 DETECTOR_HEADLINE = ("defender_toxic_rate", "replies a second detector flags")
 
 
-def _detector_cell(idx: dict, arm: str) -> str:
+def _detector_cell(idx: dict, a: Arm) -> str:
     """``DETECTOR_HEADLINE``'s difference for the arm's first second detector, named; "–" without one."""
-    name = next((m for (a, d, m) in idx if a == arm and d == MAIN and m.startswith(DETECTOR_HEADLINE[0] + "@")), None)
-    return f"`{name.split('@', 1)[1]}` " + _diff_cell(idx[(arm, MAIN, name)]) if name else "–"
+    prefix = DETECTOR_HEADLINE[0] + "@"
+    name = next((m for (arm, d, m) in idx if arm == a.name and d == MAIN and m.startswith(prefix)), None)
+    return f"`{name.split('@', 1)[1]}` " + _cells(_diff_cell, a, idx, MAIN, [name])[0] if name else "–"
 
 
 def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
@@ -351,7 +352,7 @@ def headline_rows(arms: list[Arm], rows: list[dict]) -> list[list[str]]:
             a.name,
             str(len(a.results[MAIN])),
             *_cells(_diff_cell, a, idx, MAIN, (m for m, _ in HEADLINE_COLUMNS)),
-            _detector_cell(idx, a.name),
+            _detector_cell(idx, a),
         ]
         for a in arms
         if a.name != a.baseline and not a.ablation and MAIN in a.results
