@@ -76,6 +76,19 @@ def test_an_archive_holds_no_text_and_compares_as_the_folder_does(tmp_path, caps
                 assert g[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(g[k])), (key(r), k)
 
 
+def test_archive_leaves_out_a_cell_reused_from_another_folder_and_keeps_one_reused_from_itself(tmp_path, capsys):
+    src = make_experiment(tmp_path / "exp", transfer=True)
+    arch = tmp_path / "arch"
+    (src / "trained" / "seed_0" / "reused_from.txt").write_text(f"{tmp_path / 'gain'}\n")  # another archive's
+    (src / "trained" / "seed_1" / "reused_from.txt").write_text(f"{arch}\n")  # a cell resumed from this archive
+    assert main(["archive", str(src), str(arch)]) == 0
+    assert "archived 10 evaluations" in capsys.readouterr().out  # 12 less the reused cell and its transfer
+    assert not (arch / "trained" / "seed_0").exists()
+    assert (arch / "trained" / "seed_1" / "report.json").is_file()
+    assert (arch / "trained" / "seed_1" / "transfer").is_dir()
+    assert not list(arch.rglob("reused_from.txt"))
+
+
 def test_archive_refuses_a_folder_without_reports_and_a_destination_inside_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RedgymError, match="no evaluation"):

@@ -15,6 +15,8 @@ and ``experiment.json`` and ``experiment.yaml`` at the top. A cell that is itsel
 archive) keeps its scores.jsonl as it is. ``redgym compare DEST`` tables it as it tables SRC
 (the text-based metrics, distinct-n, self-BLEU and embedding diversity, from each report, as they cannot be pooled
 again), and ``redgym experiment --out DIR`` run on a copy of it skips its finished cells and runs the rest.
+A cell ``--reuse`` copied in from another experiment's folder (``reused_from.txt`` names it) is left out: it lives
+there already (main.yaml's untuned, dataset, sft and grpo cells stay in gain's archive, not in main's too).
 Adversary weights, checkpoints, split.json, report.md/.html (they quote samples) and plots are left out.
 """
 
@@ -31,6 +33,7 @@ SCORES = "scores.jsonl"  # an archived cell's conversations without their text
 # cell's report names the test prompts it evaluated)
 COPIED = ("report.json", "metrics.jsonl", "config.yaml")
 TOP = ("experiment.json", "experiment.yaml")
+REUSED = "reused_from.txt"  # in a cell ``redgym experiment --reuse`` copied: the folder it was copied from
 
 
 def conversations_file(folder: Path) -> tuple[Path, bool]:
@@ -56,16 +59,28 @@ def without_text(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "prompt": [], "turns": turns}
 
 
+def reused_elsewhere(cell: Path, dest: Path) -> bool:
+    """Whether ``cell`` was copied in by ``--reuse`` from a folder other than ``dest`` (so archiving it into
+    ``dest`` would keep a second copy of a cell another archive holds)."""
+    marker = cell / REUSED
+    if not marker.is_file():
+        return False
+    return Path(marker.read_text(encoding="utf-8").strip()).resolve() != dest.resolve()
+
+
 def archive_experiment(src: Path, dest: Path) -> list[Path]:
     """Write DEST as the archive of experiment (or evaluation) folder SRC; returns the evaluation folders archived
-    (relative to SRC). DEST may already hold an earlier archive of SRC: its files are replaced."""
+    (relative to SRC). DEST may already hold an earlier archive of SRC: its files are replaced. A cell reused from
+    another folder than DEST (``reused_elsewhere``), with its transfer evaluations, is left out."""
     if not src.is_dir():
         raise RedgymError(f"archive: {src} is not a folder")
     if dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents:
         raise RedgymError(f"archive: {dest} must lie outside {src}")
-    cells = sorted(p.parent.relative_to(src) for p in src.rglob("report.json"))
-    if not cells:
+    found = sorted(p.parent.relative_to(src) for p in src.rglob("report.json"))
+    if not found:
         raise RedgymError(f"archive: no evaluation (report.json) under {src}")
+    elsewhere = [rel for rel in found if reused_elsewhere(src / rel, dest)]
+    cells = [rel for rel in found if not any(rel == e or e in rel.parents for e in elsewhere)]
     for name in TOP:
         if (src / name).is_file():
             atomic_write(dest / name, (src / name).read_bytes())

@@ -48,6 +48,7 @@ from redgym.data.prompts import load_prompts
 from redgym.errors import RedgymError
 from redgym.eval.evaluate import compare as compare_adversaries
 from redgym.eval.evaluate import evaluate_replay
+from redgym.experiments.archive import REUSED
 from redgym.models.loading import check_known_model
 from redgym.models.replay import ReplaySpeaker
 from redgym.runfolder import HOLDER_FILE, LOCK_FILE, FolderInUse, atomic_write, check_writable, hold_folder, write_json
@@ -352,6 +353,7 @@ def reuse_cells(exp: ExperimentConfig, cells: list[Cell], out: Path, other: Path
 
         shutil.rmtree(dst, ignore_errors=True)  # an empty folder a stopped command left
         shutil.copytree(src, dst, ignore=ignore)
+        atomic_write(dst / REUSED, f"{other}\n".encode())  # so `redgym archive` leaves it where it came from
         log.info("%s seed %d: reused from %s", c.arm, c.seed, other)
         copied.append(c)
     return copied
