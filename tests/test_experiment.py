@@ -324,7 +324,7 @@ def test_reuse_copies_only_the_cells_another_folder_finished_under_the_same_conf
     assert json.loads((cell / "report.json").read_text()) == {"arm": "untuned"}
     assert [p.name for p in (cell / "transfer").iterdir()] == ["org_d2"]  # only this grid's transfer defenders
     assert not (cell / ".redgym.lock").exists()
-    assert (cell / "reused_from.txt").read_text().strip() == str(other)  # `redgym archive` leaves it out
+    assert (cell / "reused_from.txt").read_text().strip() == str(other.resolve())  # `redgym archive` leaves it out
     assert not (out / "grpo").exists() and not (out / "dataset" / "seed_0" / "report.json").exists()
     assert runner.reuse_cells(exp, runner.expand_grid(exp), out, other) == []  # copied once
     with pytest.raises(RedgymError, match="no experiment.yaml"):

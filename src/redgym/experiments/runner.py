@@ -353,7 +353,7 @@ def reuse_cells(exp: ExperimentConfig, cells: list[Cell], out: Path, other: Path
 
         shutil.rmtree(dst, ignore_errors=True)  # an empty folder a stopped command left
         shutil.copytree(src, dst, ignore=ignore)
-        atomic_write(dst / REUSED, f"{other}\n".encode())  # so `redgym archive` leaves it where it came from
+        atomic_write(dst / REUSED, f"{other.resolve()}\n".encode())  # so `redgym archive` leaves it where it was
         log.info("%s seed %d: reused from %s", c.arm, c.seed, other)
         copied.append(c)
     return copied
