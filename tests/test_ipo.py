@@ -113,7 +113,7 @@ def test_several_updates_a_step_change_the_adapter_with_finite_losses(tiny_model
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter_state(out).items() if "lora_B" in k)
 
 
-def test_the_chosen_nll_anchor_adds_to_the_logged_pair_loss(tiny_model_dir, prompt_file, tmp_path):
+def test_the_chosen_nll_anchor_adds_to_the_pair_loss_and_its_share_is_logged(tiny_model_dir, prompt_file, tmp_path):
     # one step, one update: the pairs and their log-probs are the run's before any update, so the anchored loss is
     # the plain one plus weight x the chosen texts' NLL (> 0), pair for pair
     plain, anchored = [], []
@@ -124,6 +124,9 @@ def test_the_chosen_nll_anchor_adds_to_the_logged_pair_loss(tiny_model_dir, prom
         out += read_metrics(tmp_path / f"w{weight}")
     assert plain[0]["pairs/count"] == anchored[0]["pairs/count"] > 0
     assert anchored[0]["loss/ipo"] > plain[0]["loss/ipo"] + 1.0 and np.isfinite(anchored[0]["loss/ipo"])
+    # the anchor's share is logged on its own: the difference, and 0 without one
+    assert plain[0]["loss/anchor"] == 0.0
+    assert anchored[0]["loss/anchor"] == pytest.approx(anchored[0]["loss/ipo"] - plain[0]["loss/ipo"], rel=1e-4)
 
 
 def test_pairs_prefer_the_higher_reward_and_respect_the_threshold(tiny_lm):

@@ -250,14 +250,15 @@ def update(
     pairs: list[PreferencePair], f: Frame, adversary: LM, cfg: IPOConfig, counters: dict, step: int
 ) -> tuple[dict[str, list[float]], float, int]:
     """Step 4: ``ipo_epochs`` passes over the pairs, one optimizer step per ``pairs_per_update`` of them (all, when
-    0), each the IPO/DPO loss accumulated over micro batches; returns the per-pair loss, margin and KL lists, the
-    last update's gradient norm (nan when clipping is off or nothing trained) and the number of optimizer steps."""
+    0), each the IPO/DPO loss accumulated over micro batches; returns the per-pair loss, anchor share (in the loss),
+    margin and KL lists, the last update's gradient norm (nan when clipping is off or nothing trained) and the number
+    of optimizer steps."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     policy, acc = f.policy, f.acc
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     policy.model.train()
-    stats: dict[str, list[float]] = {"loss": [], "margin": [], "kl": []}
+    stats: dict[str, list[float]] = {"loss": [], "anchor": [], "margin": [], "kl": []}
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
     rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
     chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
@@ -285,6 +286,7 @@ def update(
                 acc.backward(loss)
                 trained = True
                 stats["loss"] += losses.detach().tolist()
+                stats["anchor"] += (-cfg.chosen_nll * pol[:n]).detach().tolist()  # RPO's share of each pair's loss
                 stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
                 per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
                 stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
@@ -395,6 +397,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             if online
             else 0.0,
             "loss/" + cfg.loss: float(np.mean(stats["loss"])) if stats["loss"] else float("nan"),
+            "loss/anchor": float(np.mean(stats["anchor"])) if stats["anchor"] else float("nan"),  # in loss/<loss>
             "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
             "train/grad_norm": grad_norm,
