@@ -214,7 +214,7 @@ def test_each_ablation_gets_one_sentence_against_the_arm_it_changes(tmp_path):
     half_t, half_n, half_r = (T2 * sd / math.sqrt(3) for sd in (0.02, 0.5, math.sqrt(1 / 12)))
     gain = f"**-0.1000 [{-0.1 - half_t:+.4f}, {-0.1 + half_t:+.4f}]** ×0.75"
     sentence = (
-        "- `ablated` (`trained` with `w_nll: 0`; 3 seeds, each against `trained` at the same seed): "
+        "- `ablated` (`trained` with `w_nll: 0`; seeds 0, 1, 2, each against `trained` at the same seed): "
         f"defender toxicity {gain}; after clean adversary turns {gain}; "
         "adversary toxicity +0.0000 [+0.0000, +0.0000] ×1; "
         f"adversary NLL +0.5000 [{0.5 - half_n:+.4f}, {0.5 + half_n:+.4f}] ×1.2; "
@@ -224,6 +224,18 @@ def test_each_ablation_gets_one_sentence_against_the_arm_it_changes(tmp_path):
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "## What each ablation did" in md and sentence in md
     assert [e["metric"] for e in res["ablations"]][-1] == "defender_toxic_rate@d"
+    # a sweep cell run at one chosen seed names it: seed 1 alone, -0.12 against the trained arm's 0.42
+    shutil.rmtree(exp / "ablated" / "seed_0")
+    shutil.rmtree(exp / "ablated" / "seed_2")
+    compare([exp], tmp_path / "out", n_boot=50)
+    assert (
+        (tmp_path / "out" / "ablations.md")
+        .read_text()
+        .startswith(
+            "- `ablated` (`trained` with `w_nll: 0`; seed 1, against `trained` at the same seed): "
+            "defender toxicity -0.1200 ×0.7143;"
+        )
+    )
     # folders written before experiment.json named an ablation's arm: no sentence, nothing else changes
     del meta["ablation_of"]
     (exp / "experiment.json").write_text(json.dumps(meta))

@@ -116,8 +116,9 @@ def mean_ratio(arm: dict[int, float], base: dict[int, float]) -> float:
 def ablation_effects(arms: list[Arm], metrics: list[str], defender: str = MAIN) -> list[dict]:
     """What each ablation did to the arm it changes: per metric, the ablation's value minus that arm's at the same
     seed, mean over seeds [95% t CI] and the ratio of means (None for a SIGNED metric). One dict per (ablation,
-    metric) present in both: ``arm``, ``against``, ``changes``, ``metric``, ``n_paired_seeds``, ``diff_mean``,
-    ``diff_ci95_lo``, ``diff_ci95_hi``, ``ratio``. Ablations whose arm has no reports are left out."""
+    metric) present in both: ``arm``, ``against``, ``changes``, ``metric``, ``n_paired_seeds``, ``paired_seeds``
+    (which: a sweep cell is run at a chosen seed), ``diff_mean``, ``diff_ci95_lo``, ``diff_ci95_hi``, ``ratio``.
+    Ablations whose arm has no reports are left out."""
     by_name = {a.name: a for a in arms}
     out = []
     for a in arms:
@@ -127,7 +128,8 @@ def ablation_effects(arms: list[Arm], metrics: list[str], defender: str = MAIN) 
         for name in metrics:
             mine = {s: r.values.get(name, math.nan) for s, r in a.results[defender].items()}
             theirs = {s: r.values.get(name, math.nan) for s, r in parent.results[defender].items()}
-            d = t_interval(seed_differences(mine, theirs).values())
+            paired = seed_differences(mine, theirs)
+            d = t_interval(paired.values())
             if d.n == 0:
                 continue
             out.append(
@@ -137,6 +139,7 @@ def ablation_effects(arms: list[Arm], metrics: list[str], defender: str = MAIN) 
                     "changes": a.changes,
                     "metric": name,
                     "n_paired_seeds": d.n,
+                    "paired_seeds": sorted(paired),
                     "diff_mean": d.mean,
                     "diff_ci95_lo": d.lo,
                     "diff_ci95_hi": d.hi,

@@ -262,9 +262,10 @@ def render_ablations(effects: list[dict]) -> str:
             base, _, detector = e["metric"].partition("@")
             words = f"replies `{detector}` flags" if detector else _ABLATION_WORDS.get(base, e["metric"])
             parts.append(f"{words} {_diff_cell(e)}")
-        n = e0["n_paired_seeds"]
+        seeds = ", ".join(map(str, e0["paired_seeds"]))
+        which = f"seeds {seeds}, each" if len(e0["paired_seeds"]) > 1 else f"seed {seeds},"
         lines.append(
-            f"- `{name}` (`{e0['against']}` with {_changes(e0['changes'])}; {n} seed{'s' if n != 1 else ''}, each "
+            f"- `{name}` (`{e0['against']}` with {_changes(e0['changes'])}; {which} "
             f"against `{e0['against']}` at the same seed): " + "; ".join(parts) + "."
         )
     return "\n".join(lines) + ("\n" if lines else "")
