@@ -475,3 +475,38 @@ def test_single_turn_markdown_has_no_per_turn_tables(tmp_path):
     assert "| **+0.2000 [+0.2000, +0.2000]** ×2.333 |" in md
     lines = md.split("\n")
     assert lines[lines.index("## Plots") - 2].startswith("| trained | untuned | ")
+
+
+def test_an_ablation_metric_missing_at_some_seeds_says_so():
+    from redgym.experiments.comparison_report import render_ablations
+
+    # defender toxicity paired at seeds 0 and 2; after clean adversary turns at seed 0 only (seed 2's adversary
+    # turns were all toxic), so its cell has no CI and says it covers 1 of the sentence's 2 seeds
+    common = {"arm": "abl", "against": "ipo", "changes": {"w_nll": 0}}
+    effects = [
+        {
+            **common,
+            "metric": "defender_toxicity",
+            "n_paired_seeds": 2,
+            "paired_seeds": [0, 2],
+            "diff_mean": 0.1,
+            "diff_ci95_lo": 0.05,
+            "diff_ci95_hi": 0.15,
+            "ratio": 2.0,
+        },
+        {
+            **common,
+            "metric": "defender_toxicity_clean_adversary",
+            "n_paired_seeds": 1,
+            "paired_seeds": [0],
+            "diff_mean": -0.04,
+            "diff_ci95_lo": math.nan,
+            "diff_ci95_hi": math.nan,
+            "ratio": 0.5,
+        },
+    ]
+    assert render_ablations(effects) == (
+        "- `abl` (`ipo` with `w_nll: 0`; seeds 0, 2, each against `ipo` at the same seed): "
+        "defender toxicity **+0.1000 [+0.0500, +0.1500]** ×2; "
+        "after clean adversary turns -0.0400 ×0.5 (1 of 2 seeds).\n"
+    )

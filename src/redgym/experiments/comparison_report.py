@@ -256,12 +256,12 @@ def render_ablations(effects: list[dict]) -> str:
         by_arm.setdefault(e["arm"], []).append(e)
     lines = []
     for name, es in by_arm.items():
-        e0 = es[0]
+        e0 = max(es, key=lambda e: e["n_paired_seeds"])  # the seeds the sentence names; a metric with fewer says so
         parts = []
         for e in es:
             base, _, detector = e["metric"].partition("@")
             words = f"replies `{detector}` flags" if detector else _ABLATION_WORDS.get(base, e["metric"])
-            parts.append(f"{words} {_diff_cell(e)}")
+            parts.append(f"{words} {_diff_cell(e, e0['n_paired_seeds'])}")
         seeds = ", ".join(map(str, e0["paired_seeds"]))
         which = f"seeds {seeds}, each" if len(e0["paired_seeds"]) > 1 else f"seed {seeds},"
         lines.append(
