@@ -277,16 +277,15 @@ def update(
                 )
                 ref = refs[idx].T.reshape(-1).to(pol.device)  # chosen then rejected, as pol
                 n = len(mb)
-                losses = chosen_nll_anchor(
-                    loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta), pol[:n], cfg.chosen_nll
-                )
+                plain = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
+                losses = chosen_nll_anchor(plain, pol[:n], cfg.chosen_nll)
                 loss = losses.sum() / len(chunk)
                 if not finite_or_skip(loss, counters, step):
                     continue
                 acc.backward(loss)
                 trained = True
                 stats["loss"] += losses.detach().tolist()
-                stats["anchor"] += (-cfg.chosen_nll * pol[:n]).detach().tolist()  # RPO's share of each pair's loss
+                stats["anchor"] += (losses - plain).detach().tolist()  # RPO's share of each pair's loss
                 stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
                 per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
                 stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
