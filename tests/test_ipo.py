@@ -311,13 +311,56 @@ def test_reference_logps_keep_each_pair_on_its_own_row(tiny_model_dir, prompt_fi
         ipo.PreferencePair("b", [6], [13, 14, 15, 16], 1.0, 0.0),
         ipo.PreferencePair("c", [19, 20], [22], 1.0, 0.0),
     ]
-    for normalize in (False, True):
-        got = ipo.reference_logps(policy, ctx, pairs, pad, 2, normalize)  # micro-batches of 2 pairs, then 1
-        assert got.shape == (3, 2)
-        for row, c, p in zip(got, ctx, pairs):  # each pair alone: (chosen, rejected)
+    got = ipo.reference_logps(policy, ctx, pairs, pad, 2)  # micro-batches of 2 pairs, then 1
+    assert [(len(c), len(r)) for c, r in got] == [(len(p.chosen), len(p.rejected)) for p in pairs]
+    for (chosen, rejected), c, p in zip(got, ctx, pairs):  # each pair alone: its tokens' log-probs
+        logps, mask = ipo.pair_token_logps(policy.reference, [c], [p.chosen], [p.rejected], pad)
+        k = logps.shape[1]
+        assert torch.allclose(chosen, logps[0, k - len(p.chosen) :], atol=1e-5)
+        assert torch.allclose(rejected, logps[1, k - len(p.rejected) :], atol=1e-5)
+        for normalize in (False, True):  # laid out again, they reduce to what pair_logps gives
+            back = ipo.reduce_logps(ipo.right_aligned([chosen, rejected], k), mask, normalize)
             want = ipo.pair_logps(policy.reference, [c], [p.chosen], [p.rejected], pad, normalize)
-            assert torch.allclose(row, want, atol=1e-5)
-        assert not torch.allclose(got[0], got[1])  # rows that differ: a row mix-up would show
+            assert torch.allclose(back, want, atol=1e-5)
+    assert not torch.allclose(got[0][1][-2:], got[1][1][-2:])  # rows that differ: a row mix-up would show
+
+
+def test_right_aligned_by_hand():
+    out = ipo.right_aligned([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], 3)
+    assert out.tolist() == [[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]]
+
+
+def test_the_kl_penalty_adds_kl_coef_times_the_sampled_texts_k3_to_the_pair_loss(
+    tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
+    # a policy already away from its reference (lora_B set non-zero), one step, one update on all pairs: the loss is
+    # read before the update, on the same trees either way, so the weighted loss is the plain one plus kl_coef x
+    # the logged penalty, pair for pair; and the update with it still moves the adapter
+    real_build = run.build_policy
+
+    def moved(cfg, name):
+        policy = real_build(cfg, name)
+        with torch.no_grad():
+            for n, p in policy.model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        return policy
+
+    monkeypatch.setattr(run, "build_policy", moved)
+    rows = {}
+    for coef in (0.0, 3.0):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(
+            tiny_model_dir, prompt_file, steps=1, weak_supervision=0, length_normalize=True, beta=1.0, kl_coef=coef
+        )
+        ipo.train(cfg, tmp_path / f"kl{coef}", progress=False)
+        rows[coef] = read_metrics(tmp_path / f"kl{coef}")[0]
+    plain, weighted = rows[0.0], rows[3.0]
+    assert plain["pairs/count"] == weighted["pairs/count"] > 0
+    assert plain["objective/kl_k3"] == pytest.approx(weighted["objective/kl_k3"], rel=1e-5)
+    assert weighted["objective/kl_k3"] > 1e-3  # away from the reference, measurably
+    assert weighted["loss/ipo"] - plain["loss/ipo"] == pytest.approx(3.0 * plain["objective/kl_k3"], rel=1e-3)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in adapter_state(tmp_path / "kl3.0").items())
 
 
 def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prompt_file, tmp_path, monkeypatch):
@@ -329,13 +372,13 @@ def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prom
     adversary = LM(policy.generation_model, policy.tokenizer, cfg.adversary_model, "plain", cfg.max_context_tokens)
     pairs = [ipo.PreferencePair(f"hello there {i}", [5 + i, 9], [17, 33 + i], 1.0, 0.0) for i in range(4)]
     rows = {"policy": 0, "reference": 0}
-    real = ipo.sequence_logps
+    real = ipo.continuation_logprobs
 
     def counted(model, ctx, cont, pad):
         rows["reference" if model is policy.reference else "policy"] += len(cont)
         return real(model, ctx, cont, pad)
 
-    monkeypatch.setattr(ipo, "sequence_logps", counted)
+    monkeypatch.setattr(ipo, "continuation_logprobs", counted)
     stats, grad_norm, n_updates = ipo.update(pairs, frame, adversary, cfg, {}, 0)
     assert n_updates == 12 and len(stats["loss"]) == 12  # 3 epochs x 4 updates of one pair
     assert rows == {"policy": 12 * 2, "reference": 4 * 2}  # each pair's two texts: every update vs once

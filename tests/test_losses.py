@@ -95,6 +95,21 @@ def test_kl_estimators_by_hand():
     assert kl_k3(ref, ref).item() == 0.0
 
 
+def test_sequence_kl_k3_and_the_pair_penalty_by_hand():
+    from redgym.trainers.losses import pair_kl_penalty, sequence_kl_k3
+
+    # row 0: one token, pi 0.5 vs ref 0.25 -> log 2 - 0.5 (the padding slot ignored); row 1: two tokens, the first
+    # equal (0), the second pi 0.25 vs ref 0.5 -> r = 2: (2 - 1) - log 2; mean of the two; row 2 empty -> 0
+    logp = torch.tensor([[0.0, math.log(0.5)], [math.log(0.3), math.log(0.25)], [0.0, 0.0]])
+    ref = torch.tensor([[0.0, math.log(0.25)], [math.log(0.3), math.log(0.5)], [0.0, 0.0]])
+    mask = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    got = sequence_kl_k3(logp, ref, mask)
+    assert got.tolist() == pytest.approx([math.log(2) - 0.5, (1 - math.log(2)) / 2, 0.0])
+    # a taught pair's chosen side (from a dataset) is left out of its pair's mean
+    pen = pair_kl_penalty(torch.tensor([0.2, 0.9]), torch.tensor([0.4, 0.1]), torch.tensor([True, False]))
+    assert pen.tolist() == pytest.approx([0.3, 0.1])
+
+
 def test_ppo_policy_loss_by_hand():
     from redgym.trainers.losses import ppo_policy_loss
 

@@ -8,7 +8,8 @@ averaged over the replies); siblings whose best and worst rewards differ by more
 preference pair; (3) weak supervision: with probability rho (annealed towards 0) a tree gets one taught pair, a
 toxicity-eliciting prompt split so that its true rest holds the toxic span (chosen, its toxicity checked above the
 threshold) against the adversary's own continuation (rejected); (4) IPO or DPO loss on sequence log-probs (or their
-per-token means) under the policy and the frozen reference, ``ipo_epochs`` passes over the step's pairs with one
+per-token means) under the policy and the frozen reference, plus ``kl_coef`` x the per-token k3 KL of the sampled
+utterances to the reference (GRPO's penalty; off by default), ``ipo_epochs`` passes over the step's pairs with one
 optimizer step per ``pairs_per_update`` of them (by default one pass, one step: ASTPrompter's); (5) log and
 checkpoint.
 """
@@ -26,15 +27,22 @@ from redgym.config import _f
 from redgym.data.weak import toxic_span_splits, weak_pool  # noqa: F401 - toxic_span_splits: the tests' entry
 from redgym.errors import RedgymError
 from redgym.models.base import LikelihoodBackend
+from redgym.models.forward import continuation_logprobs
 from redgym.models.lm import LM, render_plain
 from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import budget_counts, pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers.distributed import accumulate_locally, rank_share
-from redgym.trainers.losses import PREFERENCE_LOSSES, chosen_nll_anchor, preference_margin
+from redgym.trainers.losses import (
+    PREFERENCE_LOSSES,
+    chosen_nll_anchor,
+    pair_kl_penalty,
+    preference_margin,
+    sequence_kl_k3,
+)
 from redgym.trainers.memory import release_memory
 from redgym.trainers.metrics_log import finite_or_skip
-from redgym.trainers.policy import Policy, sequence_logps, train_sampling
+from redgym.trainers.policy import Policy, train_sampling
 from redgym.trainers.run import Frame, batch_indices, end_step, finish_run, start_run, without_replies
 from redgym.trainers.train_config import TrainConfig
 
@@ -67,6 +75,12 @@ class IPOConfig(TrainConfig):
         "weight of the chosen utterance's NLL under the policy added to each pair's loss (RPO's anchor; the same "
         "sum or per-token mean as the loss): 0 = off, ASTPrompter's",
     )
+    kl_coef: float = _f(
+        0.0,
+        "weight of the per-token k3 KL to the reference of each pair's sampled utterances (both siblings; a taught "
+        "pair's own continuation), added to the pair's loss as GRPO's kl_coef is to its: mass-covering, it resists "
+        "the sharpening that preference losses drift into; 0 = off, ASTPrompter's",
+    )
     ipo_epochs: int = _f(
         1,
         "passes over each step's pairs (the reference is frozen, so a pair's loss stays well defined as the policy "
@@ -89,8 +103,8 @@ class IPOConfig(TrainConfig):
             raise RedgymError(f"config: pairing must be {' or '.join(PAIRINGS)}, got {self.pairing!r}")
         if self.weak_candidates < 1:
             raise RedgymError(f"config: weak_candidates must be >= 1, got {self.weak_candidates}")
-        if self.chosen_nll < 0:
-            raise RedgymError(f"config: chosen_nll must be >= 0, got {self.chosen_nll}")
+        if self.chosen_nll < 0 or self.kl_coef < 0:
+            raise RedgymError(f"config: chosen_nll and kl_coef must be >= 0, got {self.chosen_nll} and {self.kl_coef}")
         if self.ipo_epochs < 1 or self.pairs_per_update < 0:
             raise RedgymError(
                 f"config: ipo_epochs must be >= 1 and pairs_per_update >= 0, got {self.ipo_epochs} and "
@@ -193,6 +207,29 @@ def weak_rate(cfg: IPOConfig, step: int) -> float:
     return cfg.weak_supervision * max(0.0, 1.0 - step / max(1, cfg.steps))
 
 
+def pair_token_logps(
+    model: torch.nn.Module, ctx: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logps, mask)``, both (2n, K): per-token log-probs under ``model`` of the chosen then the rejected
+    continuations, right-aligned (with gradients when they are on)."""
+    return continuation_logprobs(model, ctx + ctx, chosen + rejected, pad)
+
+
+def reduce_logps(logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool) -> torch.Tensor:
+    """(B,) per-token log-probs summed over each row's tokens, or their mean with ``length_normalize``."""
+    total = (logps * mask).sum(-1)
+    return total / mask.sum(-1) if length_normalize else total
+
+
+def right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
+    """(len(rows), k): 1-D rows of at most ``k`` values laid out as ``pair_token_logps`` lays out its rows (at
+    the end, zeros before). E.g. rows [a, b], [c], k 3: [[0, a, b], [0, 0, c]]."""
+    out = torch.zeros((len(rows), k), dtype=rows[0].dtype, device=rows[0].device)
+    for i, r in enumerate(rows):
+        out[i, k - len(r) :] = r
+    return out
+
+
 def pair_logps(
     model: torch.nn.Module,
     ctx: list[list[int]],
@@ -203,33 +240,25 @@ def pair_logps(
 ) -> torch.Tensor:
     """(2n,) log-probs under ``model`` of the chosen then the rejected continuations (with gradients when they are
     on), summed over tokens, or their per-token mean with ``length_normalize``."""
-    conts = chosen + rejected
-    logps = sequence_logps(model, ctx + ctx, conts, pad)
-    if length_normalize:
-        logps = logps / torch.tensor([len(c) for c in conts], dtype=logps.dtype, device=logps.device)
-    return logps
+    return reduce_logps(*pair_token_logps(model, ctx, chosen, rejected, pad), length_normalize)
 
 
 @torch.no_grad()
 def reference_logps(
-    policy: Policy, ctx: list[list[int]], pairs: list[PreferencePair], pad: int, per_mb: int, length_normalize: bool
-) -> torch.Tensor:
-    """(n, 2): each pair's chosen and rejected log-probs under the frozen reference, once a step (``pair_logps`` in
-    micro-batches of ``per_mb`` pairs): the reference does not move while the step's pairs are trained on, so its
-    passes are not repeated for every epoch."""
-    rows = []
+    policy: Policy, ctx: list[list[int]], pairs: list[PreferencePair], pad: int, per_mb: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each pair's chosen and rejected per-token log-probs (1-D, one value a token) under the frozen reference,
+    once a step (``pair_token_logps`` in micro-batches of ``per_mb`` pairs): the reference does not move while the
+    step's pairs are trained on, so its passes are not repeated for every epoch."""
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(0, len(pairs), per_mb):
         mb = pairs[i : i + per_mb]
-        lp = pair_logps(
-            policy.reference,
-            ctx[i : i + per_mb],
-            [p.chosen for p in mb],
-            [p.rejected for p in mb],
-            pad,
-            length_normalize,
+        lp, _ = pair_token_logps(
+            policy.reference, ctx[i : i + per_mb], [p.chosen for p in mb], [p.rejected for p in mb], pad
         )
-        rows.append(lp.view(2, -1).T)
-    return torch.cat(rows) if rows else torch.zeros(0, 2)
+        k, n = lp.shape[1], len(mb)
+        rows += [(lp[j, k - len(p.chosen) :], lp[n + j, k - len(p.rejected) :]) for j, p in enumerate(mb)]
+    return rows
 
 
 def update_chunks(n_pairs: int, epochs: int, per_update: int, rng: np.random.Generator) -> list[list[int]]:
@@ -250,20 +279,20 @@ def update(
     pairs: list[PreferencePair], f: Frame, adversary: LM, cfg: IPOConfig, counters: dict, step: int
 ) -> tuple[dict[str, list[float]], float, int]:
     """Step 4: ``ipo_epochs`` passes over the pairs, one optimizer step per ``pairs_per_update`` of them (all, when
-    0), each the IPO/DPO loss accumulated over micro batches; returns the per-pair loss, anchor share (in the loss),
-    margin and KL lists, the last update's gradient norm (nan when clipping is off or nothing trained) and the number
-    of optimizer steps."""
+    0), each the IPO/DPO loss (plus RPO's anchor and the KL penalty, when weighted) accumulated over micro batches;
+    returns the per-pair loss, anchor share (in the loss), margin, chosen log-ratio and k3 KL penalty lists, the last
+    update's gradient norm (nan when clipping is off or nothing trained) and the number of optimizer steps."""
     loss_fn = PREFERENCE_LOSSES[cfg.loss]
     policy, acc = f.policy, f.acc
     pad = policy.tokenizer.pad_token_id
     budget = cfg.max_context_tokens - cfg.max_new_tokens
     policy.model.train()
-    stats: dict[str, list[float]] = {"loss": [], "anchor": [], "margin": [], "kl": []}
+    stats: dict[str, list[float]] = {"loss": [], "anchor": [], "margin": [], "kl": [], "kl_k3": []}
     per_mb = max(1, cfg.micro_batch_size // 2)  # a pair is two sequences
     rng = np.random.default_rng([cfg.seed, step, 1])  # the pairs' order: a function of the step (resume = straight)
     chunks = update_chunks(len(pairs), cfg.ipo_epochs, cfg.pairs_per_update, rng)
     contexts = [adversary.encode_context(p.context, budget) for p in pairs]
-    refs = reference_logps(policy, contexts, pairs, pad, per_mb, cfg.length_normalize)
+    refs = reference_logps(policy, contexts, pairs, pad, per_mb)
     grad_norm = float("nan")
     for chunk in chunks or [[]]:  # no pairs: one empty update, as before (the schedule still steps)
         trained = False
@@ -272,20 +301,28 @@ def update(
                 idx = chunk[i : i + per_mb]
                 mb = [pairs[j] for j in idx]
                 ctx = [contexts[j] for j in idx]
-                pol = pair_logps(
-                    policy.model, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad, cfg.length_normalize
+                pol_tok, mask = pair_token_logps(
+                    policy.model, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad
                 )
-                ref = refs[idx].T.reshape(-1).to(pol.device)  # chosen then rejected, as pol
                 n = len(mb)
+                ref_tok = right_aligned([refs[j][0] for j in idx] + [refs[j][1] for j in idx], mask.shape[1])
+                ref_tok = ref_tok.to(pol_tok.device)  # chosen then rejected, as pol_tok
+                pol = reduce_logps(pol_tok, mask, cfg.length_normalize)
+                ref = reduce_logps(ref_tok, mask, cfg.length_normalize)
                 plain = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
-                losses = chosen_nll_anchor(plain, pol[:n], cfg.chosen_nll)
+                anchored = chosen_nll_anchor(plain, pol[:n], cfg.chosen_nll)
+                kl = sequence_kl_k3(pol_tok, ref_tok, mask)
+                sampled = torch.tensor([not p.weak for p in mb], device=kl.device)
+                kl_pen = pair_kl_penalty(kl[:n], kl[n:], sampled)
+                losses = anchored + cfg.kl_coef * kl_pen if cfg.kl_coef else anchored
                 loss = losses.sum() / len(chunk)
                 if not finite_or_skip(loss, counters, step):
                     continue
                 acc.backward(loss)
                 trained = True
                 stats["loss"] += losses.detach().tolist()
-                stats["anchor"] += (losses - plain).detach().tolist()  # RPO's share of each pair's loss
+                stats["anchor"] += (anchored - plain).detach().tolist()  # RPO's share of each pair's loss
+                stats["kl_k3"] += kl_pen.detach().tolist()  # logged whether or not it is weighted
                 stats["margin"] += preference_margin(pol[:n], pol[n:], ref[:n], ref[n:]).detach().tolist()
                 per_token = 1 if cfg.length_normalize else torch.tensor([len(p.chosen) for p in mb])
                 stats["kl"] += ((pol[:n] - ref[:n]).detach() / per_token).tolist()
@@ -399,6 +436,7 @@ def train(cfg: IPOConfig, out: Path, resume: bool = False, progress: bool = True
             "loss/anchor": float(np.mean(stats["anchor"])) if stats["anchor"] else float("nan"),  # in loss/<loss>
             "loss/margin_h": float(np.mean(stats["margin"])) if stats["margin"] else float("nan"),
             "objective/kl": float(np.mean(stats["kl"])) if stats["kl"] else float("nan"),
+            "objective/kl_k3": float(np.mean(stats["kl_k3"])) if stats["kl_k3"] else float("nan"),  # x kl_coef in loss
             "train/grad_norm": grad_norm,
             "train/updates": n_updates,
             **budget_counts(step_scores),

@@ -130,6 +130,23 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
+def sequence_kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's per-token mean k3 KL to the reference over its masked tokens (GRPO's penalty, per
+    sequence). On the policy's own samples its gradient is that of KL(ref || pi), which grows when the policy drops
+    mass the reference keeps: it resists sharpening. E.g. logp [[log 0.5, 0]], ref [[log 0.25, 0]], mask [[1, 0]]:
+    [log 2 - 0.5]."""
+    return (kl_k3(logp, ref_logp) * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # an empty row: 0, not nan
+
+
+def pair_kl_penalty(kl_chosen: torch.Tensor, kl_rejected: torch.Tensor, chosen_sampled: torch.Tensor) -> torch.Tensor:
+    """(n,) each pair's KL penalty: the mean of its sampled sides' ``sequence_kl_k3``. The rejected side is always
+    the policy's own sample; the chosen side is, except in a taught (weak-supervision) pair whose chosen text is
+    from a dataset, where a KL estimate means nothing. E.g. kl_chosen [0.2, 0.9], kl_rejected [0.4, 0.1], sampled
+    [True, False]: [0.3, 0.1]."""
+    w = chosen_sampled.to(kl_chosen.dtype)
+    return (w * kl_chosen + kl_rejected) / (1.0 + w)
+
+
 def ppo_policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
