@@ -380,6 +380,9 @@ def test_the_reference_runs_once_a_step_however_many_epochs(tiny_model_dir, prom
 
     monkeypatch.setattr(ipo, "continuation_logprobs", counted)
     stats, grad_norm, n_updates = ipo.update(pairs, frame, adversary, cfg, {}, 0)
+    # before its first update the policy is the reference: the first pair's penalty is 0 (each text's reference
+    # log-probs came back to its own row; a mix-up would compare different texts), later ones are not
+    assert stats["kl_k3"][0] == pytest.approx(0.0, abs=1e-6) and max(stats["kl_k3"]) > 1e-6
     assert n_updates == 12 and len(stats["loss"]) == 12  # 3 epochs x 4 updates of one pair
     assert rows == {"policy": 12 * 2, "reference": 4 * 2}  # each pair's two texts: every update vs once
     assert all(np.isfinite(stats["loss"])) and np.isfinite(grad_norm)

@@ -105,6 +105,13 @@ def test_sequence_kl_k3_and_the_pair_penalty_by_hand():
     mask = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     got = sequence_kl_k3(logp, ref, mask)
     assert got.tolist() == pytest.approx([math.log(2) - 0.5, (1 - math.log(2)) / 2, 0.0])
+    # a token the policy now gives e^-12 of the reference's probability: k3 = e^12 - 12 - 1 ~ 162742, or the cap
+    far, near = torch.tensor([[-14.0]]), torch.tensor([[-2.0]])
+    assert sequence_kl_k3(far, near, torch.ones(1, 1)).item() == pytest.approx(math.exp(12) - 13)
+    capped = sequence_kl_k3(far.requires_grad_(), near, torch.ones(1, 1), cap=10.0)
+    assert capped.item() == 10.0
+    capped.sum().backward()
+    assert far.grad.item() == 0.0  # a capped token steers nothing
     # a taught pair's chosen side (from a dataset) is left out of its pair's mean
     pen = pair_kl_penalty(torch.tensor([0.2, 0.9]), torch.tensor([0.4, 0.1]), torch.tensor([True, False]))
     assert pen.tolist() == pytest.approx([0.3, 0.1])

@@ -78,8 +78,8 @@ class IPOConfig(TrainConfig):
     kl_coef: float = _f(
         0.0,
         "weight of the per-token k3 KL to the reference of each pair's sampled utterances (both siblings; a taught "
-        "pair's own continuation), added to the pair's loss as GRPO's kl_coef is to its: mass-covering, it resists "
-        "the sharpening that preference losses drift into; 0 = off, ASTPrompter's",
+        "pair's own continuation; each token's k3 capped at 10), added to the pair's loss as GRPO's kl_coef is to "
+        "its: mass-covering, it resists the sharpening that preference losses drift into; 0 = off, ASTPrompter's",
     )
     ipo_epochs: int = _f(
         1,
@@ -125,6 +125,10 @@ class PreferencePair:
 
 
 PAIRINGS = ("best_worst", "all")
+# Each token's k3 is capped (losses.sequence_kl_k3): the pair loss pushes the rejected sibling's tokens down on
+# purpose, and within a step's updates one of them reached ref/pi = e^10 (measured: a step's mean penalty of 1018,
+# its loss 306 where the uncapped pair loss was 0.3). GRPO needs no cap; its clipped ratios keep pi near the sampler.
+KL_CAP = 10.0
 
 
 def sibling_pairs(rewards: np.ndarray, threshold: float, pairing: str = "best_worst") -> list[tuple[int, int]]:
@@ -311,7 +315,7 @@ def update(
                 ref = reduce_logps(ref_tok, mask, cfg.length_normalize)
                 plain = loss_fn(pol[:n], pol[n:], ref[:n], ref[n:], cfg.beta)
                 anchored = chosen_nll_anchor(plain, pol[:n], cfg.chosen_nll)
-                kl = sequence_kl_k3(pol_tok, ref_tok, mask)
+                kl = sequence_kl_k3(pol_tok, ref_tok, mask, KL_CAP)
                 sampled = torch.tensor([not p.weak for p in mb], device=kl.device)
                 kl_pen = pair_kl_penalty(kl[:n], kl[n:], sampled)
                 losses = anchored + cfg.kl_coef * kl_pen if cfg.kl_coef else anchored

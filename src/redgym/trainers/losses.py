@@ -130,12 +130,19 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio) - log_ratio
 
 
-def sequence_kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_kl_k3(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, cap: float | None = None
+) -> torch.Tensor:
     """(B,) each row's per-token mean k3 KL to the reference over its masked tokens (GRPO's penalty, per
-    sequence). On the policy's own samples its gradient is that of KL(ref || pi), which grows when the policy drops
-    mass the reference keeps: it resists sharpening. E.g. logp [[log 0.5, 0]], ref [[log 0.25, 0]], mask [[1, 0]]:
-    [log 2 - 0.5]."""
-    return (kl_k3(logp, ref_logp) * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # an empty row: 0, not nan
+    sequence), each token's k3 capped at ``cap`` when given (verl's low-variance KL caps it at 10). On the
+    policy's own samples its gradient is that of KL(ref || pi), which grows when the policy drops mass the reference
+    keeps: it resists sharpening. But k3 grows as ref/pi: a sampled token that an update has since pushed far below
+    the reference (ref/pi of e^10) weighs ~2e4, which the cap turns into a constant with no gradient. E.g. logp
+    [[log 0.5, 0]], ref [[log 0.25, 0]], mask [[1, 0]]: [log 2 - 0.5]; a token at ref/pi = e^12 with cap 10: 10."""
+    k3 = kl_k3(logp, ref_logp)
+    if cap is not None:
+        k3 = k3.clamp(max=cap)
+    return (k3 * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # an empty row: 0, not nan
 
 
 def pair_kl_penalty(kl_chosen: torch.Tensor, kl_rejected: torch.Tensor, chosen_sampled: torch.Tensor) -> torch.Tensor:
