@@ -123,6 +123,45 @@ def test_siblings_of_one_prompt_share_a_leave_one_out_baseline(
         assert float(last[sel].sum()) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_kl_in_loss_leaves_the_token_rewards_to_the_episode_and_logs_the_loss_term(
+    learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch
+):
+    # two steps: at step 2 the policy has moved, so the sampled tokens' KL to the reference is non-zero; in the
+    # reward (the default) it lands on every token, with kl_in_loss only the episode reward is there (last token)
+    # and the KL is the loss's term instead
+    seen: dict[bool, list] = {False: [], True: []}
+    real = ppo.score_episodes
+
+    def spy_into(found):
+        def spy(ep, *a, **kw):
+            real(ep, *a, **kw)
+            found.append(ep.tensors)
+
+        return spy
+
+    for in_loss in (False, True):
+        monkeypatch.setattr(ppo, "score_episodes", spy_into(seen[in_loss]))
+        out = tmp_path / f"run_{in_loss}"
+        torch.manual_seed(0)
+        ppo.train(
+            tiny_cfg(tiny_model_dir, prompt_file, steps=2, kl_coef=1.0, lr="1e-2", kl_in_loss=in_loss),
+            out,
+            progress=False,
+        )
+        rows = read_metrics(out)
+        assert all(np.isfinite(r["loss/policy"]) for r in rows)
+        if in_loss:
+            assert all(np.isfinite(r["objective/kl_k3"]) and r["objective/kl_k3"] >= 0 for r in rows)
+            assert rows[-1]["objective/kl_k3"] > 0
+        else:
+            assert all(np.isnan(r["objective/kl_k3"]) for r in rows)
+    for in_loss, tensors in seen.items():
+        t = tensors[-1]
+        assert float(t["kl"].abs().sum()) > 0  # the policy moved
+        before_last = t["token_rewards"][:, :-1].abs().sum()
+        assert (float(before_last) == 0.0) == in_loss
+
+
 def test_value_head_is_saved_and_resumed(learnable_scorer, tiny_model_dir, prompt_file, tmp_path, monkeypatch):
     out = tmp_path / "run"
     ppo.train(tiny_cfg(tiny_model_dir, prompt_file, steps=2, checkpoint_every=1), out, progress=False)

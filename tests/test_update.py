@@ -118,3 +118,27 @@ def test_a_non_finite_loss_skips_its_micro_batch_and_counts_it(tiny_lm):
     stats, steps, _, counters = run(tiny_lm, ep, cfg(ppo_epochs=1), extra=float("nan"), lr=1.0)
     assert steps == 0 and counters["nonfinite_skipped"] == 2 and math.isnan(stats["policy"])
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_lm.model.parameters()))
+
+
+def test_summed_terms_add_their_losses_and_log_every_value():
+    from redgym.trainers.update import summed
+
+    def a(out, mb):
+        return torch.tensor(1.5), {"value": torch.tensor(3.0)}
+
+    def b(out, mb):
+        return torch.tensor(0.25), {"kl": torch.tensor(0.5)}
+
+    loss, logged = summed(a, b)(None, {})
+    assert float(loss) == 1.75 and {k: float(v) for k, v in logged.items()} == {"value": 3.0, "kl": 0.5}
+
+
+def test_kl_to_reference_is_the_weighted_masked_mean_k3():
+    from redgym.trainers.update import kl_to_reference
+
+    # tokens: pi 0.5 vs ref 0.25 -> log 2 - 0.5; pi = ref -> 0; the third is padding; mean (log 2 - 0.5) / 2, x 0.3
+    logps = torch.tensor([[math.log(0.5), math.log(0.2), 0.0]])
+    mb = {"ref": torch.tensor([[math.log(0.25), math.log(0.2), -9.0]]), "mask": torch.tensor([[1.0, 1.0, 0.0]])}
+    loss, logged = kl_to_reference(0.3)(SimpleNamespace(logps=logps), mb)
+    assert float(logged["kl"]) == pytest.approx((math.log(2) - 0.5) / 2)
+    assert float(loss) == pytest.approx(0.3 * (math.log(2) - 0.5) / 2)

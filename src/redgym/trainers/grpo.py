@@ -34,7 +34,6 @@ from redgym.trainers.losses import (
     group_rank_advantages,
     groups_with_range,
     kl_k1,
-    kl_k3,
     masked_mean,
     max_variance_subset,
     reweight_negative,
@@ -43,7 +42,7 @@ from redgym.trainers.memory import release_memory
 from redgym.trainers.policy import Policy, train_sampling
 from redgym.trainers.run import end_step, finish_run, start_run
 from redgym.trainers.train_config import TrainConfig
-from redgym.trainers.update import ExtraLoss, clipped_epochs
+from redgym.trainers.update import clipped_epochs, kl_to_reference
 
 
 @dataclass
@@ -176,17 +175,6 @@ def prepare_episodes(ep: Episodes, policy: Policy, cfg: GRPOConfig) -> None:
     ep.tensors = t
 
 
-def kl_to_reference(cfg: GRPOConfig) -> ExtraLoss:
-    """GRPO's own term of step 4's shared update (``update.clipped_epochs``): beta * the per-token k3 KL to the
-    reference, logged as "kl"."""
-
-    def term(out, mb):
-        kl = masked_mean(kl_k3(out.logps, mb["ref"]), mb["mask"])
-        return cfg.kl_coef * kl, {"kl": kl}
-
-    return term
-
-
 def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) GRPO training into ``out``; returns the final step's metrics."""
     # 0 setup: policy (LoRA) + frozen reference/defender (shared base weights), prompts, scorer, optimizer
@@ -225,7 +213,7 @@ def train(cfg: GRPOConfig, out: Path, resume: bool = False, progress: bool = Tru
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step (resume = straight)
             grouped = cfg.micro_batches == "groups"
             losses = clipped_epochs(
-                kept, run, counters, step, rng, kl_to_reference(cfg), ("ref",), whole_groups=grouped
+                kept, run, counters, step, rng, kl_to_reference(cfg.kl_coef), ("ref",), whole_groups=grouped
             )
             kl_seq = float((kl_k1(t["old"], t["ref"]) * t["mask"]).sum(1).mean())  # sequence KL of the sampler, k1
             entropy = float(masked_mean(t["entropy"], t["mask"]))

@@ -5,11 +5,11 @@
 Each adversary turn is an episode whose reward is the composite reward of its exchange (or, with
 ``reward_target: adversary``, the toxicity of the adversary's own text). Each step: (1) a batch of training
 prompts, each rolled out ``generations_per_prompt`` times; (2) roll out and score conversations; (3) old log-probs,
-reference log-probs and values, per-token rewards (-kl_coef * KL, plus the episode reward on the last token,
-less its siblings' mean reward when a prompt has several samples), GAE and whitened advantages; (4) PPO epochs
-over minibatches with the clipped policy and value losses and an optional entropy bonus (``update.clipped_epochs``,
-shared with GRPO); (5) log, adapt the KL
-coefficient, checkpoint. A KL to the reference above ``kl_stop`` skips the update instead of letting the policy
+reference log-probs and values, per-token rewards (-kl_coef * KL, unless ``kl_in_loss``, plus the episode reward on
+the last token, less its siblings' mean reward when a prompt has several samples), GAE and whitened advantages; (4)
+PPO epochs over minibatches with the clipped policy and value losses, an optional entropy bonus and, with
+``kl_in_loss``, GRPO's k3 KL term (``update.clipped_epochs``, shared with GRPO); (5) log, adapt the KL coefficient,
+checkpoint. A KL to the reference above ``kl_stop`` skips the update instead of letting the policy
 collapse.
 """
 
@@ -39,7 +39,7 @@ from redgym.trainers.losses import (
 from redgym.trainers.policy import Policy, model_config, train_sampling
 from redgym.trainers.run import end_step, finish_run, log, start_run
 from redgym.trainers.train_config import TrainConfig
-from redgym.trainers.update import ExtraLoss, clipped_epochs
+from redgym.trainers.update import ExtraLoss, clipped_epochs, kl_to_reference, summed
 
 
 @dataclass
@@ -59,6 +59,13 @@ class PPOConfig(TrainConfig):
     ent_coef: float = _f(0.0, "entropy bonus coefficient")
     kl_coef: float = _f(0.05, "initial per-token KL penalty coefficient")
     kl_estimator: str = _f("k1", "KL estimator in the reward: k1 (log ratio) or k3 (non-negative)")
+    kl_in_loss: bool = _f(
+        False,
+        "the KL penalty in the loss, as GRPO's (kl_coef x the per-token k3 of the sampled tokens to the reference, "
+        "whose gradient is KL(ref || pi)'s), instead of in the token rewards (Ziegler's; kl_estimator). With the "
+        "reward's NLL term a reward-side KL's optimum is ref^(1 + w_nll / kl_coef) x exp(toxicity / kl_coef): "
+        "sharpened at any weight",
+    )
     adaptive_kl: bool = _f(False, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
     kl_target: float = _f(6.0, "target sequence KL for the adaptive controller")
     kl_horizon: int = _f(10000, "adaptive controller horizon (in episodes)")
@@ -127,7 +134,7 @@ def score_episodes(ep: Episodes, policy: Policy, value_head: torch.nn.Module, cf
             parts[name] += list(x.cpu())
     t = {n: pad_right_aligned(v, k) for n, v in parts.items()}
     kl = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(t["old"], t["ref"]) * t["mask"]
-    rewards = -kl_coef * kl
+    rewards = torch.zeros_like(kl) if cfg.kl_in_loss else -kl_coef * kl  # kl_in_loss: update.kl_to_reference
     score = ep.reward
     if cfg.generations_per_prompt > 1 and cfg.group_baseline:
         score = leave_one_out_baseline(score, ep.group)
@@ -193,8 +200,11 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
         else:
             rng = np.random.default_rng([cfg.seed, step])  # minibatch order: a function of the step
             params = [*policy.model.parameters(), *value_head.parameters()]  # clipping covers the value head too
-            term = value_loss(value_head, cfg)
-            losses = clipped_epochs(ep, run, counters, step, rng, term, ("values", "returns"), params, with_hidden=True)
+            term: ExtraLoss = value_loss(value_head, cfg)
+            names: tuple[str, ...] = ("values", "returns")
+            if cfg.kl_in_loss:
+                term, names = summed(term, kl_to_reference(kl_coef)), (*names, "ref")
+            losses = clipped_epochs(ep, run, counters, step, rng, term, names, params, with_hidden=True)
         # 5 log, adapt the KL coefficient, checkpoint
         nan = float("nan")
         metrics = {
@@ -205,6 +215,7 @@ def train(cfg: PPOConfig, out: Path, resume: bool = False, progress: bool = True
             "objective/entropy": float(masked_mean(t["entropy"], t["mask"])),
             "loss/policy": losses.get("policy", nan),
             "loss/value": losses.get("value", nan),
+            "objective/kl_k3": losses.get("kl", nan),  # with kl_in_loss: the loss's KL term, before kl_coef
             "policy/clipfrac": losses.get("clipfrac", nan),
             "policy/approx_kl": losses.get("approx_kl", nan),
             "policy/first_ratio_dev": losses.get("first_ratio_dev", nan),

@@ -17,7 +17,7 @@ import torch
 
 from redgym.models.forward import continuation_forward
 from redgym.trainers.episodes import Episodes, minibatch_tensors
-from redgym.trainers.losses import masked_mean, minibatch_order, ppo_policy_loss, ratio_deviation
+from redgym.trainers.losses import kl_k3, masked_mean, minibatch_order, ppo_policy_loss, ratio_deviation
 from redgym.trainers.metrics_log import finite_or_skip
 
 if TYPE_CHECKING:
@@ -26,6 +26,33 @@ if TYPE_CHECKING:
 # extra_loss(out, mb) -> (the term added to the loss, {name: its value to log}); ``out`` is the policy's forward
 # pass over the micro batch, ``mb`` the step's tensors ``names`` cut to it (see ``clipped_epochs``)
 ExtraLoss = Callable[[object, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def kl_to_reference(kl_coef: float) -> ExtraLoss:
+    """GRPO's term (and PPO's with ``kl_in_loss``) of the shared update: ``kl_coef`` x the per-token k3 KL of the
+    micro batch's sampled tokens to the reference (the step's tensors must hold "ref"), logged as "kl". Its gradient
+    on the policy's own samples is KL(ref || pi)'s: it costs a policy that drops text the reference says."""
+
+    def term(out, mb):
+        kl = masked_mean(kl_k3(out.logps, mb["ref"]), mb["mask"])
+        return kl_coef * kl, {"kl": kl}
+
+    return term
+
+
+def summed(*terms: ExtraLoss) -> ExtraLoss:
+    """One ``ExtraLoss`` that adds the terms' losses and logs all their values (names must differ)."""
+
+    def term(out, mb):
+        total: torch.Tensor | float = 0.0
+        logged: dict[str, torch.Tensor] = {}
+        for t in terms:
+            loss, values = t(out, mb)
+            total = total + loss
+            logged.update(values)
+        return total, logged
+
+    return term
 
 
 def clipped_epochs(
