@@ -13,6 +13,7 @@ from redgym.rollout.records import Turn
 from redgym.rollout.tree import SiblingGroup
 from redgym.trainers import ipo, run
 from redgym.trainers.checkpoints import latest_checkpoint
+from redgym.trainers.episodes import pad_right_aligned
 from redgym.trainers.policy import build_policy, sequence_logps
 
 # Eliciting prompts with mild profanity (the profanity scorer rates each rest above 0.5), for weak supervision.
@@ -319,14 +320,14 @@ def test_reference_logps_keep_each_pair_on_its_own_row(tiny_model_dir, prompt_fi
         assert torch.allclose(chosen, logps[0, k - len(p.chosen) :], atol=1e-5)
         assert torch.allclose(rejected, logps[1, k - len(p.rejected) :], atol=1e-5)
         for normalize in (False, True):  # laid out again, they reduce to what pair_logps gives
-            back = ipo.reduce_logps(ipo.right_aligned([chosen, rejected], k), mask, normalize)
+            back = ipo.reduce_logps(pad_right_aligned([chosen, rejected], k), mask, normalize)
             want = ipo.pair_logps(policy.reference, [c], [p.chosen], [p.rejected], pad, normalize)
             assert torch.allclose(back, want, atol=1e-5)
     assert not torch.allclose(got[0][1][-2:], got[1][1][-2:])  # rows that differ: a row mix-up would show
 
 
-def test_right_aligned_by_hand():
-    out = ipo.right_aligned([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], 3)
+def test_pad_right_aligned_by_hand():  # how update() lays the reference's per-token rows out again
+    out = pad_right_aligned([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], 3)
     assert out.tolist() == [[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]]
 
 

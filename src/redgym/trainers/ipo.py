@@ -33,9 +33,11 @@ from redgym.rollout.engine import generate_turns
 from redgym.rollout.reward import budget_counts, pair_reliability, reply_terms, score_exchanges, term_means
 from redgym.rollout.tree import SiblingGroup, grow_tree
 from redgym.trainers.distributed import accumulate_locally, rank_share
+from redgym.trainers.episodes import pad_right_aligned
 from redgym.trainers.losses import (
     PREFERENCE_LOSSES,
     chosen_nll_anchor,
+    masked_mean,
     pair_kl_penalty,
     preference_margin,
     sequence_kl_k3,
@@ -221,17 +223,7 @@ def pair_token_logps(
 
 def reduce_logps(logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool) -> torch.Tensor:
     """(B,) per-token log-probs summed over each row's tokens, or their mean with ``length_normalize``."""
-    total = (logps * mask).sum(-1)
-    return total / mask.sum(-1) if length_normalize else total
-
-
-def right_aligned(rows: list[torch.Tensor], k: int) -> torch.Tensor:
-    """(len(rows), k): 1-D rows of at most ``k`` values laid out as ``pair_token_logps`` lays out its rows (at
-    the end, zeros before). E.g. rows [a, b], [c], k 3: [[0, a, b], [0, 0, c]]."""
-    out = torch.zeros((len(rows), k), dtype=rows[0].dtype, device=rows[0].device)
-    for i, r in enumerate(rows):
-        out[i, k - len(r) :] = r
-    return out
+    return masked_mean(logps, mask, -1) if length_normalize else (logps * mask).sum(-1)
 
 
 def pair_logps(
@@ -309,7 +301,7 @@ def update(
                     policy.model, ctx, [p.chosen for p in mb], [p.rejected for p in mb], pad
                 )
                 n = len(mb)
-                ref_tok = right_aligned([refs[j][0] for j in idx] + [refs[j][1] for j in idx], mask.shape[1])
+                ref_tok = pad_right_aligned([refs[j][0] for j in idx] + [refs[j][1] for j in idx], mask.shape[1])
                 ref_tok = ref_tok.to(pol_tok.device)  # chosen then rejected, as pol_tok
                 pol = reduce_logps(pol_tok, mask, cfg.length_normalize)
                 ref = reduce_logps(ref_tok, mask, cfg.length_normalize)
